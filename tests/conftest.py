@@ -1,0 +1,64 @@
+"""Shared fixtures: a real local Postgres (wal_level=logical) for the whole session.
+
+The server's data directory lives under .cache/test-pg/ and is reused between
+runs; the server is started at session start and stopped at session end. Each
+test that needs a database gets a fresh one (``pgdb``), dropped afterwards
+together with any replication slot left in it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from wallaby.localpg import LocalPostgres
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"
+
+
+@pytest.fixture(scope="session")
+def pg() -> LocalPostgres:
+    """The session's local Postgres. Fails the run with the reason if it cannot start."""
+    server = LocalPostgres(CACHE / "test-pg", port=int(os.environ.get("WALLABY_TEST_PG_PORT", "0")))
+    try:
+        server.start()
+        server.wait_ready()
+    except Exception as exc:  # a service that cannot start fails the run, it is never skipped
+        pytest.fail(f"local Postgres could not be started: {exc}", pytrace=False)
+    yield server
+    server.stop()
+
+
+def _drop_database(admin_dsn: str, name: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        for (slot,) in conn.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,)
+        ).fetchall():
+            conn.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE slot_name = %s AND active_pid IS NOT NULL", (slot,)
+            )
+            try:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            except psycopg.errors.ObjectInUse:
+                import time
+
+                time.sleep(0.5)
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pgdb(pg: LocalPostgres):
+    """DSN of a fresh database on the session server; dropped (with its slots) after the test."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin = pg.dsn()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield pg.dsn(name)
+    _drop_database(admin, name)

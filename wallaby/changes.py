@@ -1,0 +1,225 @@
+"""The change model: what travels from the source through operators to sinks.
+
+A bytewax item is a :class:`ChangeBatch`, never a single row. A batch holds an
+ordered list of *segments*: :class:`TableChanges` (a run of row changes of one
+table, as one Arrow record batch) and :class:`Event` (truncate, ddl, logical
+message). Order inside a batch is the order of the WAL; per-table order is
+what sinks must keep.
+
+Row segments are Arrow record batches with these columns:
+
+- the *after* image: one column per table column, under the column's own name
+  (NULL for deletes, and for unchanged TOAST values, see ``__unchanged``);
+- ``__op`` (string): ``insert``, ``update``, ``delete`` or ``load``;
+- ``__lsn`` (uint64): commit LSN of the transaction;
+- ``__ord`` (uint64): ordinal of the change inside its transaction (from 1);
+- ``__ts`` (timestamp[us, UTC]): commit timestamp;
+- ``__xid`` (uint32): transaction id;
+- ``__unchanged`` (list<string>): names of unchanged TOASTed columns, NULL when
+  none (the value in the after column is then NULL and means "keep");
+- ``__before.<col>`` for every table column, only when some row of the segment
+  carries a before image (old key for updates that change it and for deletes
+  with the default replica identity; the whole old row with REPLICA IDENTITY
+  FULL). All NULL for rows without one.
+
+``(__lsn, __ord)`` is a change's position: a total order within a slot,
+stable across restarts, because pgoutput's BEGIN names the final commit LSN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+OP_INSERT = "insert"
+OP_UPDATE = "update"
+OP_DELETE = "delete"
+OP_TRUNCATE = "truncate"
+OP_DDL = "ddl"
+OP_LOAD = "load"
+OP_MESSAGE = "message"
+
+OP_COL = "__op"
+LSN_COL = "__lsn"
+ORD_COL = "__ord"
+TS_COL = "__ts"
+XID_COL = "__xid"
+UNCHANGED_COL = "__unchanged"
+BEFORE_PREFIX = "__before."
+META_COLS = (OP_COL, LSN_COL, ORD_COL, TS_COL, XID_COL, UNCHANGED_COL)
+
+META_FIELDS = (
+    pa.field(OP_COL, pa.string(), nullable=False),
+    pa.field(LSN_COL, pa.uint64(), nullable=False),
+    pa.field(ORD_COL, pa.uint64(), nullable=False),
+    pa.field(TS_COL, pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field(XID_COL, pa.uint32(), nullable=False),
+    pa.field(UNCHANGED_COL, pa.list_(pa.string()), nullable=True),
+)
+
+
+def format_lsn(lsn: int) -> str:
+    """Postgres text form of an LSN: ``16/B374D848``."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> int:
+    """Parse ``X/Y`` (hex halves) into an integer LSN; ValueError names the bad text."""
+    try:
+        hi, lo = text.strip().split("/")
+        value = (int(hi, 16) << 32) | int(lo, 16)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an LSN; expected the form X/Y in hex, e.g. 0/16B6C50") from None
+    if not 0 <= value < 1 << 64 or int(lo, 16) > 0xFFFFFFFF:
+        raise ValueError(f"{text!r} is out of range for an LSN")
+    return value
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Position:
+    """Where a change sits in the slot: commit LSN of its transaction, then ordinal."""
+
+    lsn: int
+    ordinal: int = 0
+
+    def __str__(self) -> str:
+        return f"{format_lsn(self.lsn)}#{self.ordinal}"
+
+    def to_state(self) -> list[int]:
+        return [self.lsn, self.ordinal]
+
+    @classmethod
+    def from_state(cls, state: Any) -> Position:
+        lsn, ordinal = state
+        return cls(int(lsn), int(ordinal))
+
+
+ZERO = Position(0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A table column as the source knows it."""
+
+    name: str
+    type_oid: int
+    type_name: str  # resolved name: int4, numeric, _text, geometry, ...
+    typmod: int = -1
+    key: bool = False  # part of the replica identity
+    arrow_type: pa.DataType = field(default_factory=pa.string)
+    # Base type name for domains, element type for arrays, extension name for
+    # extension types; sinks use these for their type maps.
+    base_type: str | None = None
+    extension: str | None = None
+    nullable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TableSchema:
+    """One version of a table's shape, as announced by a pgoutput Relation message."""
+
+    relid: int
+    schema: str
+    name: str
+    columns: tuple[Column, ...]
+    replica_identity: str = "d"  # d(efault) n(othing) f(ull) i(ndex)
+    version: int = 1
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.key)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def same_shape(self, other: TableSchema) -> bool:
+        """True when columns (names, types, keys) are equal, ignoring the version number."""
+        return (
+            self.schema == other.schema
+            and self.name == other.name
+            and self.replica_identity == other.replica_identity
+            and [(c.name, c.type_oid, c.typmod, c.key) for c in self.columns]
+            == [(c.name, c.type_oid, c.typmod, c.key) for c in other.columns]
+        )
+
+
+@dataclass(slots=True)
+class TableChanges:
+    """A run of row changes of one table (one schema version), in WAL order."""
+
+    table: TableSchema
+    rows: pa.RecordBatch
+
+    def __len__(self) -> int:
+        return self.rows.num_rows
+
+    @property
+    def first(self) -> Position:
+        return Position(self.rows.column(LSN_COL)[0].as_py(), self.rows.column(ORD_COL)[0].as_py())
+
+    @property
+    def last(self) -> Position:
+        n = self.rows.num_rows - 1
+        return Position(self.rows.column(LSN_COL)[n].as_py(), self.rows.column(ORD_COL)[n].as_py())
+
+    @property
+    def has_before(self) -> bool:
+        return self.rows.schema.get_field_index(BEFORE_PREFIX + self.table.columns[0].name) >= 0 if self.table.columns else False
+
+    def after(self) -> pa.RecordBatch:
+        """Only the table's columns (the after image)."""
+        return self.rows.select(list(self.table.column_names))
+
+
+@dataclass(slots=True)
+class Event:
+    """A change that is not a row: truncate, ddl, or a logical message."""
+
+    op: str
+    position: Position
+    commit_ts: int  # microseconds since the Unix epoch, UTC
+    xid: int
+    tables: tuple[TableSchema, ...] = ()
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return 1
+
+
+Segment = TableChanges | Event
+
+
+@dataclass(slots=True)
+class ChangeBatch:
+    """What one bytewax item carries: ordered segments of one flow's changes.
+
+    ``position`` is the position of the last change in the batch (what a sink
+    records as its high-water mark once the batch is durable).
+    """
+
+    flow_id: str
+    segments: list[Segment]
+    position: Position
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.segments)
+
+    def tables(self) -> list[TableSchema]:
+        seen: dict[tuple[int, int], TableSchema] = {}
+        for s in self.segments:
+            for t in (s.table,) if isinstance(s, TableChanges) else s.tables:
+                seen.setdefault((t.relid, t.version), t)
+        return list(seen.values())
