@@ -14,11 +14,29 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, settings
 
 from wallaby.localpg import LocalPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
+
+# Hypothesis: `make test-rapid RAPID_CHECKS=N` runs N examples per property test;
+# the plain suite runs a smaller number so it stays quick.
+settings.register_profile(
+    "wallaby",
+    max_examples=int(os.environ.get("WALLABY_RAPID_CHECKS", "25")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
+settings.load_profile("wallaby")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every hypothesis test is a property test (`-m property` selects them)."""
+    for item in items:
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.property)
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,6 @@ SERVER_SETTINGS: dict[str, str] = {
     "max_wal_senders": "40",
     "max_connections": "200",
     "fsync": "off",  # a throwaway local server: durability of the host is not tested
-    "synchronous_commit": "off",
     "full_page_writes": "off",
     "shared_buffers": "256MB",
     "max_wal_size": "4GB",

@@ -1,0 +1,39 @@
+# wallaby: make quickstart | test | test-rapid RAPID_CHECKS=N | bench | lint
+# Every target sets itself up: a virtual env in .venv with wallaby and its test tools.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+RAPID_CHECKS ?= 100
+PYTEST_ARGS ?=
+
+.PHONY: setup quickstart test test-rapid bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "wallaby needs Python 3.11 (bytewax 0.21.1 wheels); set PYTHON=/path/to/python3.11")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+quickstart: setup
+	$(PY) examples/quickstart.py
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-rapid: setup
+	WALLABY_RAPID_CHECKS=$(RAPID_CHECKS) $(PY) -m pytest -q -p no:cacheprovider -m property $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf .cache/test-pg .cache/quickstart data
