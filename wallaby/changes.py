@@ -177,7 +177,9 @@ class TableChanges:
 
     @property
     def has_before(self) -> bool:
-        return self.rows.schema.get_field_index(BEFORE_PREFIX + self.table.columns[0].name) >= 0 if self.table.columns else False
+        if not self.table.columns:
+            return False
+        return self.rows.schema.get_field_index(BEFORE_PREFIX + self.table.columns[0].name) >= 0
 
     def after(self) -> pa.RecordBatch:
         """Only the table's columns (the after image)."""

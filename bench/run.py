@@ -1,0 +1,205 @@
+"""`make bench`: wallaby's source and end-to-end rates beside pg_recvlogical, in one run.
+
+For each row profile (narrow ~200-byte rows, wide ~5 KB rows) on a fresh local
+Postgres it writes a backlog of N changes (inserts, updates, deletes in
+1000-change transactions) that four replication slots all retain, then drains
+each slot with one reader and measures the rate and peak RSS:
+
+1. ``pg_recvlogical`` (C, pgoutput protocol 4) writing to /dev/null: the baseline;
+2. the walsender's decode-only rate: ``pg_logical_slot_peek_binary_changes``
+   counted in SQL (no network, no client);
+3. wallaby's source alone: decode into Arrow-backed batches, no sink;
+4. wallaby end to end into a DuckDB file (target mode).
+
+Each rate is printed with its ratio to pg_recvlogical's and written to
+bench/results/latest.json. Targets: source alone >= 1.5x, end to end >= 1.0x,
+peak RSS < 400 MB.
+
+    python -m bench.run [--changes 1000000] [--profiles narrow,wide] [--batch-size 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import psutil
+import psycopg
+
+from wallaby.localpg import LocalPostgres
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+SLOTS = ("recv", "peek", "source", "e2e")
+
+PROFILES = {
+    # ~200 bytes per row on the wire
+    "narrow": (
+        "CREATE TABLE bench (id bigint PRIMARY KEY, account int NOT NULL, amount numeric(12,2), status text,"
+        " note text, created_at timestamptz NOT NULL DEFAULT now())",
+        "INSERT INTO bench SELECT g, g % 1000, (g % 100000) / 100.0, 'status-' || (g % 7),"
+        " repeat(md5(g::text), 4), now() FROM generate_series(%s, %s) g",
+        "UPDATE bench SET amount = amount + 1, status = 'updated' WHERE id BETWEEN %s AND %s",
+    ),
+    # ~5 KB per row: a wide profile table
+    "wide": (
+        "CREATE TABLE bench (id bigint PRIMARY KEY, account int NOT NULL, amount numeric(12,2),"
+        " created_at timestamptz NOT NULL DEFAULT now(), active boolean, score double precision, "
+        + ", ".join(f"f{i} text" for i in range(24)) + ", tags text[], profile jsonb)",
+        "INSERT INTO bench SELECT g, g % 1000, (g % 100000) / 100.0, now(), g % 2 = 0, g * 1.5, "
+        + ", ".join(f"repeat(md5((g + {i})::text), 6)" for i in range(24))
+        + ", ARRAY['a', 'b', g::text], jsonb_build_object('k', g, 'name', 'user ' || g)"
+        " FROM generate_series(%s, %s) g",
+        "UPDATE bench SET amount = amount + 1, f0 = 'updated' WHERE id BETWEEN %s AND %s",
+    ),
+}
+
+
+class PeakRSS:
+    """Polls a process tree's resident set size."""
+
+    def __init__(self, pid: int):
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+
+    def sample(self) -> None:
+        try:
+            procs = [self.proc, *self.proc.children(recursive=True)]
+            self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+        except psutil.NoSuchProcess:
+            pass
+
+
+def run_measured(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> tuple[float, int, str]:
+    """Run a command; (seconds, peak RSS bytes, stdout)."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        rss = PeakRSS(p.pid)
+        while p.poll() is None:
+            rss.sample()
+            time.sleep(0.02)
+            if time.perf_counter() - t0 > timeout:
+                p.kill()
+                raise RuntimeError(f"{cmd[0]} did not finish in {timeout}s")
+        elapsed = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed ({p.returncode}): {stderr[-2000:]}")
+    return elapsed, rss.peak, stdout
+
+
+def generate(dsn: str, profile: str, changes: int) -> None:
+    """N changes: 80% inserts, 20% updates, in 1000-change transactions."""
+    create, insert, update = PROFILES[profile]
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(create)
+        c.execute("CREATE PUBLICATION bench FOR TABLE bench")
+        for s in SLOTS:
+            c.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (s,))
+        inserts = changes * 4 // 5
+        done = 0
+        next_id = 1
+        while done < inserts:
+            n = min(1000, inserts - done)
+            c.execute(insert, (next_id, next_id + n - 1))
+            next_id += n
+            done += n
+        updated = 0
+        while updated < changes - inserts:
+            n = min(1000, changes - inserts - updated)
+            c.execute(update, (updated + 1, updated + n))
+            updated += n
+        c.execute("CHECKPOINT")
+
+
+def leg_wallaby(dsn: str, slot: str, stop: str, sink: str, batch_size: int, tmp: Path) -> tuple[float, int, dict]:
+    cmd = [sys.executable, "-m", "bench.flowrun", "--dsn", dsn, "--slot", slot, "--publication", "bench",
+           "--stop-lsn", stop, "--sink", sink, "--batch-size", str(batch_size)]
+    if sink == "duckdb":
+        cmd += ["--duckdb", str(tmp / "bench.duckdb")]
+    secs, rss, out = run_measured(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return secs, rss, orjson.loads(out.strip().splitlines()[-1])
+
+
+def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int) -> dict:
+    dbname = f"bench_{profile}"
+    with psycopg.connect(pg.dsn(), autocommit=True) as c:
+        for (s,) in c.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s", (dbname,)).fetchall():
+            c.execute("SELECT pg_drop_replication_slot(%s)", (s,))
+        c.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {dbname}")
+    dsn = pg.dsn(dbname)
+    t0 = time.perf_counter()
+    generate(dsn, profile, changes)
+    with psycopg.connect(dsn) as c:
+        stop = c.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+        wal_bytes = c.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
+                              " FROM pg_replication_slots WHERE slot_name = 'recv'").fetchone()[0]
+    print(f"[{profile}] generated {changes} changes ({wal_bytes / 1e6:.0f} MB of WAL) in"
+          f" {time.perf_counter() - t0:.1f}s", flush=True)
+    results: dict[str, dict] = {}
+
+    secs, rss, _ = run_measured([
+        pg.binary("pg_recvlogical"), "-d", dsn, "--slot", "recv", "--start", "-P", "pgoutput",
+        "-o", "proto_version=4", "-o", "publication_names=bench", "-E", stop, "-f", "/dev/null", "--no-loop",
+        "-s", "1"])
+    results["pg_recvlogical"] = {"seconds": secs, "peak_rss_mb": rss / 2**20}
+
+    with psycopg.connect(dsn) as c:
+        t = time.perf_counter()
+        n = c.execute("SELECT count(*) FROM pg_logical_slot_peek_binary_changes('peek', %s, NULL,"
+                      " 'proto_version', '4', 'publication_names', 'bench')", (stop,)).fetchone()[0]
+        results["walsender_decode_only"] = {"seconds": time.perf_counter() - t, "messages": n}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        secs, rss, info = leg_wallaby(dsn, "source", stop, "null", batch_size, Path(tmp))
+        results["wallaby_source"] = {"seconds": secs, "peak_rss_mb": rss / 2**20, "changes_seen": info["changes"]}
+        secs, rss, info = leg_wallaby(dsn, "e2e", stop, "duckdb", batch_size, Path(tmp))
+        results["wallaby_e2e_duckdb"] = {"seconds": secs, "peak_rss_mb": rss / 2**20,
+                                         "changes_seen": info["changes"]}
+
+    base = changes / results["pg_recvlogical"]["seconds"]
+    for r in results.values():
+        r["changes_per_s"] = changes / r["seconds"]
+        r["ratio_to_pg_recvlogical"] = r["changes_per_s"] / base
+    return {"changes": changes, "wal_mb": wal_bytes / 1e6, "legs": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--changes", type=int, default=int(os.environ.get("BENCH_CHANGES", 1_000_000)))
+    ap.add_argument("--profiles", default="narrow,wide")
+    ap.add_argument("--batch-size", type=int, default=10_000)
+    a = ap.parse_args(argv)
+
+    pg = LocalPostgres(ROOT / ".cache" / "bench-pg")
+    pg.start()
+    pg.wait_ready()
+    report: dict = {"changes": a.changes, "batch_size": a.batch_size, "profiles": {}}
+    try:
+        for profile in a.profiles.split(","):
+            report["profiles"][profile] = bench_profile(pg, profile, a.changes, a.batch_size)
+    finally:
+        pg.stop()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(f"\n{'profile':8} {'leg':24} {'changes/s':>12} {'x pg_recvlogical':>17} {'peak RSS MB':>12}")
+    for profile, res in report["profiles"].items():
+        for leg, r in res["legs"].items():
+            rss = f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"
+            print(f"{profile:8} {leg:24} {r['changes_per_s']:12,.0f} {r['ratio_to_pg_recvlogical']:17.2f} {rss:>12}")
+    print(f"\nwritten to {(RESULTS / 'latest.json').relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Builds a flow's bytewax dataflow from its spec.
+
+``python -m bytewax.run dataflows.flow:flow`` builds the flow named by
+``WALLABY_FLOW_FILE`` (a flow JSON file) or ``WALLABY_FLOW_ID`` (a flow in the
+flow store), and works with bytewax's own ``-w/-i/-a/-r/-s/-b`` flags.
+``WALLABY_START_LSN`` and ``WALLABY_MAX_EMPTY_READS`` do what the worker's
+``-start-lsn`` and ``-max-empty-reads`` do.
+
+Shape: one input step (the Postgres source, one partition per slot) whose
+items are ``(flow_id, ChangeBatch)``, then one output step per destination.
+bytewax waits for every output of an epoch before the source may confirm it
+(``ack_policy=all``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+from wallaby.errors import ConfigError, FieldProblem
+from wallaby.spec import FlowSpec, load_flow
+
+from sinks.base import WriterSink
+from sources.postgres import PostgresSource
+from wallaby.checkpoints import CheckpointStore, open_store
+
+
+def _duckdb(name: str, flow_id: str, options: Any) -> WriterSink:
+    from sinks.duckdb import duckdb_sink
+
+    return duckdb_sink(name, flow_id, options)
+
+
+# Destination type -> factory(name, flow_id, validated options) -> bytewax sink.
+SINK_FACTORIES: dict[str, Callable[[str, str, Any], WriterSink]] = {
+    "duckdb": _duckdb,
+}
+
+
+def check_buildable(spec: FlowSpec) -> None:
+    """Refuse, before anything is connected to, destinations this build cannot write to yet."""
+    problems = [
+        FieldProblem(f"destinations[{i}].type",
+                     f"destination type {d.type!r} is not available in this version of wallaby"
+                     f" (available: {', '.join(sorted(SINK_FACTORIES))})")
+        for i, d in enumerate(spec.destinations) if d.type not in SINK_FACTORIES
+    ]
+    if spec.source.type != "postgres":
+        problems.append(FieldProblem("source.type", "only 'postgres' sources are supported"))
+    if problems:
+        raise ConfigError(f"flow {spec.name or spec.id!r}", problems)
+
+
+def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads: int | None = None,
+               checkpoints: CheckpointStore | None = None, prepared: bool = False) -> Dataflow:
+    check_buildable(spec)
+    source_opts = spec.source_options()
+    flow = Dataflow(f"wallaby-{spec.id}")
+    source = PostgresSource(spec.id, source_opts, start_lsn=start_lsn, max_empty_reads=max_empty_reads,
+                            checkpoints=checkpoints, prepared=prepared)
+    changes = op.input("source", flow, source)
+    for i, dest in enumerate(spec.destinations):
+        sink = SINK_FACTORIES[dest.type](dest.name, spec.id, spec.destination_options(i))
+        op.output(f"dest-{dest.name}", changes, sink)
+    return flow
+
+
+def flow_from_env() -> Dataflow:
+    """The dataflow for ``WALLABY_FLOW_FILE`` or ``WALLABY_FLOW_ID``."""
+    path = os.environ.get("WALLABY_FLOW_FILE")
+    flow_id = os.environ.get("WALLABY_FLOW_ID")
+    if path:
+        spec = load_flow(path)
+    elif flow_id:
+        raise ConfigError("dataflows.flow", [FieldProblem(
+            "WALLABY_FLOW_ID", "flows by id need the flow store of the API server, which this version does not"
+            " have yet; set WALLABY_FLOW_FILE to a flow JSON file")])
+    else:
+        raise ConfigError("dataflows.flow", [FieldProblem(
+            "WALLABY_FLOW_FILE", "set WALLABY_FLOW_FILE to a flow JSON file (or WALLABY_FLOW_ID to a stored flow)")])
+    start = os.environ.get("WALLABY_START_LSN")
+    from wallaby.changes import parse_lsn
+
+    empty = os.environ.get("WALLABY_MAX_EMPTY_READS")
+    return build_flow(spec, start_lsn=parse_lsn(start) if start else None, checkpoints=open_store(),
+                      max_empty_reads=int(empty) if empty else None)
+
+
+def __getattr__(name: str) -> Dataflow:
+    # Built on first access, so importing this module (tests, the worker) needs no environment.
+    if name == "flow":
+        value = flow_from_env()
+        globals()["flow"] = value
+        return value
+    raise AttributeError(name)

@@ -1,0 +1,363 @@
+"""The Postgres logical replication source: a bytewax ``FixedPartitionedSource``.
+
+One partition is one replication slot. Its snapshot state is
+``{"position": [lsn, ordinal], "covered": lsn}``: the position of the last
+change it emitted and the end LSN up to which every change has been emitted.
+
+When the slot may advance (docs/ARCHITECTURE.md): bytewax calls
+``next_batch`` again after ``snapshot()`` of epoch k only once every sink has
+finished epoch k and (with recovery on) the recovery store holds it. So the
+``covered`` LSN of the last snapshot is confirmed to Postgres at the start of
+the following ``next_batch``, and mirrored into the checkpoint store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from wallaby.errors import SourceError
+
+from sources import pgtypes
+from sources.batcher import Batcher, TableState
+from sources.connection import connect, is_transient, server_name
+from sources.pgoutput import DecodeError, Relation, TypeInfo
+from sources.replication import ReplicationStream, StreamClosed
+from sources.setup import prepare_source, proto_version_for
+from wallaby.changes import ZERO, ChangeBatch, Column, Position, TableSchema, format_lsn
+from wallaby.checkpoints import Checkpoint, CheckpointStore
+
+log = logging.getLogger("wallaby.source")
+
+# Reconnect backoff after the walsender goes away: first wait, cap.
+BACKOFF_FIRST = 0.2
+BACKOFF_MAX = 30.0
+# How long an idle partition sleeps between polls. Short enough that a new
+# change is picked up within a few ms, long enough not to spin a core.
+IDLE_POLL = 0.005
+
+
+class TypeResolver:
+    """Builds TableStates from Relation messages, looking up unknown type OIDs in pg_type."""
+
+    def __init__(self, dsn: str, resolve_types: bool, flow_id: str):
+        self.dsn = dsn
+        self.enabled = resolve_types
+        self.flow_id = flow_id
+        self.known: dict[int, pgtypes.PgType] = dict(pgtypes.BUILTIN_TYPES)
+        self._conn: psycopg.Connection | None = None
+
+    def _meta(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.dsn, application_name=f"wallaby-types:{self.flow_id}")
+        return self._conn
+
+    def __call__(self, rel: Relation, types: dict[int, TypeInfo], old: TableState | None) -> TableState:
+        ndims: dict[str, int] = {}
+        if self.enabled:
+            unknown = {c.type_oid for c in rel.columns if c.type_oid not in self.known}
+            try:
+                if unknown:
+                    self.known.update(pgtypes.resolve_types(self._meta(), unknown))
+                if any(self.known.get(c.type_oid) and self.known[c.type_oid].elem_oid for c in rel.columns):
+                    rows = self._meta().execute(
+                        "SELECT attname, attndims FROM pg_attribute WHERE attrelid = %s AND attnum > 0",
+                        (rel.relid,),
+                    ).fetchall()
+                    ndims = {name: max(int(d), 1) for name, d in rows}
+            except psycopg.Error as exc:
+                self._conn = None
+                raise SourceError(f"could not resolve column types of {rel.namespace}.{rel.name}: {exc}",
+                                  server=server_name(self.dsn)) from exc
+        for oid, t in types.items():  # Type messages name custom types even without resolve_types
+            self.known.setdefault(oid, pgtypes.PgType(oid=oid, name=t.name, schema=t.namespace, kind="b",
+                                                      base_oid=0, elem_oid=0, extension=None))
+        columns, ctypes = [], []
+        for c in rel.columns:
+            ct = pgtypes.column_type(c.type_oid, c.typmod, self.known, ndims.get(c.name, 1))
+            ctypes.append(ct)
+            columns.append(Column(name=c.name, type_oid=c.type_oid, type_name=ct.type_name, typmod=c.typmod,
+                                  key=c.key, arrow_type=ct.arrow_type, base_type=ct.base_type,
+                                  extension=ct.extension))
+        version = 1 if old is None else old.schema.version + 1
+        schema = TableSchema(rel.relid, rel.namespace, rel.name, tuple(columns), rel.replica_identity, version)
+        if old is not None and old.schema.same_shape(schema):
+            return old
+        return TableState(schema, ctypes)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+class PostgresSource(FixedPartitionedSource):
+    """Reads one flow's replication slot. Items are ``(flow_id, ChangeBatch)``."""
+
+    def __init__(self, flow_id: str, options: Any, *, start_lsn: int | None = None,
+                 max_empty_reads: int | None = None, checkpoints: CheckpointStore | None = None,
+                 prepared: bool = False, stop_at_lsn: int | None = None):
+        self.flow_id = flow_id
+        self.stop_at_lsn = stop_at_lsn  # stop once every change below this LSN is emitted (bench, run-once)
+        self.opts = options
+        self.start_lsn = start_lsn
+        self.max_empty_reads = max_empty_reads
+        self.checkpoints = checkpoints
+        self.prepared = prepared
+
+    def list_parts(self) -> list[str]:
+        return [self.opts.slot]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _PostgresPartition:
+        return _PostgresPartition(self, resume_state)
+
+
+class _PostgresPartition(StatefulSourcePartition):
+    def __init__(self, src: PostgresSource, resume_state: Any):
+        self.src = src
+        self.opts = opts = src.opts
+        self.flow_id = src.flow_id
+        self.server = server_name(opts.dsn)
+        plan = prepare_source(opts, self.flow_id) if not src.prepared else None
+        version = plan.server_version if plan else _server_version(opts.dsn)
+        self.proto_version = proto_version_for(version)
+
+        # Where to resume: bytewax's recovery state, else the checkpoint store.
+        position, covered = ZERO, 0
+        if resume_state:
+            position = Position.from_state(resume_state["position"])
+            covered = int(resume_state.get("covered", 0))
+        elif src.checkpoints is not None:
+            cp = src.checkpoints.get(self.flow_id, opts.slot)
+            if cp is not None:
+                position, covered = cp.position, cp.confirmed_lsn
+        if src.start_lsn is not None:
+            slot_confirmed = (plan.confirmed_flush if plan else None) or _slot_confirmed(opts.dsn, opts.slot)
+            if slot_confirmed is not None and src.start_lsn < slot_confirmed:
+                raise SourceError(
+                    f"cannot replay from {format_lsn(src.start_lsn)}: slot {opts.slot!r} on {self.server} has"
+                    f" confirmed up to {format_lsn(slot_confirmed)} and no longer retains the changes before it",
+                    server=self.server)
+            position, covered = Position(src.start_lsn, 0), src.start_lsn
+        self.position = position  # last change emitted
+        self.covered = covered  # every change below this end LSN has been emitted
+        self.confirmed = covered  # what we told the server (at least what it already has)
+        self.to_confirm: int | None = None
+        self.snapshot_position = position
+
+        self.resolver = TypeResolver(opts.dsn, opts.resolve_types, self.flow_id)
+        self.batcher: Batcher | None = None
+        self.stream: ReplicationStream | None = None
+        self.backoff = BACKOFF_FIRST
+        self.reconnect_at = 0.0
+        self.received = covered
+        self.last_status = 0.0
+        self.first_held_at: float | None = None
+        self.empty_reads = 0
+        self.last_activity = time.monotonic()
+        self.done = False  # max-empty-reads reached: drain, confirm, stop
+        self.done_snapshotted = False
+        self.next_wake: datetime | None = None
+        log.info("source %s: resuming at %s (covered %s)", opts.slot, position, format_lsn(covered),
+                 extra={"flow": self.flow_id})
+
+    # -- connection -----------------------------------------------------------------------
+    def _open(self) -> None:
+        self.batcher = Batcher(self.flow_id, self.opts.batch_size, self.resolver, self.position, self.proto_version)
+        self.stream = ReplicationStream(self.opts.dsn, self.opts.slot, self.opts.publication, self.proto_version,
+                                        self.covered, self.flow_id)
+        self.received = max(self.received, self.covered)
+        self.last_status = 0.0
+        log.info("source %s: streaming from %s (protocol %d)", self.opts.slot, format_lsn(self.covered),
+                 self.proto_version, extra={"flow": self.flow_id})
+
+    def _lost(self, exc: Exception) -> None:
+        """The stream broke: drop what was not emitted; it will be sent again from `covered`."""
+        if self.stream is not None:
+            self.stream.close()
+        self.stream = None
+        self.batcher = None
+        self.first_held_at = None
+        self.reconnect_at = time.monotonic() + self.backoff
+        log.warning("source %s: %s; reconnecting in %.1fs", self.opts.slot, exc, self.backoff,
+                    extra={"flow": self.flow_id})
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+
+    def _ensure_stream(self) -> bool:
+        if self.stream is not None:
+            return True
+        if time.monotonic() < self.reconnect_at:
+            return False
+        try:
+            self._open()
+            return True
+        except SourceError as exc:
+            if getattr(exc, "transient", False):
+                self._lost(exc)
+                return False
+            raise
+        except psycopg.Error as exc:
+            if is_transient(exc):
+                self._lost(exc)
+                return False
+            raise
+
+    # -- status -------------------------------------------------------------------------
+    def _send_status(self, reply: bool = False) -> None:
+        assert self.stream is not None
+        self.stream.send_status(self.received, self.confirmed, self.confirmed, reply)
+        self.last_status = time.monotonic()
+
+    def _confirm(self, lsn: int) -> None:
+        if lsn <= self.confirmed:
+            return
+        self.confirmed = lsn
+        if self.stream is not None:
+            try:
+                self._send_status()
+            except StreamClosed as exc:
+                self._lost(exc)
+        if self.src.checkpoints is not None:
+            self.src.checkpoints.put(Checkpoint(self.flow_id, self.opts.slot, lsn, self.snapshot_position,
+                                                time.time()))
+
+    # -- bytewax ------------------------------------------------------------------------
+    def next_batch(self) -> list[tuple[str, ChangeBatch]]:
+        if self.to_confirm is not None:  # the epoch of the last snapshot is durable
+            self._confirm(self.to_confirm)
+            self.to_confirm = None
+            if self.done and self.done_snapshotted:
+                self.close()
+                raise StopIteration()
+        if self.done:
+            self._pause(0.05)
+            return []
+        if not self._ensure_stream():
+            self._pause(max(0.0, self.reconnect_at - time.monotonic()))
+            return []
+        try:
+            out = self._pump()
+        except StreamClosed as exc:
+            self._lost(exc)
+            return []
+        except DecodeError as exc:
+            raise SourceError(f"cannot decode the replication stream of slot {self.opts.slot!r}: {exc}",
+                              server=self.server) from exc
+        self.backoff = BACKOFF_FIRST
+        return out
+
+    def _pump(self) -> list[tuple[str, ChangeBatch]]:
+        stream, batcher = self.stream, self.batcher
+        assert stream is not None and batcher is not None
+        out: list[tuple[str, ChangeBatch]] = []
+        now = time.monotonic()
+        msgs = stream.read()
+        reply = False
+        for raw in msgs:
+            kind = raw[0]
+            if kind == 119:  # 'w' XLogData
+                payload = bytes(raw[25:])
+                batcher.feed(payload)
+                if batcher.rows and self.first_held_at is None:
+                    self.first_held_at = now
+                if batcher.full():
+                    out.append(self._take())
+            elif kind == 107:  # 'k' keepalive
+                end = int.from_bytes(raw[1:9], "big")
+                if end > self.received:
+                    self.received = end
+                if raw[17]:
+                    reply = True
+                # Idle: nothing open, nothing held, every commit emitted -> WAL up to here is covered.
+                if not batcher.in_txn and not batcher.rows and end > self.covered:
+                    self.covered = end
+        if msgs:
+            self.last_activity = now
+        held_too_long = self.first_held_at is not None and now - self.first_held_at >= self.opts.batch_timeout
+        if batcher.rows and (held_too_long or not msgs):
+            # Caught up with the stream (or batch_timeout passed): emit what we hold.
+            if held_too_long or not batcher.in_txn:
+                out.append(self._take())
+        if not batcher.in_txn and not batcher.rows:
+            self.covered = max(self.covered, batcher.last_commit_end)
+            if self.src.stop_at_lsn is not None and self.covered >= self.src.stop_at_lsn and not self.done:
+                log.info("source %s: reached %s, stopping after the final checkpoint", self.opts.slot,
+                         format_lsn(self.src.stop_at_lsn), extra={"flow": self.flow_id})
+                self.done = True
+        stopping_soon = (self.src.stop_at_lsn is not None and not msgs and self.covered < self.src.stop_at_lsn
+                         and now - self.last_status >= 0.05)
+        if reply or stopping_soon or now - self.last_status >= self.opts.status_interval:
+            # Ask for a reply so an idle server tells us its WAL end: that lets the slot advance.
+            self._send_status(reply=not reply)
+        if out:
+            self.empty_reads = 0
+            self._pause(0)
+        elif not msgs:
+            self._count_empty(now)
+            self._pause(IDLE_POLL)
+        else:
+            self._pause(0)
+        if self.opts.emit_empty and not out and not msgs and self._empty_due(now):
+            out.append((self.flow_id, ChangeBatch(self.flow_id, [], self.position)))
+        return out
+
+    def _take(self) -> tuple[str, ChangeBatch]:
+        assert self.batcher is not None
+        batch = self.batcher.take()
+        assert batch is not None
+        self.position = batch.position
+        # Every COMMIT seen so far is now fully emitted (an open transaction is not).
+        self.covered = max(self.covered, self.batcher.last_commit_end)
+        self.first_held_at = None
+        return (self.flow_id, batch)
+
+    def _empty_due(self, now: float) -> bool:
+        return now - self.last_activity >= self.opts.batch_timeout
+
+    def _count_empty(self, now: float) -> None:
+        """An empty read: a whole batch_timeout with nothing new from the server."""
+        if self.src.max_empty_reads is None:
+            return
+        if now - self.last_activity >= self.opts.batch_timeout:
+            self.empty_reads += 1
+            self.last_activity = now
+            if self.empty_reads >= self.src.max_empty_reads and not (self.batcher and self.batcher.rows):
+                log.info("source %s: %d empty reads, stopping after the final checkpoint", self.opts.slot,
+                         self.empty_reads, extra={"flow": self.flow_id})
+                self.done = True
+
+    def _pause(self, seconds: float) -> None:
+        self.next_wake = datetime.now(UTC) + timedelta(seconds=seconds) if seconds > 0 else None
+
+    def next_awake(self) -> datetime | None:
+        return self.next_wake
+
+    def snapshot(self) -> dict:
+        self.to_confirm = self.covered
+        self.snapshot_position = self.position
+        if self.done:
+            self.done_snapshotted = True
+        return {"position": self.position.to_state(), "covered": self.covered}
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+        self.resolver.close()
+
+
+def _server_version(dsn: str) -> int:
+    with connect(dsn) as conn:
+        return conn.info.server_version
+
+
+def _slot_confirmed(dsn: str, slot: str) -> int | None:
+    from wallaby.changes import parse_lsn
+
+    with connect(dsn) as conn:
+        row = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                           (slot,)).fetchone()
+    return parse_lsn(row[0]) if row and row[0] else None

@@ -1,0 +1,198 @@
+"""The Postgres source partition against a real server: positions, resume, confirm, reconnect, bad input."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+from wallaby.errors import SourceError
+
+from sources.setup import prepare_source
+from tests.flows import drain, flow_spec, rows_of, slot_confirmed, source_part
+from wallaby.changes import Event, Position
+from wallaby.localpg import LocalPostgres
+
+
+@pytest.fixture
+def db(pgdb):
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE items (id int PRIMARY KEY, name text, qty int)")
+        c.execute("CREATE TABLE other (id int)")
+    return pgdb
+
+
+def sql(dsn: str, *stmts: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for s in stmts:
+            c.execute(s)
+
+
+def test_changes_in_order_with_positions(db):
+    spec = flow_spec(db, source={"publication_tables": "public.items"})
+    part = source_part(spec)
+    sql(db, "INSERT INTO items VALUES (1, 'a', 1), (2, 'b', 2)",
+        "UPDATE items SET qty = 5 WHERE id = 1", "DELETE FROM items WHERE id = 2",
+        "INSERT INTO other VALUES (1)")  # not published
+    rows = rows_of(drain(part, until_rows=4))
+    assert [(r["__op"], r["id"]) for r in rows] == [("insert", 1), ("insert", 2), ("update", 1), ("delete", None)]
+    assert rows[3]["__before.id"] == 2
+    positions = [(r["__lsn"], r["__ord"]) for r in rows]
+    assert positions == sorted(positions) and len(set(positions)) == 4
+    assert positions[0][0] == positions[1][0] and positions[1][1] == positions[0][1] + 1  # one transaction
+    part.close()
+
+
+def test_truncate_is_an_event_in_order(db):
+    spec = flow_spec(db, source={"publication_tables": "public.items"})
+    part = source_part(spec)
+    sql(db, "INSERT INTO items VALUES (1, 'a', 1)", "TRUNCATE items", "INSERT INTO items VALUES (2, 'b', 2)")
+    batches = drain(part, until_rows=3)
+    segs = [s for b in batches for s in b.segments]
+    kinds = ["event" if isinstance(s, Event) else "rows" for s in segs]
+    assert kinds == ["rows", "event", "rows"] or kinds.count("event") == 1
+    ev = next(s for s in segs if isinstance(s, Event))
+    assert ev.op == "truncate" and ev.tables[0].name == "items"
+    part.close()
+
+
+def test_resume_mid_transaction_emits_each_change_once(db):
+    spec = flow_spec(db, source={"publication_tables": "public.items", "batch_size": "100"})
+    part = source_part(spec)
+    sql(db, "INSERT INTO items SELECT g, 'n' || g, g FROM generate_series(1, 1000) g")
+    first = drain(part, until_rows=100)
+    assert sum(len(b) for b in first) == 100  # one batch of batch_size, the transaction is still open
+    state = part.snapshot()
+    part.close()  # crash here: the rest of the transaction was never emitted
+
+    part2 = source_part(spec, state)
+    rest = drain(part2, until_rows=900)
+    ids = [r["id"] for r in rows_of(first)] + [r["id"] for r in rows_of(rest)]
+    assert ids == list(range(1, 1001))
+    assert drain(part2, idle_polls=20) == []
+    part2.close()
+
+
+def test_slot_confirms_only_after_the_epoch_is_durable(db):
+    spec = flow_spec(db, source={"publication_tables": "public.items"})
+    part = source_part(spec)
+    start = slot_confirmed(db, spec.source_options().slot)
+    sql(db, "INSERT INTO items VALUES (1, 'a', 1)")
+    drain(part, until_rows=1)
+    drain(part, idle_polls=5)
+    assert slot_confirmed(db, spec.source_options().slot) == start  # emitted, not durable yet
+    part.snapshot()  # end of epoch
+    assert slot_confirmed(db, spec.source_options().slot) == start  # sinks may still be writing
+    part.next_batch()  # bytewax calls this only once the epoch is durable everywhere
+    deadline = time.monotonic() + 5
+    while slot_confirmed(db, spec.source_options().slot) == start and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert slot_confirmed(db, spec.source_options().slot) > start
+    part.close()
+
+
+def test_idle_slot_advances_past_unpublished_wal(db):
+    spec = flow_spec(db, source={"publication_tables": "public.items", "status_interval": "100ms"})
+    part = source_part(spec)
+    drain(part, idle_polls=3)
+    before = slot_confirmed(db, "wallaby_t")
+    sql(db, "INSERT INTO other SELECT generate_series(1, 1000)")  # WAL, but nothing published
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        drain(part, idle_polls=10)
+        part.snapshot()
+        part.next_batch()
+        if slot_confirmed(db, "wallaby_t") > before:
+            break
+    assert slot_confirmed(db, "wallaby_t") > before
+    part.close()
+
+
+def test_walsender_terminated_mid_stream_reconnects_and_loses_nothing(db):
+    spec = flow_spec(db, source={"publication_tables": "public.items", "batch_size": "50"})
+    part = source_part(spec)
+    sql(db, "INSERT INTO items SELECT g, 'x', g FROM generate_series(1, 200) g")
+    got = drain(part, until_rows=50)
+    sql(db, "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'wallaby_t'")
+    sql(db, "INSERT INTO items SELECT g, 'y', g FROM generate_series(201, 300) g")
+    got += drain(part, until_rows=250, timeout=60)
+    ids = [r["id"] for r in rows_of(got)]
+    assert ids == list(range(1, 301))
+    part.close()
+
+
+def test_start_lsn_before_the_slot_is_a_clear_error(db):
+    spec = flow_spec(db, source={"publication_tables": "public.items"})
+    prepare_source(spec.source_options(), spec.id)
+    with pytest.raises(SourceError, match="no longer retains"):
+        source_part(spec, start_lsn=16)
+
+
+def test_start_lsn_skips_earlier_changes(db):
+    spec = flow_spec(db, source={"publication_tables": "public.items"})
+    prepare_source(spec.source_options(), spec.id)
+    sql(db, "INSERT INTO items VALUES (1, 'a', 1)")
+    with psycopg.connect(db) as c:
+        lsn = c.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+    sql(db, "INSERT INTO items VALUES (2, 'b', 2)")
+    from wallaby.changes import parse_lsn
+
+    part = source_part(spec, start_lsn=parse_lsn(lsn))
+    rows = rows_of(drain(part, until_rows=1))
+    assert [r["id"] for r in rows] == [2]
+    part.close()
+
+
+def _nothing_created(dsn: str) -> None:
+    with psycopg.connect(dsn) as c:
+        assert c.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM pg_publication").fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'wallaby'").fetchone()[0] == 0
+
+
+def test_missing_publication_without_ensure_is_one_clear_error(db):
+    spec = flow_spec(db, source={"ensure_publication": "false"})
+    with pytest.raises(SourceError, match="publication 'wallaby_t' does not exist.*ensure_publication=true"):
+        prepare_source(spec.source_options(), spec.id)
+    _nothing_created(db)
+
+
+def test_missing_table_in_publication_tables(db):
+    spec = flow_spec(db, source={"publication_tables": "public.items,public.nope"})
+    with pytest.raises(SourceError, match="public.nope"):
+        prepare_source(spec.source_options(), spec.id)
+    _nothing_created(db)
+
+
+def test_wrong_password_names_the_server_not_the_password(pg, db):
+    sql(pg.dsn(), "DROP ROLE IF EXISTS app", "CREATE ROLE app LOGIN REPLICATION PASSWORD 'right'")
+    dsn = db.replace("postgresql://postgres@", "postgresql://app:wrong-secret@")
+    spec = flow_spec(dsn)
+    with pytest.raises(SourceError) as err:
+        prepare_source(spec.source_options(), spec.id)
+    text = str(err.value)
+    assert "wrong-secret" not in text and "127.0.0.1" in text and "password" in text
+    _nothing_created(db)
+
+
+def test_unreachable_host(db):
+    spec = flow_spec("postgresql://postgres:pw@127.0.0.1:1/x?connect_timeout=2")
+    with pytest.raises(SourceError, match=r"127.0.0.1:1.*reachable") as err:
+        prepare_source(spec.source_options(), spec.id)
+    assert "pw" not in str(err.value).replace("password", "")
+
+
+def test_wal_level_replica_names_the_setting(tmp_path):
+    server = LocalPostgres(tmp_path / "replica-pg")
+    server.start({"wal_level": "replica"})
+    try:
+        spec = flow_spec(server.dsn())
+        with pytest.raises(SourceError, match="wal_level is 'replica'.*ALTER SYSTEM SET wal_level = logical"):
+            prepare_source(spec.source_options(), spec.id)
+        _nothing_created(server.dsn())
+    finally:
+        server.destroy()
+
+
+def test_position_order():
+    assert Position(1, 5) < Position(2, 0) < Position(2, 1)
