@@ -14,6 +14,7 @@ change exactly once.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +38,7 @@ from sources.pgoutput import (
     Truncate,
     TypeInfo,
     Update,
+    read_tuple,
 )
 from wallaby.changes import (
     BEFORE_PREFIX,
@@ -56,6 +58,8 @@ from wallaby.changes import (
 
 log = logging.getLogger("wallaby.source")
 
+_U32 = struct.Struct(">I")
+
 
 @dataclass
 class TableState:
@@ -71,14 +75,10 @@ Resolver = Callable[[Relation, dict[int, TypeInfo], TableState | None], TableSta
 
 @dataclass
 class _Run:
+    """Rows of one table version, each ``(op, lsn, ordinal, commit_ts, xid, after, before)``."""
+
     state: TableState
-    after: list = field(default_factory=list)
-    before: list = field(default_factory=list)  # None or a value list per row
-    ops: list = field(default_factory=list)
-    lsns: list = field(default_factory=list)
-    ords: list = field(default_factory=list)
-    ts: list = field(default_factory=list)
-    xids: list = field(default_factory=list)
+    rows: list = field(default_factory=list)
     has_before: bool = False
 
 
@@ -108,9 +108,17 @@ class Batcher:
 
     # -- feeding ------------------------------------------------------------------------
     def feed(self, payload: bytes) -> None:
+        if payload[0] == 73 and not self.decoder.in_stream:  # 'I': the hot path, no message object
+            self.ordinal += 1
+            if self.skipping or self.ordinal <= self.skip_ordinal:
+                return
+            relid = _U32.unpack_from(payload, 1)[0]
+            new, _ = read_tuple(payload, 6)
+            self._add(relid, (OP_INSERT, self.lsn, self.ordinal, self.commit_ts, self.xid, new, None), False)
+            return
         msg = self.decoder.decode(payload)
         t = type(msg)
-        if t is Insert or t is Update or t is Delete:
+        if t is Update or t is Delete or t is Insert:
             self._row(msg)
         elif t is Begin:
             self.in_txn = True
@@ -161,32 +169,27 @@ class Batcher:
             self.segments.append(run)
         return run
 
+    def _add(self, relid: int, row: tuple, has_before: bool) -> None:
+        run = self.open_runs.get(relid)
+        if run is None:
+            run = self._run_for(relid)
+        run.rows.append(row)
+        if has_before:
+            run.has_before = True
+        self.rows += 1
+        self.last_position = Position(self.lsn, self.ordinal)
+
     def _row(self, msg) -> None:
         if not self._next_ordinal():
             return
-        run = self._run_for(msg.relid)
         t = type(msg)
         if t is Insert:
-            run.ops.append(OP_INSERT)
-            run.after.append(msg.new)
-            run.before.append(None)
+            row = (OP_INSERT, self.lsn, self.ordinal, self.commit_ts, self.xid, msg.new, None)
         elif t is Update:
-            run.ops.append(OP_UPDATE)
-            run.after.append(msg.new)
-            run.before.append(msg.old)
-            if msg.old is not None:
-                run.has_before = True
+            row = (OP_UPDATE, self.lsn, self.ordinal, self.commit_ts, self.xid, msg.new, msg.old)
         else:
-            run.ops.append(OP_DELETE)
-            run.after.append(None)
-            run.before.append(msg.old)
-            run.has_before = True
-        run.lsns.append(self.lsn)
-        run.ords.append(self.ordinal)
-        run.ts.append(self.commit_ts)
-        run.xids.append(self.xid)
-        self.rows += 1
-        self.last_position = Position(self.lsn, self.ordinal)
+            row = (OP_DELETE, self.lsn, self.ordinal, self.commit_ts, self.xid, None, msg.old)
+        self._add(msg.relid, row, row[6] is not None)
 
     def _event(self, op: str, relids: list[int], payload: dict) -> None:
         if not self._next_ordinal():
@@ -215,7 +218,7 @@ class Batcher:
         """Everything held, as one ChangeBatch (None when nothing is held)."""
         if not self.rows:
             return None
-        segments = [s if isinstance(s, Event) else _build(s) for s in self.segments if isinstance(s, Event) or s.ops]
+        segments = [s if isinstance(s, Event) else _build(s) for s in self.segments if isinstance(s, Event) or s.rows]
         batch = ChangeBatch(self.flow_id, segments, self.last_position)
         self.segments = []
         self.open_runs = {}
@@ -231,10 +234,11 @@ def _build(run: _Run) -> TableChanges:
     state = run.state
     cols = state.schema.columns
     ncols = len(cols)
-    n = len(run.ops)
+    ops, lsns, ords, ts, xids, afters, befores = zip(*run.rows, strict=True)
+    n = len(ops)
     empty = [None] * ncols
-    after_rows = [r if r is not None else empty for r in run.after]
-    if len(after_rows[0]) != ncols or any(len(r) != ncols for r in after_rows):
+    after_rows = [r if r is not None else empty for r in afters]
+    if any(len(r) != ncols for r in after_rows):
         raise RuntimeError(f"{state.schema.qualified}: row width does not match its Relation message")
     after_cols = list(zip(*after_rows, strict=True))
 
@@ -254,20 +258,17 @@ def _build(run: _Run) -> TableChanges:
 
     arrays: list[pa.Array] = [_column(after_cols[i], state.types[i]) for i in range(ncols)]
     fields = [pa.field(cols[i].name, arrays[i].type) for i in range(ncols)]
-    meta = [
-        pa.array(run.ops, pa.string()),
-        pa.array(run.lsns, pa.uint64()),
-        pa.array(run.ords, pa.uint64()),
-        pa.array(run.ts, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        pa.array(run.xids, pa.uint32()),
+    arrays += [
+        pa.array(ops, pa.string()),
+        pa.array(lsns, pa.uint64()),
+        pa.array(ords, pa.uint64()),
+        pa.array(ts, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        pa.array(xids, pa.uint32()),
         pa.array(unchanged if unchanged is not None else [None] * n, pa.list_(pa.string())),
     ]
-    arrays += meta
     fields += list(META_FIELDS)
     if run.has_before:
-        before_rows = [
-            [None if v is UNCHANGED else v for v in r] if r is not None else empty for r in run.before
-        ]
+        before_rows = [[None if v is UNCHANGED else v for v in r] if r is not None else empty for r in befores]
         before_cols = list(zip(*before_rows, strict=True))
         for i in range(ncols):
             arr = _column(before_cols[i], state.types[i])
