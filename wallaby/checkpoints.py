@@ -79,74 +79,77 @@ def _s(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-class SQLiteCheckpoints:
+class _SQLCheckpoints:
+    """The queries, shared by both backends; a backend supplies `_run` and its placeholder."""
+
+    placeholder = "?"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def _run(self, sql: str, params: tuple = ()) -> list:
+        raise NotImplementedError
+
+    def _where(self, *cols: str) -> str:
+        return " WHERE " + " AND ".join(f"{c} = {self.placeholder}" for c in cols)
+
+    def get(self, flow_id: str, slot: str) -> Checkpoint | None:
+        with self._lock:
+            rows = self._run(_SQL_SELECT + self._where("flow_id", "slot"), (flow_id, slot))
+        return _row(rows[0]) if rows else None
+
+    def put(self, cp: Checkpoint) -> None:
+        with self._lock:
+            self._run(
+                _SQL_UPSERT.format(p=self.placeholder),
+                (cp.flow_id, cp.slot, _s(cp.confirmed_lsn), _s(cp.position.lsn), cp.position.ordinal, cp.updated_at),
+            )
+
+    def list(self, flow_id: str | None = None) -> list[Checkpoint]:
+        with self._lock:
+            if flow_id is None:
+                rows = self._run(_SQL_SELECT + " ORDER BY flow_id, slot")
+            else:
+                rows = self._run(_SQL_SELECT + self._where("flow_id") + " ORDER BY slot", (flow_id,))
+        return [_row(r) for r in rows]
+
+
+class SQLiteCheckpoints(_SQLCheckpoints):
     def __init__(self, path: str | Path):
+        super().__init__()
         self.path = str(path)
         if self.path != ":memory:" and not self.path.startswith("file:"):
             Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
             self.path = str(Path(self.path).expanduser())
-        self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, uri=self.path.startswith("file:"), check_same_thread=False,
                                      timeout=30, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(_SQL_CREATE)
 
-    def get(self, flow_id: str, slot: str) -> Checkpoint | None:
-        with self._lock:
-            r = self._conn.execute(_SQL_SELECT + " WHERE flow_id = ? AND slot = ?", (flow_id, slot)).fetchone()
-        return _row(r) if r else None
-
-    def put(self, cp: Checkpoint) -> None:
-        with self._lock:
-            self._conn.execute(
-                _SQL_UPSERT.format(p="?"),
-                (cp.flow_id, cp.slot, _s(cp.confirmed_lsn), _s(cp.position.lsn), cp.position.ordinal, cp.updated_at),
-            )
-
-    def list(self, flow_id: str | None = None) -> list[Checkpoint]:
-        with self._lock:
-            if flow_id is None:
-                rows = self._conn.execute(_SQL_SELECT + " ORDER BY flow_id, slot").fetchall()
-            else:
-                rows = self._conn.execute(_SQL_SELECT + " WHERE flow_id = ? ORDER BY slot", (flow_id,)).fetchall()
-        return [_row(r) for r in rows]
+    def _run(self, sql: str, params: tuple = ()) -> list:
+        return self._conn.execute(sql, params).fetchall()
 
     def close(self) -> None:
         self._conn.close()
 
 
-class PostgresCheckpoints:
+class PostgresCheckpoints(_SQLCheckpoints):
+    placeholder = "%s"
+
     def __init__(self, dsn: str):
         import psycopg
 
-        self.dsn = dsn
+        super().__init__()
         try:
             self._conn = psycopg.connect(dsn, autocommit=True, application_name="wallaby-checkpoints")
         except psycopg.Error as exc:
             problem = f"cannot connect to the checkpoint Postgres: {redact_dsn(str(exc))}"
             raise ConfigError("checkpoint store", [FieldProblem("WALLABY_CHECKPOINT_DSN", problem)]) from None
-        self._lock = threading.Lock()
         self._conn.execute(_SQL_CREATE)
 
-    def get(self, flow_id: str, slot: str) -> Checkpoint | None:
-        with self._lock:
-            r = self._conn.execute(_SQL_SELECT + " WHERE flow_id = %s AND slot = %s", (flow_id, slot)).fetchone()
-        return _row(r) if r else None
-
-    def put(self, cp: Checkpoint) -> None:
-        with self._lock:
-            self._conn.execute(
-                _SQL_UPSERT.format(p="%s"),
-                (cp.flow_id, cp.slot, _s(cp.confirmed_lsn), _s(cp.position.lsn), cp.position.ordinal, cp.updated_at),
-            )
-
-    def list(self, flow_id: str | None = None) -> list[Checkpoint]:
-        with self._lock:
-            if flow_id is None:
-                rows = self._conn.execute(_SQL_SELECT + " ORDER BY flow_id, slot").fetchall()
-            else:
-                rows = self._conn.execute(_SQL_SELECT + " WHERE flow_id = %s ORDER BY slot", (flow_id,)).fetchall()
-        return [_row(r) for r in rows]
+    def _run(self, sql: str, params: tuple = ()) -> list:
+        cur = self._conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
 
     def close(self) -> None:
         self._conn.close()
