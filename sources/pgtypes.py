@@ -24,7 +24,12 @@ the fast path rejects: 'infinity', BC dates, years past 9999).
 | interval | month_day_nano_interval | exact months, days, nanoseconds |
 | arrays | list<element>, nested per dimension | dimensions from pg_attribute.attndims (min 1) |
 | domains | their base type | |
-| text, varchar, bpchar, name, char, json, jsonb, jsonpath, xml, uuid, inet, cidr, macaddr(8), bit, varbit, timetz, tsvector, tsquery, pg_lsn, enums, ranges, composites, geometric, extension types (geometry, vector), unknown OIDs | string | the exact text; the type name travels in the column metadata |
+| everything else | string | the exact text; the type name travels in Column.type_name |
+
+"Everything else": text, varchar, bpchar, name, char, json, jsonb, jsonpath, xml,
+uuid, inet, cidr, macaddr(8), bit, varbit, timetz, tsvector, tsquery, pg_lsn,
+enums, ranges, composites, geometric types, extension types (postgis geometry,
+pgvector vector) and unknown OIDs.
 """
 
 from __future__ import annotations
@@ -243,7 +248,9 @@ def column_type(oid: int, typmod: int, types: Mapping[int, PgType], ndims: int =
 
 _EPOCH_DATE = dt.date(1970, 1, 1)
 _DATE_RE = re.compile(r"^(\d{4,})-(\d{2})-(\d{2})( BC)?$")
-_TS_RE = re.compile(r"^(\d{4,})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?([+-]\d{2}(?::?\d{2}){0,2})?( BC)?$")
+_TS_RE = re.compile(
+    r"^(\d{4,})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?([+-]\d{2}(?::?\d{2}){0,2})?( BC)?$"
+)
 _INTERVAL_RE = re.compile(
     r"^P(?:(?P<y>-?\d+)Y)?(?:(?P<mo>-?\d+)M)?(?:(?P<w>-?\d+)W)?(?:(?P<d>-?\d+)D)?"
     r"(?:T(?:(?P<h>-?\d+)H)?(?:(?P<mi>-?\d+)M)?(?:(?P<s>-?\d+(?:\.\d+)?)S)?)?$"
@@ -376,7 +383,7 @@ def decode_column(ct: ColumnType, values: list) -> pa.Array:
     if fam == "int" or fam == "float":
         return _strings(values).cast(ct.arrow_type)
     if fam == "bool":
-        return pc.equal(pc.utf8_slice_codeunits(_strings(values), 0, 1), "t")  # 't' (boolout) or 'true' 
+        return pc.equal(pc.utf8_slice_codeunits(_strings(values), 0, 1), "t")  # 't' (boolout) or 'true'
     if fam == "numeric":
         if any(v in _NUMERIC_SPECIAL for v in values if v is not None):
             return _strings(values)

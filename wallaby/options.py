@@ -113,7 +113,7 @@ def rds_region_from_dsn(dsn: str) -> str | None:
 
     try:
         host = conninfo.conninfo_to_dict(dsn).get("host") or ""
-    except Exception:  # noqa: BLE001 - an unparseable dsn is reported by the dsn check
+    except Exception:
         return None
     m = _RDS_HOST.search(str(host))
     return m.group(1) if m else None
