@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     from bytewax import operators as op
     from bytewax.dataflow import Dataflow
     from bytewax.run import cli_main
-    from wallaby.spec import parse_flow
 
     from sources.postgres import PostgresSource
+    from wallaby.spec import parse_flow
 
     dest = {"name": "out", "type": "duckdb", "options": {"dsn": a.duckdb or ":memory:"}}
     spec = parse_flow({

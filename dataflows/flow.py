@@ -20,12 +20,12 @@ from typing import Any
 
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
-from wallaby.errors import ConfigError, FieldProblem
-from wallaby.spec import FlowSpec, load_flow
 
 from sinks.base import WriterSink
 from sources.postgres import PostgresSource
 from wallaby.checkpoints import CheckpointStore, open_store
+from wallaby.errors import ConfigError, FieldProblem
+from wallaby.spec import FlowSpec, load_flow
 
 
 def _duckdb(name: str, flow_id: str, options: Any) -> WriterSink:

@@ -18,16 +18,15 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from sources import pgtypes
 from sources.pgoutput import (
-    UNCHANGED,
     Begin,
     Commit,
+    DecodeError,
     Decoder,
-    Delete,
-    Insert,
     LogicalMessage,
     Origin,
     Relation,
@@ -37,9 +36,8 @@ from sources.pgoutput import (
     StreamStop,
     Truncate,
     TypeInfo,
-    Update,
-    read_tuple,
 )
+from sources.tuples import parse_tuples, skip_tuple
 from wallaby.changes import (
     BEFORE_PREFIX,
     META_FIELDS,
@@ -113,14 +111,16 @@ class Batcher:
             if self.skipping or self.ordinal <= self.skip_ordinal:
                 return
             relid = _U32.unpack_from(payload, 1)[0]
-            new, _ = read_tuple(payload, 6)
-            self._add(relid, (OP_INSERT, self.lsn, self.ordinal, self.commit_ts, self.xid, new, None), False)
+            self._add(relid, (OP_INSERT, self.lsn, self.ordinal, self.commit_ts, self.xid, (payload, 6), None),
+                      False)
+            return
+        kind = payload[0]
+        if kind == 85 or kind == 68 or kind == 73:  # 'U', 'D', 'I' (in a stream)
+            self._row(payload)
             return
         msg = self.decoder.decode(payload)
         t = type(msg)
-        if t is Update or t is Delete or t is Insert:
-            self._row(msg)
-        elif t is Begin:
+        if t is Begin:
             self.in_txn = True
             self.lsn, self.commit_ts, self.xid = msg.final_lsn, msg.commit_ts, msg.xid
             self.ordinal = 0
@@ -179,17 +179,28 @@ class Batcher:
         self.rows += 1
         self.last_position = Position(self.lsn, self.ordinal)
 
-    def _row(self, msg) -> None:
+    def _row(self, payload: bytes) -> None:
+        """An update or delete (or an insert inside a stream): keep the raw images, parsed per batch."""
         if not self._next_ordinal():
             return
-        t = type(msg)
-        if t is Insert:
-            row = (OP_INSERT, self.lsn, self.ordinal, self.commit_ts, self.xid, msg.new, None)
-        elif t is Update:
-            row = (OP_UPDATE, self.lsn, self.ordinal, self.commit_ts, self.xid, msg.new, msg.old)
-        else:
-            row = (OP_DELETE, self.lsn, self.ordinal, self.commit_ts, self.xid, None, msg.old)
-        self._add(msg.relid, row, row[6] is not None)
+        kind = payload[0]
+        pos = 5 if self.decoder.in_stream else 1
+        relid = _U32.unpack_from(payload, pos)[0]
+        pos += 4
+        tag = payload[pos]
+        old = None
+        if tag == 75 or tag == 79:  # 'K' old key, 'O' old row
+            old = (payload, pos + 1)
+            if kind == 68:  # 'D'
+                self._add(relid, (OP_DELETE, self.lsn, self.ordinal, self.commit_ts, self.xid, None, old), True)
+                return
+            pos = skip_tuple(payload, pos + 1)
+            tag = payload[pos]
+        if tag != 78:  # 'N'
+            raise DecodeError(f"{chr(kind)}: expected a new tuple at offset {pos}")
+        op = OP_UPDATE if kind == 85 else OP_INSERT
+        self._add(relid, (op, self.lsn, self.ordinal, self.commit_ts, self.xid, (payload, pos + 1), old),
+                  old is not None)
 
     def _event(self, op: str, relids: list[int], payload: dict) -> None:
         if not self._next_ordinal():
@@ -226,37 +237,28 @@ class Batcher:
         return batch
 
 
-def _column(values: tuple, ctype: pgtypes.ColumnType) -> pa.Array:
-    return pgtypes.decode_column(ctype, list(values))
-
-
 def _build(run: _Run) -> TableChanges:
     state = run.state
     cols = state.schema.columns
     ncols = len(cols)
     ops, lsns, ords, ts, xids, afters, befores = zip(*run.rows, strict=True)
     n = len(ops)
-    empty = [None] * ncols
-    after_rows = [r if r is not None else empty for r in afters]
-    if any(len(r) != ncols for r in after_rows):
-        raise RuntimeError(f"{state.schema.qualified}: row width does not match its Relation message")
-    after_cols = list(zip(*after_rows, strict=True))
+    after = parse_tuples(list(afters), ncols)
 
     unchanged: list | None = None
-    for i, col in enumerate(after_cols):
-        if UNCHANGED in col:
-            if unchanged is None:
-                unchanged = [None] * n
-            name = cols[i].name
-            for r, v in enumerate(col):
-                if v is UNCHANGED:
-                    if unchanged[r] is None:
-                        unchanged[r] = [name]
-                    else:
-                        unchanged[r].append(name)
-            after_cols[i] = tuple(None if v is UNCHANGED else v for v in col)
+    for i, mask in enumerate(after.unchanged):
+        if mask is None:
+            continue
+        if unchanged is None:
+            unchanged = [None] * n
+        name = cols[i].name
+        for r in np.flatnonzero(mask).tolist():
+            if unchanged[r] is None:
+                unchanged[r] = [name]
+            else:
+                unchanged[r].append(name)
 
-    arrays: list[pa.Array] = [_column(after_cols[i], state.types[i]) for i in range(ncols)]
+    arrays: list[pa.Array] = [_decode(after.values[i], state.types[i], state.schema, i) for i in range(ncols)]
     fields = [pa.field(cols[i].name, arrays[i].type) for i in range(ncols)]
     arrays += [
         pa.array(ops, pa.string()),
@@ -268,10 +270,16 @@ def _build(run: _Run) -> TableChanges:
     ]
     fields += list(META_FIELDS)
     if run.has_before:
-        before_rows = [[None if v is UNCHANGED else v for v in r] if r is not None else empty for r in befores]
-        before_cols = list(zip(*before_rows, strict=True))
+        before = parse_tuples(list(befores), ncols)
         for i in range(ncols):
-            arr = _column(before_cols[i], state.types[i])
+            arr = _decode(before.values[i], state.types[i], state.schema, i)
             arrays.append(arr)
             fields.append(pa.field(BEFORE_PREFIX + cols[i].name, arr.type))
     return TableChanges(state.schema, pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields)))
+
+
+def _decode(raw: pa.Array, ctype: pgtypes.ColumnType, table: TableSchema, i: int) -> pa.Array:
+    try:
+        return pgtypes.decode_column(ctype, raw)
+    except (ValueError, pa.ArrowInvalid) as exc:
+        raise DecodeError(f"{table.qualified}.{table.columns[i].name} ({ctype.type_name}): {exc}") from exc

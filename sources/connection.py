@@ -11,9 +11,9 @@ import logging
 
 import psycopg
 from psycopg import conninfo, pq
-from wallaby.errors import SourceError, redact_dsn
 
 from sources.pgtypes import SESSION_SETTINGS, libpq_options
+from wallaby.errors import SourceError, redact_dsn
 
 log = logging.getLogger("wallaby.source")
 

@@ -337,9 +337,6 @@ def parse_bytea(text: str) -> bytes:
     raise ValueError("bytea must be in hex output format (bytea_output=hex)")
 
 
-_NUMERIC_SPECIAL = {b"NaN", b"Infinity", b"-Infinity", "NaN", "Infinity", "-Infinity"}
-
-
 def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes | bytearray | memoryview) else v
 
@@ -348,75 +345,75 @@ def decode_value(ct: ColumnType, raw: bytes | str | None) -> Any:
     """One value as a Python object (tests, error messages): what decode_column would hold."""
     if raw is None:
         return None
-    return decode_column(ct, [raw]).to_pylist()[0] if ct.family != "numeric_text" else _text(raw)
+    return decode_column(ct, [raw]).to_pylist()[0]
 
 
 # -- columns ---------------------------------------------------------------------------------------------
 
 
-def _strings(values: list) -> pa.Array:
+def _strings(values: list | pa.Array) -> pa.Array:
+    """Raw values (bytes/str list, or a binary/binary_view Arrow array) as an Arrow string array."""
+    if isinstance(values, pa.Array):
+        return values if values.type == pa.string() else values.cast(pa.string())
     if values and isinstance(next((v for v in values if v is not None), b""), str):
         return pa.array(values, pa.string())
     return pa.array(values, pa.binary()).cast(pa.string())
 
 
-def _per_value(values: list, fn, arrow: pa.DataType) -> pa.Array:
-    return pa.array([None if v is None else fn(_text(v)) for v in values], arrow)
+_SPECIAL_NUMERIC = pa.array(["NaN", "Infinity", "-Infinity"])
 
 
-def _cast_or(values: list, arrow: pa.DataType, fallback) -> pa.Array:
-    s = _strings(values)
-    try:
-        return s.cast(arrow)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return fallback(values)
+def _has_suffix(s: pa.Array, *suffixes: str) -> bool:
+    return any(pc.any(pc.ends_with(s, x)).as_py() for x in suffixes)
 
 
-def decode_column(ct: ColumnType, values: list) -> pa.Array:
-    """Raw text values of one column (bytes or str, None = NULL) -> one Arrow array of ``ct.arrow_type``.
+def decode_column(ct: ColumnType, values: list | pa.Array) -> pa.Array:
+    """Raw text values of one column -> one Arrow array of ``ct.arrow_type``.
 
-    The one exception: a numeric(p,s) column whose values include NaN/Infinity comes back as string.
+    ``values``: bytes or str per row (None = NULL), or a binary/binary_view Arrow array.
+    The one exception to ``ct.arrow_type``: a numeric(p,s) column whose values
+    include NaN/Infinity comes back as string for that batch.
     """
     fam = ct.family
+    s = _strings(values)
     if fam == "text" or fam == "numeric_text":
-        return _strings(values)
+        return s
     if fam == "int" or fam == "float":
-        return _strings(values).cast(ct.arrow_type)
+        return s.cast(ct.arrow_type)
     if fam == "bool":
-        return pc.equal(pc.utf8_slice_codeunits(_strings(values), 0, 1), "t")  # 't' (boolout) or 'true'
+        return pc.equal(pc.utf8_slice_codeunits(s, 0, 1), "t")  # 't' (boolout) or 'true'
     if fam == "numeric":
-        if any(v in _NUMERIC_SPECIAL for v in values if v is not None):
-            return _strings(values)
-        return _strings(values).cast(ct.arrow_type)
+        if pc.any(pc.is_in(s, value_set=_SPECIAL_NUMERIC)).as_py():
+            return s
+        return s.cast(ct.arrow_type)
     if fam == "timestamptz" or fam == "timestamp":
-        def slow(vs: list) -> pa.Array:
-            us = pa.array([None if v is None else parse_timestamp_us(_text(v)) for v in vs], pa.int64())
-            return us.cast(ct.arrow_type)
-        if fam == "timestamp":
-            return _cast_or(values, ct.arrow_type, slow)
-        if any(v is not None and _text(v).endswith(("infinity", "BC")) for v in values):
-            return slow(values)
-        return _cast_or(values, ct.arrow_type, slow)
+        if not _has_suffix(s, "infinity", "BC"):
+            try:
+                return s.cast(ct.arrow_type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass  # e.g. a year past 9999
+        us = [None if v is None else parse_timestamp_us(v) for v in s.to_pylist()]
+        return pa.array(us, pa.int64()).cast(ct.arrow_type)
     if fam == "date":
-        def slow_date(vs: list) -> pa.Array:
-            return pa.array([None if v is None else parse_date_days(_text(v)) for v in vs], pa.int32()).cast(
-                pa.date32())
-        if any(v is not None and _text(v).endswith(("infinity", "BC")) for v in values):
-            return slow_date(values)
-        return _cast_or(values, pa.date32(), slow_date)
+        if not _has_suffix(s, "infinity", "BC"):
+            try:
+                return s.cast(pa.date32())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+        days = [None if v is None else parse_date_days(v) for v in s.to_pylist()]
+        return pa.array(days, pa.int32()).cast(pa.date32())
+    py = s.to_pylist()
     if fam == "time":
-        return pa.array([None if v is None else parse_time_us(_text(v)) for v in values], pa.int64()).cast(
-            pa.time64("us"))
+        return pa.array([None if v is None else parse_time_us(v) for v in py], pa.int64()).cast(pa.time64("us"))
     if fam == "interval":
-        return pa.array([None if v is None else parse_interval(_text(v)) for v in values],
-                        pa.month_day_nano_interval())
+        return pa.array([None if v is None else parse_interval(v) for v in py], pa.month_day_nano_interval())
     if fam == "money":
-        return _per_value(values, parse_money, ct.arrow_type)
+        return pa.array([None if v is None else parse_money(v) for v in py], ct.arrow_type)
     if fam == "bytea":
-        return _per_value(values, parse_bytea, pa.binary())
+        return pa.array([None if v is None else parse_bytea(v) for v in py], pa.binary())
     if fam == "array":
-        return _decode_arrays(ct, values)
-    return _strings(values)
+        return _decode_arrays(ct, py)
+    return s
 
 
 def _decode_arrays(ct: ColumnType, values: list) -> pa.Array:

@@ -20,7 +20,6 @@ from typing import Any
 
 import psycopg
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from wallaby.errors import SourceError
 
 from sources import pgtypes
 from sources.batcher import Batcher, TableState
@@ -30,6 +29,7 @@ from sources.replication import ReplicationStream, StreamClosed
 from sources.setup import prepare_source, proto_version_for
 from wallaby.changes import ZERO, ChangeBatch, Column, Position, TableSchema, format_lsn
 from wallaby.checkpoints import Checkpoint, CheckpointStore
+from wallaby.errors import SourceError
 
 log = logging.getLogger("wallaby.source")
 

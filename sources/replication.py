@@ -15,11 +15,11 @@ import time
 
 import psycopg
 from psycopg import pq
-from wallaby.errors import SourceError
 
 from sources.connection import connect, connect_error, quote_ident, quote_literal, server_name
 from sources.pgoutput import PG_EPOCH_OFFSET_US, standby_status
 from wallaby.changes import format_lsn
+from wallaby.errors import SourceError
 
 log = logging.getLogger("wallaby.source")
 

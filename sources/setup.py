@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass
 
 import psycopg
-from wallaby.errors import SourceError
 
 from sources.connection import connect, quote_ident, quote_literal, server_name, simple_query
+from wallaby.errors import SourceError
 
 log = logging.getLogger("wallaby.source")
 

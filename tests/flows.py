@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 
 import psycopg
-from wallaby.spec import FlowSpec, parse_flow
 
 from sources.postgres import PostgresSource
 from wallaby.changes import ChangeBatch, TableChanges
+from wallaby.spec import FlowSpec, parse_flow
 
 
 def flow_spec(dsn: str, *, flow_id: str = "t", slot: str = "wallaby_t", publication: str = "wallaby_t",
