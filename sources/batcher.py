@@ -102,7 +102,8 @@ class Batcher:
         self.skipping = False
         self.skip_ordinal = 0
         self.last_commit_end = 0  # end LSN of the last COMMIT seen
-        self.last_position = skip_to  # position of the last change held or taken
+        # position of the last change held or taken (kept as ints: no object per row)
+        self.last_lsn, self.last_ordinal = skip_to.lsn, skip_to.ordinal
 
     # -- feeding ------------------------------------------------------------------------
     def feed(self, payload: bytes) -> None:
@@ -111,8 +112,11 @@ class Batcher:
             if self.skipping or self.ordinal <= self.skip_ordinal:
                 return
             relid = _U32.unpack_from(payload, 1)[0]
-            self._add(relid, (OP_INSERT, self.lsn, self.ordinal, self.commit_ts, self.xid, (payload, 6), None),
-                      False)
+            run = self.open_runs.get(relid) or self._run_for(relid)
+            run.rows.append((OP_INSERT, self.lsn, self.ordinal, self.commit_ts, self.xid, (payload, 6), None))
+            self.rows += 1
+            self.last_lsn = self.lsn
+            self.last_ordinal = self.ordinal
             return
         kind = payload[0]
         if kind == 85 or kind == 68 or kind == 73:  # 'U', 'D', 'I' (in a stream)
@@ -177,7 +181,8 @@ class Batcher:
         if has_before:
             run.has_before = True
         self.rows += 1
-        self.last_position = Position(self.lsn, self.ordinal)
+        self.last_lsn = self.lsn
+        self.last_ordinal = self.ordinal
 
     def _row(self, payload: bytes) -> None:
         """An update or delete (or an insert inside a stream): keep the raw images, parsed per batch."""
@@ -211,7 +216,7 @@ class Batcher:
         pos = Position(self.lsn, self.ordinal)
         self.segments.append(Event(op, pos, self.commit_ts, self.xid, tables, payload))
         self.rows += 1
-        self.last_position = pos
+        self.last_lsn, self.last_ordinal = pos.lsn, pos.ordinal
 
     def _truncate(self, msg: Truncate) -> None:
         self._event(OP_TRUNCATE, msg.relids, {"cascade": msg.cascade, "restart_identity": msg.restart_identity})
@@ -230,7 +235,7 @@ class Batcher:
         if not self.rows:
             return None
         segments = [s if isinstance(s, Event) else _build(s) for s in self.segments if isinstance(s, Event) or s.rows]
-        batch = ChangeBatch(self.flow_id, segments, self.last_position)
+        batch = ChangeBatch(self.flow_id, segments, Position(self.last_lsn, self.last_ordinal))
         self.segments = []
         self.open_runs = {}
         self.rows = 0
