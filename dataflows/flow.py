@@ -29,9 +29,11 @@ from wallaby.spec import FlowSpec, load_flow
 
 
 def _duckdb(name: str, flow_id: str, options: Any) -> WriterSink:
-    from sinks.duckdb import duckdb_sink
+    from sinks.duckdb import DuckDBOptions, duckdb_sink
 
-    return duckdb_sink(name, flow_id, options)
+    fields = set(DuckDBOptions.model_fields) | {"schema"}
+    raw = {k: v for k, v in options.model_dump(by_alias=True, exclude_unset=True).items() if k in fields}
+    return duckdb_sink(name, flow_id, DuckDBOptions.model_validate(raw))
 
 
 # Destination type -> factory(name, flow_id, validated options) -> bytewax sink.

@@ -50,7 +50,13 @@ def pg_table(dsn: str, table: str = "items") -> list[tuple]:
 
 
 def duck_table(path: Path, table: str = "items") -> list[tuple]:
+    """The DuckDB table's rows; [] when no change ever reached it (no file or no table yet)."""
+    if not path.exists():
+        return []
     with duckdb.connect(str(path), read_only=True) as d:
+        if not d.execute("SELECT 1 FROM duckdb_tables() WHERE schema_name = 'public' AND table_name = ?",
+                         [table]).fetchall():
+            return []
         return [tuple(r) for r in d.execute(f"SELECT * FROM public.{table} ORDER BY 1").fetchall()]
 
 
