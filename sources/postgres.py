@@ -30,6 +30,7 @@ from sources.setup import prepare_source, proto_version_for
 from wallaby.changes import ZERO, ChangeBatch, Column, Position, TableSchema, format_lsn
 from wallaby.checkpoints import Checkpoint, CheckpointStore
 from wallaby.errors import SourceError
+from wallaby.runtime import tune_gc
 
 log = logging.getLogger("wallaby.source")
 
@@ -112,6 +113,7 @@ class PostgresSource(FixedPartitionedSource):
         return [self.opts.slot]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _PostgresPartition:
+        tune_gc()
         return _PostgresPartition(self, resume_state)
 
 
@@ -255,6 +257,10 @@ class _PostgresPartition(StatefulSourcePartition):
         out: list[tuple[str, ChangeBatch]] = []
         now = time.monotonic()
         msgs = stream.read()
+        if not msgs and not batcher.rows and stream.wait_readable(IDLE_POLL):
+            # Nothing yet: wait briefly on the socket instead of sleeping blind, so a change that
+            # arrives now is read now (bounded: the worker thread also runs the sinks).
+            msgs = stream.read()
         reply = False
         for raw in msgs:
             kind = raw[0]
@@ -297,7 +303,7 @@ class _PostgresPartition(StatefulSourcePartition):
             self._pause(0)
         elif not msgs:
             self._count_empty(now)
-            self._pause(IDLE_POLL)
+            self._pause(IDLE_POLL if batcher.rows else 0)
         else:
             self._pause(0)
         if self.opts.emit_empty and not out and not msgs and self._empty_due(now):

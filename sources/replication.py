@@ -65,26 +65,27 @@ class ReplicationStream:
         self.sock = self.pgconn.socket
 
     def read(self, limit: int = READ_CHUNK) -> list[memoryview]:
-        """Every CopyData payload that has arrived, up to ``limit``. Never blocks."""
+        """Every CopyData payload that has arrived, up to ``limit``. Never blocks.
+
+        libpq keeps its socket non-blocking, so ``consume_input`` reads only what is there;
+        we call it when libpq's buffer holds no complete message, and stop when a read
+        brought nothing new.
+        """
         out: list[memoryview] = []
         get = self.pgconn.get_copy_data
+        consumed = False
         while len(out) < limit:
             n, data = get(1)
             if n > 0:
                 out.append(data)
+                consumed = False
                 continue
             if n == 0:
-                readable, _, _ = select.select([self.sock], [], [], 0)
-                if not readable:
+                if consumed:
                     break
                 self._consume()
-                n2, data = get(1)
-                if n2 > 0:
-                    out.append(data)
-                    continue
-                if n2 == 0:
-                    break
-                n = n2
+                consumed = True
+                continue
             if n == -1:
                 res = self.pgconn.get_result()
                 msg = res.error_message.decode(errors="replace").strip() if res is not None else ""

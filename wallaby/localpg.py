@@ -155,6 +155,10 @@ class LocalPostgres:
     def start(self, extra: dict[str, str] | None = None) -> LocalPostgres:
         self.init()
         if self.running():
+            # Already up (another process started it): use the port it listens on.
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+            if len(lines) > 3 and lines[3].strip().isdigit():
+                self.port = int(lines[3])
             return self
         conf = {**SERVER_SETTINGS, **self.settings, **(extra or {})}
         opts = f"-p {self.port} -h 127.0.0.1 -k {self.socket_dir} " + " ".join(
