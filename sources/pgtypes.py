@@ -81,6 +81,7 @@ class PgType:
     elem_oid: int = 0
     extension: str | None = None
     delim: str = ","
+    typmod: int = -1  # a domain's own typmod: numeric(10,2) in CREATE DOMAIN price AS numeric(10,2)
 
 
 _BUILTIN_NAMES = {
@@ -114,7 +115,8 @@ BUILTIN_TYPES.update({
 })
 
 _RESOLVE_SQL = """
-SELECT t.oid, t.typname, n.nspname, t.typtype, t.typbasetype, t.typelem, t.typcategory, t.typdelim, e.extname
+SELECT t.oid, t.typname, n.nspname, t.typtype, t.typbasetype, t.typelem, t.typcategory, t.typdelim, e.extname,
+       t.typtypmod
 FROM pg_type t
 JOIN pg_namespace n ON n.oid = t.typnamespace
 LEFT JOIN pg_depend d ON d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e'
@@ -130,9 +132,10 @@ def resolve_types(conn: Any, oids: Iterable[int]) -> dict[int, PgType]:
     while todo:
         rows = conn.execute(_RESOLVE_SQL, (list(todo),)).fetchall()
         todo = set()
-        for oid, name, schema, typtype, base, elem, category, delim, ext in rows:
+        for oid, name, schema, typtype, base, elem, category, delim, ext, typmod in rows:
             is_array = category == "A" and elem != 0
-            t = PgType(int(oid), name, schema, typtype, int(base), int(elem) if is_array else 0, ext, delim or ",")
+            t = PgType(int(oid), name, schema, typtype, int(base), int(elem) if is_array else 0, ext, delim or ",",
+                       int(typmod))
             out[t.oid] = t
             for dep in (t.base_oid, t.elem_oid):
                 if dep and dep not in out and dep not in BUILTIN_TYPES:
@@ -200,8 +203,8 @@ def _scalar(t: PgType, typmod: int, types: Mapping[int, PgType]) -> ColumnType:
         base = types.get(t.base_oid) or BUILTIN_TYPES.get(t.base_oid)
         if base is None:
             break
-        if base.kind != "d" and typmod < 0:
-            typmod = -1  # the domain's own typmod is on pg_type.typtypmod; the column's is what we have
+        if typmod < 0:
+            typmod = t.typmod  # the column has none: the domain's own (numeric(10,2) of the domain)
         t = base
         base_name = t.name
         ext = ext or t.extension
@@ -260,7 +263,7 @@ _INTERVAL_RE = re.compile(
 def _days_from_civil(y: int, m: int, d: int) -> int:
     """Days since 1970-01-01 in the proleptic Gregorian calendar, any year (astronomical numbering)."""
     y -= m <= 2
-    era = (y if y >= 0 else y - 399) // 400
+    era = y // 400  # floor division: what the C original gets with (y >= 0 ? y : y - 399) / 400
     yoe = y - era * 400
     doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
     doe = yoe * 365 + yoe // 4 - yoe // 100 + doy

@@ -81,7 +81,7 @@ class TypeResolver:
         for c in rel.columns:
             ct = pgtypes.column_type(c.type_oid, c.typmod, self.known, ndims.get(c.name, 1))
             ctypes.append(ct)
-            columns.append(Column(name=c.name, type_oid=c.type_oid, type_name=ct.type_name, typmod=c.typmod,
+            columns.append(Column(name=c.name, type_oid=c.type_oid, type_name=ct.type_name, typmod=ct.typmod,
                                   key=c.key, arrow_type=ct.arrow_type, base_type=ct.base_type,
                                   extension=ct.extension))
         version = 1 if old is None else old.schema.version + 1
