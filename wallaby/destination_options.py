@@ -1,168 +1,264 @@
-"""Option models of every destination type, with the names and defaults of USAGE.md.
+"""Option models of every destination type, names and defaults as USAGE.md promises.
 
-A destination whose sink is not built yet is still validated here, so a flow
-file can be checked (and a typo caught) before that sink lands.
+A destination whose sink is not built yet is still validated, so a flow file
+can be checked (and a typo caught) before that sink lands. The shared parsing
+helpers and the source's model are in :mod:`wallaby.options`.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import Annotated
 
-from wallaby.options import WIRE_FORMATS, Bool, CsvList, Duration, Int, Options, PositiveInt, choice
+from pydantic import BeforeValidator, Field, ValidationInfo, model_validator
 
-Format = choice(*WIRE_FORMATS)
+from wallaby.options import (
+    Bool,
+    Duration,
+    Headers,
+    HttpUrl,
+    NonNegativeInt,
+    OptionProblems,
+    Options,
+    PayloadMode,
+    PositiveDuration,
+    PositiveFloat,
+    PositiveInt,
+    PostgresDsn,
+    RequiredCsvList,
+    RequiredText,
+    Text,
+    TypeMappings,
+    WireFormat,
+    _http_method,
+    _partition_by,
+    _set,
+    choice,
+)
+
+# Destinations.
 
 
-class MetadataOptions(Options):
-    """"Destination Metadata + Append/Soft Delete" and "Destination Type Mappings"."""
+class DestinationOptions(Options):
+    """"Destination Metadata + Append/Soft Delete": on every destination."""
 
     meta_enabled: Bool = False
-    meta_synced_at: str = "__ds_synced_at"
-    meta_deleted: str = "__ds_is_deleted"
-    meta_watermark: str = "__ds_watermark"
-    meta_op: str = "__ds_op"
+    meta_synced_at: RequiredText = "__ds_synced_at"
+    meta_deleted: RequiredText = "__ds_is_deleted"
+    meta_watermark: RequiredText = "__ds_watermark"  # "-" disables the watermark column
+    meta_op: RequiredText = "__ds_op"
     watermark_source: choice("timestamp", "lsn") = "timestamp"
     soft_delete: Bool = False
     append_mode: Bool = False
-    type_mappings: str | dict | None = None
-    type_mappings_file: str | None = None
+
+    @property
+    def watermark_column(self) -> str | None:
+        return None if self.meta_watermark == "-" else self.meta_watermark
 
 
-class TableOptions(MetadataOptions):
-    """Destinations that materialize tables (DuckDB, ClickHouse, Snowflake)."""
+class MaterializingOptions(DestinationOptions):
+    """"Destination Type Mappings": destinations that materialize tables."""
 
-    schema_: str | None = Field(default=None, alias="schema")
-    table: str | None = None
+    type_mappings: TypeMappings | None = None
+    type_mappings_file: Text | None = None
+
+
+class TableWriterOptions(MaterializingOptions):
+    """Row-level change application into tables (DuckDB, Snowflake, ClickHouse)."""
+
+    schema_: Text | None = Field(default=None, alias="schema")
+    table: Text | None = None
     write_mode: choice("target", "append") = "target"
     batch_mode: choice("target", "staging") = "target"
     batch_resolution: choice("none", "append", "replace") = "none"
-    staging_schema: str | None = None
-    staging_table: str | None = None
-    staging_suffix: str = "_staging"
+    staging_schema: Text | None = None
+    staging_table: Text | None = None
+    staging_suffix: RequiredText = "_staging"
     meta_table_enabled: Bool = True
 
 
-class DuckDBDestinationOptions(TableOptions):
-    dsn: str
+class DuckDBDestinationOptions(TableWriterOptions):
+    """USAGE.md "DuckDB Destination" (the sink's own model is ``sinks.duckdb.DuckDBOptions``)."""
+
+    dsn: RequiredText
 
 
-class DuckLakeDestinationOptions(MetadataOptions):
-    dsn: str
-    catalog: str
-    catalog_name: str = "ducklake"
-    data_path: str | None = None
+class DuckLakeDestinationOptions(MaterializingOptions):
+    dsn: RequiredText
+    catalog: RequiredText
+    catalog_name: RequiredText = "ducklake"
+    data_path: Text | None = None
     override_data_path: Bool = False
     install_extensions: Bool = True
 
 
-class ClickHouseDestinationOptions(TableOptions):
-    dsn: str
-    database: str | None = None
-    meta_engine: str = "MergeTree"
-    meta_order_by: str = "flow_id, source_schema, source_table, key_json"
+class ClickHouseDestinationOptions(TableWriterOptions):
+    dsn: RequiredText
+    database: Text | None = None  # or schema
+    meta_engine: RequiredText = "MergeTree"
+    meta_order_by: RequiredText = "flow_id, source_schema, source_table, key_json"
+
+    @model_validator(mode="after")
+    def _check(self) -> ClickHouseDestinationOptions:
+        if self.database and self.schema_ and self.database != self.schema_:
+            raise OptionProblems([("database", f"database and schema name the same thing and disagree"
+                                               f" ({self.database!r} vs {self.schema_!r}); set one")])
+        return self
+
+    @property
+    def target_database(self) -> str | None:
+        return self.database or self.schema_
 
 
-class SnowflakeDestinationOptions(TableOptions):
-    dsn: str
-    meta_schema: str = "WALLABY_META"
-    meta_table: str = "__METADATA"
-    meta_pk_prefix: str = "pk_"
+class SnowflakeDestinationOptions(TableWriterOptions):
+    dsn: RequiredText
+    meta_schema: RequiredText = "WALLABY_META"
+    meta_table: RequiredText = "__METADATA"
+    meta_pk_prefix: RequiredText = "pk_"
 
 
-class SnowpipeDestinationOptions(MetadataOptions):
-    dsn: str
-    stage: str | None = None
-    stage_path: str | None = None
-    schema_: str | None = Field(default=None, alias="schema")
-    table: str | None = None
+class SnowpipeDestinationOptions(MaterializingOptions):
+    dsn: RequiredText
+    stage: Text | None = None
+    stage_path: Text | None = None
+    schema_: Text | None = Field(default=None, alias="schema")
+    table: Text | None = None
     format: choice("parquet", "avro", "json") = "parquet"
-    file_format: str | None = None
+    file_format: Text | None = None
     copy_on_write: Bool = True
     auto_ingest: Bool = False
     meta_table_enabled: Bool = True
+    write_mode: choice("append") = "append"  # Snowpipe only appends
 
     @model_validator(mode="after")
     def _check(self) -> SnowpipeDestinationOptions:
         problems = []
-        if not self.stage and not (self.schema_ and self.table):
-            problems.append(("stage", "required unless the table stage (@%schema.table) is used"))
-        if self.copy_on_write and not (self.schema_ and self.table):
-            problems.append(("table", "schema and table are required when copy_on_write=true"))
+        has_table = bool(self.schema_ and self.table)
+        if not self.stage and not has_table:
+            problems.append(("stage", "required option missing (or set schema and table to use the table stage"
+                                      " @%schema.table)"))
+        if self.copy_on_write and not self.auto_ingest and not has_table:
+            missing = " and ".join(n for n, v in (("schema", self.schema_), ("table", self.table)) if not v)
+            problems.append(("table" if self.schema_ else "schema", f"{missing} required when copy_on_write=true"))
         if problems:
-            raise ValueError(problems)
+            raise OptionProblems(problems)
+        return self
+
+    @property
+    def table_stage(self) -> str | None:
+        return f"@%{self.schema_}.{self.table}" if self.schema_ and self.table else None
+
+
+class KafkaDestinationOptions(DestinationOptions):
+    """USAGE.md "Kafka Destination"; also Bufstream (Kafka-compatible)."""
+
+    brokers: RequiredCsvList
+    topic: RequiredText
+    format: WireFormat = "arrow"
+    compression: choice("none", "gzip", "snappy", "lz4", "zstd") = "none"
+    acks: choice("all", "leader", "none", aliases={"-1": "all", "1": "leader", "0": "none"}) = "all"
+    max_message_bytes: PositiveInt = 900000
+    max_batch_bytes: PositiveInt | None = None  # default: max_message_bytes
+    max_record_bytes: PositiveInt | None = None  # default: max_message_bytes
+    oversize_policy: choice("error", "drop") = "error"
+
+    @model_validator(mode="after")
+    def _defaults(self) -> KafkaDestinationOptions:
+        for name in ("max_batch_bytes", "max_record_bytes"):
+            if getattr(self, name) is None:
+                _set(self, name, self.max_message_bytes)
         return self
 
 
-class KafkaDestinationOptions(Options):
-    brokers: CsvList
-    topic: str
-    format: Format = "arrow"
-    compression: choice("none", "gzip", "snappy", "lz4", "zstd") = "none"
-    acks: choice("all", "leader", "none") = "all"
-    max_message_bytes: PositiveInt = 900000
-    max_batch_bytes: PositiveInt | None = None
-    max_record_bytes: PositiveInt | None = None
-    oversize_policy: choice("error", "drop") = "error"
+class BufstreamDestinationOptions(KafkaDestinationOptions):
+    """USAGE.md "Bufstream Destination": the Kafka options."""
 
 
-class S3DestinationOptions(Options):
-    bucket: str
-    prefix: str | None = None
-    endpoint: str | None = None
-    access_key: str | None = None
-    secret_key: str | None = None
-    session_token: str | None = None
+class S3DestinationOptions(DestinationOptions):
+    bucket: RequiredText
+    prefix: Text | None = None
+    endpoint: Text | None = None
+    region: Text | None = None
+    access_key: Text | None = None
+    secret_key: Text | None = None
+    session_token: Text | None = None
     force_path_style: Bool = False
-    use_fips: Bool = False
-    use_dualstack: Bool = False
-    region: str | None = None
-    format: Format = "json"
-    compression: choice("none", "gzip") | None = None
-    partition_by: CsvList = Field(default_factory=list)
+    use_fips: Bool | None = None
+    use_dualstack: Bool | None = None
+    format: WireFormat = "json"
+    compression: choice("none", "gzip") = "none"
+    partition_by: Annotated[list[str], BeforeValidator(_partition_by)] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> S3DestinationOptions:
+        problems = []
+        if bool(self.access_key) != bool(self.secret_key):
+            have, need = ("access_key", "secret_key") if self.access_key else ("secret_key", "access_key")
+            problems.append((need, f"required when {have} is set"))
+        if self.session_token and not (self.access_key and self.secret_key):
+            problems.append(("session_token", "needs access_key and secret_key"))
+        if problems:
+            raise OptionProblems(problems)
+        return self
 
 
-class _RetryOptions(Options):
-    timeout: Duration = 10.0
-    max_retries: Int = 5
+class _DeliveryOptions(DestinationOptions):
+    """Shared by the HTTP and gRPC destinations (defaults as upstream: 3 retries, 200ms..5s, x2)."""
+
+    format: WireFormat = "json"
+    payload_mode: PayloadMode = "wire"
+    timeout: PositiveDuration = 10.0
+    headers: Headers = Field(default_factory=dict)
+    max_retries: NonNegativeInt = 3
     backoff_base: Duration = 0.2
-    backoff_max: Duration = 30.0
-    backoff_factor: float = 2.0
-    headers: CsvList = Field(default_factory=list)
-    payload_mode: choice("wire", "record_json", "raw", "wal") = "wire"
-    format: Format = "json"
+    backoff_max: Duration = 5.0
+    backoff_factor: PositiveFloat = 2.0
 
 
-class HTTPDestinationOptions(_RetryOptions):
-    url: str
-    method: choice("post", "put", "patch") = "post"
-    idempotency_header: str = "Idempotency-Key"
+class HTTPDestinationOptions(_DeliveryOptions):
+    url: HttpUrl
+    method: Annotated[str, BeforeValidator(_http_method)] = "POST"
+    idempotency_header: RequiredText = "Idempotency-Key"
 
 
-class GRPCDestinationOptions(_RetryOptions):
-    endpoint: str
+class GRPCDestinationOptions(_DeliveryOptions):
+    endpoint: RequiredText
     insecure: Bool = True
-    tls_ca_file: str | None = None
-    tls_server_name: str | None = None
-    flow_id: str | None = None
-    destination: str | None = None
+    tls_ca_file: Text | None = None
+    tls_server_name: Text | None = None
+    flow_id: Text | None = None
+    destination: Text | None = None  # default: the destination's name
+
+    @model_validator(mode="after")
+    def _defaults(self, info: ValidationInfo) -> GRPCDestinationOptions:
+        if self.destination is None and info.context and info.context.get("endpoint_name"):
+            _set(self, "destination", info.context["endpoint_name"])
+        return self
 
 
-class PGStreamDestinationOptions(Options):
-    dsn: str
-    stream: str | None = None
-    format: Format = "json"
+class PGStreamDestinationOptions(DestinationOptions):
+    dsn: PostgresDsn
+    stream: Text | None = None  # default: the destination's name
+    format: WireFormat = "json"
+
+    @model_validator(mode="after")
+    def _defaults(self, info: ValidationInfo) -> PGStreamDestinationOptions:
+        if self.stream is None and info.context and info.context.get("endpoint_name"):
+            _set(self, "stream", info.context["endpoint_name"])
+        return self
+
 
 
 DESTINATION_OPTIONS: dict[str, type[Options]] = {
     "duckdb": DuckDBDestinationOptions,
     "ducklake": DuckLakeDestinationOptions,
-    "clickhouse": ClickHouseDestinationOptions,
-    "snowflake": SnowflakeDestinationOptions,
-    "snowpipe": SnowpipeDestinationOptions,
     "kafka": KafkaDestinationOptions,
-    "bufstream": KafkaDestinationOptions,
+    "bufstream": BufstreamDestinationOptions,
     "s3": S3DestinationOptions,
     "http": HTTPDestinationOptions,
     "grpc": GRPCDestinationOptions,
     "pgstream": PGStreamDestinationOptions,
+    "snowflake": SnowflakeDestinationOptions,
+    "snowpipe": SnowpipeDestinationOptions,
+    "clickhouse": ClickHouseDestinationOptions,
 }
+

@@ -1,78 +1,175 @@
-"""Errors shared by every part of wallaby.
+"""Errors shared across wallaby.
 
-- :class:`ConfigError` lists *every* problem of a flow spec or setting in one
-  message (dlt-style: what was looked for, where, and what to do).
-- Retryability is in the type: :class:`TransientError` / :class:`TerminalError`.
-- :func:`redact_dsn` strips passwords from any text that could hold a DSN;
-  every message that could show one goes through it.
+Retryability lives in the type, not in the message (dlt's
+``TerminalException`` / ``TransientException`` idea): an error is
+:class:`TerminalError` when retrying cannot help, :class:`TransientError` when
+it may (mix one into a concrete error class). Driver errors are mapped once
+into one or the other where they are caught; everything above only asks
+``isinstance``. :func:`grpc_status_name` is
+the one place that maps these types to gRPC status codes.
+
+No message built here may carry a secret: every text that could contain a
+connection string goes through :func:`redact_dsn`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+MASK = "***"
+
+# scheme://user:password@host... (any scheme: postgres, postgresql, clickhouse, ...).
+# The password runs lazily up to the '@' that ends the authority, i.e. the '@'
+# followed by host characters and no further '@' (possessive, so no backtracking
+# can pick an earlier '@'): an unencoded '@' inside a password is masked too.
+_URI_PASSWORD = re.compile(
+    r"""(?P<pre>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'"]*:)(?P<pw>[^\s'"]*?)(?=@[^\s@/?#'"]*+(?!@))"""
+)
+# user:password@account/db without a scheme (Snowflake's Go DSN). Only at the
+# start of the text or after a blank, quote, '=' or '(' so that ordinary prose
+# is left alone; never right before '//' (that is a URI, handled above).
+_BARE_USERINFO = re.compile(
+    r"""(?:^|(?<=[\s'"=(]))(?P<pre>[A-Za-z0-9_.\-]+:)(?!//)(?P<pw>[^\s'"]*?)(?=@[^\s@/?#'"]*+(?!@))"""
+)
+# ?password=... / &password=... in a URI query: the value ends at '&' or '#'.
+_QUERY_PASSWORD = re.compile(
+    r"""(?P<pre>[?&](?:(?:ssl)?password|(?:oauth_)?client_secret)=)(?P<pw>[^&#\s'"]*)""", re.IGNORECASE
+)
+# password=... in libpq key/value conninfo (also password: x, secret_key=x, token=x in
+# option lists): a quoted value (unterminated: masked to the end) or an unquoted
+# one up to the next blank (a quote right before that blank is kept).
+_KV_PASSWORD = re.compile(
+    r"""(?P<pre>(?<![\w.?&/:\-])"""
+    r"""(?:(?:ssl)?password|passwd|pwd|secret_key|session_token|api_key|(?:oauth_)?client_secret)\s*[=:]\s*"""
+    r"""|(?<![\w.?&/:\-])token\s*=\s*)"""
+    r"""(?P<pw>'(?:\\.|[^'\\])*(?:'|$)|"(?:\\.|[^"\\])*(?:"|$)|(?:\\.|[^\s\\])+?(?=['"]?(?:\s|$)))""",
+    re.IGNORECASE,
+)
+# 'password': 'x' / "secret_key": "x" in dict-like text (reprs, JSON).
+_MAPPING_SECRET = re.compile(
+    r"""(?P<pre>(?P<q1>['"])(?:[a-z_]*password|secret_key|session_token|access_key|token)(?P=q1)\s*:\s*)"""
+    r"""(?P<pw>(?P<q2>['"])(?:\\.|(?!(?P=q2)).)*(?P=q2))""",
+    re.IGNORECASE,
+)
+
+
+def _mask(match: re.Match[str]) -> str:
+    return match.group("pre") + MASK
+
+
+def redact_dsn(text: str) -> str:
+    """Mask every password inside ``text``: libpq URIs, key/value conninfo, ``?password=``.
+
+    Works on whole messages, not only on a bare DSN: ``"cannot connect to
+    postgres://u:SECRET@h/db"`` becomes ``"cannot connect to postgres://u:***@h/db"``;
+    ``"host=h password='a b'"`` becomes ``"host=h password=***"``. Text without
+    a password comes back unchanged.
+    """
+    if not text:
+        return text
+    text = _URI_PASSWORD.sub(_mask, text)
+    text = _BARE_USERINFO.sub(_mask, text)
+    text = _QUERY_PASSWORD.sub(_mask, text)
+    text = _KV_PASSWORD.sub(_mask, text)
+    text = _MAPPING_SECRET.sub(lambda m: m.group("pre") + m.group("q2") + MASK + m.group("q2"), text)
+    return text
 
 
 class WallabyError(Exception):
-    """Base of wallaby's own errors."""
+    """Base of every error wallaby raises on purpose."""
 
 
 class TransientError(WallabyError):
-    """Worth retrying: a server away, a timeout, throttling."""
+    """Mixin: worth retrying (server away, timeout, throttled). ``retry_after`` in seconds if known."""
+
+    retry_after: float | None = None
 
 
 class TerminalError(WallabyError):
-    """Retrying cannot help: bad settings, credentials, an incompatible change."""
+    """Mixin: retrying cannot help (bad settings, credentials, an incompatible change)."""
 
 
 @dataclass(frozen=True)
 class FieldProblem:
-    path: str  # e.g. source.options.slot, destinations[0].options.dsn, WALLABY_CHECKPOINT_DSN
+    """One thing wrong: where (``source.options.slot``, ``WALLABY_CHECKPOINT_DSN``) and what."""
+
+    path: str
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+        return f"{self.path}: {self.message}" if self.path else self.message
 
 
 class ConfigError(TerminalError):
-    """One or more bad fields, all listed in one message."""
+    """A configuration is invalid. Lists *every* problem found, not only the first.
 
-    def __init__(self, what: str, problems: list[FieldProblem]):
-        self.what = what
-        self.problems = list(problems)
+    ``ConfigError("flow 'orders'", problems)`` reads::
+
+        flow 'orders' has 2 problems:
+          - source.options.slott: unknown option; did you mean 'slot'?
+          - destinations[0].options.dsn: required option missing
+
+    ``what``, paths and messages are redacted (:func:`redact_dsn`) when the
+    error is built, so neither ``str(err)`` nor ``err.problems`` holds a password.
+    """
+
+    def __init__(self, what: str, problems: Iterable[FieldProblem]):
+        self.what = redact_dsn(what)
+        self.problems: list[FieldProblem] = [
+            FieldProblem(redact_dsn(p.path), redact_dsn(p.message)) for p in problems
+        ]
         n = len(self.problems)
-        head = f"{what} has {n} problem{'s' if n != 1 else ''}:"
-        super().__init__(redact_dsn("\n".join([head, *(f"  - {p}" for p in self.problems)])))
+        head = f"{self.what} has {n} problem{'' if n == 1 else 's'}:"
+        super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
+
+    @classmethod
+    def single(cls, what: str, path: str, message: str) -> ConfigError:
+        return cls(what, [FieldProblem(path, message)])
 
 
 class SourceError(WallabyError):
-    """The source database refused or failed; names the server (host:port/db), never the password."""
+    """The source database refused or failed; ``server`` names it (host:port/db), never a password.
+
+    ``transient`` says whether retrying may help; code that maps a driver error
+    sets it (or raises :class:`TransientSourceError` / :class:`TerminalSourceError`).
+    """
 
     transient: bool = False
 
-    def __init__(self, message: str, server: str | None = None):
+    def __init__(self, message: str, server: str | None = None, sqlstate: str | None = None):
         super().__init__(redact_dsn(message))
-        self.server = server
+        self.server = redact_dsn(server) if server else server
+        self.sqlstate = sqlstate
 
 
-# postgres://user:SECRET@host, postgresql://user:SECRET@host (also other URI schemes with userinfo)
-_URI_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*:)(?P<pw>[^@\s/]*)(?P<at>@)")
-# password=SECRET, password='SEC RET', password = "x" in key/value conninfo and option lists
-_KV_PASSWORD = re.compile(
-    r"(?P<head>\b(?:password|passwd|pwd|secret_key|session_token|token)\s*[=:]\s*)"
-    r"(?P<pw>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s,;&]+)",
-    re.IGNORECASE,
-)
-# ?password=SECRET in a URI query string
-_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<pw>[^&\s]*)", re.IGNORECASE)
-
-REDACTED = "***"
+class TerminalSourceError(SourceError, TerminalError):
+    """The source failed in a way retrying cannot fix (missing privilege, slot lost its WAL)."""
 
 
-def redact_dsn(text: str) -> str:
-    """``text`` with every password of a DSN (URI or key/value form) replaced by ``***``."""
-    if not text:
-        return text
-    text = _URI_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}{m['at']}", text)
-    text = _QUERY_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}", text)
-    return _KV_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}", text)
+class TransientSourceError(SourceError, TransientError):
+    """The source failed in a way that may pass (connection lost, server restarting, slot busy)."""
+
+    transient = True
+
+    def __init__(self, message: str, server: str | None = None, sqlstate: str | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message, server, sqlstate)
+        self.retry_after = retry_after
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when ``exc`` is marked retryable (by type or by its ``transient`` flag)."""
+    return isinstance(exc, TransientError) or bool(getattr(exc, "transient", False))
+
+
+def grpc_status_name(exc: BaseException) -> str:
+    """The gRPC status code name an API call failing with ``exc`` returns (the one place this is decided)."""
+    if isinstance(exc, ConfigError):
+        return "INVALID_ARGUMENT"
+    if is_transient(exc):
+        return "UNAVAILABLE"
+    if isinstance(exc, TerminalError | SourceError):
+        return "FAILED_PRECONDITION"
+    return "INTERNAL"
