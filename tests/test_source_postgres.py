@@ -197,3 +197,27 @@ def test_wal_level_replica_names_the_setting(tmp_path):
 
 def test_position_order():
     assert Position(1, 5) < Position(2, 0) < Position(2, 1)
+
+
+@pytest.mark.parametrize("resolve", [True, False])
+def test_extension_types_carry_their_names(db, resolve):
+    sql(db, "CREATE EXTENSION IF NOT EXISTS vector", "CREATE EXTENSION IF NOT EXISTS hstore",
+        "CREATE EXTENSION IF NOT EXISTS citext", "CREATE TYPE mood AS ENUM ('sad', 'ok')",
+        "CREATE DOMAIN price AS numeric(10,2)",
+        "CREATE TABLE ext (id int PRIMARY KEY, v vector(3), h hstore, c citext, m mood, ms mood[], p price)")
+    spec = flow_spec(db, source={"publication_tables": "public.ext", "resolve_types": str(resolve).lower()})
+    part = source_part(spec)
+    sql(db, "INSERT INTO ext VALUES (1, '[1,2.5,3]', 'a=>1', 'MiXeD', 'ok', '{sad,ok}', 9.99)")
+    seg = next(s for b in drain(part, until_rows=1) for s in b.segments)
+    cols = {c.name: c for c in seg.table.columns}
+    assert cols["v"].type_name == "vector" and cols["h"].type_name == "hstore" and cols["m"].type_name == "mood"
+    row = seg.rows.to_pylist()[0]
+    assert (row["v"], row["h"], row["c"], row["m"]) == ("[1,2.5,3]", '"a"=>"1"', "MiXeD", "ok")
+    if resolve:
+        assert (cols["v"].extension, cols["h"].extension, cols["c"].extension) == ("vector", "hstore", "citext")
+        assert row["ms"] == ["sad", "ok"]
+        assert cols["p"].base_type == "numeric" and str(row["p"]) == "9.99"
+        assert seg.rows.schema.field("p").type.scale == 2
+    else:
+        assert cols["v"].extension is None
+    part.close()
