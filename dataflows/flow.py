@@ -31,6 +31,8 @@ from wallaby.spec import FlowSpec, load_flow
 def _duckdb(name: str, flow_id: str, options: Any) -> WriterSink:
     from sinks.duckdb import DuckDBOptions, duckdb_sink
 
+    # The flow spec validated every USAGE.md option; the sink takes the ones it applies itself
+    # (the metadata options belong to operators, refused by check_buildable until they exist).
     fields = set(DuckDBOptions.model_fields) | {"schema"}
     raw = {k: v for k, v in options.model_dump(by_alias=True, exclude_unset=True).items() if k in fields}
     return duckdb_sink(name, flow_id, DuckDBOptions.model_validate(raw))
@@ -42,14 +44,27 @@ SINK_FACTORIES: dict[str, Callable[[str, str, Any], WriterSink]] = {
 }
 
 
+# Destination options that belong to operators this version does not have yet: refused when set,
+# never silently ignored.
+_PENDING_OPTIONS = {"meta_enabled": "metadata columns", "soft_delete": "soft deletes", "append_mode": "append mode"}
+
+
 def check_buildable(spec: FlowSpec) -> None:
-    """Refuse, before anything is connected to, destinations this build cannot write to yet."""
+    """Refuse, before anything is connected to, what this build cannot do yet."""
     problems = [
         FieldProblem(f"destinations[{i}].type",
                      f"destination type {d.type!r} is not available in this version of wallaby"
                      f" (available: {', '.join(sorted(SINK_FACTORIES))})")
         for i, d in enumerate(spec.destinations) if d.type not in SINK_FACTORIES
     ]
+    for i, d in enumerate(spec.destinations):
+        if d.type not in SINK_FACTORIES:
+            continue
+        opts = spec.destination_options(i)
+        for name, what in _PENDING_OPTIONS.items():
+            if getattr(opts, name, False):
+                problems.append(FieldProblem(f"destinations[{i}].options.{name}",
+                                             f"{what} are not available in this version of wallaby yet; remove it"))
     if spec.source.type != "postgres":
         problems.append(FieldProblem("source.type", "only 'postgres' sources are supported"))
     if problems:
