@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -118,6 +119,10 @@ from wallaby.changes import (
 )
 
 log = logging.getLogger("wallaby.sinks.duckdb")
+
+# DuckDB's own memory cap (it spills to disk beyond it; the default is 80% of RAM). With the
+# 64 MB apply buffer this keeps a worker catching up a large backlog well under 400 MB.
+DUCKDB_MEMORY_LIMIT = os.environ.get("WALLABY_DUCKDB_MEMORY_LIMIT", "256MB")
 
 STATE_TABLE = "main.__wallaby_state"
 META_TABLE = "main.__wallaby_meta"
@@ -321,7 +326,7 @@ class DuckDBWriter(Writer):
         resume_state: Any = None,
         *,
         max_buffer_rows: int = 200_000,
-        max_buffer_bytes: int = 256 << 20,
+        max_buffer_bytes: int = 64 << 20,
     ):
         if not isinstance(options, DuckDBOptions):
             options = DuckDBOptions.model_validate(options)
@@ -350,7 +355,7 @@ class DuckDBWriter(Writer):
             except OSError as exc:
                 raise PermanentSinkError(name, f"cannot create the directory of {self._dsn_shown}: {exc}") from None
         try:
-            self._con = duckdb.connect(dsn)
+            self._con = duckdb.connect(dsn, config={"memory_limit": DUCKDB_MEMORY_LIMIT})
             self._con.execute(
                 f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (flow_id VARCHAR NOT NULL, destination VARCHAR NOT NULL,"
                 " lsn UBIGINT NOT NULL, ordinal UBIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL)"
