@@ -48,6 +48,9 @@ def pg() -> LocalPostgres:
         server.wait_ready()
     except Exception as exc:  # a service that cannot start fails the run, it is never skipped
         pytest.fail(f"local Postgres could not be started: {exc}", pytrace=False)
+    # A throwaway server: slots left by an interrupted earlier run would hold names the tests use.
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active")
     yield server
     server.stop()
 
