@@ -3,11 +3,12 @@
 pgoutput sends each value as the type's text output, produced under the
 walsender session's settings; :data:`SESSION_SETTINGS` fixes those so the
 text is deterministic. :func:`decode_column` turns one column's raw values of
-a batch into one typed Arrow array: Arrow's vectorised casts and string
-kernels wherever they parse Postgres text exactly, Python per value only for
-the rare batch the fast path rejects ('infinity' mixed with BC dates or years
-past 9999, ``24:00:00``, infinite or huge intervals, multi-dimensional or
-quoted-text arrays).
+a batch into one typed Arrow array with Arrow's vectorised casts and string
+kernels (numpy for bytea and interval assembly). Python runs per value only
+for what Arrow cannot parse: just the odd values of a date/time batch (BC,
+years past 9999, ``24:00:00``, offsets with seconds; 'infinity' too), whole
+batches of intervals holding 'infinity', and arrays that are quoted text or
+carry bounds (sources/pgarray.py).
 
 | Postgres | Arrow | notes |
 |---|---|---|

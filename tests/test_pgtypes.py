@@ -6,33 +6,34 @@ what pgoutput sends, and decoded. Expected values come from Python or from
 the server itself (``extract(epoch ...)``, ``d - '1970-01-01'``), never from
 the decoder.
 
-decode_column cost, ns per value, batch of 10,000 (python /tmp bench of the
-same shape as test_speed_smoke below; loaded 2-core VM, Python 3.11, pyarrow
-26). "list" is a Python list of bytes; "view" is the binary_view array the
-batcher really passes (sources/tuples.py):
+decode_column cost, ns per value, batches of 10,000 (``python -m tests.test_pgtypes``
+prints this table: timeit, best of 5; a shared 2-vCPU VM, Python 3.11,
+pyarrow 26; figures move by +-40% between runs there). "list" is a Python
+list of bytes, "view" the binary_view array the batcher really passes
+(sources/tuples.py):
 
     type                                 list    view
-    bool                                   97      49
-    int4                                   80      29
-    int8                                   89      37
-    float8                                114      57
-    numeric(12,4) -> decimal128           152     105
-    numeric (no typmod) -> string          63      20
-    text (20 chars)                        62      19
-    uuid                                   56      20
-    money                                 302     246
-    bytea (16 bytes)                      254     218
-    date                                   82      39
-    time                                  226     180
-    timestamp                             113      68
-    timestamptz                           119      67
-    timestamptz, 1% 'infinity'            336     273
-    timestamptz, 1% BC                    395     343
-    interval                             1419    1409
-    int4[] (5 elements)                   492     449
-    text[] (3 unquoted elements)          264     220
-    text[] (3 quoted elements)           3491    3437   (per-value parser)
-    int4[][] (2x2)                        554     415
+    bool                                   58      31
+    int4                                   51      19
+    int8                                   55      26
+    float8                                 72      41
+    numeric(12,4) -> decimal128            88      60
+    numeric (no typmod) -> string          39      13
+    text (20 chars)                        37      11
+    uuid                                   39      12
+    money                                 177     148
+    bytea (16 bytes)                      175     159
+    date                                   52      26
+    time                                  131     101
+    timestamp                              70      47
+    timestamptz                            83      45
+    timestamptz, 1% 'infinity'            213     162
+    timestamptz, 1% BC                    235     211
+    interval                             1581    1474   (RE2 extract_regex dominates)
+    int4[] (5 elements)                   608     471
+    text[] (3 unquoted elements)          256     218
+    text[] (3 quoted elements)           3398    3437   (per-value parser)
+    int4[][] (2x2)                        533     415
 """
 
 from __future__ import annotations
@@ -795,3 +796,59 @@ def test_round_trip_text_arrays(conn, values):
     raw, oid, typmod = raw_rows(conn, f"SELECT a FROM (VALUES {rows}) AS v(i, a) ORDER BY i", values)
     assert oid == 1009
     assert decode_column(column_type(oid, typmod, {}), raw).to_pylist() == values
+
+
+# -- the figures at the top of this file -------------------------------------------------------------------------
+
+
+def _bench(n: int = 10_000) -> None:
+    import random
+
+    rnd = random.Random(1)
+
+    def ts(i: int) -> bytes:
+        return f"2024-{rnd.randint(1, 12):02d}-{rnd.randint(1, 28):02d} 12:34:56.{rnd.randint(0, 999999):06d}".encode()
+
+    numeric_12_4 = ((12 << 16) | 4) + 4
+    cases = {
+        "bool": (16, -1, 1, [rnd.choice([b"t", b"f"]) for _ in range(n)]),
+        "int4": (23, -1, 1, [str(rnd.randint(-(2**31), 2**31 - 1)).encode() for _ in range(n)]),
+        "int8": (20, -1, 1, [str(rnd.randint(-(2**63), 2**63 - 1)).encode() for _ in range(n)]),
+        "float8": (701, -1, 1, [repr(rnd.random() * 10 ** rnd.randint(-300, 300)).encode() for _ in range(n)]),
+        "numeric(12,4) -> decimal128": (1700, numeric_12_4, 1,
+                                        [f"{rnd.randint(-10**11, 10**11) / 10**4:.4f}".encode() for _ in range(n)]),
+        "numeric (no typmod) -> string": (1700, -1, 1, [str(rnd.random()).encode() for _ in range(n)]),
+        "text (20 chars)": (25, -1, 1, [b"x" * 20 for _ in range(n)]),
+        "uuid": (2950, -1, 1, [b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"] * n),
+        "money": (790, -1, 1, [f"-${rnd.randint(0, 10**6):,}.{rnd.randint(0, 99):02d}".encode() for _ in range(n)]),
+        "bytea (16 bytes)": (17, -1, 1, [b"\\x" + rnd.randbytes(16).hex().encode() for _ in range(n)]),
+        "date": (1082, -1, 1, [f"{rnd.randint(1900, 2100)}-{rnd.randint(1, 12):02d}-{rnd.randint(1, 28):02d}".encode()
+                               for _ in range(n)]),
+        "time": (1083, -1, 1, [f"{rnd.randint(0, 23):02d}:{rnd.randint(0, 59):02d}:{rnd.randint(0, 59):02d}."
+                               f"{rnd.randint(0, 999999):06d}".encode() for _ in range(n)]),
+        "timestamp": (1114, -1, 1, [ts(i) for i in range(n)]),
+        "timestamptz": (1184, -1, 1, [ts(i) + b"+00" for i in range(n)]),
+        "timestamptz, 1% 'infinity'": (1184, -1, 1, [b"infinity" if i % 100 == 0 else ts(i) + b"+00"
+                                                     for i in range(n)]),
+        "timestamptz, 1% BC": (1184, -1, 1, [b"0044-03-15 12:00:00+00 BC" if i % 100 == 0 else ts(i) + b"+00"
+                                             for i in range(n)]),
+        "interval": (1186, -1, 1, [f"P{rnd.randint(0, 5)}Y{rnd.randint(0, 11)}M-{rnd.randint(0, 30)}DT"
+                                   f"{rnd.randint(0, 23)}H{rnd.randint(0, 59)}M{rnd.randint(0, 59)}."
+                                   f"{rnd.randint(0, 999999)}S".encode() for _ in range(n)]),
+        "int4[] (5 elements)": (1007, -1, 1, [("{" + ",".join(str(rnd.randint(0, 10**6)) for _ in range(5)) + "}")
+                                             .encode() for _ in range(n)]),
+        "text[] (3 unquoted elements)": (1009, -1, 1, [b"{abc,def,ghi}"] * n),
+        "text[] (3 quoted elements)": (1009, -1, 1, [b'{"a b","c,d",NULL}'] * n),
+        "int4[][] (2x2)": (1007, -1, 2, [b"{{1,2},{3,4}}"] * n),
+    }
+    print(f"    {'type':34s} {'list':>6s} {'view':>7s}")
+    for name, (oid, typmod, ndims, raw) in cases.items():
+        ct = column_type(oid, typmod, {}, ndims)
+        view = pa.array(raw, pa.binary_view())
+        ns = [min(timeit.repeat(lambda v=v, ct=ct: decode_column(ct, v), number=10, repeat=5)) / 10 / n * 1e9
+              for v in (raw, view)]
+        print(f"    {name:34s} {ns[0]:6.0f} {ns[1]:7.0f}")
+
+
+if __name__ == "__main__":
+    _bench()
