@@ -238,6 +238,17 @@ def duckdb_sink(name: str, flow_id: str, options: DuckDBOptions) -> WriterSink:
 # --------------------------------------------------------------------------- helpers
 
 
+# DuckDB reports some types under another name than the one we create them with.
+_TYPE_ALIASES = (("TIMESTAMPTZ", "TIMESTAMP WITH TIME ZONE"), ("TIMETZ", "TIME WITH TIME ZONE"), ("REAL", "FLOAT"))
+
+
+def _canonical(type_sql: str) -> str:
+    out = type_sql.upper().replace(" ", "")
+    for alias, name in _TYPE_ALIASES:
+        out = re.sub(rf"\b{alias}\b", name.replace(" ", ""), out)
+    return out
+
+
 def q(ident: str) -> str:
     """Quote a DuckDB identifier."""
     return '"' + ident.replace('"', '""') + '"'
@@ -662,7 +673,7 @@ class DuckDBWriter(Writer):
                 else:
                     want = duckdb_type(c, self._mappings)
                     have = dest.columns[name]
-                    if want.upper() != have.upper() and (p.dest, name, want) not in self._warned:
+                    if _canonical(want) != _canonical(have) and (p.dest, name, want) not in self._warned:
                         self._warned.add((p.dest, name, want))
                         log.warning(
                             "destination %r: %s.%s is %s in DuckDB, the source type now maps to %s; values are cast",
