@@ -120,8 +120,11 @@ from wallaby.changes import (
 
 log = logging.getLogger("wallaby.sinks.duckdb")
 
-# DuckDB's own memory cap (it spills to disk beyond it; the default is 80% of RAM). With the
-# 64 MB apply buffer this keeps a worker catching up a large backlog well under 400 MB.
+# DuckDB's own memory cap for file databases (it spills to disk beyond it for most operations;
+# DuckDB's default is 80% of RAM). Measured with `make bench` (one worker catching up a backlog):
+# narrow rows peak at ~370 MB RSS with 64MB, ~410 MB with 128MB, ~510 MB with 256MB; but the
+# wide (~5 KB) rows run out of memory at 64MB (some of DuckDB's operators cannot spill). 256MB
+# is the safe default; lower it with WALLABY_DUCKDB_MEMORY_LIMIT where rows are narrow.
 DUCKDB_MEMORY_LIMIT = os.environ.get("WALLABY_DUCKDB_MEMORY_LIMIT", "256MB")
 
 STATE_TABLE = "main.__wallaby_state"
@@ -366,7 +369,9 @@ class DuckDBWriter(Writer):
             except OSError as exc:
                 raise PermanentSinkError(name, f"cannot create the directory of {self._dsn_shown}: {exc}") from None
         try:
-            self._con = duckdb.connect(dsn, config={"memory_limit": DUCKDB_MEMORY_LIMIT})
+            # A file database spills to its .tmp directory past the cap; an in-memory one cannot, so no cap.
+            config = {} if dsn == ":memory:" else {"memory_limit": DUCKDB_MEMORY_LIMIT}
+            self._con = duckdb.connect(dsn, config=config)
             self._con.execute(
                 f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (flow_id VARCHAR NOT NULL, destination VARCHAR NOT NULL,"
                 " lsn UBIGINT NOT NULL, ordinal UBIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL)"
