@@ -26,6 +26,7 @@ rest (multi-dimensional, bounds, quoted text).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -37,8 +38,6 @@ import pyarrow.compute as pc
 # Decodes a flat pa.string() array of element texts (nulls allowed) into the element Arrow array.
 ElementDecoder = Callable[[pa.Array], pa.Array]
 
-_TOKENS: dict[str, re.Pattern[str]] = {}
-_ELEMENTS: dict[str, re.Pattern[str]] = {}
 _UNESCAPE = re.compile(r"\\(.)", re.S)
 
 
@@ -54,24 +53,18 @@ class ArrayParseError(ValueError):
     """Malformed array text (the message shows the first 80 characters)."""
 
 
+@functools.cache
 def _tokens(delim: str) -> re.Pattern[str]:
-    pat = _TOKENS.get(delim)
-    if pat is None:
-        d = re.escape(delim)
-        # a quoted element | a brace or the delimiter | an unquoted element
-        pat = re.compile(rf'"((?:[^"\\]|\\.)*)"|([{{}}]|{d})|((?:[^{{}}"\\{d}]|\\.)+)', re.S)
-        _TOKENS[delim] = pat
-    return pat
+    d = re.escape(delim)
+    # a quoted element | a brace or the delimiter | an unquoted element
+    return re.compile(rf'"((?:[^"\\]|\\.)*)"|([{{}}]|{d})|((?:[^{{}}"\\{d}]|\\.)+)', re.S)
 
 
+@functools.cache
 def _elements(delim: str) -> re.Pattern[str]:
     """Elements of a 1-D array's inner text: a quoted element | an unquoted one."""
-    pat = _ELEMENTS.get(delim)
-    if pat is None:
-        d = re.escape(delim)
-        pat = re.compile(rf'"((?:[^"\\]|\\.)*)"|([^"{d}]+)', re.S)
-        _ELEMENTS[delim] = pat
-    return pat
+    d = re.escape(delim)
+    return re.compile(rf'"((?:[^"\\]|\\.)*)"|([^"{d}]+)', re.S)
 
 
 def parse_array(text: str, delim: str = ",") -> list[Any]:
