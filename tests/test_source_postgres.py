@@ -221,3 +221,48 @@ def test_extension_types_carry_their_names(db, resolve):
     else:
         assert cols["v"].extension is None
     part.close()
+
+
+def _pub_tables(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as c:
+        rows = c.execute("SELECT schemaname || '.' || tablename FROM pg_publication_tables"
+                         " WHERE pubname = 'wallaby_t'").fetchall()
+    return {r[0] for r in rows}
+
+
+def test_sync_publication_add_and_sync_modes(db):
+    sql(db, "CREATE TABLE third (id int PRIMARY KEY)")
+    prepare_source(flow_spec(db, source={"publication_tables": "public.items"}).source_options(), "t")
+    assert _pub_tables(db) == {"public.items"}
+    add = flow_spec(db, source={"publication_tables": "public.other", "sync_publication": "true"})
+    prepare_source(add.source_options(), "t")
+    assert _pub_tables(db) == {"public.items", "public.other"}  # add: keeps what is there
+    sync = flow_spec(db, source={"publication_tables": "public.third", "sync_publication": "true",
+                                 "sync_publication_mode": "sync"})
+    prepare_source(sync.source_options(), "t")
+    assert _pub_tables(db) == {"public.third"}  # sync: drops what is not listed
+    schemas = flow_spec(db, source={"publication_schemas": "public", "sync_publication": "true"})
+    prepare_source(schemas.source_options(), "t")
+    assert _pub_tables(db) == {"public.items", "public.other", "public.third"}
+
+
+def test_emit_empty_sends_empty_batches_when_idle(db):
+    spec = flow_spec(db, source={"publication_tables": "public.items", "emit_empty": "true"})
+    part = source_part(spec)
+    got = drain(part, idle_polls=200, timeout=5)
+    assert got and all(len(b) == 0 for b in got)
+    part.close()
+    quiet = source_part(flow_spec(db, source={"publication_tables": "public.items"}))
+    assert drain(quiet, idle_polls=200, timeout=2) == []
+    quiet.close()
+
+
+def test_state_table_records_the_flow(db):
+    prepare_source(flow_spec(db, source={"publication_tables": "public.items", "flow_id": "orders-flow",
+                                         "state_schema": "wallaby_meta", "state_table": "src"}).source_options(), "t")
+    with psycopg.connect(db) as c:
+        rows = c.execute("SELECT flow_id, slot_name, publication FROM wallaby_meta.src").fetchall()
+    assert rows == [("orders-flow", "wallaby_t", "wallaby_t")]
+    prepare_source(flow_spec(db, slot="wallaby_u", source={"ensure_state": "false"}).source_options(), "u")
+    with psycopg.connect(db) as c:
+        assert c.execute("SELECT count(*) FROM wallaby_meta.src").fetchone()[0] == 1
