@@ -24,7 +24,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from sources import pgtypes
 from sources.batcher import Batcher, TableState
 from sources.connection import connect, is_transient, server_name
-from sources.pgoutput import DecodeError, Relation, TypeInfo
+from sources.pgoutput import DecodeError, Relation, TypeInfo, decode_copy_data
 from sources.replication import ReplicationStream, StreamClosed
 from sources.setup import prepare_source, proto_version_for
 from wallaby.changes import ZERO, ChangeBatch, Column, Position, TableSchema, format_lsn
@@ -271,11 +271,12 @@ class _PostgresPartition(StatefulSourcePartition):
                     self.first_held_at = now
                 if batcher.full():
                     out.append(self._take())
-            elif kind == 107:  # 'k' keepalive
-                end = int.from_bytes(raw[1:9], "big")
+            elif kind == 107:  # 'k' keepalive (rare: the shared framing decoder is fine here)
+                ka = decode_copy_data(bytes(raw))
+                end = ka.end_lsn
                 if end > self.received:
                     self.received = end
-                if raw[17]:
+                if ka.reply_requested:
                     reply = True
                 # Idle: nothing open, nothing held, every commit emitted -> WAL up to here is covered.
                 if not batcher.in_txn and not batcher.rows and end > self.covered:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -181,6 +180,3 @@ def open_store(env: dict[str, str] | None = None) -> CheckpointStore:
     raise ConfigError("checkpoint store", [FieldProblem(
         "WALLABY_CHECKPOINT_BACKEND", f"unknown backend {backend!r}; use 'sqlite' or 'postgres'")])
 
-
-def now() -> float:
-    return time.time()
