@@ -23,9 +23,10 @@ from bytewax.dataflow import Dataflow
 
 from sinks.base import WriterSink
 from sources.postgres import PostgresSource
-from wallaby.checkpoints import CheckpointStore, open_store
-from wallaby.errors import ConfigError, FieldProblem
-from wallaby.spec import FlowSpec, load_flow
+from wallaby.checkpoints import Checkpoints, CheckpointStore, open_store
+from wallaby.errors import ConfigError, FieldProblem, NotFoundError
+from wallaby.options import did_you_mean
+from wallaby.spec import FlowSpec, load_flow, parse_flow
 
 
 def _duckdb(name: str, flow_id: str, options: Any) -> WriterSink:
@@ -72,12 +73,15 @@ def check_buildable(spec: FlowSpec) -> None:
 
 
 def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads: int | None = None,
-               checkpoints: CheckpointStore | None = None, prepared: bool = False) -> Dataflow:
+               checkpoints: CheckpointStore | None = None, prepared: bool = False,
+               generation: int | None = None) -> Dataflow:
+    """The dataflow of ``spec``. With ``generation`` (a worker of a stored flow) the source is fenced: it stops
+    before advancing the slot once a newer generation of the flow exists."""
     check_buildable(spec)
     source_opts = spec.source_options()
     flow = Dataflow(f"wallaby-{spec.id}")
     source = PostgresSource(spec.id, source_opts, start_lsn=start_lsn, max_empty_reads=max_empty_reads,
-                            checkpoints=checkpoints, prepared=prepared)
+                            checkpoints=checkpoints, prepared=prepared, generation=generation)
     changes = op.input("source", flow, source)
     for i, dest in enumerate(spec.destinations):
         sink = SINK_FACTORIES[dest.type](dest.name, spec.id, spec.destination_options(i))
@@ -85,16 +89,37 @@ def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads:
     return flow
 
 
+def stored_flow(checkpoints: Checkpoints, flow_id: str, generation: int | None = None,
+                field: str = "-flow-id") -> tuple[FlowSpec, int]:
+    """A flow of the flow store and the generation its worker runs at: ``generation`` if given (it must still be
+    the flow's), else a newly claimed one (fencing every older worker)."""
+    flows = checkpoints.flows()
+    try:
+        stored = flows.get(flow_id)
+    except NotFoundError:
+        known = [f.id for f in flows.list()]
+        hint = did_you_mean(flow_id, known) or (f" (flows: {', '.join(known)})" if known else " (the store has none)")
+        raise ConfigError("flow store", [FieldProblem(
+            field, f"no flow {flow_id!r} in {checkpoints.db.describe()}{hint}")]) from None
+    spec = parse_flow(stored.spec, origin=f"flow store, flow {flow_id!r}")
+    if generation is None:
+        generation = flows.claim(flow_id)
+    else:
+        flows.check_generation(flow_id, generation)
+    return spec, generation
+
+
 def flow_from_env() -> Dataflow:
-    """The dataflow for ``WALLABY_FLOW_FILE`` or ``WALLABY_FLOW_ID``."""
+    """The dataflow for ``WALLABY_FLOW_FILE`` or ``WALLABY_FLOW_ID`` (+ ``WALLABY_FLOW_GENERATION``)."""
     path = os.environ.get("WALLABY_FLOW_FILE")
     flow_id = os.environ.get("WALLABY_FLOW_ID")
+    checkpoints = open_store()
+    generation = None
     if path:
         spec = load_flow(path)
     elif flow_id:
-        raise ConfigError("dataflows.flow", [FieldProblem(
-            "WALLABY_FLOW_ID", "flows by id need the flow store of the API server, which this version does not"
-            " have yet; set WALLABY_FLOW_FILE to a flow JSON file")])
+        given = os.environ.get("WALLABY_FLOW_GENERATION")
+        spec, generation = stored_flow(checkpoints, flow_id, int(given) if given else None, "WALLABY_FLOW_ID")
     else:
         raise ConfigError("dataflows.flow", [FieldProblem(
             "WALLABY_FLOW_FILE", "set WALLABY_FLOW_FILE to a flow JSON file (or WALLABY_FLOW_ID to a stored flow)")])
@@ -102,8 +127,8 @@ def flow_from_env() -> Dataflow:
     from wallaby.changes import parse_lsn
 
     empty = os.environ.get("WALLABY_MAX_EMPTY_READS")
-    return build_flow(spec, start_lsn=parse_lsn(start) if start else None, checkpoints=open_store(),
-                      max_empty_reads=int(empty) if empty else None)
+    return build_flow(spec, start_lsn=parse_lsn(start) if start else None, checkpoints=checkpoints,
+                      max_empty_reads=int(empty) if empty else None, generation=generation)
 
 
 def __getattr__(name: str) -> Dataflow:

@@ -86,6 +86,7 @@ import logging
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -131,6 +132,23 @@ DUCKDB_MEMORY_LIMIT = os.environ.get("WALLABY_DUCKDB_MEMORY_LIMIT", "256MB")
 # the source. Measured (`make bench`, narrow, 500k backlog): 1 thread 115k changes/s at 390 MB
 # peak RSS; DuckDB's default (one per core) ~98k/s at ~515 MB. 0 = DuckDB's default.
 DUCKDB_THREADS = int(os.environ.get("WALLABY_DUCKDB_THREADS", "1") or 0)
+# A DuckDB file is open in one process at a time. When a flow's worker is replaced (restart, takeover), the new one
+# waits this long for the old one to let go of the file.
+DUCKDB_LOCK_WAIT = float(os.environ.get("WALLABY_DUCKDB_LOCK_WAIT", "60") or 0)
+
+
+def _connect(dsn: str, config: dict) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + DUCKDB_LOCK_WAIT
+    delay = 0.1
+    while True:
+        try:
+            return duckdb.connect(dsn, config=config)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
+                raise
+            log.info("DuckDB %s is held by another process; waiting", _safe_dsn(dsn))
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 STATE_TABLE = "main.__wallaby_state"
 META_TABLE = "main.__wallaby_meta"
@@ -378,7 +396,7 @@ class DuckDBWriter(Writer):
             config = {} if dsn == ":memory:" else {"memory_limit": DUCKDB_MEMORY_LIMIT}
             if DUCKDB_THREADS:
                 config["threads"] = DUCKDB_THREADS
-            self._con = duckdb.connect(dsn, config=config)
+            self._con = _connect(dsn, config)
             self._con.execute(
                 f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (flow_id VARCHAR NOT NULL, destination VARCHAR NOT NULL,"
                 " lsn UBIGINT NOT NULL, ordinal UBIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL)"

@@ -30,7 +30,7 @@ from sources.setup import prepare_source, proto_version_for
 from wallaby.changes import ZERO, ChangeBatch, Column, Position, TableSchema, format_lsn
 from wallaby.checkpoints import Checkpoint, CheckpointStore
 from wallaby.errors import SourceError
-from wallaby.runtime import tune_gc
+from wallaby.runtime import STOP, tune_gc
 
 log = logging.getLogger("wallaby.source")
 
@@ -100,8 +100,9 @@ class PostgresSource(FixedPartitionedSource):
 
     def __init__(self, flow_id: str, options: Any, *, start_lsn: int | None = None,
                  max_empty_reads: int | None = None, checkpoints: CheckpointStore | None = None,
-                 prepared: bool = False, stop_at_lsn: int | None = None):
+                 prepared: bool = False, stop_at_lsn: int | None = None, generation: int | None = None):
         self.flow_id = flow_id
+        self.generation = generation  # the worker's generation in the flow store: fenced when it is no longer
         self.stop_at_lsn = stop_at_lsn  # stop once every change below this LSN is emitted (bench, run-once)
         self.opts = options
         self.start_lsn = start_lsn
@@ -122,6 +123,7 @@ class _PostgresPartition(StatefulSourcePartition):
         self.src = src
         self.opts = opts = src.opts
         self.flow_id = src.flow_id
+        self._fence()
         self.server = server_name(opts.dsn)
         plan = prepare_source(opts, self.flow_id) if not src.prepared else None
         version = plan.server_version if plan else _server_version(opts.dsn)
@@ -213,7 +215,13 @@ class _PostgresPartition(StatefulSourcePartition):
         self.stream.send_status(self.received, self.confirmed, self.confirmed, reply)
         self.last_status = time.monotonic()
 
+    def _fence(self) -> None:
+        """Stop here if a newer worker of this flow took over (before the slot or the checkpoint moves)."""
+        if self.src.generation is not None and self.src.checkpoints is not None:
+            self.src.checkpoints.flows().check_generation(self.flow_id, self.src.generation)
+
     def _confirm(self, lsn: int) -> None:
+        self._fence()
         if lsn <= self.confirmed:
             return
         self.confirmed = lsn
@@ -224,7 +232,7 @@ class _PostgresPartition(StatefulSourcePartition):
                 self._lost(exc)
         if self.src.checkpoints is not None:
             self.src.checkpoints.put(Checkpoint(self.flow_id, self.opts.slot, lsn, self.snapshot_position,
-                                                time.time()))
+                                                time.time()), generation=self.src.generation)
 
     # -- bytewax ------------------------------------------------------------------------
     def next_batch(self) -> list[tuple[str, ChangeBatch]]:
@@ -234,6 +242,10 @@ class _PostgresPartition(StatefulSourcePartition):
             if self.done and self.done_snapshotted:
                 self.close()
                 raise StopIteration()
+        if STOP.is_set() and not self.done:
+            log.info("source %s: stop requested, stopping after the final checkpoint", self.opts.slot,
+                     extra={"flow": self.flow_id})
+            self.done = True
         if self.done:
             self._pause(0.05)
             return []

@@ -7,6 +7,7 @@ import pytest
 from wallaby.changes import Position
 from wallaby.checkpoints import Checkpoint, PostgresCheckpoints, SQLiteCheckpoints, open_store
 from wallaby.errors import ConfigError
+from wallaby.sqldb import PostgresDatabase, SQLiteDatabase
 
 
 def _exercise(store) -> None:
@@ -39,14 +40,14 @@ def test_postgres_backend(pgdb):
 
 def test_environment_selects_the_backend(tmp_path, pgdb):
     s = open_store({"WALLABY_CHECKPOINT_PATH": str(tmp_path / "a.db")})
-    assert isinstance(s, SQLiteCheckpoints) and s.path.endswith("a.db")
+    assert isinstance(s.db, SQLiteDatabase) and s.db.path.endswith("a.db")
     s = open_store({"WALLABY_CHECKPOINT_DSN": f"sqlite:{tmp_path / 'b.db'}", "WALLABY_CHECKPOINT_BACKEND": "sqlite"})
-    assert isinstance(s, SQLiteCheckpoints) and s.path.endswith("b.db")
+    assert isinstance(s.db, SQLiteDatabase) and s.db.path.endswith("b.db")
     s = open_store({"WALLABY_POSTGRES_DSN": pgdb})  # postgres by default when the API DSN is set
-    assert isinstance(s, PostgresCheckpoints)
+    assert isinstance(s.db, PostgresDatabase)
     s.close()
     s = open_store({"WALLABY_CHECKPOINT_BACKEND": "postgres", "WALLABY_CHECKPOINT_DSN": pgdb})
-    assert isinstance(s, PostgresCheckpoints)
+    assert isinstance(s.db, PostgresDatabase)
     s.close()
 
 

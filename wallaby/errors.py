@@ -164,8 +164,37 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TransientError) or bool(getattr(exc, "transient", False))
 
 
+class FencedError(WallabyError):
+    """A newer worker generation of this flow took over: this worker must stop before it advances the slot or
+    writes a checkpoint."""
+
+    def __init__(self, flow_id: str, mine: int, current: int | None):
+        now = "the flow was deleted" if current is None else f"the flow is at generation {current}"
+        super().__init__(f"flow {flow_id!r}: this worker (generation {mine}) was fenced off: {now};"
+                         " stopping without advancing the slot")
+        self.flow_id, self.mine, self.current = flow_id, mine, current
+
+
+class NotFoundError(TerminalError):
+    """No flow / DDL event / slot of that id."""
+
+
+class AlreadyExistsError(TerminalError):
+    """A flow of that id exists already."""
+
+
+class IllegalStateError(TerminalError):
+    """The change is not allowed in the current state (start a running flow, approve a rejected DDL)."""
+
+
 def grpc_status_name(exc: BaseException) -> str:
     """The gRPC status code name an API call failing with ``exc`` returns (the one place this is decided)."""
+    if isinstance(exc, NotFoundError):
+        return "NOT_FOUND"
+    if isinstance(exc, AlreadyExistsError):
+        return "ALREADY_EXISTS"
+    if isinstance(exc, IllegalStateError | FencedError):
+        return "FAILED_PRECONDITION"
     if isinstance(exc, ConfigError):
         return "INVALID_ARGUMENT"
     if is_transient(exc):
@@ -173,3 +202,4 @@ def grpc_status_name(exc: BaseException) -> str:
     if isinstance(exc, TerminalError | SourceError):
         return "FAILED_PRECONDITION"
     return "INTERNAL"
+

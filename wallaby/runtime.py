@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import signal
+import threading
 
 # The source holds tens of thousands of small tuples per batch (one per row) until
 # the batch is built. With CPython's default gen-0 threshold (700) the cyclic GC
@@ -22,3 +24,17 @@ def tune_gc() -> None:
     gc.freeze()  # modules, classes, config: never garbage, never rescanned
     gc.set_threshold(*GC_THRESHOLDS)
     _tuned = True
+
+
+# Set by SIGTERM (and by the API server's graceful stop): the source stops reading, the epoch in flight is
+# finished and checkpointed, then the worker exits 0.
+STOP = threading.Event()
+
+
+def install_stop_handler() -> None:
+    """SIGTERM -> a graceful stop (:data:`STOP`). Only from the main thread."""
+
+    def _on_term(signum, frame) -> None:
+        STOP.set()
+
+    signal.signal(signal.SIGTERM, _on_term)

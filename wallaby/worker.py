@@ -1,11 +1,18 @@
 """``wallaby-worker``: run one flow in its own process.
 
-    wallaby-worker -flow-file examples/flows/quickstart.json [-max-empty-reads N]
-                   [-start-lsn X/Y] [-recovery-dir DIR] [-epoch-interval 2s]
+    wallaby-worker -flow-file examples/flows/quickstart.json | -flow-id ID [-generation N]
+                   [-max-empty-reads N] [-start-lsn X/Y] [-recovery-dir DIR] [-epoch-interval 2s]
+
+``-flow-id`` reads the flow from the flow store (the database the
+``WALLABY_CHECKPOINT_*`` / ``WALLABY_POSTGRES_DSN`` variables name, shared with the
+API server) and runs it at a new worker generation, which fences off any older
+worker of the flow. SIGTERM stops gracefully: the epoch in flight is finished
+and checkpointed.
 
 Flags take one dash or two (``-flow-id X``, ``--flow-id=X``). Exit status: 0 on a
-clean stop, 2 for a bad flow spec or flag, 1 for a source or destination error;
-every error is one line naming the field or server, without passwords.
+clean stop, 2 for a bad flow spec or flag, 3 when fenced off by a newer worker of
+the flow, 1 for a source or destination error; every error is one line naming
+the field or server, without passwords.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from pathlib import Path
 
 from wallaby import logs
 from wallaby.changes import parse_lsn
-from wallaby.errors import ConfigError, WallabyError, redact_dsn
+from wallaby.errors import ConfigError, FencedError, WallabyError, redact_dsn
 from wallaby.options import parse_duration
 
 log = logging.getLogger("wallaby.worker")
@@ -40,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-epoch-interval", "--epoch-interval", dest="epoch_interval",
                    default=os.environ.get("WALLABY_EPOCH_INTERVAL", "2s"),
                    help="how often destinations commit and the slot advances (default 2s)")
+    p.add_argument("-generation", "--generation", dest="generation", type=int, default=None,
+                   help="with -flow-id: run at this generation of the flow (set by the API server; default: claim a"
+                        " new one, which fences off any older worker of the flow)")
     p.add_argument("-mode", "--mode", dest="mode", default="stream", choices=["stream"],
                    help="stream (backfill comes in a later version)")
     return p
@@ -49,19 +59,22 @@ def run(args: argparse.Namespace) -> int:
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.run import cli_main
 
-    from dataflows.flow import build_flow, check_buildable
+    from dataflows.flow import build_flow, check_buildable, stored_flow
     from sources.setup import prepare_source
     from wallaby.checkpoints import open_store
+    from wallaby.runtime import install_stop_handler
     from wallaby.spec import load_flow
 
-    if not args.flow_file and not args.flow_id:
-        raise ConfigError("wallaby-worker", [_problem("-flow-file", "give -flow-file FILE or -flow-id ID")])
-    if args.flow_id and not args.flow_file:
-        raise ConfigError("wallaby-worker", [_problem(
-            "-flow-id", "flows by id need the flow store of the API server, not in this version yet;"
-            " use -flow-file")])
-    spec = load_flow(args.flow_file)
+    if bool(args.flow_file) == bool(args.flow_id):
+        raise ConfigError("wallaby-worker", [_problem("-flow-file", "give one of -flow-file FILE or -flow-id ID")])
+    checkpoints = open_store()
+    generation = None
+    if args.flow_id:
+        spec, generation = stored_flow(checkpoints, args.flow_id, args.generation)
+    else:
+        spec = load_flow(args.flow_file)
     logs.setup(spec.id)
+    install_stop_handler()
     check_buildable(spec)
     start_lsn = None
     if args.start_lsn:
@@ -70,12 +83,13 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError("wallaby-worker", [_problem("-start-lsn", str(exc))]) from None
     epoch = parse_duration(args.epoch_interval)
-    checkpoints = open_store()
     plan = prepare_source(spec.source_options(), spec.id)
+    if generation is not None:
+        log.info("flow %s: worker generation %d", spec.id, generation)
     log.info("flow %s: source ready (server %d, pgoutput protocol %d)", spec.id, plan.server_version,
              plan.proto_version)
     flow = build_flow(spec, start_lsn=start_lsn, max_empty_reads=args.max_empty_reads, checkpoints=checkpoints,
-                      prepared=True)
+                      prepared=True, generation=generation)
     recovery = None
     if args.recovery_dir:
         rdir = Path(args.recovery_dir).expanduser()
@@ -117,8 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except FencedError as exc:
+        print(f"wallaby-worker: {exc}", file=sys.stderr)
+        return 3
     except Exception as exc:
         cause = _root_cause(exc)
+        if isinstance(cause, FencedError):
+            print(f"wallaby-worker: {cause}", file=sys.stderr)
+            return 3
         if isinstance(cause, WallabyError):
             print(f"wallaby-worker: {cause}", file=sys.stderr)
             return 1

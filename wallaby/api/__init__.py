@@ -1,0 +1,1 @@
+"""The gRPC API server (``wallaby``): flow store, lifecycle, local worker dispatch."""

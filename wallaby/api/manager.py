@@ -1,0 +1,202 @@
+"""Flow lifecycle: what the FlowService calls do, without gRPC.
+
+State lives in the flow store; workers are launched and stopped through the
+dispatcher. A state change is written before the worker is touched, so a
+worker's exit that follows is read in the light of the new state (paused or
+stopped: expected; still running: it died, see :meth:`FlowManager.worker_exited`).
+
+Restart policy of a worker that dies while its flow is RUNNING, by the flow's
+``config.give_up_policy``:
+
+- ``never``: restarted, with back-off (1 s doubling to 30 s), for ever;
+- ``on_retry_exhaustion`` (default): restarted up to ``WALLABY_WORKER_MAX_RESTARTS``
+  times (default 3) within ten minutes, then FAILED with the worker's last error.
+
+A worker that exits for a bad flow spec (exit 2) is never restarted (FAILED at
+once); one fenced off by a newer generation (exit 3) is simply gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+
+from wallaby.api.convert import check_wire_format
+from wallaby.api.dispatch import LocalDispatcher, WorkerExit
+from wallaby.checkpoints import Checkpoints
+from wallaby.errors import FencedError, IllegalStateError
+from wallaby.flowstore import FAILED, PAUSED, RUNNING, STOPPING, FlowStore, StoredFlow
+from wallaby.spec import FlowSpec
+
+log = logging.getLogger("wallaby.api")
+
+RESTART_WINDOW = 600.0
+
+
+class FlowManager:
+    def __init__(self, checkpoints: Checkpoints, env: Mapping[str, str] | None = None,
+                 dispatcher: LocalDispatcher | None = None):
+        self.env = dict(os.environ if env is None else env)
+        self.checkpoints = checkpoints
+        self.store: FlowStore = checkpoints.flows()
+        self.dispatcher = dispatcher or LocalDispatcher(self.worker_exited)
+        self.max_restarts = int(self.env.get("WALLABY_WORKER_MAX_RESTARTS", "3"))
+        self._restarts: dict[str, list[float]] = {}
+        self._flow_locks: dict[str, threading.RLock] = {}
+        self._locks_lock = threading.Lock()
+
+    def _lock(self, flow_id: str) -> threading.RLock:
+        with self._locks_lock:
+            return self._flow_locks.setdefault(flow_id, threading.RLock())
+
+    # -- definitions ---------------------------------------------------------------------------
+    def create(self, spec: FlowSpec, start: bool = False) -> StoredFlow:
+        check_wire_format(spec, self.env)
+        stored = self.store.create(spec.id, spec.name, spec.model_dump(mode="json"))
+        log.info("flow %s: created", spec.id, extra={"flow": spec.id})
+        return self.start(spec.id) if start else stored
+
+    def update(self, spec: FlowSpec) -> StoredFlow:
+        """Replace the definition, keeping state and checkpoints; a running worker is restarted to pick it up."""
+        check_wire_format(spec, self.env)
+        with self._lock(spec.id):
+            self.store.update_spec(spec.id, spec.name, spec.model_dump(mode="json"))
+            log.info("flow %s: updated", spec.id, extra={"flow": spec.id})
+            if self.store.get(spec.id).state == RUNNING and self.dispatcher.running(spec.id):
+                self.dispatcher.stop(spec.id)
+                self._launch(spec.id)
+            return self.store.get(spec.id)
+
+    def delete(self, flow_id: str) -> None:
+        with self._lock(flow_id):
+            flow = self.store.get(flow_id)
+            if flow.state == RUNNING or self.dispatcher.running(flow_id):
+                raise IllegalStateError(f"cannot delete flow {flow_id!r}: it is running; stop it first")
+            self.store.delete(flow_id)
+            self.checkpoints.delete(flow_id)
+            log.info("flow %s: deleted", flow_id, extra={"flow": flow_id})
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self, flow_id: str) -> StoredFlow:
+        with self._lock(flow_id):
+            self.store.transition(flow_id, "start")
+            self._restarts.pop(flow_id, None)
+            return self._launch(flow_id)
+
+    def resume(self, flow_id: str) -> StoredFlow:
+        with self._lock(flow_id):
+            self.store.transition(flow_id, "resume")
+            return self._launch(flow_id)
+
+    def pause(self, flow_id: str) -> StoredFlow:
+        with self._lock(flow_id):
+            self.store.transition(flow_id, "pause")
+            self.dispatcher.stop(flow_id)
+            log.info("flow %s: paused", flow_id, extra={"flow": flow_id})
+            return self.store.get(flow_id)
+
+    def stop(self, flow_id: str) -> StoredFlow:
+        with self._lock(flow_id):
+            flow = self.store.get(flow_id)
+            if flow.state == RUNNING:  # visible while the worker finishes its epoch
+                self.store.db.run("UPDATE wallaby_flows SET state = ? WHERE id = ?", (STOPPING, flow_id))
+            try:
+                self.dispatcher.stop(flow_id)
+            finally:
+                self.store.transition(flow_id, "stop")
+            log.info("flow %s: stopped", flow_id, extra={"flow": flow_id})
+            return self.store.get(flow_id)
+
+    def run_once(self, flow_id: str) -> bool:
+        """Run a worker until the flow has caught up (max-empty-reads), leaving its state as it is."""
+        with self._lock(flow_id):
+            flow = self.store.get(flow_id)
+            if self.dispatcher.running(flow_id) or flow.state == RUNNING:
+                raise IllegalStateError(f"flow {flow_id!r} is running; its worker is already reading the slot"
+                                        " (RunFlowOnce is for created, paused, stopped or failed flows)")
+            gen = self.store.claim(flow_id)
+            self.dispatcher.launch(flow_id, gen, once=True)
+            return True
+
+    def _launch(self, flow_id: str) -> StoredFlow:
+        gen = self.store.claim(flow_id)  # fences off any older worker of this flow, wherever it runs
+        try:
+            self.dispatcher.launch(flow_id, gen)
+        except OSError as exc:
+            self.store.transition(flow_id, "fail", f"cannot launch a worker: {exc}")
+        return self.store.get(flow_id)
+
+    # -- workers ---------------------------------------------------------------------------------
+    def worker_exited(self, ex: WorkerExit) -> None:
+        """The dispatcher's report: decide between nothing, FAILED and a restart."""
+        if ex.once or ex.stopped_by_us or ex.returncode == 3:
+            if ex.once and ex.returncode not in (0, 3):
+                self.store.set_reason(ex.flow_id, f"run-once failed: {ex.reason}")
+            return
+        with self._lock(ex.flow_id):
+            try:
+                flow = self.store.get(ex.flow_id)
+            except Exception:
+                return  # deleted
+            if flow.state != RUNNING or flow.generation != ex.generation:
+                return  # paused/stopped meanwhile, or a newer worker runs
+            if ex.returncode == 0:
+                self._fail(flow, "the worker stopped by itself")
+                return
+            if ex.returncode == 2:
+                self._fail(flow, ex.reason or "bad flow spec")
+                return
+            policy = flow.spec.get("config", {}).get("give_up_policy", "on_retry_exhaustion")
+            now = time.time()
+            recent = [t for t in self._restarts.get(flow.id, []) if now - t < RESTART_WINDOW]
+            if policy != "never" and len(recent) >= self.max_restarts:
+                self._fail(flow, f"{ex.reason} (gave up after {len(recent)} restarts)")
+                return
+            recent.append(now)
+            self._restarts[flow.id] = recent
+            delay = min(30.0, 2.0 ** (len(recent) - 1))
+            self.store.set_reason(flow.id, f"restarting after: {ex.reason}")
+            log.warning("flow %s: worker died (%s); restarting in %.0fs", flow.id, ex.reason, delay,
+                        extra={"flow": flow.id})
+            timer = threading.Timer(delay, self._restart, args=(flow.id, ex.generation))
+            timer.daemon = True
+            timer.start()
+
+    def _restart(self, flow_id: str, generation: int) -> None:
+        with self._lock(flow_id):
+            try:
+                flow = self.store.get(flow_id)
+            except Exception:
+                return
+            if flow.state == RUNNING and flow.generation == generation and not self.dispatcher.running(flow_id):
+                self._launch(flow_id)
+
+    def _fail(self, flow: StoredFlow, reason: str) -> None:
+        try:
+            self.store.transition(flow.id, "fail", reason, generation=flow.generation)
+        except FencedError:
+            return
+        log.error("flow %s: failed: %s", flow.id, reason, extra={"flow": flow.id})
+
+    # -- server start / stop -----------------------------------------------------------------------
+    def recover(self) -> None:
+        """At server start: relaunch the workers of running flows (a new generation fences any orphan);
+        finish stops that were interrupted."""
+        for flow in self.store.list():
+            if flow.state == RUNNING:
+                log.info("flow %s: running before the restart; launching its worker", flow.id,
+                         extra={"flow": flow.id})
+                with self._lock(flow.id):
+                    self._launch(flow.id)
+            elif flow.state == STOPPING:
+                self.store.transition(flow.id, "stop", "stopped while the server restarted")
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop every worker gracefully; the flows keep their state for the next start."""
+        self.dispatcher.close(timeout)
+
+
+__all__ = ["FAILED", "PAUSED", "FlowManager"]

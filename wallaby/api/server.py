@@ -1,0 +1,163 @@
+"""The gRPC server: ``wallaby.v1`` services, health, optional reflection, bearer-token auth and TLS.
+
+- ``WALLABY_API_TOKEN``: every call but ``grpc.health.v1.Health`` needs
+  ``authorization: Bearer <token>`` (UNAUTHENTICATED otherwise).
+- ``WALLABY_GRPC_TLS_CERT`` / ``WALLABY_GRPC_TLS_KEY``: PEM files; TLS when both are set.
+- ``WALLABY_GRPC_REFLECTION=true``: server reflection (for ``grpcurl`` without proto files).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Mapping
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from wallaby.api.manager import FlowManager
+from wallaby.api.services import (
+    CheckpointServicer,
+    DDLServicer,
+    FlowServicer,
+    IngestServicer,
+    StreamServicer,
+)
+from wallaby.errors import ConfigError, FieldProblem
+from wallaby.options import parse_bool
+from wallaby.v1 import (
+    checkpoint_pb2,
+    checkpoint_pb2_grpc,
+    ddl_pb2,
+    ddl_pb2_grpc,
+    flow_pb2,
+    flow_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
+    stream_pb2,
+    stream_pb2_grpc,
+)
+
+log = logging.getLogger("wallaby.api")
+
+SERVICE_NAMES = (
+    flow_pb2.DESCRIPTOR.services_by_name["FlowService"].full_name,
+    checkpoint_pb2.DESCRIPTOR.services_by_name["CheckpointService"].full_name,
+    ddl_pb2.DESCRIPTOR.services_by_name["DDLService"].full_name,
+    stream_pb2.DESCRIPTOR.services_by_name["StreamService"].full_name,
+    ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
+)
+_OPEN_PREFIX = "/grpc.health.v1.Health/"
+
+
+class TokenAuth(grpc.ServerInterceptor):
+    """Refuses calls without ``authorization: Bearer <token>`` (health checks excepted)."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, handler_call_details):
+        if handler_call_details.method.startswith(_OPEN_PREFIX):
+            return continuation(handler_call_details)
+        given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(given.encode(), self._expected):
+            return continuation(handler_call_details)
+        message = "missing bearer token" if not given else "invalid bearer token"
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          f"{message}: send 'authorization: Bearer <WALLABY_API_TOKEN>'")
+
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+@dataclass
+class ServerSettings:
+    listen: str = ":8080"
+    reflection: bool = False
+    token: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
+        problems = []
+        reflection = False
+        raw = (env.get("WALLABY_GRPC_REFLECTION") or "").strip()
+        if raw:
+            try:
+                reflection = parse_bool(raw)
+            except ValueError as exc:
+                problems.append(FieldProblem("WALLABY_GRPC_REFLECTION", str(exc)))
+        cert, key = (env.get("WALLABY_GRPC_TLS_CERT") or "").strip(), (env.get("WALLABY_GRPC_TLS_KEY") or "").strip()
+        if bool(cert) != bool(key):
+            missing = "WALLABY_GRPC_TLS_KEY" if cert else "WALLABY_GRPC_TLS_CERT"
+            problems.append(FieldProblem(missing, "TLS needs both WALLABY_GRPC_TLS_CERT and WALLABY_GRPC_TLS_KEY"))
+        for var, path in (("WALLABY_GRPC_TLS_CERT", cert), ("WALLABY_GRPC_TLS_KEY", key)):
+            if path and not Path(path).expanduser().is_file():
+                problems.append(FieldProblem(var, f"no such file: {path}"))
+        listen = (env.get("WALLABY_GRPC_LISTEN") or ":8080").strip()
+        if not listen.rpartition(":")[2].isdigit():
+            problems.append(FieldProblem("WALLABY_GRPC_LISTEN", f"expected [host]:port, got {listen!r}"))
+        if problems:
+            raise ConfigError("API server settings", problems)
+        return cls(listen, reflection, (env.get("WALLABY_API_TOKEN") or "").strip(), cert, key)
+
+    def address(self) -> str:
+        host, _, port = self.listen.rpartition(":")
+        return f"{host or '[::]'}:{port}"
+
+
+class APIServer:
+    """The running server. ``port`` is the bound port (useful with ``:0``)."""
+
+    def __init__(self, manager: FlowManager, settings: ServerSettings, max_workers: int = 16):
+        self.manager = manager
+        self.settings = settings
+        interceptors = [TokenAuth(settings.token)] if settings.token else []
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="wallaby-rpc"),
+                                  interceptors=interceptors)
+        flow_pb2_grpc.add_FlowServiceServicer_to_server(FlowServicer(manager), self.server)
+        checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server(CheckpointServicer(manager), self.server)
+        ddl_pb2_grpc.add_DDLServiceServicer_to_server(DDLServicer(manager), self.server)
+        stream_pb2_grpc.add_StreamServiceServicer_to_server(StreamServicer(), self.server)
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if settings.reflection:
+            from grpc_reflection.v1alpha import reflection
+
+            reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                                self.server)
+        address = settings.address()
+        try:
+            if settings.tls_cert:
+                creds = grpc.ssl_server_credentials([(Path(settings.tls_key).expanduser().read_bytes(),
+                                                      Path(settings.tls_cert).expanduser().read_bytes())])
+                self.port = self.server.add_secure_port(address, creds)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ConfigError("API server settings", [FieldProblem(
+                "WALLABY_GRPC_LISTEN", f"cannot listen on {settings.listen}: {exc}")]) from None
+
+    def start(self) -> None:
+        self.server.start()
+        self.manager.recover()
+        log.info("API server listening on %s (port %d%s%s%s)", self.settings.listen, self.port,
+                 ", TLS" if self.settings.tls_cert else "", ", token auth" if self.settings.token else "",
+                 ", reflection" if self.settings.reflection else "")
+
+    def stop(self, grace: float = 5.0) -> None:
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.stop(grace).wait()
+        self.manager.shutdown()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
