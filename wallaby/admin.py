@@ -5,7 +5,7 @@
     wallaby-admin flow create -file FLOW.json [-start]
     wallaby-admin flow update -file FLOW.json
     wallaby-admin flow start|pause|resume|stop|delete|run-once -flow-id ID
-    wallaby-admin flow cleanup -flow-id ID [-drop-slot] [-drop-publication] [-drop-source-state]
+    wallaby-admin flow cleanup -flow-id ID [-drop-slot] [-drop-publication] [-drop-source-state]  (none: all three)
     wallaby-admin publication list -flow-id ID
     wallaby-admin publication sync -flow-id ID [-schemas a,b] [-tables s.t1,s.t2] [-mode add|sync] [-pause] [-resume]
     wallaby-admin slot list|get -flow-id ID
@@ -371,9 +371,10 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Message]:
     if key == ("flow", "update"):
         return "flow", "UpdateFlow", flow_pb2.UpdateFlowRequest(flow=load_flow_file(args.file))
     if key == ("flow", "cleanup"):
+        # No flag: the server drops all three. Some flags: only those.
+        chosen = {k: getattr(args, k) for k in ("drop_slot", "drop_publication", "drop_source_state")}
         return "flow", "CleanupFlow", flow_pb2.CleanupFlowRequest(
-            flow_id=fid, drop_slot=args.drop_slot, drop_publication=args.drop_publication,
-            drop_source_state=args.drop_source_state)
+            flow_id=fid, **(chosen if any(chosen.values()) else {}))
     if key == ("publication", "sync"):
         if args.snapshot:
             raise UsageError("publication sync -snapshot: backfill snapshots are not available in this version")
