@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 RAPID_CHECKS ?= 100
 PYTEST_ARGS ?=
 
-.PHONY: setup quickstart test test-rapid bench lint clean
+.PHONY: setup quickstart test test-rapid bench lint proto clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ test-rapid: setup
 
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Regenerate wallaby/v1/*_pb2*.py from proto/wallaby/v1/*.proto (committed; a test checks they are current).
+proto: setup
+	$(PY) -m grpc_tools.protoc -I proto --python_out=. --pyi_out=. --grpc_python_out=. proto/wallaby/v1/*.proto
 
 lint: setup
 	$(VENV)/bin/ruff check .

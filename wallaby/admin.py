@@ -38,7 +38,9 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from wallaby.api.convert import option_text
 from wallaby.errors import redact_dsn
+from wallaby.options import parse_bool
 from wallaby.v1 import (
     checkpoint_pb2,
     checkpoint_pb2_grpc,
@@ -162,16 +164,6 @@ def _enum_name(value: Any, field: str) -> Any:
     return name
 
 
-def _option_text(value: Any) -> str:
-    """As the server's wallaby.api.convert: a list of scalars is comma-joined (list options are read with
-    options.parse_csv, which would split JSON text), other lists and objects are JSON text."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list) and all(isinstance(x, str | int | float) for x in value):
-        return ",".join(str(x) for x in value)
-    return value if isinstance(value, str) else str(value) if isinstance(value, int | float) else json.dumps(value)
-
-
 def _object(value: Any, field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UsageError(f"{field}: expected an object")
@@ -184,17 +176,15 @@ def _endpoint(ep: Any, field: str) -> dict[str, Any]:
         out["type"] = _enum_name(out["type"], f"{field}.type")
     if out.get("options") is not None:
         opts = _object(out["options"], f"{field}.options")
-        out["options"] = {str(k): _option_text(v) for k, v in opts.items() if v is not None}
+        out["options"] = {str(k): option_text(v) for k, v in opts.items() if v is not None}
     return out
 
 
-BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
-
-
 def _bool(value: Any, field: str) -> bool:
-    if (b := BOOLS.get(str(value).strip().lower())) is None:
-        raise UsageError(f"{field}: expected true or false, got {json.dumps(value)}")
-    return b
+    try:
+        return parse_bool(value)
+    except ValueError as exc:
+        raise UsageError(f"{field}: {exc}") from None
 
 
 def flow_from_dict(data: Any) -> types_pb2.Flow:

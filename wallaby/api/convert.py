@@ -80,7 +80,9 @@ def flow_to_spec_dict(flow: pb.Flow) -> dict[str, Any]:
     return d
 
 
-def _option_text(v: Any) -> str:
+def option_text(v: Any) -> str:
+    """An option value as the API's string: a list of scalars comma-joined (list options split on commas),
+    other lists and objects as JSON text."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, list) and all(isinstance(x, str | int | float) for x in v):
@@ -92,7 +94,7 @@ def _option_text(v: Any) -> str:
 
 def _endpoint_out(ep: Mapping[str, Any]) -> pb.Endpoint:
     return pb.Endpoint(name=ep["name"], type=_enum_value(pb.EndpointType, ep["type"], "ENDPOINT_TYPE_"),
-                       options={k: _option_text(v) for k, v in ep["options"].items()})
+                       options={k: option_text(v) for k, v in ep["options"].items()})
 
 
 def _ts(seconds: float) -> Timestamp:
@@ -133,7 +135,7 @@ def unmask(new: dict[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
         for key, value in list(ep["options"].items()):
             if isinstance(value, str) and MASK in value and key in before.get("options", {}):
                 stored = before["options"][key]
-                if _option_text(redact_option(key, stored)) == value:
+                if option_text(redact_option(key, stored)) == value:
                     ep["options"][key] = stored
 
     if isinstance(new.get("source"), dict):
