@@ -35,6 +35,7 @@ class Server:
     log_path: Path
     proc: subprocess.Popen | None = None
     token: str = ""
+    tls_ca: Path | None = None  # a TLS server: its certificate (self-signed)
     _channel: grpc.Channel | None = field(default=None, repr=False)
 
     @property
@@ -74,7 +75,11 @@ class Server:
 
     def channel(self) -> grpc.Channel:
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.addr)
+            if self.tls_ca is not None:
+                creds = grpc.ssl_channel_credentials(self.tls_ca.read_bytes())
+                self._channel = grpc.secure_channel(f"localhost:{self.port}", creds)
+            else:
+                self._channel = grpc.insecure_channel(self.addr)
         return self._channel
 
     def metadata(self) -> tuple:

@@ -257,3 +257,75 @@ def _worker_pid(tmp_path, flow_id: str) -> int:
     pids = [int(p) for p in out.stdout.split()]
     assert pids, f"no worker process of {flow_id}"
     return pids[0]
+
+
+def test_tls(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    server = make_server(tmp_path, WALLABY_GRPC_TLS_CERT=str(cert), WALLABY_GRPC_TLS_KEY=str(key))
+    server.tls_ca = Path(cert)
+    server.start()
+    try:
+        assert server.flows.ListFlows(flow_pb2.ListFlowsRequest(), timeout=10).flows == []
+        ok = server.admin("flow", "list", "-tls", "-ca-file", str(cert))
+        assert "ID" in ok.stdout
+        plain = server.admin("flow", "list", "-timeout", "5", check=False)
+        assert plain.returncode != 0  # a plaintext client cannot talk to a TLS server
+    finally:
+        server.stop()
+    # Half a TLS configuration is refused at start, naming the variable.
+    bad = make_server(tmp_path, WALLABY_GRPC_TLS_CERT=str(cert))
+    with pytest.raises(RuntimeError, match="WALLABY_GRPC_TLS_KEY"):
+        bad.start()
+
+
+def test_reconfigure_flow_pauses_updates_and_resumes(tmp_path, pgdb):
+    _setup_source(pgdb)
+    server = make_server(tmp_path).start()
+    try:
+        path = flow_file(tmp_path, pgdb, "rc", duck=tmp_path / "rc.duckdb")
+        server.admin("flow", "create", "-file", str(path), "-start")
+        wait_streaming(pgdb, "rc_slot")
+        flow = server.get("rc")
+        gen = flow.generation
+        flow.parallelism = 3
+        out = server.flows.ReconfigureFlow(flow_pb2.ReconfigureFlowRequest(flow=flow, pause_first=True,
+                                                                           resume_after=True), timeout=120)
+        assert out.parallelism == 3 and out.state == types_pb2.FLOW_STATE_RUNNING and out.generation > gen
+        _write(pgdb, "INSERT INTO orders VALUES (1, 'x')")
+        server.wait_checkpoint("rc", current_lsn(pgdb))
+        server.admin("flow", "stop", "-flow-id", "rc")
+        assert duck_rows(tmp_path / "rc.duckdb") == pg_rows(pgdb)
+    finally:
+        server.stop()
+
+
+def test_bytewax_run_with_a_stored_flow(tmp_path, pgdb):
+    """`python -m bytewax.run dataflows.flow:flow` with WALLABY_FLOW_ID reads the flow from the flow store."""
+    import subprocess
+    import sys
+
+    from tests.apiserver import ROOT, server_env
+    from wallaby.checkpoints import open_store
+    from wallaby.spec import load_flow
+
+    _setup_source(pgdb)
+    env = server_env(tmp_path)
+    spec = load_flow(flow_file(tmp_path, pgdb, "bw", duck=tmp_path / "bw.duckdb"))
+    store = open_store(env)
+    store.flows().create(spec.id, spec.name, spec.model_dump(mode="json"))
+    env.update(WALLABY_FLOW_ID="bw", WALLABY_MAX_EMPTY_READS="2")
+    run = [sys.executable, "-m", "bytewax.run", "dataflows.flow:flow"]
+    out = subprocess.run(run, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _write(pgdb, "INSERT INTO orders SELECT g, 'b' FROM generate_series(1, 20) g")
+    out = subprocess.run(run, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert duck_rows(tmp_path / "bw.duckdb") == pg_rows(pgdb)
+    assert store.flows().get("bw").generation == 2  # each run claimed a generation
+    store.close()
