@@ -1,0 +1,60 @@
+"""Wire formats: how change batches travel to streaming destinations and between wallaby instances.
+
+``encode(batch, fmt)`` gives one :class:`WirePayload` per segment of the batch
+(the row changes of one table, or one event), in order; ``decode(data, fmt)``
+gives back a :class:`~operators.wire.model.WireSegment` whose ``rows`` equal the
+segment's Arrow rows and whose ``records`` are its changes (table, op, key,
+before, after, unchanged, position, commit timestamp, schema version).
+Formats: ``arrow`` (IPC stream), ``parquet``, ``json``, ``avro``, ``proto``
+(:mod:`operators.wire.formats`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from operators.wire.formats import CONTENT_TYPES, DECODERS, ENCODERS, record_json
+from operators.wire.model import Record, WireColumn, WireSegment, segment_of
+from wallaby.changes import ChangeBatch, Position
+from wallaby.options import WIRE_FORMATS
+
+
+@dataclass(frozen=True)
+class WirePayload:
+    format: str
+    table: str  # schema.table; "" for an event without one
+    data: bytes
+    rows: int
+    first: Position
+    last: Position
+    segment: WireSegment
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.format]
+
+
+def _check(fmt: str) -> str:
+    if fmt not in ENCODERS:
+        raise ValueError(f"unknown wire format {fmt!r}; expected one of {', '.join(WIRE_FORMATS)}")
+    return fmt
+
+
+def encode_segment(seg: WireSegment, fmt: str) -> WirePayload:
+    data = ENCODERS[_check(fmt)](seg)
+    first, last = seg.records[0], seg.records[-1]
+    return WirePayload(fmt, seg.table, data, len(seg.records), Position(first.lsn, first.ordinal),
+                       Position(last.lsn, last.ordinal), seg)
+
+
+def encode(batch: ChangeBatch, fmt: str) -> list[WirePayload]:
+    """One payload per segment of ``batch``, in WAL order."""
+    return [encode_segment(segment_of(batch.flow_id, s), fmt) for s in batch.segments if len(s)]
+
+
+def decode(data: bytes, fmt: str) -> WireSegment:
+    return DECODERS[_check(fmt)](data)
+
+
+__all__ = ["Record", "WireColumn", "WirePayload", "WireSegment", "decode", "encode", "encode_segment",
+           "record_json", "segment_of"]
