@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.sink == "null":
         sink = WriterSink("out", lambda _state: counter)
     else:
-        from dataflows.flow import SINK_FACTORIES
+        from dataflows.flow import sink_factory
 
-        duck = SINK_FACTORIES["duckdb"]("out", spec.id, spec.destination_options(0))
+        duck = sink_factory("duckdb")("out", spec.id, spec.destination_options(0))
         sink = WriterSink("out", lambda state: TimedWriter(duck._make_writer(state), counter))
     flow = Dataflow("bench")
     source = PostgresSource(spec.id, spec.source_options(), stop_at_lsn=parse_lsn(a.stop_lsn))

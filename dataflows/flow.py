@@ -14,6 +14,7 @@ bytewax waits for every output of an epoch before the source may confirm it
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -24,25 +25,30 @@ from bytewax.dataflow import Dataflow
 from sinks.base import WriterSink
 from sources.postgres import PostgresSource
 from wallaby.checkpoints import Checkpoints, CheckpointStore, open_store
+from wallaby.destination_options import DESTINATION_OPTIONS
 from wallaby.errors import ConfigError, FieldProblem, NotFoundError
 from wallaby.options import did_you_mean
 from wallaby.spec import FlowSpec, load_flow, parse_flow
 
-
-def _duckdb(name: str, flow_id: str, options: Any) -> WriterSink:
-    from sinks.duckdb import DuckDBOptions, duckdb_sink
-
-    # The flow spec validated every USAGE.md option; the sink takes the ones it applies itself
-    # (the metadata options belong to operators, refused by check_buildable until they exist).
-    fields = set(DuckDBOptions.model_fields) | {"schema"}
-    raw = {k: v for k, v in options.model_dump(by_alias=True, exclude_unset=True).items() if k in fields}
-    return duckdb_sink(name, flow_id, DuckDBOptions.model_validate(raw))
+# A destination type's sink lives in module sinks.<type> (bufstream: sinks.kafka) as
+# make_sink(name, flow_id, validated options) -> bytewax sink.
+_SINK_MODULES = {"bufstream": "kafka"}
 
 
-# Destination type -> factory(name, flow_id, validated options) -> bytewax sink.
-SINK_FACTORIES: dict[str, Callable[[str, str, Any], WriterSink]] = {
-    "duckdb": _duckdb,
-}
+def sink_factory(dest_type: str) -> Callable[[str, str, Any], WriterSink] | None:
+    """The sink factory of a destination type, or None when this build has no such destination."""
+    module_name = f"sinks.{_SINK_MODULES.get(dest_type, dest_type)}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
+    return getattr(module, "make_sink", None)
+
+
+def available_destinations() -> list[str]:
+    return sorted(t for t in DESTINATION_OPTIONS if sink_factory(t) is not None)
 
 
 # Destination options that belong to operators this version does not have yet: refused when set,
@@ -52,14 +58,15 @@ _PENDING_OPTIONS = {"meta_enabled": "metadata columns", "soft_delete": "soft del
 
 def check_buildable(spec: FlowSpec) -> None:
     """Refuse, before anything is connected to, what this build cannot do yet."""
+    missing = [i for i, d in enumerate(spec.destinations) if sink_factory(d.type) is None]
     problems = [
         FieldProblem(f"destinations[{i}].type",
-                     f"destination type {d.type!r} is not available in this version of wallaby"
-                     f" (available: {', '.join(sorted(SINK_FACTORIES))})")
-        for i, d in enumerate(spec.destinations) if d.type not in SINK_FACTORIES
+                     f"destination type {spec.destinations[i].type!r} is not available in this version of wallaby"
+                     f" (available: {', '.join(available_destinations())})")
+        for i in missing
     ]
-    for i, d in enumerate(spec.destinations):
-        if d.type not in SINK_FACTORIES:
+    for i, _ in enumerate(spec.destinations):
+        if i in missing:
             continue
         opts = spec.destination_options(i)
         for name, what in _PENDING_OPTIONS.items():
@@ -84,7 +91,7 @@ def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads:
                             checkpoints=checkpoints, prepared=prepared, generation=generation)
     changes = op.input("source", flow, source)
     for i, dest in enumerate(spec.destinations):
-        sink = SINK_FACTORIES[dest.type](dest.name, spec.id, spec.destination_options(i))
+        sink = sink_factory(dest.type)(dest.name, spec.id, spec.destination_options(i))
         op.output(f"dest-{dest.name}", changes, sink)
     return flow
 

@@ -261,6 +261,15 @@ def duckdb_sink(name: str, flow_id: str, options: DuckDBOptions) -> WriterSink:
     return WriterSink(name, lambda resume_state: DuckDBWriter(name, flow_id, options, resume_state))
 
 
+def make_sink(name: str, flow_id: str, options: Any) -> WriterSink:
+    """The destination of a flow spec (``wallaby.destination_options.DuckDBDestinationOptions``)."""
+    # The flow spec validated every USAGE.md option; the sink takes the ones it applies itself
+    # (the metadata options belong to operators, refused by dataflows.flow.check_buildable until they exist).
+    fields = set(DuckDBOptions.model_fields) | {"schema"}
+    raw = {k: v for k, v in options.model_dump(by_alias=True, exclude_unset=True).items() if k in fields}
+    return duckdb_sink(name, flow_id, DuckDBOptions.model_validate(raw))
+
+
 # --------------------------------------------------------------------------- helpers
 
 
