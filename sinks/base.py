@@ -93,4 +93,8 @@ class WriterSink(FixedPartitionedSink):
         return 0
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _WriterPartition:
-        return _WriterPartition(self._make_writer(resume_state))
+        return _WriterPartition(self.new_writer(resume_state))
+
+    def new_writer(self, resume_state: Any = None) -> Writer:
+        """A writer outside a dataflow (the API server's IngestService applies batches with it)."""
+        return self._make_writer(resume_state)

@@ -103,7 +103,12 @@ class WireSegment:
 
         if self.is_event:
             r = self.records[0]
-            return Event(r.op, Position(r.lsn, r.ordinal), r.commit_ts, r.xid, payload=dict(self.event_payload or {}))
+            tables = []
+            for qualified in self.tables:
+                schema, _, name = qualified.rpartition(".")
+                tables.append(TableSchema(0, schema or "public", name, ()))
+            return Event(r.op, Position(r.lsn, r.ordinal), r.commit_ts, r.xid, tuple(tables),
+                         dict(self.event_payload or {}))
         return TableChanges(self.table_schema(), self.rows)
 
 

@@ -18,14 +18,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from wallaby.api.ingest import IngestServicer
 from wallaby.api.manager import FlowManager
-from wallaby.api.services import (
-    CheckpointServicer,
-    DDLServicer,
-    FlowServicer,
-    IngestServicer,
-    StreamServicer,
-)
+from wallaby.api.services import CheckpointServicer, DDLServicer, FlowServicer, StreamServicer
 from wallaby.errors import ConfigError, FieldProblem
 from wallaby.options import parse_bool
 from wallaby.v1 import (
@@ -124,7 +119,8 @@ class APIServer:
         checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server(CheckpointServicer(manager), self.server)
         ddl_pb2_grpc.add_DDLServiceServicer_to_server(DDLServicer(manager), self.server)
         stream_pb2_grpc.add_StreamServiceServicer_to_server(StreamServicer(), self.server)
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(), self.server)
+        self.ingest = IngestServicer(manager)
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(self.ingest, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         for name in ("", *SERVICE_NAMES):
@@ -157,6 +153,7 @@ class APIServer:
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
+        self.ingest.close()
         self.manager.shutdown()
 
     def wait(self) -> None:

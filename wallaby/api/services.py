@@ -28,7 +28,6 @@ from wallaby.v1 import (
     ddl_pb2_grpc,
     flow_pb2,
     flow_pb2_grpc,
-    ingest_pb2_grpc,
     stream_pb2_grpc,
     types_pb2,
 )
@@ -341,9 +340,3 @@ class StreamServicer(stream_pb2_grpc.StreamServiceServicer):
 
     def Replay(self, request, context):
         self._unavailable(context)
-
-
-class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def IngestBatch(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "IngestService needs the wire-format decoders, which this"
-                                                     " version of wallaby does not have yet")
