@@ -7,9 +7,9 @@ flow store), and works with bytewax's own ``-w/-i/-a/-r/-s/-b`` flags.
 ``-start-lsn`` and ``-max-empty-reads`` do.
 
 Shape: one input step (the Postgres source, one partition per slot) whose
-items are ``(flow_id, ChangeBatch)``, then one output step per destination.
-bytewax waits for every output of an epoch before the source may confirm it
-(``ack_policy=all``).
+items are ``(flow_id, ChangeBatch)``, then one output step holding every
+destination (:mod:`sinks.fanout`: ``parallelism``, ``ack_policy``). bytewax waits
+for that output's epoch before the source may confirm it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 
 from sinks.base import WriterSink
+from sinks.fanout import fanout_sink
 from sources.postgres import PostgresSource
 from wallaby.checkpoints import Checkpoints, CheckpointStore, open_store
 from wallaby.destination_options import DESTINATION_OPTIONS
@@ -90,9 +91,11 @@ def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads:
     source = PostgresSource(spec.id, source_opts, start_lsn=start_lsn, max_empty_reads=max_empty_reads,
                             checkpoints=checkpoints, prepared=prepared, generation=generation)
     changes = op.input("source", flow, source)
+    makers = {}
     for i, dest in enumerate(spec.destinations):
-        sink = sink_factory(dest.type)(dest.name, spec.id, spec.destination_options(i))
-        op.output(f"dest-{dest.name}", changes, sink)
+        makers[dest.name] = sink_factory(dest.type)(dest.name, spec.id, spec.destination_options(i)).new_writer
+    primary = spec.config.primary_destination if spec.config.ack_policy == "primary" else None
+    op.output("destinations", changes, fanout_sink(spec.id, makers, parallelism=spec.parallelism, primary=primary))
     return flow
 
 

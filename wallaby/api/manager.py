@@ -175,11 +175,35 @@ class FlowManager:
                 self._launch(flow_id)
 
     def _fail(self, flow: StoredFlow, reason: str) -> None:
+        """The flow gives up. With ``failure_mode=drop_slot`` its slot is dropped (WAL is no longer held; the
+        changes not yet delivered are gone from it: a backfill is needed), and that is said loudly."""
+        if flow.spec.get("config", {}).get("failure_mode") == "drop_slot":
+            reason += self._drop_slot(flow)
         try:
             self.store.transition(flow.id, "fail", reason, generation=flow.generation)
         except FencedError:
             return
         log.error("flow %s: failed: %s", flow.id, reason, extra={"flow": flow.id})
+
+    def _drop_slot(self, flow: StoredFlow) -> str:
+        from wallaby.api import sourceops
+        from wallaby.options import SOURCE_OPTIONS
+
+        src = flow.spec["source"]
+        try:
+            opts = SOURCE_OPTIONS[src["type"]].parse(src["options"], what=f"flow {flow.id!r}", path="source.options",
+                                                     context={"endpoint_name": src["name"], "flow_id": flow.id})
+            found, _ = sourceops.drop_slot(opts.dsn, opts.slot, True, flow.id)
+        except Exception as exc:
+            log.error("flow %s: failure_mode=drop_slot: could not drop the slot: %s", flow.id, exc,
+                      extra={"flow": flow.id})
+            return f"; failure_mode=drop_slot, but dropping the slot failed: {exc}"
+        if not found:
+            return "; failure_mode=drop_slot: the slot was already gone"
+        log.error("flow %s: failure_mode=drop_slot: DROPPED replication slot %r; changes not delivered before it"
+                  " are lost to this flow: backfill before starting it again", flow.id, opts.slot,
+                  extra={"flow": flow.id})
+        return f"; failure_mode=drop_slot: dropped replication slot {opts.slot!r} (backfill before restarting)"
 
     # -- server start / stop -----------------------------------------------------------------------
     def recover(self) -> None:
