@@ -506,22 +506,11 @@ class DuckDBWriter(Writer):
         if n == 0:
             return
         if hw > ZERO:
-            if seg.last <= hw:
-                self.stats["skipped_rows"] += n
+            later = seg.since(hw)
+            self.stats["skipped_rows"] += n - (len(later) if later is not None else 0)
+            if later is None:
                 return
-            if seg.first <= hw:
-                lsn, ordn = seg.rows.column(LSN_COL), seg.rows.column(ORD_COL)
-                after = pc.or_(
-                    pc.greater(lsn, pa.scalar(hw.lsn, pa.uint64())),
-                    pc.and_(
-                        pc.equal(lsn, pa.scalar(hw.lsn, pa.uint64())),
-                        pc.greater(ordn, pa.scalar(hw.ordinal, pa.uint64())),
-                    ),
-                )
-                rows = seg.rows.filter(after)
-                self.stats["skipped_rows"] += n - rows.num_rows
-                seg = TableChanges(seg.table, rows)
-                n = rows.num_rows
+            seg, n = later, len(later)
         p = self._pending_for(seg.table)
         p.items.append(seg)
         self._buffered_rows += n

@@ -14,6 +14,9 @@
     wallaby-admin checkpoint list
     wallaby-admin ddl list [-status pending|approved|rejected|applied|all] [-flow-id ID]
     wallaby-admin ddl approve|reject|apply -id N
+    wallaby-admin stream pull -stream S -group G [-max 10] [-visibility 30] [-consumer ID]
+    wallaby-admin stream ack -stream S -group G -ids 1,2,3
+    wallaby-admin stream replay -stream S -group G -since 2025-01-01T00:00:00Z | -from-lsn X/Y
 
 Global flags (before the command or after it): ``-addr HOST:PORT`` (``WALLABY_ADMIN_ADDR``, else
 localhost:8080), ``-token T`` (``WALLABY_API_TOKEN``; sent as ``authorization: Bearer T``), ``-tls``,
@@ -48,6 +51,8 @@ from wallaby.v1 import (
     ddl_pb2_grpc,
     flow_pb2,
     flow_pb2_grpc,
+    stream_pb2,
+    stream_pb2_grpc,
     types_pb2,
 )
 
@@ -141,6 +146,22 @@ def _parser() -> argparse.ArgumentParser:
     _flag(c, "status", choices=["pending", "approved", "rejected", "applied", "all"], default="pending")
     for name in ("approve", "reject", "apply"):
         _flag(cmd(ddl, name, f"{name} a DDL event", flow_id=None), "id", type=int, required=True, help="event id")
+
+    stream = group("stream", "pull, ack and replay the messages of a pgstream destination")
+    for name, what in (("pull", "lease messages for a consumer group"), ("ack", "acknowledge messages"),
+                       ("replay", "make a group's messages since a time or LSN ready again")):
+        c = cmd(stream, name, what, flow_id=None)
+        _flag(c, "stream", required=True, help="stream name (the pgstream destination's stream)")
+        _flag(c, "group", dest="consumer_group", required=True, help="consumer group")
+        if name == "pull":
+            _flag(c, "max", type=int, default=10, help="at most this many messages (default 10)")
+            _flag(c, "visibility", type=int, default=30, help="lease seconds (default 30)")
+            _flag(c, "consumer", default="", help="consumer id recorded with the lease")
+        elif name == "ack":
+            _flag(c, "ids", required=True, help="comma-separated message ids")
+        else:
+            _flag(c, "since", default="", help="RFC 3339 time, e.g. 2025-01-01T00:00:00Z")
+            _flag(c, "from-lsn", dest="from_lsn", default="", help="LSN X/Y")
     return root
 
 
@@ -330,6 +351,14 @@ def _render(resp: Message, args: argparse.Namespace) -> str:
     if key == ("ddl", "list"):
         rows = [(e.id, e.flow_id, e.status, e.lsn, e.table, _ddl_text(e.ddl)) for e in resp.events]
         return table(("ID", "FLOW", "STATUS", "LSN", "TABLE", "DDL"), rows)
+    if key == ("stream", "pull"):
+        rows = [(m.id, m.namespace + "." + m.table if m.namespace else m.table, m.lsn, m.wire_format,
+                 len(m.payload)) for m in resp.messages]
+        return table(("ID", "TABLE", "LSN", "FORMAT", "BYTES"), rows)
+    if key == ("stream", "ack"):
+        return f"stream {args.stream}, group {args.consumer_group}: {resp.acked} acked"
+    if key == ("stream", "replay"):
+        return f"stream {args.stream}, group {args.consumer_group}: {resp.reset} messages ready again"
     e = resp.event
     return f"ddl {e.id}: {e.status} (flow {e.flow_id}, {e.table or '-'})"
 
@@ -378,11 +407,39 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Message]:
         return "checkpoint", "ListCheckpoints", checkpoint_pb2.ListCheckpointsRequest()
     if key == ("ddl", "list"):
         return "ddl", "ListDDL", ddl_pb2.ListDDLRequest(status=args.status, flow_id=fid)
+    if args.group == "stream":
+        return _stream_request(args)
     method = DDL_METHODS[args.cmd]
     return "ddl", method, getattr(ddl_pb2, f"{method}Request")(id=args.id)
 
 
+def _stream_request(args: argparse.Namespace) -> tuple[str, str, Message]:
+    if args.cmd == "pull":
+        return "stream", "Pull", stream_pb2.StreamPullRequest(
+            stream=args.stream, consumer_group=args.consumer_group, max_messages=args.max,
+            visibility_timeout_seconds=args.visibility, consumer_id=args.consumer)
+    if args.cmd == "ack":
+        try:
+            ids = [int(x) for x in _csv(args.ids)]
+        except ValueError:
+            raise UsageError(f"-ids: expected comma-separated message ids, got {args.ids!r}") from None
+        return "stream", "Ack", stream_pb2.StreamAckRequest(stream=args.stream, consumer_group=args.consumer_group,
+                                                            ids=ids)
+    req = stream_pb2.StreamReplayRequest(stream=args.stream, consumer_group=args.consumer_group,
+                                         from_lsn=args.from_lsn)
+    if args.since:
+        try:
+            req.since.FromJsonString(args.since)
+        except ValueError:
+            raise UsageError(f"-since: expected an RFC 3339 time like 2025-01-01T00:00:00Z, got {args.since!r}") \
+                from None
+    elif not args.from_lsn:
+        raise UsageError("stream replay: give -since TIME or -from-lsn X/Y")
+    return "stream", "Replay", req
+
+
 STUBS: dict[str, Callable[[grpc.Channel], Any]] = {
+    "stream": stream_pb2_grpc.StreamServiceStub,
     "flow": flow_pb2_grpc.FlowServiceStub,
     "ddl": ddl_pb2_grpc.DDLServiceStub,
     "checkpoint": checkpoint_pb2_grpc.CheckpointServiceStub,

@@ -185,6 +185,20 @@ class TableChanges:
         """Only the table's columns (the after image)."""
         return self.rows.select(list(self.table.column_names))
 
+    def since(self, pos: Position) -> TableChanges | None:
+        """The changes strictly after ``pos`` (what a sink holding everything up to ``pos`` still needs)."""
+        if not len(self) or self.last <= pos:
+            return None
+        if self.first > pos:
+            return self
+        import pyarrow.compute as pc
+
+        lsn, ordn = self.rows.column(LSN_COL), self.rows.column(ORD_COL)
+        later = pc.or_(pc.greater(lsn, pa.scalar(pos.lsn, pa.uint64())),
+                       pc.and_(pc.equal(lsn, pa.scalar(pos.lsn, pa.uint64())),
+                               pc.greater(ordn, pa.scalar(pos.ordinal, pa.uint64()))))
+        return TableChanges(self.table, self.rows.filter(later))
+
 
 @dataclass(slots=True)
 class Event:
@@ -218,6 +232,20 @@ class ChangeBatch:
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.segments)
+
+    def since(self, pos: Position) -> ChangeBatch | None:
+        """The batch without the changes at or before ``pos``; None when nothing is left (a replay)."""
+        if self.position <= pos:
+            return None
+        kept: list[Segment] = []
+        for s in self.segments:
+            if isinstance(s, TableChanges):
+                later = s.since(pos)
+                if later is not None:
+                    kept.append(later)
+            elif s.position > pos:
+                kept.append(s)
+        return ChangeBatch(self.flow_id, kept, self.position)
 
     def tables(self) -> list[TableSchema]:
         seen: dict[tuple[int, int], TableSchema] = {}

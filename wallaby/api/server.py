@@ -20,7 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from wallaby.api.ingest import IngestServicer
 from wallaby.api.manager import FlowManager
-from wallaby.api.services import CheckpointServicer, DDLServicer, FlowServicer, StreamServicer
+from wallaby.api.services import CheckpointServicer, DDLServicer, FlowServicer
+from wallaby.api.streams import StreamServicer
 from wallaby.errors import ConfigError, FieldProblem
 from wallaby.options import parse_bool
 from wallaby.v1 import (
@@ -118,7 +119,7 @@ class APIServer:
         flow_pb2_grpc.add_FlowServiceServicer_to_server(FlowServicer(manager), self.server)
         checkpoint_pb2_grpc.add_CheckpointServiceServicer_to_server(CheckpointServicer(manager), self.server)
         ddl_pb2_grpc.add_DDLServiceServicer_to_server(DDLServicer(manager), self.server)
-        stream_pb2_grpc.add_StreamServiceServicer_to_server(StreamServicer(), self.server)
+        stream_pb2_grpc.add_StreamServiceServicer_to_server(StreamServicer(manager), self.server)
         self.ingest = IngestServicer(manager)
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(self.ingest, self.server)
         self.health = health.HealthServicer()

@@ -28,7 +28,6 @@ from wallaby.v1 import (
     ddl_pb2_grpc,
     flow_pb2,
     flow_pb2_grpc,
-    stream_pb2_grpc,
     types_pb2,
 )
 
@@ -323,20 +322,3 @@ class DDLServicer(ddl_pb2_grpc.DDLServiceServicer):
     @rpc
     def MarkDDLApplied(self, request, context):
         return ddl_pb2.MarkDDLAppliedResponse(event=_ddl(self.store.set_ddl_status(request.id, "applied")))
-
-
-class StreamServicer(stream_pb2_grpc.StreamServiceServicer):
-    """Pull/Ack/Replay of pgstream destinations: they arrive with the pgstream destination."""
-
-    def _unavailable(self, context) -> None:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "StreamService needs the pgstream destination, which this"
-                                                     " version of wallaby does not have yet")
-
-    def Pull(self, request, context):
-        self._unavailable(context)
-
-    def Ack(self, request, context):
-        self._unavailable(context)
-
-    def Replay(self, request, context):
-        self._unavailable(context)
