@@ -1,0 +1,187 @@
+"""Kafka destination (``type: kafka``; ``type: bufstream`` is the same, Bufstream speaks Kafka).
+
+Messages: each table segment of a batch is split by Kafka partition, the
+partition of a change chosen from a hash of its table and key (crc32 of
+``schema.table`` + its key values as JSON, modulo the topic's partition count),
+so every change of a key lands on the same partition in WAL order. Each
+partition's rows are encoded as one wire payload (:mod:`operators.wire`,
+``format``), split in halves until it is at most ``max_batch_bytes``; a single
+change larger than ``max_record_bytes`` is an error naming table and key
+(``oversize_policy=error``) or is dropped, counted and logged (``drop``).
+Message key: ``schema.table`` and the JSON key of the message's first change.
+Headers: ``wallaby-flow``, ``wallaby-table``, ``wallaby-format``,
+``wallaby-schema-version``, ``wallaby-first`` / ``wallaby-last`` (positions
+``X/Y#ordinal``), ``content-type``.
+
+Delivery: an idempotent producer (``enable.idempotence`` with ``acks=all``; the
+other ``acks`` settings cannot be idempotent), ``compression``,
+``message.max.bytes`` = ``max_message_bytes``. ``commit()`` flushes and returns
+only when every delivery report of the epoch is in and none failed; otherwise
+the epoch fails (transient) and the slot does not advance: after a restart the
+changes are sent again. So delivery is at least once; consumers can drop
+repeats by the position headers. A broker that is down is waited for up to
+``WALLABY_KAFKA_DELIVERY_TIMEOUT`` seconds (default 120) per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from operators.wire import WirePayload, encode_segment, segment_of
+from sinks.base import PermanentSinkError, TransientSinkError, Writer, WriterSink
+from wallaby.changes import ChangeBatch, Event, TableChanges
+from wallaby.errors import redact_dsn
+
+log = logging.getLogger("wallaby.sinks.kafka")
+
+ACKS = {"all": "all", "leader": "1", "none": "0"}
+DELIVERY_TIMEOUT = float(os.environ.get("WALLABY_KAFKA_DELIVERY_TIMEOUT", "120"))
+
+
+def key_hash(table: str, key: Any) -> int:
+    return zlib.crc32(table.encode() + b"\x00" + orjson.dumps(key, default=str))
+
+
+class KafkaWriter(Writer):
+    def __init__(self, name: str, flow_id: str, options: Any):
+        from confluent_kafka import Producer
+
+        self.name, self.flow_id, self.options = name, flow_id, options
+        self.topic = options.topic
+        conf = {
+            "bootstrap.servers": ",".join(options.brokers),
+            "acks": ACKS[options.acks],
+            "enable.idempotence": options.acks == "all",
+            "compression.type": options.compression,
+            "message.max.bytes": max(options.max_message_bytes, 1000) + 1024,  # + record overhead
+            "linger.ms": 5,
+            "delivery.timeout.ms": int(DELIVERY_TIMEOUT * 1000),
+            "client.id": f"wallaby-{flow_id}-{name}",
+            "error_cb": self._on_error,
+        }
+        self.producer = Producer(conf)
+        self.partitions = self._partition_count()
+        self.failed: list[str] = []
+        self.permanent: list[str] = []
+        self.in_flight = 0
+        self.stats = {"messages": 0, "changes": 0, "dropped": 0}
+
+    def _on_error(self, err) -> None:
+        log.warning("destination %s: kafka: %s", self.name, err, extra={"flow": self.flow_id})
+
+    def _partition_count(self) -> int:
+        from confluent_kafka import KafkaException
+
+        try:
+            md = self.producer.list_topics(self.topic, timeout=30)
+        except KafkaException as exc:
+            raise TransientSinkError(self.name, f"cannot reach brokers {','.join(self.options.brokers)}: {exc}") \
+                from None
+        topic = md.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            why = topic.error if topic is not None and topic.error is not None else "no partitions"
+            raise PermanentSinkError(self.name, f"topic {self.topic!r} is not usable on"
+                                                f" {','.join(self.options.brokers)}: {why}")
+        return len(topic.partitions)
+
+    # -- splitting ------------------------------------------------------------------------------
+    def _payloads(self, seg: TableChanges) -> list[tuple[int, WirePayload]]:
+        """(partition, payload) for a table segment: by key hash, then by size."""
+        wire = segment_of(self.flow_id, seg)
+        table = wire.table
+        parts = [key_hash(table, r.key) % self.partitions for r in wire.records]
+        out: list[tuple[int, WirePayload]] = []
+        for p in sorted(set(parts)):
+            idx = [i for i, q in enumerate(parts) if q == p]
+            rows = seg.rows if len(idx) == len(parts) else seg.rows.take(pa.array(idx))
+            out += [(p, payload) for payload in self._sized(TableChanges(seg.table, rows))]
+        return out
+
+    def _sized(self, seg: TableChanges) -> list[WirePayload]:
+        payload = encode_segment(segment_of(self.flow_id, seg), self.options.format)
+        if len(payload.data) <= self.options.max_batch_bytes or len(seg) == 1:
+            if len(seg) == 1 and len(payload.data) > self.options.max_record_bytes:
+                return self._oversize(payload)
+            return [payload]
+        half = len(seg) // 2
+        return self._sized(TableChanges(seg.table, seg.rows.slice(0, half))) + \
+            self._sized(TableChanges(seg.table, seg.rows.slice(half)))
+
+    def _oversize(self, payload: WirePayload) -> list[WirePayload]:
+        r = payload.segment.records[0]
+        what = (f"a change of {payload.table} (key {orjson.dumps(r.key, default=str).decode()}, at {payload.first})"
+                f" encodes to {len(payload.data)} bytes, over max_record_bytes={self.options.max_record_bytes}")
+        if self.options.oversize_policy == "error":
+            raise PermanentSinkError(self.name, what + " (oversize_policy=drop drops such changes)")
+        self.stats["dropped"] += 1
+        log.warning("destination %s: dropped %s (oversize_policy=drop)", self.name, what, extra={"flow": self.flow_id})
+        return []
+
+    # -- producing ------------------------------------------------------------------------------
+    def _delivered(self, err, msg) -> None:
+        self.in_flight -= 1
+        if err is None:
+            return
+        text = f"{err.name()}: {err.str()}"
+        (self.permanent if not err.retriable() and err.fatal() else self.failed).append(text)
+
+    def _produce(self, partition: int, payload: WirePayload) -> None:
+        from confluent_kafka import KafkaException
+
+        first = payload.segment.records[0] if payload.segment.records else None
+        key = payload.table.encode() + b":" + orjson.dumps(first.key if first else None, default=str)
+        headers = [("wallaby-flow", self.flow_id.encode()), ("wallaby-table", payload.table.encode()),
+                   ("wallaby-format", payload.format.encode()),
+                   ("wallaby-schema-version", str(payload.segment.schema_version).encode()),
+                   ("wallaby-first", str(payload.first).encode()), ("wallaby-last", str(payload.last).encode()),
+                   ("content-type", payload.content_type.encode())]
+        while True:
+            try:
+                self.producer.produce(self.topic, payload.data, key, partition=partition, headers=headers,
+                                      on_delivery=self._delivered)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain (backpressure)
+                self.producer.poll(0.1)
+            except KafkaException as exc:
+                raise PermanentSinkError(self.name, f"cannot produce to {self.topic}: {exc}") from None
+        self.in_flight += 1
+        self.stats["messages"] += 1
+        self.stats["changes"] += payload.rows
+        self.producer.poll(0)
+
+    def write(self, batch: ChangeBatch) -> None:
+        for seg in batch.segments:
+            if isinstance(seg, TableChanges) and len(seg):
+                for partition, payload in self._payloads(seg):
+                    self._produce(partition, payload)
+            elif isinstance(seg, Event):
+                wire = segment_of(self.flow_id, seg)
+                payload = encode_segment(wire, self.options.format)
+                self._produce(key_hash(wire.table, None) % self.partitions, payload)
+
+    def commit(self) -> Any:
+        remaining = self.producer.flush(DELIVERY_TIMEOUT)
+        if self.permanent:
+            errors, self.permanent = self.permanent, []
+            raise PermanentSinkError(self.name, f"kafka refused messages for {self.topic}: {errors[0]}"
+                                                f" ({len(errors)} in all)")
+        if remaining or self.failed:
+            errors, self.failed = self.failed, []
+            why = errors[0] if errors else f"{remaining} messages still undelivered after {DELIVERY_TIMEOUT:.0f}s"
+            brokers = redact_dsn(",".join(self.options.brokers))
+            raise TransientSinkError(self.name, f"delivery to {self.topic} on {brokers} failed: {why};"
+                                                " the slot does not advance")
+        return dict(self.stats)
+
+    def close(self) -> None:
+        self.producer.flush(5)
+
+
+def make_sink(name: str, flow_id: str, options: Any) -> WriterSink:
+    return WriterSink(name, lambda resume_state: KafkaWriter(name, flow_id, options))

@@ -1,0 +1,184 @@
+"""Kafka destination against a real Apache Kafka broker (KRaft, started by the suite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from operators.wire import decode
+from sinks.base import PermanentSinkError
+from tests.apiserver import ROOT, current_lsn, flow_file, wait_streaming
+from tests.flows import drain, flow_spec, source_part
+from tests.kafka_broker import consume_all, kafka_broker  # noqa: F401 - fixture
+from wallaby.checkpoints import open_store
+from wallaby.options import WIRE_FORMATS
+
+
+def _env(tmp_path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALLABY_")}
+    env.update(WALLABY_CHECKPOINT_PATH=str(tmp_path / "store.db"), WALLABY_EPOCH_INTERVAL="300ms",
+               WALLABY_KAFKA_DELIVERY_TIMEOUT="90")
+    return env
+
+
+def _flow(tmp_path, dsn: str, bootstrap: str, topic: str, **opts) -> dict:
+    flow = json.loads(flow_file(tmp_path, dsn, "kf", duck=tmp_path / "unused.duckdb").read_text())
+    flow["destinations"] = [{"name": "bus", "type": "kafka",
+                             "options": {"brokers": bootstrap, "topic": topic, **opts}}]
+    return flow
+
+
+def _run(tmp_path, flow: dict, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    path = tmp_path / "kf.json"
+    path.write_text(json.dumps(flow))
+    out = subprocess.run([sys.executable, "-m", "wallaby.worker", "-flow-file", str(path), "-max-empty-reads", "2",
+                          *extra], env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=240)
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def _changes(messages) -> list[tuple]:
+    """(table, op, key, position) of every change in the messages, decoded by their format header."""
+    out = []
+    for m in messages:
+        headers = dict(m.headers)
+        seg = decode(m.value, headers["wallaby-format"].decode())
+        for r in seg.records:
+            out.append((seg.table, r.op, json.dumps(r.key), (r.lsn, r.ordinal), m.partition))
+    return out
+
+
+@pytest.fixture
+def orders(pgdb):
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE orders (id int PRIMARY KEY, note text)")
+    return pgdb
+
+
+@pytest.mark.parametrize("fmt", WIRE_FORMATS)
+def test_changes_arrive_keyed_and_in_order(tmp_path, orders, kafka_broker, fmt):  # noqa: F811
+    topic = f"cdc-{fmt}-{uuid.uuid4().hex[:6]}"
+    compression = {"arrow": "lz4", "json": "gzip", "avro": "snappy", "proto": "zstd", "parquet": "none"}[fmt]
+    flow = _flow(tmp_path, orders, kafka_broker.bootstrap, topic, format=fmt, compression=compression)
+    _run(tmp_path, flow)
+    with psycopg.connect(orders, autocommit=True) as c:
+        c.execute("INSERT INTO orders SELECT g, 'n' FROM generate_series(1, 300) g")
+        c.execute("UPDATE orders SET note = 'u' WHERE id % 3 = 0")
+        c.execute("DELETE FROM orders WHERE id % 10 = 0")
+    _run(tmp_path, flow)
+    msgs = consume_all(kafka_broker.bootstrap, topic, timeout=30)
+    changes = _changes(msgs)
+    assert len(changes) == 300 + 100 + 30
+    assert {m.partition for m in msgs} == {0, 1, 2}  # spread over the partitions by key
+    by_key: dict[str, list] = {}
+    for table, op, key, pos, part in changes:
+        assert table == "public.orders"
+        by_key.setdefault(key, []).append((pos, op, part))
+    for key, seen in by_key.items():
+        assert len({p for _, _, p in seen}) == 1, key  # one partition per key
+        assert [pos for pos, _, _ in seen] == sorted(pos for pos, _, _ in seen)  # in WAL order
+    headers = dict(msgs[0].headers)
+    assert headers["wallaby-flow"] == b"kf" and headers["wallaby-table"] == b"public.orders"
+    assert msgs[0].key.startswith(b"public.orders:")
+
+
+def test_size_caps_and_oversize_policy(tmp_path, orders, kafka_broker):  # noqa: F811
+    from sinks.kafka import KafkaWriter
+    from wallaby.spec import parse_flow
+
+    with psycopg.connect(orders, autocommit=True) as c:
+        c.execute("ALTER TABLE orders REPLICA IDENTITY FULL")
+    spec = flow_spec(orders, slot="kf_cap", publication="kf_cap", source={"publication_tables": "public.orders"})
+    part = source_part(spec)
+    try:
+        drain(part, idle_polls=3)
+        with psycopg.connect(orders, autocommit=True) as c:
+            c.execute("INSERT INTO orders SELECT g, repeat('x', 200) FROM generate_series(1, 200) g")
+            c.execute("INSERT INTO orders VALUES (1000, repeat('y', 20000))")  # one change over the record cap
+        batches = drain(part, until_rows=201, timeout=30)
+    finally:
+        part.close()
+
+    def writer(topic: str, **opts):
+        data = _flow(tmp_path, orders, kafka_broker.bootstrap, topic, format="json", **opts)
+        s = parse_flow(data)
+        return KafkaWriter("bus", "kf", s.destination_options(0))
+
+    w = writer(f"cap-{uuid.uuid4().hex[:6]}", max_message_bytes="8000", oversize_policy="error")
+    with pytest.raises(PermanentSinkError, match=r"public.orders \(key .*1000.*max_record_bytes=8000"):
+        for b in batches:
+            w.write(b)
+    w.close()
+
+    topic = f"cap-{uuid.uuid4().hex[:6]}"
+    w = writer(topic, max_message_bytes="8000", max_batch_bytes="4000", oversize_policy="drop", acks="leader")
+    for b in batches:
+        w.write(b)
+    state = w.commit()
+    w.close()
+    assert state["dropped"] == 1
+    msgs = consume_all(kafka_broker.bootstrap, topic, timeout=30)
+    assert all(len(m.value) <= 4000 for m in msgs) and len(msgs) > 10
+    assert len(_changes(msgs)) == 200
+
+
+def test_broker_down_mid_stream_loses_nothing(tmp_path, orders, kafka_broker):  # noqa: F811
+    topic = f"outage-{uuid.uuid4().hex[:6]}"
+    flow = _flow(tmp_path, orders, kafka_broker.bootstrap, topic, format="arrow")
+    path = tmp_path / "kf.json"
+    path.write_text(json.dumps(flow))
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
+    worker = subprocess.Popen([sys.executable, "-m", "wallaby.worker", "-flow-file", str(path)], env=_env(tmp_path),
+                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    stop = threading.Event()
+    written = [0]
+
+    def writer() -> None:
+        with psycopg.connect(orders, autocommit=True) as c:
+            while not stop.is_set():
+                written[0] += 1
+                c.execute("INSERT INTO orders VALUES (%s, 'w')", (written[0],))
+                time.sleep(0.01)
+
+    t = threading.Thread(target=writer)
+    try:
+        wait_streaming(orders, "kf_slot")
+        t.start()
+        time.sleep(2)
+        kafka_broker.stop()
+        time.sleep(5)
+        kafka_broker.start()
+        time.sleep(2)
+        stop.set()
+        t.join()
+        target = current_lsn(orders)
+        store = open_store(_env(tmp_path))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            cp = store.get("kf", "kf_slot")
+            if cp is not None and cp.confirmed_lsn >= target:
+                break
+            if worker.poll() is not None:  # an epoch that could not be delivered stops the worker: restart it
+                worker = subprocess.Popen([sys.executable, "-m", "wallaby.worker", "-flow-file", str(path)],
+                                          env=_env(tmp_path), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            time.sleep(0.5)
+        store.close()
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+    finally:
+        stop.set()
+        if worker.poll() is None:
+            worker.kill()
+        log.close()
+    ids = {json.loads(change[2])[0] for change in _changes(consume_all(kafka_broker.bootstrap, topic, timeout=30))}
+    assert ids == set(range(1, written[0] + 1)), (tmp_path / "worker.log").read_text()[-3000:]
