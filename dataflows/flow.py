@@ -89,7 +89,8 @@ def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads:
     source_opts = spec.source_options()
     flow = Dataflow(f"wallaby-{spec.id}")
     source = PostgresSource(spec.id, source_opts, start_lsn=start_lsn, max_empty_reads=max_empty_reads,
-                            checkpoints=checkpoints, prepared=prepared, generation=generation)
+                            checkpoints=checkpoints, prepared=prepared, generation=generation,
+                            ddl_policy=spec.ddl_policy())
     changes = op.input("source", flow, source)
     makers = {}
     for i, dest in enumerate(spec.destinations):

@@ -41,6 +41,7 @@ from sources.tuples import parse_tuples, skip_tuple
 from wallaby.changes import (
     BEFORE_PREFIX,
     META_FIELDS,
+    OP_DDL,
     OP_DELETE,
     OP_INSERT,
     OP_MESSAGE,
@@ -67,6 +68,26 @@ class TableState:
     types: list[pgtypes.ColumnType]
 
 
+def ddl_payload(content: bytes) -> dict:
+    """A captured DDL message (JSON from the event trigger) as a ddl event's payload."""
+    import orjson
+
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return {"kind": "statement", "ddl": content.decode("utf-8", "replace"), "table": ""}
+    data.setdefault("kind", "statement")
+    data.setdefault("table", data.get("object_identity") or "")
+    return data
+
+
+def describe_drift(p: dict) -> str:
+    parts = [f"added {', '.join(p['added'])}" if p["added"] else "",
+             f"dropped {', '.join(p['dropped'])}" if p["dropped"] else "",
+             f"retyped {', '.join(p['retyped'])}" if p["retyped"] else ""]
+    return f"schema drift of {p['table']}: " + ("; ".join(x for x in parts if x) or "replica identity or keys")
+
+
 # Resolves a Relation message (and the Type messages seen so far) to a TableState.
 Resolver = Callable[[Relation, dict[int, TypeInfo], TableState | None], TableState]
 
@@ -82,8 +103,14 @@ class _Run:
 
 class Batcher:
     def __init__(self, flow_id: str, batch_size: int, resolve: Resolver, skip_to: Position = ZERO,
-                 proto_version: int = 1):
+                 proto_version: int = 1, ddl_prefix: str | None = None,
+                 known: dict[int, TableSchema] | None = None, drift: bool = True):
         self.flow_id = flow_id
+        self.ddl_prefix = ddl_prefix  # logical messages with this prefix are captured DDL (sources/ddl_capture.py)
+        # Last shape seen of each relation, kept by the caller across reconnects: a Relation message that
+        # differs from it is schema drift.
+        self.known: dict[int, TableSchema] = known if known is not None else {}
+        self.drift = drift  # off when an event trigger captures the DDL itself
         self.batch_size = batch_size
         self.resolve = resolve
         self.skip_to = skip_to
@@ -161,6 +188,29 @@ class Batcher:
             return
         self.tables[msg.relid] = state
         self.open_runs.pop(msg.relid, None)  # a new shape starts a new run
+        before = self.known.get(msg.relid)
+        self.known[msg.relid] = state.schema
+        if self.drift and before is not None and not before.same_shape(state.schema):
+            self._drift(before, state.schema)
+
+    def _drift(self, before: TableSchema, after: TableSchema) -> None:
+        """A ``ddl`` event for a changed relation. It takes no ordinal (a Relation message is not a change and is
+        sent again after any reconnect), so it shares the position of the change before it."""
+        old = {c.name: c for c in before.columns}
+        new = {c.name: c for c in after.columns}
+        payload = {
+            "kind": "drift", "table": after.qualified,
+            "added": [n for n in new if n not in old], "dropped": [n for n in old if n not in new],
+            "retyped": [n for n in new if n in old and (new[n].type_name, new[n].typmod)
+                        != (old[n].type_name, old[n].typmod)],
+            "ddl": "",
+        }
+        payload["ddl"] = describe_drift(payload)
+        if self.skipping:
+            return
+        pos = Position(self.lsn, self.ordinal)
+        self.segments.append(Event(OP_DDL, pos, self.commit_ts, self.xid, (after,), payload))
+        self.rows += 1
 
     def _run_for(self, relid: int) -> _Run:
         run = self.open_runs.get(relid)
@@ -224,6 +274,9 @@ class Batcher:
     def _message(self, msg: LogicalMessage) -> None:
         if not msg.transactional:
             return  # non-transactional messages have no place in the commit order
+        if self.ddl_prefix is not None and msg.prefix == self.ddl_prefix:
+            self._event(OP_DDL, [], ddl_payload(msg.content))
+            return
         self._event(OP_MESSAGE, [], {"prefix": msg.prefix, "content": msg.content})
 
     # -- taking ---------------------------------------------------------------------------

@@ -24,13 +24,15 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from sources import pgtypes
 from sources.batcher import Batcher, TableState
 from sources.connection import connect, is_transient, server_name
+from sources.ddl_gate import DROP, HOLD, POLL_SECONDS, DDLGate
 from sources.pgoutput import DecodeError, Relation, TypeInfo, decode_copy_data
 from sources.replication import ReplicationStream, StreamClosed
 from sources.setup import prepare_source, proto_version_for
-from wallaby.changes import ZERO, ChangeBatch, Column, Position, TableSchema, format_lsn
+from wallaby.changes import OP_DDL, ZERO, ChangeBatch, Column, Event, Position, TableSchema, format_lsn
 from wallaby.checkpoints import Checkpoint, CheckpointStore
 from wallaby.errors import SourceError
 from wallaby.runtime import STOP, tune_gc
+from wallaby.spec import DDLPolicy
 
 log = logging.getLogger("wallaby.source")
 
@@ -100,8 +102,10 @@ class PostgresSource(FixedPartitionedSource):
 
     def __init__(self, flow_id: str, options: Any, *, start_lsn: int | None = None,
                  max_empty_reads: int | None = None, checkpoints: CheckpointStore | None = None,
-                 prepared: bool = False, stop_at_lsn: int | None = None, generation: int | None = None):
+                 prepared: bool = False, stop_at_lsn: int | None = None, generation: int | None = None,
+                 ddl_policy: Any = None):
         self.flow_id = flow_id
+        self.ddl_policy = ddl_policy  # the flow's effective config.ddl (None: gate off)
         self.generation = generation  # the worker's generation in the flow store: fenced when it is no longer
         self.stop_at_lsn = stop_at_lsn  # stop once every change below this LSN is emitted (bench, run-once)
         self.opts = options
@@ -153,6 +157,11 @@ class _PostgresPartition(StatefulSourcePartition):
         self.snapshot_position = position
 
         self.resolver = TypeResolver(opts.dsn, opts.resolve_types, self.flow_id)
+        self.known_tables: dict = {}  # relation shapes seen, across reconnects (schema drift)
+        flows = src.checkpoints.flows() if src.checkpoints is not None and hasattr(src.checkpoints, "flows") else None
+        self.gate = DDLGate(self.flow_id, src.ddl_policy or DDLPolicy(gate=False), flows)
+        self.held: Event | None = None  # a ddl event the gate holds the flow at
+        self.held_check = 0.0
         self.batcher: Batcher | None = None
         self.stream: ReplicationStream | None = None
         self.backoff = BACKOFF_FIRST
@@ -170,7 +179,9 @@ class _PostgresPartition(StatefulSourcePartition):
 
     # -- connection -----------------------------------------------------------------------
     def _open(self) -> None:
-        self.batcher = Batcher(self.flow_id, self.opts.batch_size, self.resolver, self.position, self.proto_version)
+        self.batcher = Batcher(self.flow_id, self.opts.batch_size, self.resolver, self.position, self.proto_version,
+                               ddl_prefix=self.opts.ddl_message_prefix, known=self.known_tables,
+                               drift=not self.opts.capture_ddl)
         self.stream = ReplicationStream(self.opts.dsn, self.opts.slot, self.opts.publication, self.proto_version,
                                         self.covered, self.flow_id)
         self.received = max(self.received, self.covered)
@@ -249,11 +260,16 @@ class _PostgresPartition(StatefulSourcePartition):
         if self.done:
             self._pause(0.05)
             return []
+        if self.held is not None and not self._release():
+            return []
         if not self._ensure_stream():
             self._pause(max(0.0, self.reconnect_at - time.monotonic()))
             return []
+        before = self.position
         try:
             out = self._pump()
+            if any(isinstance(s, Event) and s.op == OP_DDL for _, b in out for s in b.segments):
+                out = self._gate(out, before)
         except StreamClosed as exc:
             self._lost(exc)
             return []
@@ -323,6 +339,59 @@ class _PostgresPartition(StatefulSourcePartition):
             out.append((self.flow_id, ChangeBatch(self.flow_id, [], self.position)))
         return out
 
+    # -- DDL gate ---------------------------------------------------------------------------
+    def _gate(self, out: list[tuple[str, ChangeBatch]], before: Position) -> list[tuple[str, ChangeBatch]]:
+        """Apply the DDL gate to the batches of one pump: drop rejected DDL; cut at a held one."""
+        emitted: list[tuple[str, ChangeBatch]] = []
+        last = before
+        for key, batch in out:
+            kept: list = []
+            for seg in batch.segments:
+                if isinstance(seg, Event) and seg.op == OP_DDL:
+                    decision = self.gate.decide(seg)
+                    if decision == HOLD:
+                        if kept:
+                            emitted.append((key, ChangeBatch(self.flow_id, kept, _last_position(kept))))
+                            last = _last_position(kept)
+                        self._hold(seg, last)
+                        return emitted
+                    if decision == DROP:
+                        log.info("source %s: DDL at %s rejected: not passed on", self.opts.slot, seg.position,
+                                 extra={"flow": self.flow_id})
+                        continue
+                kept.append(seg)
+            if kept:
+                emitted.append((key, ChangeBatch(self.flow_id, kept, batch.position)))
+            last = batch.position
+        return emitted
+
+    def _hold(self, ev: Event, last: Position) -> None:
+        """Stop before ``ev``: emitted up to ``last``; the DDL's transaction is read again on release."""
+        self.held, self.held_check = ev, time.monotonic()
+        self.position = last
+        self.covered = min(self.covered, ev.position.lsn)  # below the DDL's commit: all emitted
+        if self.stream is not None:
+            self.stream.close()
+        self.stream, self.batcher, self.first_held_at = None, None, None
+        log.warning("source %s: holding at %s for a DDL awaiting approval", self.opts.slot, ev.position,
+                    extra={"flow": self.flow_id})
+
+    def _release(self) -> bool:
+        """While held: look at the DDL's record now and then; True once the flow may go on."""
+        now = time.monotonic()
+        if now - self.held_check < POLL_SECONDS:
+            self._pause(POLL_SECONDS - (now - self.held_check))
+            return False
+        self.held_check = now
+        assert self.held is not None
+        if self.gate.decide(self.held) == HOLD:
+            self._pause(POLL_SECONDS)
+            return False
+        log.info("source %s: DDL at %s decided; streaming again", self.opts.slot, self.held.position,
+                 extra={"flow": self.flow_id})
+        self.held = None
+        return True
+
     def _take(self) -> tuple[str, ChangeBatch]:
         assert self.batcher is not None
         batch = self.batcher.take()
@@ -366,6 +435,11 @@ class _PostgresPartition(StatefulSourcePartition):
             self.stream.close()
             self.stream = None
         self.resolver.close()
+
+
+def _last_position(segments: list) -> Position:
+    s = segments[-1]
+    return s.position if isinstance(s, Event) else s.last
 
 
 def _server_version(dsn: str) -> int:

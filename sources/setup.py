@@ -163,6 +163,10 @@ def prepare_source(opts, flow_id: str) -> SourcePlan:
         plan = SourcePlan(server_version=version, proto_version=proto_version_for(version))
 
         # -- creation ---------------------------------------------------------------------
+        if opts.capture_ddl:  # first: it is the one step that needs a superuser, and it checks that up front
+            from sources.ddl_capture import install_ddl_capture
+
+            install_ddl_capture(conn, opts, flow_id)
         if not pub_exists:
             if tables:
                 target = "FOR TABLE " + ", ".join(_qualified(t) for t in tables)

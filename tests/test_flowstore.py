@@ -91,4 +91,4 @@ def test_migrations_run_once(db):
     FlowStore(db, own_db=False)
     FlowStore(db, own_db=False)  # a second open (a restart) finds the schema in place
     rows = db.run("SELECT component, version FROM wallaby_schema_migrations ORDER BY 1, 2")
-    assert [tuple(r) for r in rows] == [("flows", 1), ("flows", 2), ("flows", 3)]
+    assert [tuple(r) for r in rows] == [("flows", 1), ("flows", 2), ("flows", 3), ("flows", 4)]

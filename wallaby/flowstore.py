@@ -66,6 +66,8 @@ MIGRATIONS = [
                     " created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL)",
     },
     "CREATE INDEX IF NOT EXISTS wallaby_ddl_events_flow ON wallaby_ddl_events (flow_id, status)",
+    # the change position (X/Y#ordinal) a captured DDL sits at: its identity with the statement
+    "ALTER TABLE wallaby_ddl_events ADD COLUMN position TEXT NOT NULL DEFAULT ''",
 ]
 
 _FLOW_COLS = "id, name, spec, state, generation, state_reason, created_at, updated_at"
@@ -202,12 +204,18 @@ class FlowStore:
 
     # -- DDL events ----------------------------------------------------------------------------
     def add_ddl(self, flow_id: str, table: str, ddl: str, lsn: str, status: str = "pending",
-                plan_json: str = "") -> DDLEvent:
+                plan_json: str = "", position: str = "") -> DDLEvent:
         now = time.time()
         rows = self.db.run("INSERT INTO wallaby_ddl_events (flow_id, table_name, ddl, lsn, status, plan_json,"
-                           " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                           (flow_id, table, ddl, lsn, status, plan_json, now, now))
+                           " created_at, updated_at, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                           (flow_id, table, ddl, lsn, status, plan_json, now, now, position))
         return self.get_ddl(int(rows[0][0]))
+
+    def find_ddl(self, flow_id: str, position: str, ddl: str) -> DDLEvent | None:
+        """The event captured at ``position`` with this statement (a replay meets the same DDL again)."""
+        rows = self.db.run(f"SELECT {_DDL_COLS} FROM wallaby_ddl_events WHERE flow_id = ? AND position = ?"
+                           " AND ddl = ? ORDER BY id LIMIT 1", (flow_id, position, ddl))
+        return DDLEvent.from_row(rows[0]) if rows else None
 
     def get_ddl(self, event_id: int) -> DDLEvent:
         rows = self.db.run(f"SELECT {_DDL_COLS} FROM wallaby_ddl_events WHERE id = ?", (event_id,))
