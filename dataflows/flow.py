@@ -22,6 +22,7 @@ from typing import Any
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 
+from operators.metadata import with_metadata
 from sinks.base import WriterSink
 from sinks.fanout import fanout_sink
 from sources.postgres import PostgresSource
@@ -52,11 +53,6 @@ def available_destinations() -> list[str]:
     return sorted(t for t in DESTINATION_OPTIONS if sink_factory(t) is not None)
 
 
-# Destination options that belong to operators this version does not have yet: refused when set,
-# never silently ignored.
-_PENDING_OPTIONS = {"meta_enabled": "metadata columns", "soft_delete": "soft deletes", "append_mode": "append mode"}
-
-
 def check_buildable(spec: FlowSpec) -> None:
     """Refuse, before anything is connected to, what this build cannot do yet."""
     missing = [i for i, d in enumerate(spec.destinations) if sink_factory(d.type) is None]
@@ -66,14 +62,6 @@ def check_buildable(spec: FlowSpec) -> None:
                      f" (available: {', '.join(available_destinations())})")
         for i in missing
     ]
-    for i, _ in enumerate(spec.destinations):
-        if i in missing:
-            continue
-        opts = spec.destination_options(i)
-        for name, what in _PENDING_OPTIONS.items():
-            if getattr(opts, name, False):
-                problems.append(FieldProblem(f"destinations[{i}].options.{name}",
-                                             f"{what} are not available in this version of wallaby yet; remove it"))
     if spec.source.type != "postgres":
         problems.append(FieldProblem("source.type", "only 'postgres' sources are supported"))
     if problems:
@@ -94,7 +82,8 @@ def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads:
     changes = op.input("source", flow, source)
     makers = {}
     for i, dest in enumerate(spec.destinations):
-        makers[dest.name] = sink_factory(dest.type)(dest.name, spec.id, spec.destination_options(i)).new_writer
+        opts = spec.destination_options(i)
+        makers[dest.name] = with_metadata(dest.name, opts, sink_factory(dest.type)(dest.name, spec.id, opts).new_writer)
     primary = spec.config.primary_destination if spec.config.ack_policy == "primary" else None
     op.output("destinations", changes, fanout_sink(spec.id, makers, parallelism=spec.parallelism, primary=primary))
     return flow

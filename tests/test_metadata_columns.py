@@ -1,0 +1,84 @@
+"""Metadata columns, soft deletes and append mode, end to end into DuckDB."""
+
+from __future__ import annotations
+
+import datetime as dt
+from datetime import timedelta
+
+import duckdb
+import psycopg
+import pytest
+from bytewax.testing import run_main
+
+from dataflows.flow import build_flow
+from sinks.base import PermanentSinkError
+from tests.flows import flow_spec
+
+
+def _run(spec) -> None:
+    run_main(build_flow(spec, max_empty_reads=2), epoch_interval=timedelta(milliseconds=200))
+
+
+def _rows(path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(path), read_only=True) as d:
+        d.execute("SET TimeZone = 'UTC'")
+        return [tuple(r) for r in d.execute(sql).fetchall()]
+
+
+@pytest.fixture
+def orders(pgdb):
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE orders (id int PRIMARY KEY, note text, big text)")
+    return pgdb
+
+
+def _changes(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("INSERT INTO orders VALUES (1, 'a', 'x'), (2, 'b', 'y'), (3, 'c', 'z')")
+        c.execute("UPDATE orders SET note = 'a2' WHERE id = 1")
+        c.execute("DELETE FROM orders WHERE id = 2")
+
+
+def test_meta_columns_and_soft_delete(orders, tmp_path):
+    path = tmp_path / "m.duckdb"
+    spec = flow_spec(orders, duckdb_path=path, source={"publication_tables": "public.orders"},
+                     destination={"meta_enabled": "true", "soft_delete": "true", "watermark_source": "lsn"})
+    _run(spec)
+    started = dt.datetime.now(dt.UTC)
+    _changes(orders)
+    _run(spec)
+    rows = _rows(path, "SELECT id, note, big, __ds_is_deleted, __ds_op, __ds_watermark, __ds_synced_at"
+                       " FROM public.orders ORDER BY id")
+    assert [r[:5] for r in rows] == [(1, "a2", "x", False, "update"), (2, "b", "y", True, "delete"),
+                                     (3, "c", "z", False, "insert")]
+    assert all("/" in r[5] for r in rows)  # the commit LSN
+    assert all(r[6] >= started - timedelta(seconds=5) for r in rows)
+
+
+def test_append_mode_keeps_every_version(orders, tmp_path):
+    path = tmp_path / "a.duckdb"
+    spec = flow_spec(orders, duckdb_path=path, source={"publication_tables": "public.orders"},
+                     destination={"append_mode": "true"})
+    _run(spec)
+    _changes(orders)
+    _run(spec)
+    rows = _rows(path, "SELECT id, note, __ds_op, __ds_is_deleted FROM public.orders ORDER BY id, __ds_watermark,"
+                       " __ds_op DESC")
+    assert rows == [(1, "a", "insert", False), (1, "a2", "update", False), (2, "b", "insert", False),
+                    (2, None, "delete", True), (3, "c", "insert", False)]
+
+
+def test_meta_column_colliding_with_a_source_column(orders, tmp_path):
+    with psycopg.connect(orders, autocommit=True) as c:
+        c.execute("ALTER TABLE orders ADD COLUMN __ds_op text")
+    spec = flow_spec(orders, duckdb_path=tmp_path / "c.duckdb", source={"publication_tables": "public.orders"},
+                     destination={"meta_enabled": "true"})
+    _run(spec)
+    with psycopg.connect(orders, autocommit=True) as c:
+        c.execute("INSERT INTO orders VALUES (1, 'a', 'x', 'y')")
+    with pytest.raises(Exception) as err:
+        _run(spec)
+    cause = err.value
+    while cause is not None and not isinstance(cause, PermanentSinkError):
+        cause = cause.__cause__ or cause.__context__
+    assert cause is not None and "'__ds_op' is also a column of public.orders" in str(cause)
