@@ -78,6 +78,11 @@ def _params(dsn: str, replication: bool, application_name: str) -> dict:
     params.setdefault("connect_timeout", "10")
     if replication:
         params["replication"] = "database"
+    from sources.rds_iam import password_for
+
+    token = password_for(dsn)
+    if token is not None:
+        params["password"] = token
     return params
 
 

@@ -129,6 +129,10 @@ class _PostgresPartition(StatefulSourcePartition):
         self.flow_id = src.flow_id
         self._fence()
         self.server = server_name(opts.dsn)
+        if opts.aws_rds_iam:
+            from sources.rds_iam import register
+
+            register(opts, self.flow_id)
         plan = prepare_source(opts, self.flow_id) if not src.prepared else None
         version = plan.server_version if plan else _server_version(opts.dsn)
         self.proto_version = proto_version_for(version)

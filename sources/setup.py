@@ -115,6 +115,10 @@ def _qualified(t: str) -> str:
 
 def prepare_source(opts, flow_id: str) -> SourcePlan:
     """Validate, then create what is missing (publication, slot, state table)."""
+    if getattr(opts, "aws_rds_iam", False):
+        from sources.rds_iam import register
+
+        register(opts, flow_id)
     server = server_name(opts.dsn)
     with connect(opts.dsn, application_name=f"wallaby-setup:{flow_id}") as conn:
         version = conn.info.server_version

@@ -244,8 +244,13 @@ def _illegal(message: str) -> WallabyError:
 
 def _source_options(flow: StoredFlow):
     src = flow.spec["source"]
-    return SOURCE_OPTIONS[src["type"]].parse(src["options"], what=f"flow {flow.id!r}", path="source.options",
+    opts = SOURCE_OPTIONS[src["type"]].parse(src["options"], what=f"flow {flow.id!r}", path="source.options",
                                              context={"endpoint_name": src["name"], "flow_id": flow.id})
+    if opts.aws_rds_iam:
+        from sources.rds_iam import register
+
+        register(opts, flow.id)
+    return opts
 
 
 def _slot(s: sourceops.SlotInfo) -> flow_pb2.ReplicationSlotInfo:
