@@ -7,7 +7,8 @@ flow store), and works with bytewax's own ``-w/-i/-a/-r/-s/-b`` flags.
 ``-start-lsn`` and ``-max-empty-reads`` do.
 
 Shape: one input step (the Postgres source, one partition per slot) whose
-items are ``(flow_id, ChangeBatch)``, then one output step holding every
+items are ``(flow_id, ChangeBatch)``, the TOAST step when ``toast_fetch`` is on
+(:mod:`operators.toast`), then one output step holding every
 destination (:mod:`sinks.fanout`: ``parallelism``, ``ack_policy``). bytewax waits
 for that output's epoch before the source may confirm it.
 """
@@ -23,6 +24,7 @@ from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 
 from operators.metadata import with_metadata
+from operators.toast import toast_step
 from sinks.base import WriterSink
 from sinks.fanout import fanout_sink
 from sources.postgres import PostgresSource
@@ -80,6 +82,8 @@ def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads:
                             checkpoints=checkpoints, prepared=prepared, generation=generation,
                             ddl_policy=spec.ddl_policy())
     changes = op.input("source", flow, source)
+    if source_opts.toast_fetch != "off":
+        changes = toast_step(changes, spec)
     makers = {}
     for i, dest in enumerate(spec.destinations):
         opts = spec.destination_options(i)

@@ -127,6 +127,12 @@ log = logging.getLogger("wallaby.sinks.duckdb")
 # wide (~5 KB) rows run out of memory at 64MB (some of DuckDB's operators cannot spill). 256MB
 # is the safe default; lower it with WALLABY_DUCKDB_MEMORY_LIMIT where rows are narrow.
 DUCKDB_MEMORY_LIMIT = os.environ.get("WALLABY_DUCKDB_MEMORY_LIMIT", "256MB")
+# DuckDB checkpoints (rewrites its log into the table file, compressing every column) when the log
+# passes checkpoint_threshold, default 16MB: an epoch of wide rows writes more than that, so every
+# commit checkpointed and wrote the data twice. Measured (100k ~5 KB rows): COMMIT was 85-90% of the
+# sink's time; with 1GB the catch-up took 10.7-11.4 s instead of 16.4-36.7 s. DuckDB still
+# checkpoints at 1GB of log and when the worker stops. WALLABY_DUCKDB_CHECKPOINT_THRESHOLD sets it.
+DUCKDB_CHECKPOINT_THRESHOLD = os.environ.get("WALLABY_DUCKDB_CHECKPOINT_THRESHOLD", "1GB")
 # DuckDB's worker threads. One by default: the apply is a few set-based statements per epoch,
 # each thread keeps its own buffers, and the worker's other core belongs to the walsender and
 # the source. Measured (`make bench`, narrow, 500k backlog): 1 thread 115k changes/s at 390 MB
@@ -402,7 +408,8 @@ class DuckDBWriter(Writer):
                 raise PermanentSinkError(name, f"cannot create the directory of {self._dsn_shown}: {exc}") from None
         try:
             # A file database spills to its .tmp directory past the cap; an in-memory one cannot, so no cap.
-            config = {} if dsn == ":memory:" else {"memory_limit": DUCKDB_MEMORY_LIMIT}
+            config = {} if dsn == ":memory:" else {"memory_limit": DUCKDB_MEMORY_LIMIT,
+                                                   "checkpoint_threshold": DUCKDB_CHECKPOINT_THRESHOLD}
             if DUCKDB_THREADS:
                 config["threads"] = DUCKDB_THREADS
             self._con = _connect(dsn, config)

@@ -39,10 +39,30 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.property)
 
 
+def _pg_dir():
+    """.cache/test-pg, held with a lock for this session; when another pytest session holds it, a directory of
+    this session's own (so one session ending never stops the server another one uses)."""
+    import fcntl
+    import shutil
+
+    CACHE.mkdir(exist_ok=True)
+    if os.environ.get("WALLABY_TEST_PG_DIR"):  # a directory of its own, kept
+        return Path(os.environ["WALLABY_TEST_PG_DIR"]), None, None
+    lock = open(CACHE / "test-pg.lock", "w")  # noqa: SIM115 - held for the whole session
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return CACHE / "test-pg", lock, None
+    except BlockingIOError:
+        lock.close()
+        own = CACHE / f"test-pg-{os.getpid()}"
+        return own, None, lambda: shutil.rmtree(own, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg() -> LocalPostgres:
     """The session's local Postgres. Fails the run with the reason if it cannot start."""
-    server = LocalPostgres(CACHE / "test-pg", port=int(os.environ.get("WALLABY_TEST_PG_PORT", "0")))
+    directory, lock, cleanup = _pg_dir()
+    server = LocalPostgres(directory, port=int(os.environ.get("WALLABY_TEST_PG_PORT", "0")))
     try:
         server.start()
         server.wait_ready()
@@ -53,6 +73,10 @@ def pg() -> LocalPostgres:
         conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active")
     yield server
     server.stop()
+    if lock is not None:
+        lock.close()
+    if cleanup is not None:
+        cleanup()
 
 
 def _drop_database(admin_dsn: str, name: str) -> None:
