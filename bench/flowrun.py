@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duckdb")
     ap.add_argument("--batch-size", default="10000")
     ap.add_argument("--epoch-interval", type=float, default=2.0)
+    ap.add_argument("--toast-fetch", default="off", help="the source's toast_fetch (the TOAST step's cost)")
+    ap.add_argument("--meta", action="store_true", help="meta_enabled on the destination (the rewrite's cost)")
     a = ap.parse_args(argv)
 
     from bytewax import operators as op
@@ -80,13 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     from sources.postgres import PostgresSource
     from wallaby.spec import parse_flow
 
-    dest = {"name": "out", "type": "duckdb", "options": {"dsn": a.duckdb or ":memory:"}}
+    dest = {"name": "out", "type": "duckdb", "options": {"dsn": a.duckdb or ":memory:",
+                                                          **({"meta_enabled": "true"} if a.meta else {})}}
     spec = parse_flow({
         "id": "bench", "name": "bench",
         "source": {"name": "pg", "type": "postgres", "options": {
             "dsn": a.dsn, "slot": a.slot, "publication": a.publication, "create_slot": "false",
             "ensure_publication": "false", "ensure_state": "false", "batch_size": a.batch_size,
-            "batch_timeout": "100ms", "status_interval": "1s"}},
+            "batch_timeout": "100ms", "status_interval": "1s", "toast_fetch": a.toast_fetch}},
         "destinations": [dest],
     }, origin="bench")
     counter = CountingWriter()
@@ -94,12 +97,19 @@ def main(argv: list[str] | None = None) -> int:
         sink = WriterSink("out", lambda _state: counter)
     else:
         from dataflows.flow import sink_factory
+        from operators.metadata import with_metadata
 
-        duck = sink_factory("duckdb")("out", spec.id, spec.destination_options(0))
-        sink = WriterSink("out", lambda state: TimedWriter(duck._make_writer(state), counter))
+        opts = spec.destination_options(0)
+        make = with_metadata("out", opts, sink_factory("duckdb")("out", spec.id, opts).new_writer)
+        sink = WriterSink("out", lambda state: TimedWriter(make(state), counter))
     flow = Dataflow("bench")
     source = PostgresSource(spec.id, spec.source_options(), stop_at_lsn=parse_lsn(a.stop_lsn))
-    op.output("out", op.input("source", flow, source), sink)
+    changes = op.input("source", flow, source)
+    if a.toast_fetch != "off":
+        from operators.toast import toast_step
+
+        changes = toast_step(changes, spec)
+    op.output("out", changes, sink)
     t0 = time.perf_counter()
     cli_main(flow, epoch_interval=timedelta(seconds=a.epoch_interval))
     end = time.perf_counter()

@@ -9,7 +9,8 @@ each slot with one reader and measures the rate and peak RSS:
 2. the walsender's decode-only rate: ``pg_logical_slot_peek_binary_changes``
    counted in SQL (no network, no client);
 3. wallaby's source alone: decode into Arrow-backed batches, no sink;
-4. wallaby end to end into a DuckDB file (target mode).
+4. wallaby end to end into a DuckDB file (target mode);
+5. the same with ``toast_fetch=cache`` and with ``meta_enabled``: their cost, as a ratio to 4.
 
 Each rate is printed with its ratio to pg_recvlogical's and written to
 bench/results/latest.json. wallaby's legs are timed from the first change to
@@ -40,7 +41,15 @@ from wallaby.localpg import LocalPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-SLOTS = ("recv", "peek", "source", "e2e")
+SLOTS = ("recv", "peek", "source", "e2e", "toast", "meta")
+# wallaby's legs: name -> (slot, sink, extra flowrun flags). The last two measure what an operator costs
+# beside plain end to end (ratio printed as "x e2e").
+LEGS = {
+    "wallaby_source": ("source", "null", []),
+    "wallaby_e2e_duckdb": ("e2e", "duckdb", []),
+    "e2e_toast_fetch_cache": ("toast", "duckdb", ["--toast-fetch", "cache"]),
+    "e2e_meta_enabled": ("meta", "duckdb", ["--meta"]),
+}
 
 PROFILES = {
     # ~200 bytes per row on the wire
@@ -125,16 +134,17 @@ def generate(dsn: str, profile: str, changes: int) -> None:
         c.execute("CHECKPOINT")
 
 
-def leg_wallaby(dsn: str, slot: str, stop: str, sink: str, batch_size: int, tmp: Path) -> tuple[float, int, dict]:
+def leg_wallaby(dsn: str, slot: str, stop: str, sink: str, batch_size: int, tmp: Path,
+                extra: list[str] | None = None) -> tuple[float, int, dict]:
     cmd = [sys.executable, "-m", "bench.flowrun", "--dsn", dsn, "--slot", slot, "--publication", "bench",
-           "--stop-lsn", stop, "--sink", sink, "--batch-size", str(batch_size)]
+           "--stop-lsn", stop, "--sink", sink, "--batch-size", str(batch_size), *(extra or [])]
     if sink == "duckdb":
-        cmd += ["--duckdb", str(tmp / "bench.duckdb")]
+        cmd += ["--duckdb", str(tmp / f"bench-{slot}.duckdb")]
     secs, rss, out = run_measured(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return secs, rss, orjson.loads(out.strip().splitlines()[-1])
 
 
-def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int) -> dict:
+def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int, legs: list[str]) -> dict:
     dbname = f"bench_{profile}"
     with psycopg.connect(pg.dsn(), autocommit=True) as c:
         for (s,) in c.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s", (dbname,)).fetchall():
@@ -165,8 +175,9 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
         results["walsender_decode_only"] = {"seconds": time.perf_counter() - t, "messages": n}
 
     with tempfile.TemporaryDirectory() as tmp:
-        for leg, slot, sink in (("wallaby_source", "source", "null"), ("wallaby_e2e_duckdb", "e2e", "duckdb")):
-            _, rss, info = leg_wallaby(dsn, f"{profile}_{slot}", stop, sink, batch_size, Path(tmp))
+        for leg in legs:
+            slot, sink, extra = LEGS[leg]
+            _, rss, info = leg_wallaby(dsn, f"{profile}_{slot}", stop, sink, batch_size, Path(tmp), extra)
             if info["changes"] != changes:
                 raise RuntimeError(f"{leg}: saw {info['changes']} changes, expected {changes}")
             results[leg] = {"seconds": info["seconds"], "seconds_with_startup": info["seconds_with_startup"],
@@ -176,6 +187,11 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
     for r in results.values():
         r["changes_per_s"] = changes / r["seconds"]
         r["ratio_to_pg_recvlogical"] = r["changes_per_s"] / base
+    if "wallaby_e2e_duckdb" in results:
+        e2e = results["wallaby_e2e_duckdb"]["changes_per_s"]
+        for leg in ("e2e_toast_fetch_cache", "e2e_meta_enabled"):
+            if leg in results:
+                results[leg]["ratio_to_e2e"] = results[leg]["changes_per_s"] / e2e
     return {"changes": changes, "wal_mb": wal_bytes / 1e6, "legs": results}
 
 
@@ -184,7 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--changes", type=int, default=int(os.environ.get("BENCH_CHANGES", 1_000_000)))
     ap.add_argument("--profiles", default="narrow,wide")
     ap.add_argument("--batch-size", type=int, default=10_000)
+    ap.add_argument("--legs", default=",".join(LEGS), help=f"wallaby legs to run (default all: {', '.join(LEGS)})")
     a = ap.parse_args(argv)
+    legs = [x for x in a.legs.split(",") if x]
+    unknown = [x for x in legs if x not in LEGS]
+    if unknown:
+        ap.error(f"unknown legs {unknown}; known: {', '.join(LEGS)}")
 
     pg = LocalPostgres(ROOT / ".cache" / "bench-pg")
     pg.start()
@@ -192,16 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"changes": a.changes, "batch_size": a.batch_size, "profiles": {}}
     try:
         for profile in a.profiles.split(","):
-            report["profiles"][profile] = bench_profile(pg, profile, a.changes, a.batch_size)
+            report["profiles"][profile] = bench_profile(pg, profile, a.changes, a.batch_size, legs)
     finally:
         pg.stop()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    print(f"\n{'profile':8} {'leg':24} {'changes/s':>12} {'x pg_recvlogical':>17} {'peak RSS MB':>12}")
+    print(f"\n{'profile':8} {'leg':24} {'changes/s':>12} {'x pg_recvlogical':>17} {'x e2e':>7} {'peak RSS MB':>12}")
     for profile, res in report["profiles"].items():
         for leg, r in res["legs"].items():
             rss = f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"
-            print(f"{profile:8} {leg:24} {r['changes_per_s']:12,.0f} {r['ratio_to_pg_recvlogical']:17.2f} {rss:>12}")
+            vs = f"{r['ratio_to_e2e']:.2f}" if "ratio_to_e2e" in r else "-"
+            print(f"{profile:8} {leg:24} {r['changes_per_s']:12,.0f} {r['ratio_to_pg_recvlogical']:17.2f} {vs:>7}"
+                  f" {rss:>12}")
     print(f"\nwritten to {(RESULTS / 'latest.json').relative_to(ROOT)}")
     return 0
 
