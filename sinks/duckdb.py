@@ -290,6 +290,32 @@ def _canonical(type_sql: str) -> str:
     return out
 
 
+_INT_RANK = {"TINYINT": 1, "SMALLINT": 2, "INTEGER": 3, "BIGINT": 4, "HUGEINT": 5}
+_DECIMAL = re.compile(r"DECIMAL\((\d+),(\d+)\)")
+
+
+def widens(have: str, want: str) -> bool:
+    """True when every value of DuckDB type ``have`` fits ``want`` (a source type change DuckDB can follow in
+    place: int2 -> int4 -> int8, float4 -> float8, numeric(p,s) to more digits, varchar(n) -> text, ...)."""
+    h, w = _canonical(have), _canonical(want)
+    if h == w:
+        return False
+    if h in _INT_RANK and w in _INT_RANK:
+        return _INT_RANK[w] > _INT_RANK[h]
+    if (h, w) == ("FLOAT", "DOUBLE") or (h in _INT_RANK and w == "DOUBLE" and _INT_RANK[h] <= 3):
+        return True
+    hm, wm = _DECIMAL.fullmatch(h), _DECIMAL.fullmatch(w)
+    if hm and wm:
+        hp, hs, wp, ws = (int(x) for x in (*hm.groups(), *wm.groups()))
+        return ws >= hs and wp - ws >= hp - hs
+    if h in _INT_RANK and wm:
+        wp, ws = int(wm.group(1)), int(wm.group(2))
+        return wp - ws >= {1: 3, 2: 5, 3: 10, 4: 19, 5: 39}[_INT_RANK[h]]
+    if h.startswith("VARCHAR(") and w == "VARCHAR":
+        return True
+    return w == "VARCHAR" and h not in ("BLOB",) and not h.endswith("[]")
+
+
 def q(ident: str) -> str:
     """Quote a DuckDB identifier."""
     return '"' + ident.replace('"', '""') + '"'
@@ -708,7 +734,12 @@ class DuckDBWriter(Writer):
                 else:
                     want = duckdb_type(c, self._mappings)
                     have = dest.columns[name]
-                    if _canonical(want) != _canonical(have) and (p.dest, name, want) not in self._warned:
+                    if widens(have, want):  # the source widened the column: follow it
+                        self._con.execute(f"ALTER TABLE {qt} ALTER {q(name)} SET DATA TYPE {want}")
+                        log.info("destination %r: %s.%s widened from %s to %s", self.name, qt, name, have, want,
+                                 extra={"flow": self.flow_id})
+                        changed = True
+                    elif _canonical(want) != _canonical(have) and (p.dest, name, want) not in self._warned:
                         self._warned.add((p.dest, name, want))
                         log.warning(
                             "destination %r: %s.%s is %s in DuckDB, the source type now maps to %s; values are cast",

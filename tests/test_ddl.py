@@ -164,3 +164,36 @@ def test_ddl_gated_signals():
     points = [p for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
               if m.name == "wallaby.ddl.gated_total" for p in m.data.data_points]
     assert points and points[0].value == 1
+
+
+def test_duckdb_follows_a_widened_column(pgdb, tmp_path):
+    from datetime import timedelta
+
+    import duckdb
+    from bytewax.testing import run_main
+
+    from dataflows.flow import build_flow
+
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE orders (id int PRIMARY KEY, qty int, price numeric(8,2), note varchar(5))")
+    path = tmp_path / "w.duckdb"
+    spec = flow_spec(pgdb, duckdb_path=path, source={"publication_tables": "public.orders"})
+
+    def run() -> None:
+        run_main(build_flow(spec, max_empty_reads=2), epoch_interval=timedelta(milliseconds=200))
+
+    run()
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("INSERT INTO orders VALUES (1, 5, 1.25, 'abc')")
+    run()
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("ALTER TABLE orders ALTER COLUMN qty TYPE bigint, ALTER COLUMN price TYPE numeric(14,4),"
+                  " ALTER COLUMN note TYPE text")
+        c.execute("INSERT INTO orders VALUES (2, 9000000000, 12345678.1234, 'a longer note')")
+    run()
+    with duckdb.connect(str(path), read_only=True) as d:
+        types = dict(d.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'orders'"
+                               ).fetchall())
+        rows = d.execute("SELECT id, qty, price::varchar, note FROM public.orders ORDER BY id").fetchall()
+    assert (types["qty"], types["price"], types["note"]) == ("BIGINT", "DECIMAL(14,4)", "VARCHAR")
+    assert rows == [(1, 5, "1.2500", "abc"), (2, 9000000000, "12345678.1234", "a longer note")]
