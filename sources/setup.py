@@ -197,6 +197,20 @@ def prepare_source(opts, flow_id: str) -> SourcePlan:
     return plan
 
 
+def unknown_type_keys(conn: psycopg.Connection, keys: list[str]) -> list[str]:
+    """The type_mappings keys the source does not know: a type name or ``schema.type`` (``to_regtype``),
+    ``ext:<extension>.<type>`` / ``ext:<extension>`` (an installed extension)."""
+    unknown = []
+    for key in keys:
+        if key.startswith("ext:"):
+            ext = key[4:].split(".", 1)[0]
+            if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = %s", (ext,)).fetchone():
+                unknown.append(key)
+        elif conn.execute("SELECT to_regtype(%s)", (key,)).fetchone()[0] is None:
+            unknown.append(key)
+    return unknown
+
+
 def sync_publication(conn: psycopg.Connection, publication: str, tables: list[str], mode: str, flow_id: str) -> None:
     """Add the listed tables to the publication; with mode 'sync' also drop the ones not listed."""
     current = _publication_tables(conn, publication)

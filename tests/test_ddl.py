@@ -197,3 +197,25 @@ def test_duckdb_follows_a_widened_column(pgdb, tmp_path):
         rows = d.execute("SELECT id, qty, price::varchar, note FROM public.orders ORDER BY id").fetchall()
     assert (types["qty"], types["price"], types["note"]) == ("BIGINT", "DECIMAL(14,4)", "VARCHAR")
     assert rows == [(1, 5, "1.2500", "abc"), (2, 9000000000, "12345678.1234", "a longer note")]
+
+
+def test_unknown_type_mapping_keys_are_one_clear_error(pgdb, tmp_path):
+    _orders(pgdb)
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TYPE mood AS ENUM ('ok'); CREATE EXTENSION IF NOT EXISTS citext")
+    path = flow_file(tmp_path, pgdb, "tm", duck=tmp_path / "tm.duckdb")
+    data = json.loads(path.read_text())
+    data["destinations"][0]["options"]["type_mappings"] = {
+        "timestamptz": "VARCHAR", "mood": "VARCHAR", "public.mood": "VARCHAR", "ext:citext": "VARCHAR",
+        "_int4": "VARCHAR", "double precision": "DOUBLE", "timestamptzz": "VARCHAR", "ext:postgis.geometry": "BLOB"}
+    path.write_text(json.dumps(data))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALLABY_")}
+    env["WALLABY_CHECKPOINT_PATH"] = str(tmp_path / "s.db")
+    out = subprocess.run([sys.executable, "-m", "wallaby.worker", "-flow-file", str(path), "-max-empty-reads", "1"],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "'timestamptzz' is not a type" in out.stderr and "'ext:postgis.geometry'" in out.stderr
+    for fine in ("'mood'", "'public.mood'", "'ext:citext'", "'_int4'", "'double precision'", "'timestamptz'"):
+        assert fine not in out.stderr
+    with psycopg.connect(pgdb, autocommit=True) as c:  # nothing was created
+        assert c.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tm_slot'").fetchone()[0] == 0

@@ -61,6 +61,22 @@ class MaterializingOptions(DestinationOptions):
     type_mappings: TypeMappings | None = None
     type_mappings_file: Text | None = None
 
+    def mapping_keys(self) -> list[tuple[str, str]]:
+        """(option, source type key) of every type mapping: the file's, then the inline ones."""
+        from pathlib import Path
+
+        from wallaby.options import parse_type_mappings
+
+        out: list[tuple[str, str]] = []
+        if self.type_mappings_file:
+            try:
+                text = Path(self.type_mappings_file).expanduser().read_text()
+                out += [("type_mappings_file", k) for k in parse_type_mappings(text)]
+            except (OSError, ValueError):
+                pass  # reported when the options were validated
+        out += [("type_mappings", k) for k in (self.type_mappings or {})]
+        return out
+
 
 class TableWriterOptions(MaterializingOptions):
     """Row-level change application into tables (DuckDB, Snowflake, ClickHouse)."""

@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError("wallaby-worker", [_problem("-start-lsn", str(exc))]) from None
     epoch = parse_duration(args.epoch_interval)
+    check_type_mappings(spec)  # before prepare_source creates anything
     plan = prepare_source(spec.source_options(), spec.id)
     if generation is not None:
         log.info("flow %s: worker generation %d", spec.id, generation)
@@ -103,6 +104,29 @@ def run(args: argparse.Namespace) -> int:
         checkpoints.close()
     log.info("flow %s: stopped", spec.id)
     return 0
+
+
+def check_type_mappings(spec) -> None:
+    """Every type_mappings key names a type (or extension) the source has: else one error listing them."""
+    from sources.connection import connect, server_name
+    from sources.setup import unknown_type_keys
+
+    wanted = []
+    for i in range(len(spec.destinations)):
+        opts = spec.destination_options(i)
+        if hasattr(opts, "mapping_keys"):
+            wanted += [(i, option, key) for option, key in opts.mapping_keys()]
+    if not wanted:
+        return
+    dsn = spec.source_options().dsn
+    with connect(dsn, application_name=f"wallaby-setup:{spec.id}") as conn:
+        unknown = set(unknown_type_keys(conn, sorted({k for _, _, k in wanted})))
+    problems = [_problem(f"destinations[{i}].options.{option}",
+                         f"{key!r} is not a type (or extension) of the source {server_name(dsn)}; keys are Postgres"
+                         " type names, schema.type, ext:<extension>.<type> or ext:<extension>")
+                for i, option, key in wanted if key in unknown]
+    if problems:
+        raise ConfigError(f"flow {spec.name!r}", problems)
 
 
 def _problem(field: str, message: str):
