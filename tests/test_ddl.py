@@ -219,3 +219,28 @@ def test_unknown_type_mapping_keys_are_one_clear_error(pgdb, tmp_path):
         assert fine not in out.stderr
     with psycopg.connect(pgdb, autocommit=True) as c:  # nothing was created
         assert c.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tm_slot'").fetchone()[0] == 0
+
+
+def test_custom_trigger_schema_name_and_prefix(pgdb):
+    _orders(pgdb)
+    spec = flow_spec(pgdb, source={"capture_ddl": "true", "publication_tables": "public.orders",
+                                   "ddl_trigger_schema": "audit", "ddl_trigger_name": "cdc_ddl",
+                                   "ddl_message_prefix": "cdc_ddl_msgs"})
+    part = source_part(spec)
+    try:
+        drain(part, idle_polls=3)
+        with psycopg.connect(pgdb, autocommit=True) as c:
+            c.execute("SELECT pg_logical_emit_message(true, 'wallaby_ddl', 'not ours')")
+            c.execute("ALTER TABLE orders ADD COLUMN qty int")
+            c.execute("INSERT INTO orders VALUES (1, 'a', 1)")
+        batches = drain(part, until_rows=3, timeout=30)
+    finally:
+        part.close()
+    events = [s for b in batches for s in b.segments if isinstance(s, Event)]
+    assert [e.op for e in events] == ["message", "ddl"]  # the default prefix is just a message here
+    assert events[1].payload["command_tag"] == "ALTER TABLE"
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM pg_event_trigger WHERE evtname IN ('cdc_ddl', 'cdc_ddl_drop')"
+                         ).fetchone()[0] == 2
+        assert c.execute("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+                         " WHERE n.nspname = 'audit' AND p.proname = 'cdc_ddl_fn'").fetchone()[0] == 1

@@ -82,3 +82,19 @@ def test_meta_column_colliding_with_a_source_column(orders, tmp_path):
     while cause is not None and not isinstance(cause, PermanentSinkError):
         cause = cause.__cause__ or cause.__context__
     assert cause is not None and "'__ds_op' is also a column of public.orders" in str(cause)
+
+
+def test_custom_metadata_names_and_no_watermark(orders, tmp_path):
+    path = tmp_path / "n.duckdb"
+    spec = flow_spec(orders, duckdb_path=path, source={"publication_tables": "public.orders"},
+                     destination={"meta_enabled": "true", "meta_synced_at": "synced", "meta_deleted": "gone",
+                                  "meta_op": "op", "meta_watermark": "-"})
+    _run(spec)
+    _changes(orders)
+    _run(spec)
+    with duckdb.connect(str(path), read_only=True) as d:
+        cols = [r[0] for r in d.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'orders'"
+                                        " ORDER BY column_index").fetchall()]
+        rows = d.execute("SELECT id, gone, op FROM public.orders ORDER BY id").fetchall()
+    assert cols == ["id", "note", "big", "synced", "gone", "op"]
+    assert rows == [(1, False, "update"), (3, False, "insert")]  # no soft_delete: the delete removed row 2

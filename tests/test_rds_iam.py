@@ -122,3 +122,16 @@ def test_the_source_connects_with_the_token(aws_env, pgdb):
             c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
                       " WHERE slot_name = 'iam_slot' AND NOT active")
             c.execute(f"DROP OWNED BY {user}; DROP ROLE {user}")
+
+
+def test_aws_profile_from_the_shared_config(tmp_path, monkeypatch):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    creds = tmp_path / "credentials"
+    creds.write_text("[default]\naws_access_key_id = AKIADEFAULT000000000\naws_secret_access_key = a\n"
+                     "[cdc]\naws_access_key_id = AKIAPROFILECDC000000\naws_secret_access_key = b\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    opts = _opts("postgresql://app@db.local/app", aws_region="us-west-2", aws_profile="cdc")
+    q = _query(rds_iam.TokenProvider(opts, "f").token())
+    assert q["X-Amz-Credential"].startswith("AKIAPROFILECDC000000/")
