@@ -245,8 +245,8 @@ def test_retry_after_is_honoured(receiver):  # noqa: F811
     deliver(receiver.url(), small_batches()[:1], payload_mode="wire", backoff_max="20ms")
     r = receiver.requests
     assert receiver.statuses() == [429, 503, 200]
-    assert 1.0 <= r[1].at - r[0].at < 1.5  # backoff alone would be <= 20 ms
-    assert at - 0.02 <= r[2].wall < at + 0.5  # waited until the date, not longer
+    assert 1.0 <= r[1].at - r[0].at < 2.0  # backoff alone would be <= 20 ms
+    assert at - 0.02 <= r[2].wall < at + 1.0  # waited until the date, not (much) longer
 
 
 def test_retry_after_parsing():
