@@ -76,19 +76,29 @@ class KafkaWriter(Writer):
         log.warning("destination %s: kafka: %s", self.name, err, extra={"flow": self.flow_id})
 
     def _partition_count(self) -> int:
+        """The topic's partitions. A topic the brokers create on first use answers "unknown" or "no leader" for
+        a moment: asked again for up to 30 s."""
+        import time
+
         from confluent_kafka import KafkaException
 
-        try:
-            md = self.producer.list_topics(self.topic, timeout=30)
-        except KafkaException as exc:
-            raise TransientSinkError(self.name, f"cannot reach brokers {','.join(self.options.brokers)}: {exc}") \
-                from None
-        topic = md.topics.get(self.topic)
-        if topic is None or topic.error is not None or not topic.partitions:
-            why = topic.error if topic is not None and topic.error is not None else "no partitions"
-            raise PermanentSinkError(self.name, f"topic {self.topic!r} is not usable on"
-                                                f" {','.join(self.options.brokers)}: {why}")
-        return len(topic.partitions)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                md = self.producer.list_topics(self.topic, timeout=30)
+            except KafkaException as exc:
+                raise TransientSinkError(self.name, f"cannot reach brokers {','.join(self.options.brokers)}: {exc}") \
+                    from None
+            topic = md.topics.get(self.topic)
+            if topic is not None and topic.error is None and topic.partitions:
+                return len(topic.partitions)
+            retriable = topic is None or topic.error is None or topic.error.retriable() or \
+                topic.error.name() in ("UNKNOWN_TOPIC_OR_PART", "LEADER_NOT_AVAILABLE")
+            if not retriable or time.monotonic() > deadline:
+                why = topic.error if topic is not None and topic.error is not None else "no partitions"
+                raise PermanentSinkError(self.name, f"topic {self.topic!r} is not usable on"
+                                                    f" {','.join(self.options.brokers)}: {why}")
+            time.sleep(0.5)
 
     # -- splitting ------------------------------------------------------------------------------
     def _payloads(self, seg: TableChanges) -> list[tuple[int, WirePayload]]:

@@ -20,6 +20,7 @@ SHA-1 of each jar; the code never needs Maven at test time.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import fcntl
@@ -33,6 +34,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -235,6 +237,18 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+_LIVE: weakref.WeakSet[KafkaBroker] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """No JVM outlives the interpreter (when it exits normally, without a session teardown)."""
+    for broker in list(_LIVE):
+        proc = broker._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
+
 class KafkaBroker:
     """One Kafka broker+controller process (KRaft, node 1) with its config, data and logs in ``workdir``.
 
@@ -413,6 +427,7 @@ class KafkaBroker:
             self._proc = subprocess.Popen([*self._jvm(java), "kafka.Kafka", str(self.config_file)],
                                           stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                           cwd=self.workdir, start_new_session=True)
+        _LIVE.add(self)
 
     def _wait_ready(self, deadline: float) -> None:
         from confluent_kafka.admin import AdminClient
@@ -468,6 +483,32 @@ def kafka_broker(tmp_path_factory) -> Iterator[KafkaBroker]:
         pytest.fail(failure, pytrace=False)
     yield broker
     broker.stop()
+
+
+# --- topics -------------------------------------------------------------------------------------------------------
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int = 3, timeout: float = 30.0, **config: str) -> None:
+    """Create ``topic`` and wait until every partition has a leader.
+
+    Auto-creation by a metadata request is asynchronous (the first answer for a new topic is an
+    UNKNOWN_TOPIC_OR_PART error, the topic shows up a moment later); a test that wants the topic to be there up front
+    creates it with this.
+    """
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    deadline = time.monotonic() + timeout
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    new = NewTopic(topic, num_partitions=partitions, replication_factor=1, config=dict(config))
+    admin.create_topics([new], operation_timeout=timeout)[topic].result(timeout)
+    while True:
+        meta = admin.list_topics(topic, timeout=max(deadline - time.monotonic(), 1.0)).topics.get(topic)
+        if (meta is not None and meta.error is None and len(meta.partitions) == partitions
+                and all(p.leader >= 0 for p in meta.partitions.values())):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {topic!r} has no leader for every partition after {timeout} s: {meta}")
+        time.sleep(0.1)
 
 
 # --- reading a topic --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from collections import defaultdict
 
 from confluent_kafka import KafkaError, Producer
 
-from tests.kafka_broker import consume_all, kafka_broker  # noqa: F401 - fixture
+from tests.kafka_broker import consume_all, create_topic, kafka_broker  # noqa: F401 - fixture
 
 
 def _producer(bootstrap: str, **extra) -> Producer:
@@ -64,6 +64,7 @@ def test_idempotent_producer_round_trip(kafka_broker):  # noqa: F811
 def test_broker_restart_mid_stream_delivers_exactly_once(kafka_broker):  # noqa: F811
     topic = f"restart-{uuid.uuid4().hex[:8]}"
     bootstrap = kafka_broker.bootstrap
+    create_topic(bootstrap, topic, partitions=3)
     producer = _producer(bootstrap, **{"message.timeout.ms": 120000})
     produced: dict[bytes, float] = {}  # payload -> when it was produced
     delivered: dict[bytes, tuple[float, object]] = {}  # payload -> (when the report came, error)

@@ -156,8 +156,10 @@ def test_broker_down_mid_stream_loses_nothing(tmp_path, orders, kafka_broker):  
         t.start()
         time.sleep(2)
         kafka_broker.stop()
-        time.sleep(5)
-        kafka_broker.start()
+        try:
+            time.sleep(5)
+        finally:
+            kafka_broker.start()  # the broker is the session's: never leave it down
         time.sleep(2)
         stop.set()
         t.join()
