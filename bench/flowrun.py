@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slot", required=True)
     ap.add_argument("--publication", required=True)
     ap.add_argument("--stop-lsn", required=True)
-    ap.add_argument("--sink", choices=["null", "duckdb"], required=True)
+    ap.add_argument("--sink", choices=["null", "duckdb", "kafka"], required=True)
+    ap.add_argument("--kafka-brokers")
+    ap.add_argument("--kafka-topic")
+    ap.add_argument("--format", default="arrow", help="wire format of the kafka leg")
     ap.add_argument("--duckdb")
     ap.add_argument("--batch-size", default="10000")
     ap.add_argument("--epoch-interval", type=float, default=2.0)
@@ -82,8 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     from sources.postgres import PostgresSource
     from wallaby.spec import parse_flow
 
-    dest = {"name": "out", "type": "duckdb", "options": {"dsn": a.duckdb or ":memory:",
-                                                          **({"meta_enabled": "true"} if a.meta else {})}}
+    if a.sink == "kafka":
+        dest = {"name": "out", "type": "kafka", "options": {"brokers": a.kafka_brokers, "topic": a.kafka_topic,
+                                                             "format": a.format}}
+    else:
+        dest = {"name": "out", "type": "duckdb", "options": {"dsn": a.duckdb or ":memory:",
+                                                              **({"meta_enabled": "true"} if a.meta else {})}}
     spec = parse_flow({
         "id": "bench", "name": "bench",
         "source": {"name": "pg", "type": "postgres", "options": {
@@ -100,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         from operators.metadata import with_metadata
 
         opts = spec.destination_options(0)
-        make = with_metadata("out", opts, sink_factory("duckdb")("out", spec.id, opts).new_writer)
+        make = with_metadata("out", opts, sink_factory(a.sink)("out", spec.id, opts).new_writer)
         sink = WriterSink("out", lambda state: TimedWriter(make(state), counter))
     flow = Dataflow("bench")
     source = PostgresSource(spec.id, spec.source_options(), stop_at_lsn=parse_lsn(a.stop_lsn))

@@ -10,7 +10,9 @@ each slot with one reader and measures the rate and peak RSS:
    counted in SQL (no network, no client);
 3. wallaby's source alone: decode into Arrow-backed batches, no sink;
 4. wallaby end to end into a DuckDB file (target mode);
-5. the same with ``toast_fetch=cache`` and with ``meta_enabled``: their cost, as a ratio to 4.
+5. the same with ``toast_fetch=cache`` and with ``meta_enabled``: their cost, as a ratio to 4;
+6. wallaby end to end into Kafka (a local broker, tests/kafka_broker.py) in each wire format, each
+   beside confluent-kafka producing the same messages directly (ratio printed).
 
 Each rate is printed with its ratio to pg_recvlogical's and written to
 bench/results/latest.json. wallaby's legs are timed from the first change to
@@ -38,10 +40,11 @@ import psutil
 import psycopg
 
 from wallaby.localpg import LocalPostgres
+from wallaby.options import WIRE_FORMATS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-SLOTS = ("recv", "peek", "source", "e2e", "toast", "meta")
+SLOTS = ("recv", "peek", "source", "e2e", "toast", "meta", *(f"kafka_{f}" for f in WIRE_FORMATS))
 # wallaby's legs: name -> (slot, sink, extra flowrun flags). The last two measure what an operator costs
 # beside plain end to end (ratio printed as "x e2e").
 LEGS = {
@@ -49,6 +52,8 @@ LEGS = {
     "wallaby_e2e_duckdb": ("e2e", "duckdb", []),
     "e2e_toast_fetch_cache": ("toast", "duckdb", ["--toast-fetch", "cache"]),
     "e2e_meta_enabled": ("meta", "duckdb", ["--meta"]),
+    # Postgres -> Kafka in each wire format; beside each, confluent-kafka producing the same messages directly
+    **{f"e2e_kafka_{f}": (f"kafka_{f}", "kafka", ["--format", f]) for f in WIRE_FORMATS},
 }
 
 PROFILES = {
@@ -144,7 +149,33 @@ def leg_wallaby(dsn: str, slot: str, stop: str, sink: str, batch_size: int, tmp:
     return secs, rss, orjson.loads(out.strip().splitlines()[-1])
 
 
-def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int, legs: list[str]) -> dict:
+def kafka_direct(bootstrap: str, topic: str) -> tuple[float, int, int]:
+    """confluent-kafka producing the messages of ``topic`` again (same keys, values, headers, partitions) into a
+    new topic with the destination's producer settings: (seconds, messages, bytes)."""
+    from confluent_kafka import Producer
+
+    from tests.kafka_broker import consume_all, create_topic
+
+    msgs = consume_all(bootstrap, topic, timeout=120)
+    target = topic + "-direct"
+    create_topic(bootstrap, target, partitions=3)
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
+                  "message.max.bytes": 901024})
+    t = time.perf_counter()
+    for m in msgs:
+        while True:
+            try:
+                p.produce(target, m.value, m.key, partition=m.partition, headers=m.headers)
+                break
+            except BufferError:
+                p.poll(0.1)
+        p.poll(0)
+    p.flush(300)
+    return time.perf_counter() - t, len(msgs), sum(len(m.value) for m in msgs)
+
+
+def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int, legs: list[str],
+                  kafka: str | None = None) -> dict:
     dbname = f"bench_{profile}"
     with psycopg.connect(pg.dsn(), autocommit=True) as c:
         for (s,) in c.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s", (dbname,)).fetchall():
@@ -177,11 +208,18 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
     with tempfile.TemporaryDirectory() as tmp:
         for leg in legs:
             slot, sink, extra = LEGS[leg]
+            topic = f"bench-{profile}-{slot}-{int(time.time())}"
+            if sink == "kafka":
+                extra = [*extra, "--kafka-brokers", kafka or "", "--kafka-topic", topic]
             _, rss, info = leg_wallaby(dsn, f"{profile}_{slot}", stop, sink, batch_size, Path(tmp), extra)
             if info["changes"] != changes:
                 raise RuntimeError(f"{leg}: saw {info['changes']} changes, expected {changes}")
             results[leg] = {"seconds": info["seconds"], "seconds_with_startup": info["seconds_with_startup"],
                             "peak_rss_mb": rss / 2**20, "changes_seen": info["changes"]}
+            if sink == "kafka":
+                secs, n, size = kafka_direct(kafka or "", topic)
+                results[leg.replace("e2e_kafka_", "direct_kafka_")] = {"seconds": secs, "messages": n,
+                                                                       "bytes": size}
 
     base = changes / results["pg_recvlogical"]["seconds"]
     for r in results.values():
@@ -192,6 +230,10 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
         for leg in ("e2e_toast_fetch_cache", "e2e_meta_enabled"):
             if leg in results:
                 results[leg]["ratio_to_e2e"] = results[leg]["changes_per_s"] / e2e
+    for fmt in WIRE_FORMATS:  # wallaby into Kafka / confluent-kafka producing the same messages
+        e2e, direct = results.get(f"e2e_kafka_{fmt}"), results.get(f"direct_kafka_{fmt}")
+        if e2e and direct:
+            e2e["ratio_to_direct_kafka"] = e2e["changes_per_s"] / direct["changes_per_s"]
     return {"changes": changes, "wal_mb": wal_bytes / 1e6, "legs": results}
 
 
@@ -210,19 +252,31 @@ def main(argv: list[str] | None = None) -> int:
     pg = LocalPostgres(ROOT / ".cache" / "bench-pg")
     pg.start()
     pg.wait_ready()
+    broker = None
+    if any(LEGS[x][1] == "kafka" for x in legs):
+        from tests.kafka_broker import KafkaBroker
+
+        broker = KafkaBroker(Path(tempfile.mkdtemp(prefix="wallaby-bench-kafka-")))
+        broker.start()
     report: dict = {"changes": a.changes, "batch_size": a.batch_size, "profiles": {}}
     try:
         for profile in a.profiles.split(","):
-            report["profiles"][profile] = bench_profile(pg, profile, a.changes, a.batch_size, legs)
+            report["profiles"][profile] = bench_profile(pg, profile, a.changes, a.batch_size, legs,
+                                                        broker.bootstrap if broker else None)
     finally:
         pg.stop()
+        if broker is not None:
+            broker.stop()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    print(f"\n{'profile':8} {'leg':24} {'changes/s':>12} {'x pg_recvlogical':>17} {'x e2e':>7} {'peak RSS MB':>12}")
+    print("\n(x base: toast/meta legs to wallaby_e2e_duckdb; e2e_kafka_<format> to confluent-kafka producing"
+          " the same messages, direct_kafka_<format>)")
+    print(f"{'profile':8} {'leg':24} {'changes/s':>12} {'x pg_recvlogical':>17} {'x base':>7} {'peak RSS MB':>12}")
     for profile, res in report["profiles"].items():
         for leg, r in res["legs"].items():
             rss = f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"
-            vs = f"{r['ratio_to_e2e']:.2f}" if "ratio_to_e2e" in r else "-"
+            vs = f"{r['ratio_to_e2e']:.2f}" if "ratio_to_e2e" in r else (
+                f"{r['ratio_to_direct_kafka']:.2f}" if "ratio_to_direct_kafka" in r else "-")
             print(f"{profile:8} {leg:24} {r['changes_per_s']:12,.0f} {r['ratio_to_pg_recvlogical']:17.2f} {vs:>7}"
                   f" {rss:>12}")
     print(f"\nwritten to {(RESULTS / 'latest.json').relative_to(ROOT)}")
