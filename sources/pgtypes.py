@@ -62,6 +62,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sources.pgarray import decode_array
+from wallaby.civil import days_from_civil
 
 SESSION_SETTINGS: dict[str, str] = {
     "TimeZone": "UTC",
@@ -346,16 +347,6 @@ _PG_INTERVAL_RE = re.compile(
 )
 
 
-def _days_from_civil(y: int, m: int, d: int) -> int:
-    """Days since 1970-01-01 in the proleptic Gregorian calendar, any year (astronomical numbering)."""
-    y -= m <= 2
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
-
-
 def _micros(frac: str | None) -> int:
     return int(frac.ljust(6, "0")) if frac else 0
 
@@ -370,7 +361,7 @@ def parse_date_days(text: str) -> int:
     if not m:
         raise ValueError(f"not a Postgres date: {text[:80]!r}")
     y = int(m.group(1))
-    return _days_from_civil(1 - y if m.group(4) else y, int(m.group(2)), int(m.group(3)))
+    return days_from_civil(1 - y if m.group(4) else y, int(m.group(2)), int(m.group(3)))
 
 
 def parse_timestamp_us(text: str) -> int:
@@ -383,7 +374,7 @@ def parse_timestamp_us(text: str) -> int:
     if not m:
         raise ValueError(f"not a Postgres timestamp: {text[:80]!r}")
     y, mo, d, h, mi, s, frac, sign, oh, om, osec, bc = m.groups()
-    days = _days_from_civil(1 - int(y) if bc else int(y), int(mo), int(d))
+    days = days_from_civil(1 - int(y) if bc else int(y), int(mo), int(d))
     secs = ((days * 24 + int(h)) * 60 + int(mi)) * 60 + int(s)
     if sign:
         off = int(oh) * 3600 + int(om or 0) * 60 + int(osec or 0)
