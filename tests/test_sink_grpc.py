@@ -88,3 +88,57 @@ def test_receiver_down_is_retried_then_transient(tmp_path, pgdb):
         n = c.execute("SELECT count(*) FROM pg_logical_slot_peek_binary_changes('lonely_slot', NULL, NULL,"
                       " 'proto_version', '1', 'publication_names', 'lonely_pub')").fetchone()[0]
     assert n > 0
+
+
+def test_tls_to_the_receiver(tmp_path, pgdb):
+    """insecure=false with tls_ca_file and tls_server_name against a TLS API server."""
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE orders (id int PRIMARY KEY, note text)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=wallaby-receiver",
+                    "-addext", "subjectAltName=DNS:wallaby-receiver"], check=True, capture_output=True)
+    (tmp_path / "b").mkdir()
+    receiver = make_server(tmp_path / "b", WALLABY_GRPC_TLS_CERT=str(cert), WALLABY_GRPC_TLS_KEY=str(key))
+    try:
+        # Server.start() checks health as "localhost"; this certificate names "wallaby-receiver".
+        log = open(receiver.log_path, "ab")  # noqa: SIM115
+        receiver.proc = subprocess.Popen([sys.executable, "-m", "wallaby.server_cli"], env=receiver.env, stdout=log,
+                                         stderr=subprocess.STDOUT, cwd=ROOT)
+        log.close()
+        creds = grpc.ssl_channel_credentials(cert.read_bytes())
+        channel = grpc.secure_channel(receiver.addr, creds,
+                                      options=[("grpc.ssl_target_name_override", "wallaby-receiver")])
+        grpc.channel_ready_future(channel).result(timeout=60)
+        from wallaby.v1 import flow_pb2, flow_pb2_grpc
+
+        flows = flow_pb2_grpc.FlowServiceStub(channel)
+        from wallaby.spec import load_flow
+
+        spec = load_flow(flow_file(tmp_path, pgdb, "mirror", duck=tmp_path / "tls.duckdb"))
+        data = spec.model_dump(mode="json")
+        flows.CreateFlow(flow_pb2.CreateFlowRequest(flow=types_pb2.Flow(
+            id="mirror", name="mirror",
+            source=types_pb2.Endpoint(name="pg", type=types_pb2.ENDPOINT_TYPE_POSTGRES,
+                                      options={k: str(v) for k, v in data["source"]["options"].items()}),
+            destinations=[types_pb2.Endpoint(name="duck", type=types_pb2.ENDPOINT_TYPE_DUCKDB,
+                                             options={"dsn": str(tmp_path / "tls.duckdb")})])), timeout=30)
+        channel.close()
+        sender = json.loads(flow_file(tmp_path, pgdb, "tlssend", duck=tmp_path / "unused.duckdb").read_text())
+        sender["destinations"] = [{"name": "remote", "type": "grpc", "options": {
+            "endpoint": receiver.addr, "flow_id": "mirror", "insecure": "false", "tls_ca_file": str(cert),
+            "tls_server_name": "wallaby-receiver"}}]
+        assert _worker(tmp_path, sender).returncode == 0
+        with psycopg.connect(pgdb, autocommit=True) as c:
+            c.execute("INSERT INTO orders VALUES (1, 'secure'), (2, 'channel')")
+        out = _worker(tmp_path, sender)
+        assert out.returncode == 0, out.stderr[-3000:]
+        # Without the CA the handshake fails: a clear transient error after the retries.
+        sender["destinations"][0]["options"].update(tls_ca_file="", max_retries="0")
+        with psycopg.connect(pgdb, autocommit=True) as c:
+            c.execute("INSERT INTO orders VALUES (3, 'x')")
+        out = _worker(tmp_path, sender)
+        assert out.returncode == 1 and "UNAVAILABLE" in out.stderr
+    finally:
+        receiver.stop()
+    assert duck_rows(tmp_path / "tls.duckdb") == [(1, "secure"), (2, "channel")]

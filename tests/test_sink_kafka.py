@@ -184,3 +184,15 @@ def test_broker_down_mid_stream_loses_nothing(tmp_path, orders, kafka_broker):  
         log.close()
     ids = {json.loads(change[2])[0] for change in _changes(consume_all(kafka_broker.bootstrap, topic, timeout=30))}
     assert ids == set(range(1, written[0] + 1)), (tmp_path / "worker.log").read_text()[-3000:]
+
+
+def test_bufstream_type_and_acks_none(tmp_path, orders, kafka_broker):  # noqa: F811
+    """type: bufstream is the Kafka destination (Bufstream speaks Kafka); acks=none still delivers here."""
+    topic = f"buf-{uuid.uuid4().hex[:6]}"
+    flow = _flow(tmp_path, orders, kafka_broker.bootstrap, topic, format="proto", acks="none")
+    flow["destinations"][0]["type"] = "bufstream"
+    _run(tmp_path, flow)
+    with psycopg.connect(orders, autocommit=True) as c:
+        c.execute("INSERT INTO orders SELECT g, 'b' FROM generate_series(1, 20) g")
+    _run(tmp_path, flow)
+    assert len(_changes(consume_all(kafka_broker.bootstrap, topic, timeout=30))) == 20
