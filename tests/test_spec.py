@@ -710,3 +710,24 @@ def test_error_types():
     t = TransientSourceError("gone", retry_after=2.0)
     assert isinstance(t, SourceError) and isinstance(t, TransientError) and t.retry_after == 2.0
     assert grpc_status_name(RuntimeError()) == "INTERNAL"
+
+
+def test_destination_format_comes_from_the_flow_or_service_when_unset(monkeypatch):
+    def flow(**extra):
+        return {"name": "f", "source": {"type": "postgres", "options": {
+            "dsn": "postgresql://u@h/db", "slot": "s", "publication": "p"}},
+            "destinations": [{"name": "k", "type": "kafka", "options": {"brokers": "b:9092", "topic": "t"}},
+                             {"name": "s", "type": "s3", "options": {"bucket": "b", "format": "parquet"}},
+                             {"name": "d", "type": "duckdb", "options": {"dsn": "x.duckdb"}}], **extra}
+
+    monkeypatch.delenv("WALLABY_WIRE_FORMAT", raising=False)
+    spec = parse_flow(flow())  # nothing given: each destination's own default
+    assert spec.destination_options(0).format == "arrow" and spec.destination_options(1).format == "parquet"
+    spec = parse_flow(flow(wire_format="avro"))  # the flow's wire_format, unless the destination sets one
+    assert spec.destination_options(0).format == "avro" and spec.destination_options(1).format == "parquet"
+    assert "format" not in spec.destinations[2].options  # DuckDB has no format option
+    monkeypatch.setenv("WALLABY_WIRE_FORMAT", "proto")
+    spec = parse_flow(flow())
+    assert spec.wire_format == "proto" and spec.destination_options(0).format == "proto"
+    again = parse_flow(spec.model_dump(mode="json"))  # stored and read back: the same
+    assert again.destination_options(0).format == "proto"

@@ -285,6 +285,22 @@ def _endpoint_problems(ep: Any, path: str, registry: dict[str, type[Options]], k
     return validate_options(model, options, f"{path}.options", context)
 
 
+def _inherit_format(dests: Any, wire_format: Any) -> Any:
+    """A destination with a ``format`` option that does not set it takes the flow's (or the service's)
+    ``wire_format`` when one was given; else it keeps its own default (USAGE.md: Kafka arrow, S3/HTTP json)."""
+    if not isinstance(dests, list) or not isinstance(wire_format, str) or not wire_format.strip():
+        return dests
+    out = []
+    for d in dests:
+        if isinstance(d, Mapping) and isinstance(d.get("type"), str):
+            model = DESTINATION_OPTIONS.get(d["type"].strip().lower())
+            opts = d.get("options") if isinstance(d.get("options"), Mapping) else {}
+            if model is not None and "format" in model.model_fields and "format" not in opts:
+                d = {**d, "options": {**opts, "format": wire_format.strip().lower()}}
+        out.append(d)
+    return out
+
+
 def parse_flow(data: Mapping[str, Any] | str | bytes, origin: str | None = None) -> FlowSpec:
     """A validated :class:`FlowSpec` from a dict or JSON text; else one :class:`ConfigError` listing every
     problem. ``origin`` (a file name, "api", ...) is named in the error."""
@@ -316,6 +332,8 @@ def parse_flow(data: Mapping[str, Any] | str | bytes, origin: str | None = None)
     wire_from_env = "wire_format" not in raw
     if wire_from_env:
         raw["wire_format"] = (os.environ.get(ENV_WIRE_FORMAT) or "arrow").strip()
+    if not wire_from_env or (os.environ.get(ENV_WIRE_FORMAT) or "").strip():
+        raw["destinations"] = _inherit_format(raw.get("destinations"), raw["wire_format"])
     src = raw.get("source")
     if isinstance(src, Mapping) and not src.get("name") and isinstance(src.get("type"), str):
         raw["source"] = {**src, "name": src["type"]}
