@@ -197,6 +197,22 @@ def prepare_source(opts, flow_id: str) -> SourcePlan:
     return plan
 
 
+def publication_columns(conn: psycopg.Connection, opts) -> dict[str, set[str]]:
+    """The column names of every table the flow publishes: the publication's (when it exists), plus
+    ``publication_tables`` and the tables of ``publication_schemas``."""
+    tables = set(_publication_tables(conn, opts.publication))
+    tables |= {".".join(_split_table(t)) for t in (opts.publication_tables or [])}
+    if opts.publication_schemas:
+        tables |= set(_schema_tables(conn, list(opts.publication_schemas)))
+    out: dict[str, set[str]] = {}
+    for t in sorted(tables):
+        rows = conn.execute("SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+                            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s"
+                            " AND a.attnum > 0 AND NOT a.attisdropped", _split_table(t)).fetchall()
+        out[t] = {r[0] for r in rows}
+    return out
+
+
 def unknown_type_keys(conn: psycopg.Connection, keys: list[str]) -> list[str]:
     """The type_mappings keys the source does not know: a type name or ``schema.type`` (``to_regtype``),
     ``ext:<extension>.<type>`` / ``ext:<extension>`` (an installed extension)."""

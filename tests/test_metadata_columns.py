@@ -98,3 +98,26 @@ def test_custom_metadata_names_and_no_watermark(orders, tmp_path):
         rows = d.execute("SELECT id, gone, op FROM public.orders ORDER BY id").fetchall()
     assert cols == ["id", "note", "big", "synced", "gone", "op"]
     assert rows == [(1, False, "update"), (3, False, "insert")]  # no soft_delete: the delete removed row 2
+
+
+def test_collision_is_refused_before_the_flow_starts(orders, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.apiserver import ROOT, flow_file
+
+    with psycopg.connect(orders, autocommit=True) as c:
+        c.execute("ALTER TABLE orders ADD COLUMN __ds_op text")
+    path = flow_file(tmp_path, orders, "clash", duck=tmp_path / "c.duckdb")
+    data = json.loads(path.read_text())
+    data["destinations"][0]["options"]["soft_delete"] = "true"
+    path.write_text(json.dumps(data))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALLABY_")}
+    env["WALLABY_CHECKPOINT_PATH"] = str(tmp_path / "s.db")
+    out = subprocess.run([sys.executable, "-m", "wallaby.worker", "-flow-file", str(path)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "'__ds_op' is also a column of public.orders" in out.stderr
+    with psycopg.connect(orders, autocommit=True) as c:  # nothing was created
+        assert c.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'clash_slot'").fetchone()[0] == 0

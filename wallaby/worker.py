@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("wallaby-worker", [_problem("-start-lsn", str(exc))]) from None
     epoch = parse_duration(args.epoch_interval)
     check_type_mappings(spec)  # before prepare_source creates anything
+    check_metadata_names(spec)
     plan = prepare_source(spec.source_options(), spec.id)
     if generation is not None:
         log.info("flow %s: worker generation %d", spec.id, generation)
@@ -125,6 +126,31 @@ def check_type_mappings(spec) -> None:
                          f"{key!r} is not a type (or extension) of the source {server_name(dsn)}; keys are Postgres"
                          " type names, schema.type, ext:<extension>.<type> or ext:<extension>")
                 for i, option, key in wanted if key in unknown]
+    if problems:
+        raise ConfigError(f"flow {spec.name!r}", problems)
+
+
+def check_metadata_names(spec) -> None:
+    """No metadata column (meta_enabled, soft_delete, append_mode) may be named like a column of a table the flow
+    publishes: else one error naming both."""
+    from operators.metadata import MetadataRewriter
+    from sources.connection import connect
+    from sources.setup import publication_columns
+
+    wanted = []
+    for i in range(len(spec.destinations)):
+        r = MetadataRewriter(spec.destination_options(i))
+        if r.enabled:
+            wanted.append((i, r.names))
+    if not wanted:
+        return
+    opts = spec.source_options()
+    with connect(opts.dsn, application_name=f"wallaby-setup:{spec.id}") as conn:
+        columns = publication_columns(conn, opts)
+    problems = [_problem(f"destinations[{i}].options", f"metadata column {name!r} is also a column of {table};"
+                                                        " choose another name (meta_synced_at, meta_deleted,"
+                                                        " meta_watermark, meta_op)")
+                for i, names in wanted for table, cols in sorted(columns.items()) for name in names if name in cols]
     if problems:
         raise ConfigError(f"flow {spec.name!r}", problems)
 

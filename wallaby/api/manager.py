@@ -53,8 +53,22 @@ class FlowManager:
             return self._flow_locks.setdefault(flow_id, threading.RLock())
 
     # -- definitions ---------------------------------------------------------------------------
+    def _check_against_source(self, spec: FlowSpec) -> None:
+        """What needs the source to check (type_mappings keys, metadata column names): refused at create when the
+        source answers; when it does not, the worker checks again before it creates anything."""
+        from wallaby.errors import SourceError
+        from wallaby.worker import check_metadata_names, check_type_mappings
+
+        try:
+            check_type_mappings(spec)
+            check_metadata_names(spec)
+        except SourceError as exc:
+            log.info("flow %s: source not reachable at create (%s); the worker will check it", spec.id, exc,
+                     extra={"flow": spec.id})
+
     def create(self, spec: FlowSpec, start: bool = False) -> StoredFlow:
         check_wire_format(spec, self.env)
+        self._check_against_source(spec)
         stored = self.store.create(spec.id, spec.name, spec.model_dump(mode="json"))
         log.info("flow %s: created", spec.id, extra={"flow": spec.id})
         return self.start(spec.id) if start else stored
@@ -62,6 +76,7 @@ class FlowManager:
     def update(self, spec: FlowSpec) -> StoredFlow:
         """Replace the definition, keeping state and checkpoints; a running worker is restarted to pick it up."""
         check_wire_format(spec, self.env)
+        self._check_against_source(spec)
         with self._lock(spec.id):
             self.store.update_spec(spec.id, spec.name, spec.model_dump(mode="json"))
             log.info("flow %s: updated", spec.id, extra={"flow": spec.id})
