@@ -244,3 +244,43 @@ def test_custom_trigger_schema_name_and_prefix(pgdb):
                          ).fetchone()[0] == 2
         assert c.execute("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
                          " WHERE n.nspname = 'audit' AND p.proname = 'cdc_ddl_fn'").fetchone()[0] == 1
+
+
+def test_gate_decisions_for_every_policy(tmp_path, monkeypatch):
+    from sources.ddl_gate import DROP, HOLD, PASS, DDLGate
+    from wallaby.changes import Position
+    from wallaby.flowstore import FlowStore
+    from wallaby.spec import DDLPolicy
+    from wallaby.sqldb import SQLiteDatabase
+
+    store = FlowStore(SQLiteDatabase(tmp_path / "s.db"))
+
+    def event(n: int) -> Event:
+        return Event(OP_DDL, Position(100 + n, 1), 0, 1, (),
+                     {"ddl": f"ALTER TABLE t ADD c{n} int", "table": "public.t"})
+
+    def gate(**policy) -> DDLGate:
+        return DDLGate("f", DDLPolicy(**policy), store)
+
+    assert gate(gate=False).decide(event(1)) == PASS
+    assert store.list_ddl(flow_id="f")[-1].status == "applied"  # recorded for history
+    assert gate(gate=True, auto_approve=True, auto_apply=True).decide(event(2)) == PASS
+    assert store.list_ddl(flow_id="f")[-1].status == "approved"
+    g = gate(gate=True, auto_approve=True, auto_apply=False)
+    assert g.decide(event(3)) == HOLD  # approved, but someone must apply it
+    store.set_ddl_status(store.list_ddl(flow_id="f")[-1].id, "applied")
+    assert g.decide(event(3)) == PASS
+    g = gate(gate=True, auto_approve=False, auto_apply=True)
+    assert g.decide(event(4)) == HOLD
+    rec = store.list_ddl("pending", "f")[0]
+    store.set_ddl_status(rec.id, "approved")
+    assert g.decide(event(4)) == PASS
+    assert g.decide(event(5)) == HOLD
+    store.set_ddl_status(store.list_ddl("pending", "f")[0].id, "rejected")
+    assert g.decide(event(5)) == DROP
+    assert len(store.list_ddl(flow_id="f")) == 5  # deciding again never records twice
+    # The environment's defaults fill what the flow leaves unset.
+    monkeypatch.setenv("WALLABY_DDL_GATE", "true")
+    monkeypatch.setenv("WALLABY_DDL_AUTO_APPROVE", "false")
+    assert DDLGate("f", DDLPolicy().effective(), store).decide(event(6)) == HOLD
+    store.close()
