@@ -34,8 +34,9 @@ import orjson
 import pyarrow as pa
 
 from operators.wire import WirePayload, encode_segment, segment_of
+from operators.wire.model import canonical
 from sinks.base import PermanentSinkError, TransientSinkError, Writer, WriterSink
-from wallaby.changes import ChangeBatch, Event, TableChanges
+from wallaby.changes import BEFORE_PREFIX, OP_COL, ChangeBatch, Event, TableChanges
 from wallaby.errors import redact_dsn
 
 log = logging.getLogger("wallaby.sinks.kafka")
@@ -46,6 +47,23 @@ DELIVERY_TIMEOUT = float(os.environ.get("WALLABY_KAFKA_DELIVERY_TIMEOUT", "120")
 
 def key_hash(table: str, key: Any) -> int:
     return zlib.crc32(table.encode() + b"\x00" + orjson.dumps(key, default=str))
+
+
+def row_keys(seg: TableChanges) -> list[Any]:
+    """Each change's key values (canonical, as the wire records have them), from the key columns only: the old
+    key for deletes and for updates that carry one."""
+    rows, n = seg.rows, len(seg)
+    names = list(seg.table.key_names)
+    if not names:
+        return [None] * n
+    after = [canonical(rows.column(k)) for k in names]
+    before = [canonical(rows.column(BEFORE_PREFIX + k)) for k in names] if seg.has_before else None
+    ops = rows.column(OP_COL).to_pylist()
+    out = []
+    for r in range(n):
+        old = before is not None and (ops[r] == "delete" or any(col[r] is not None for col in before))
+        out.append([col[r] for col in (before if old else after)])
+    return out
 
 
 class KafkaWriter(Writer):
@@ -101,16 +119,20 @@ class KafkaWriter(Writer):
             time.sleep(0.5)
 
     # -- splitting ------------------------------------------------------------------------------
-    def _payloads(self, seg: TableChanges) -> list[tuple[int, WirePayload]]:
-        """(partition, payload) for a table segment: by key hash, then by size."""
-        wire = segment_of(self.flow_id, seg)
-        table = wire.table
-        parts = [key_hash(table, r.key) % self.partitions for r in wire.records]
-        out: list[tuple[int, WirePayload]] = []
+    def _payloads(self, seg: TableChanges) -> list[tuple[int, WirePayload, Any]]:
+        """(partition, payload, first key) for a table segment: by key hash, then by size."""
+        table = seg.table.qualified
+        keys = row_keys(seg)
+        parts = [key_hash(table, k) % self.partitions for k in keys]
+        out: list[tuple[int, WirePayload, Any]] = []
         for p in sorted(set(parts)):
             idx = [i for i, q in enumerate(parts) if q == p]
             rows = seg.rows if len(idx) == len(parts) else seg.rows.take(pa.array(idx))
-            out += [(p, payload) for payload in self._sized(TableChanges(seg.table, rows))]
+            part_keys = [keys[i] for i in idx]
+            offset = 0
+            for payload in self._sized(TableChanges(seg.table, rows)):
+                out.append((p, payload, part_keys[offset] if offset < len(part_keys) else None))
+                offset += payload.rows
         return out
 
     def _sized(self, seg: TableChanges) -> list[WirePayload]:
@@ -124,8 +146,8 @@ class KafkaWriter(Writer):
             self._sized(TableChanges(seg.table, seg.rows.slice(half)))
 
     def _oversize(self, payload: WirePayload) -> list[WirePayload]:
-        r = payload.segment.records[0]
-        what = (f"a change of {payload.table} (key {orjson.dumps(r.key, default=str).decode()}, at {payload.first})"
+        key = row_keys(TableChanges(payload.segment.table_schema(), payload.segment.rows))[0]
+        what = (f"a change of {payload.table} (key {orjson.dumps(key, default=str).decode()}, at {payload.first})"
                 f" encodes to {len(payload.data)} bytes, over max_record_bytes={self.options.max_record_bytes}")
         if self.options.oversize_policy == "error":
             raise PermanentSinkError(self.name, what + " (oversize_policy=drop drops such changes)")
@@ -141,11 +163,10 @@ class KafkaWriter(Writer):
         text = f"{err.name()}: {err.str()}"
         (self.permanent if not err.retriable() and err.fatal() else self.failed).append(text)
 
-    def _produce(self, partition: int, payload: WirePayload) -> None:
+    def _produce(self, partition: int, payload: WirePayload, first_key: Any = None) -> None:
         from confluent_kafka import KafkaException
 
-        first = payload.segment.records[0] if payload.segment.records else None
-        key = payload.table.encode() + b":" + orjson.dumps(first.key if first else None, default=str)
+        key = payload.table.encode() + b":" + orjson.dumps(first_key, default=str)
         headers = [("wallaby-flow", self.flow_id.encode()), ("wallaby-table", payload.table.encode()),
                    ("wallaby-format", payload.format.encode()),
                    ("wallaby-schema-version", str(payload.segment.schema_version).encode()),
@@ -168,8 +189,8 @@ class KafkaWriter(Writer):
     def write(self, batch: ChangeBatch) -> None:
         for seg in batch.segments:
             if isinstance(seg, TableChanges) and len(seg):
-                for partition, payload in self._payloads(seg):
-                    self._produce(partition, payload)
+                for partition, payload, first_key in self._payloads(seg):
+                    self._produce(partition, payload, first_key)
             elif isinstance(seg, Event):
                 wire = segment_of(self.flow_id, seg)
                 payload = encode_segment(wire, self.options.format)

@@ -42,9 +42,15 @@ def _check(fmt: str) -> str:
 
 def encode_segment(seg: WireSegment, fmt: str) -> WirePayload:
     data = ENCODERS[_check(fmt)](seg)
-    first, last = seg.records[0], seg.records[-1]
-    return WirePayload(fmt, seg.table, data, len(seg.records), Position(first.lsn, first.ordinal),
-                       Position(last.lsn, last.ordinal), seg)
+    if seg.is_event or seg._rows is None:
+        first, last = seg.records[0], seg.records[-1]
+        return WirePayload(fmt, seg.table, data, len(seg.records), Position(first.lsn, first.ordinal),
+                           Position(last.lsn, last.ordinal), seg)
+    rows = seg._rows  # positions straight from the rows: no records needed for arrow/parquet
+    lsn, ordn = rows.column("__lsn"), rows.column("__ord")
+    n = rows.num_rows
+    return WirePayload(fmt, seg.table, data, n, Position(lsn[0].as_py(), ordn[0].as_py()),
+                       Position(lsn[n - 1].as_py(), ordn[n - 1].as_py()), seg)
 
 
 def encode(batch: ChangeBatch, fmt: str) -> list[WirePayload]:

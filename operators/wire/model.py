@@ -81,6 +81,15 @@ class WireSegment:
     event_payload: dict[str, Any] | None = None  # events only
     _rows: pa.RecordBatch | None = None
 
+    def __getattr__(self, name: str) -> Any:
+        # ``records`` of a segment built from rows is computed on first use (see segment_of)
+        lazy = self.__dict__.get("_lazy_records")
+        if name == "records" and lazy is not None:
+            self.__dict__["records"] = value = lazy()
+            self.__dict__["_lazy_records"] = None
+            return value
+        raise AttributeError(name)
+
     @property
     def is_event(self) -> bool:
         return self.event_payload is not None
@@ -198,7 +207,16 @@ def segment_of(flow_id: str, seg: TableChanges | Event) -> WireSegment:
                            tables=[t.qualified for t in seg.tables], event_payload=payload)
     t, rows = seg.table, seg.rows
     cols = columns_of(t, rows)
-    has_before = seg.has_before
+    out = WireSegment(flow_id, t.qualified, t.version, t.replica_identity, cols, seg.has_before, [], _rows=rows)
+    # Records (Python values per change) are built only when asked for: the arrow and parquet formats
+    # encode the rows as they are.
+    del out.records
+    out.__dict__["_lazy_records"] = lambda: records_of(cols, rows, seg.has_before)
+    return out
+
+
+def records_of(cols: list[WireColumn], rows: pa.RecordBatch, has_before: bool) -> list[Record]:
+    """The changes of a segment's rows as records (canonical values)."""
     after = [canonical(rows.column(c.name)) for c in cols]
     before = [canonical(rows.column(BEFORE_PREFIX + c.name)) for c in cols] if has_before else []
     ops = rows.column(OP_COL).to_pylist()
@@ -220,8 +238,7 @@ def segment_of(flow_id: str, seg: TableChanges | Event) -> WireSegment:
         if op == "update" and b is not None and key_idx:
             key = [b[i] for i in key_idx]  # the row the update changes (its key may change)
         records.append(Record(op, lsns[r], ords[r], tss[r], xids[r], key, b, a, unchanged[r] or []))
-    return WireSegment(flow_id, t.qualified, t.version, t.replica_identity, cols, has_before, records,
-                       _rows=rows)
+    return records
 
 
 def _jsonable(v: Any) -> bool:
