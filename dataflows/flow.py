@@ -80,7 +80,9 @@ def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads:
     flow = Dataflow(f"wallaby-{spec.id}")
     source = PostgresSource(spec.id, source_opts, start_lsn=start_lsn, max_empty_reads=max_empty_reads,
                             checkpoints=checkpoints, prepared=prepared, generation=generation,
-                            ddl_policy=spec.ddl_policy())
+                            ddl_policy=spec.ddl_policy(),
+                            keep_wal=any(getattr(spec.destination_options(i), "payload_mode", None) == "wal"
+                                         for i in range(len(spec.destinations))))
     changes = op.input("source", flow, source)
     if source_opts.toast_fetch != "off":
         changes = toast_step(changes, spec)

@@ -49,8 +49,8 @@ class GRPCWriter(Writer):
         self.flow_id = flow_id
         self.options = options
         if options.payload_mode == "wal":
-            raise PermanentSinkError(name, "payload_mode=wal needs raw pgoutput bytes, which this version does not"
-                                           " keep; use wire or record_json")
+            raise PermanentSinkError(name, "payload_mode=wal is for HTTP destinations; IngestBatch takes wire or"
+                                           " record_json payloads")
         self.remote_flow = options.flow_id or flow_id
         self.remote_destination = options.destination or name
         self.metadata = (*((k.lower(), v) for k, v in options.headers.items()),

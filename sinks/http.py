@@ -9,8 +9,10 @@ What it sends, in WAL order, synchronously inside ``write`` (``method``, default
   single-change JSON object of :func:`operators.wire.record_json` (table, op, lsn,
   ordinal, commit_ts, xid, key, before, after, unchanged; events add ``tables`` and
   ``payload``), ``Content-Type: application/json``; ``format`` is ignored.
-- ``payload_mode=wal`` (raw pgoutput bytes) is refused when the sink is built:
-  batches of this version do not carry the raw messages.
+- ``payload_mode=wal``: one request per change, body = its pgoutput message
+  (Insert/Update/Delete/Truncate, protocol as negotiated) exactly as the walsender
+  sent it, Content-Type ``application/x-pgoutput`` (the source keeps the raw
+  messages only when a destination asks for them).
 
 Headers on every request: the configured ``headers``; ``X-Wallaby-Flow``;
 ``X-Wallaby-Table`` (``schema.table``, percent-encoded, so plain names stay as they
@@ -67,9 +69,10 @@ import urllib3
 from urllib3.util import parse_url
 
 from operators.wire import WireSegment, encode, record_json, segment_of
+from operators.wire.model import row_keys
 from sinks.base import PermanentSinkError, TransientSinkError, Writer, WriterSink
 from sinks.retry import Backoff
-from wallaby.changes import ChangeBatch, Position
+from wallaby.changes import LSN_COL, ORD_COL, WAL_COL, ChangeBatch, Event, Position, TableChanges
 from wallaby.errors import redact_dsn
 
 log = logging.getLogger("wallaby.sinks.http")
@@ -78,8 +81,7 @@ RETRY_STATUSES = frozenset({408, 429})  # and every 5xx
 RETRY_AFTER_CAP = 60.0  # seconds
 BODY_EXCERPT = 200
 _REDIRECT = " (redirects are not followed: set url to the final address)"
-WAL_REFUSED = ("payload_mode=wal needs raw pgoutput bytes, which this version does not keep;"
-               " use wire or record_json")
+WAL_CONTENT_TYPE = "application/x-pgoutput"
 
 
 def idempotency_key(table: str, key: Any, *positions: Position) -> str:
@@ -131,8 +133,6 @@ class _Request:
 
 class HTTPWriter(Writer):
     def __init__(self, name: str, flow_id: str, options: Any, resume_state: Any = None):
-        if options.payload_mode == "wal":
-            raise PermanentSinkError(name, WAL_REFUSED)
         self.name, self.flow_id, self.options = name, flow_id, options
         u = parse_url(options.url)
         self.display_url = safe_url(options.url)
@@ -155,6 +155,11 @@ class HTTPWriter(Writer):
     # -- building requests
 
     def _requests(self, batch: ChangeBatch) -> Iterator[_Request]:
+        if self.options.payload_mode == "wal":
+            for s in batch.segments:
+                if len(s):
+                    yield from self._wal(s)
+            return
         if self.options.payload_mode == "record_json":
             for s in batch.segments:
                 if len(s):
@@ -165,6 +170,26 @@ class HTTPWriter(Writer):
             first_key = record_json(seg.records[0], seg.columns, seg.table)["key"]
             yield _Request(p.data, p.content_type, p.format, p.table, p.first, p.last, p.rows,
                            idempotency_key(p.table, first_key, p.first, p.last))
+
+    def _wal(self, seg: TableChanges | Event) -> Iterator[_Request]:
+        """One request per change: its pgoutput message as the walsender sent it."""
+        if isinstance(seg, Event):
+            raw = seg.payload.get("wal")
+            if raw is None:
+                raise PermanentSinkError(self.name, "payload_mode=wal: this change carries no raw pgoutput message"
+                                                    " (it did not come from the Postgres source)")
+            table = seg.tables[0].qualified if len(seg.tables) == 1 else ""
+            yield _Request(raw, WAL_CONTENT_TYPE, "wal", table, seg.position, seg.position, 1,
+                           idempotency_key(table, None, seg.position))
+            return
+        if WAL_COL not in seg.rows.schema.names:
+            raise PermanentSinkError(self.name, "payload_mode=wal: the batch carries no raw pgoutput messages")
+        table = seg.table.qualified
+        raws = seg.rows.column(WAL_COL).to_pylist()
+        lsns, ords = seg.rows.column(LSN_COL).to_pylist(), seg.rows.column(ORD_COL).to_pylist()
+        for raw, lsn, ordinal, key in zip(raws, lsns, ords, row_keys(seg), strict=True):
+            pos = Position(lsn, ordinal)
+            yield _Request(raw, WAL_CONTENT_TYPE, "wal", table, pos, pos, 1, idempotency_key(table, key, pos))
 
     def _records(self, seg: WireSegment) -> Iterator[_Request]:
         for r in seg.records:
@@ -243,6 +268,4 @@ def _describe(exc: BaseException, timeout: float) -> str:
 
 def make_sink(name: str, flow_id: str, options: Any) -> WriterSink:
     """The destination of a flow spec (``wallaby.destination_options.HTTPDestinationOptions``)."""
-    if options.payload_mode == "wal":
-        raise PermanentSinkError(name, WAL_REFUSED)
     return WriterSink(name, lambda resume_state: HTTPWriter(name, flow_id, options, resume_state))

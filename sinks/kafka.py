@@ -34,9 +34,9 @@ import orjson
 import pyarrow as pa
 
 from operators.wire import WirePayload, encode_segment, segment_of
-from operators.wire.model import canonical
+from operators.wire.model import row_keys
 from sinks.base import PermanentSinkError, TransientSinkError, Writer, WriterSink
-from wallaby.changes import BEFORE_PREFIX, OP_COL, ChangeBatch, Event, TableChanges
+from wallaby.changes import ChangeBatch, Event, TableChanges
 from wallaby.errors import redact_dsn
 
 log = logging.getLogger("wallaby.sinks.kafka")
@@ -48,22 +48,6 @@ DELIVERY_TIMEOUT = float(os.environ.get("WALLABY_KAFKA_DELIVERY_TIMEOUT", "120")
 def key_hash(table: str, key: Any) -> int:
     return zlib.crc32(table.encode() + b"\x00" + orjson.dumps(key, default=str))
 
-
-def row_keys(seg: TableChanges) -> list[Any]:
-    """Each change's key values (canonical, as the wire records have them), from the key columns only: the old
-    key for deletes and for updates that carry one."""
-    rows, n = seg.rows, len(seg)
-    names = list(seg.table.key_names)
-    if not names:
-        return [None] * n
-    after = [canonical(rows.column(k)) for k in names]
-    before = [canonical(rows.column(BEFORE_PREFIX + k)) for k in names] if seg.has_before else None
-    ops = rows.column(OP_COL).to_pylist()
-    out = []
-    for r in range(n):
-        old = before is not None and (ops[r] == "delete" or any(col[r] is not None for col in before))
-        out.append([col[r] for col in (before if old else after)])
-    return out
 
 
 class KafkaWriter(Writer):

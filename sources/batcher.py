@@ -47,6 +47,7 @@ from wallaby.changes import (
     OP_MESSAGE,
     OP_TRUNCATE,
     OP_UPDATE,
+    WAL_COL,
     ZERO,
     ChangeBatch,
     Event,
@@ -104,13 +105,15 @@ class _Run:
 class Batcher:
     def __init__(self, flow_id: str, batch_size: int, resolve: Resolver, skip_to: Position = ZERO,
                  proto_version: int = 1, ddl_prefix: str | None = None,
-                 known: dict[int, TableSchema] | None = None, drift: bool = True):
+                 known: dict[int, TableSchema] | None = None, drift: bool = True, keep_wal: bool = False):
         self.flow_id = flow_id
         self.ddl_prefix = ddl_prefix  # logical messages with this prefix are captured DDL (sources/ddl_capture.py)
         # Last shape seen of each relation, kept by the caller across reconnects: a Relation message that
         # differs from it is schema drift.
         self.known: dict[int, TableSchema] = known if known is not None else {}
         self.drift = drift  # off when an event trigger captures the DDL itself
+        self.keep_wal = keep_wal  # add each change's raw pgoutput message (the __wal column)
+        self.current_raw = b""
         self.batch_size = batch_size
         self.resolve = resolve
         self.skip_to = skip_to
@@ -149,6 +152,7 @@ class Batcher:
         if kind == 85 or kind == 68 or kind == 73:  # 'U', 'D', 'I' (in a stream)
             self._row(payload)
             return
+        self.current_raw = payload  # for events that keep their raw message (keep_wal)
         msg = self.decoder.decode(payload)
         t = type(msg)
         if t is Begin:
@@ -264,6 +268,8 @@ class Batcher:
             self.open_runs.pop(r, None)
         tables = tuple(self.tables[r].schema for r in relids if r in self.tables)
         pos = Position(self.lsn, self.ordinal)
+        if self.keep_wal:
+            payload = {**payload, "wal": bytes(self.current_raw)}
         self.segments.append(Event(op, pos, self.commit_ts, self.xid, tables, payload))
         self.rows += 1
         self.last_lsn, self.last_ordinal = pos.lsn, pos.ordinal
@@ -287,7 +293,8 @@ class Batcher:
         """Everything held, as one ChangeBatch (None when nothing is held)."""
         if not self.rows:
             return None
-        segments = [s if isinstance(s, Event) else _build(s) for s in self.segments if isinstance(s, Event) or s.rows]
+        segments = [s if isinstance(s, Event) else _build(s, self.keep_wal)
+                    for s in self.segments if isinstance(s, Event) or s.rows]
         batch = ChangeBatch(self.flow_id, segments, Position(self.last_lsn, self.last_ordinal))
         self.segments = []
         self.open_runs = {}
@@ -295,7 +302,7 @@ class Batcher:
         return batch
 
 
-def _build(run: _Run) -> TableChanges:
+def _build(run: _Run, keep_wal: bool = False) -> TableChanges:
     state = run.state
     cols = state.schema.columns
     ncols = len(cols)
@@ -333,6 +340,9 @@ def _build(run: _Run) -> TableChanges:
             arr = _decode(before.values[i], state.types[i], state.schema, i)
             arrays.append(arr)
             fields.append(pa.field(BEFORE_PREFIX + cols[i].name, arr.type))
+    if keep_wal:  # the message a row came from: its after image's, else its before image's
+        arrays.append(pa.array([bytes((a or b)[0]) for a, b in zip(afters, befores, strict=True)], pa.binary()))
+        fields.append(pa.field(WAL_COL, pa.binary()))
     return TableChanges(state.schema, pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields)))
 
 

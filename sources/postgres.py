@@ -103,8 +103,9 @@ class PostgresSource(FixedPartitionedSource):
     def __init__(self, flow_id: str, options: Any, *, start_lsn: int | None = None,
                  max_empty_reads: int | None = None, checkpoints: CheckpointStore | None = None,
                  prepared: bool = False, stop_at_lsn: int | None = None, generation: int | None = None,
-                 ddl_policy: Any = None):
+                 ddl_policy: Any = None, keep_wal: bool = False):
         self.flow_id = flow_id
+        self.keep_wal = keep_wal  # a destination wants raw pgoutput messages (payload_mode=wal)
         self.ddl_policy = ddl_policy  # the flow's effective config.ddl (None: gate off)
         self.generation = generation  # the worker's generation in the flow store: fenced when it is no longer
         self.stop_at_lsn = stop_at_lsn  # stop once every change below this LSN is emitted (bench, run-once)
@@ -185,7 +186,7 @@ class _PostgresPartition(StatefulSourcePartition):
     def _open(self) -> None:
         self.batcher = Batcher(self.flow_id, self.opts.batch_size, self.resolver, self.position, self.proto_version,
                                ddl_prefix=self.opts.ddl_message_prefix, known=self.known_tables,
-                               drift=not self.opts.capture_ddl)
+                               drift=not self.opts.capture_ddl, keep_wal=self.src.keep_wal)
         self.stream = ReplicationStream(self.opts.dsn, self.opts.slot, self.opts.publication, self.proto_version,
                                         self.covered, self.flow_id)
         self.received = max(self.received, self.covered)

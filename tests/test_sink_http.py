@@ -209,9 +209,32 @@ def test_resume_state_skips_what_was_delivered(receiver):  # noqa: F811
     assert w2.commit()["delivered"] == 2 and len(receiver.requests) == 4 and receiver.duplicates == 0
 
 
-def test_wal_mode_is_refused_when_built():
-    with pytest.raises(PermanentSinkError, match="payload_mode=wal needs raw pgoutput bytes"):
-        make_sink("hook", FLOW, options("http://127.0.0.1:1/x", payload_mode="wal"))
+def test_wal_mode_sends_each_change_as_its_pgoutput_message(tmp_path, pgdb, receiver):  # noqa: F811
+    """payload_mode=wal: the worker keeps the raw messages; each request body is one decodable pgoutput message."""
+    from sources.pgoutput import Decoder, Delete, Insert, Truncate, Update
+
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE orders (id int PRIMARY KEY, note text)")
+    flow = _flow(tmp_path, pgdb, "walhook", receiver.url("/wal"))
+    data = json.loads(flow.read_text())
+    data["destinations"][0]["options"]["payload_mode"] = "wal"
+    flow.write_text(json.dumps(data))
+    assert _run_once(tmp_path, flow).returncode == 0
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("INSERT INTO orders VALUES (1, 'a'), (2, 'b')")
+        c.execute("UPDATE orders SET note = 'c' WHERE id = 1")
+        c.execute("DELETE FROM orders WHERE id = 2")
+        c.execute("TRUNCATE orders")
+    out = _run_once(tmp_path, flow)
+    assert out.returncode == 0, out.stderr[-3000:]
+    with receiver.lock:
+        got = sorted(receiver.accepted.values(), key=lambda r: r.headers["x-wallaby-position"])
+    assert {r.headers["content-type"] for r in got} == {"application/x-pgoutput"}
+    assert {r.headers["x-wallaby-format"] for r in got} == {"wal"}
+    decoder = Decoder(4)
+    kinds = [type(decoder.decode(r.body)) for r in got]
+    assert sorted(k.__name__ for k in kinds) == sorted(["Insert", "Insert", "Update", "Delete", "Truncate"])
+    assert all(k in (Insert, Update, Delete, Truncate) for k in kinds)
 
 
 # -- retries and errors ------------------------------------------------------------------------------------

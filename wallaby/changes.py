@@ -21,6 +21,9 @@ Row segments are Arrow record batches with these columns:
   carries a before image (old key for updates that change it and for deletes
   with the default replica identity; the whole old row with REPLICA IDENTITY
   FULL). All NULL for rows without one.
+- ``__wal`` (binary), only when a destination needs raw pgoutput
+  (``payload_mode=wal``): each change's Insert/Update/Delete message as the
+  walsender sent it.
 
 ``(__lsn, __ord)`` is a change's position: a total order within a slot,
 stable across restarts, because pgoutput's BEGIN names the final commit LSN.
@@ -48,6 +51,7 @@ TS_COL = "__ts"
 XID_COL = "__xid"
 UNCHANGED_COL = "__unchanged"
 BEFORE_PREFIX = "__before."
+WAL_COL = "__wal"  # the change's raw pgoutput message (binary); only when a destination asks for it
 META_COLS = (OP_COL, LSN_COL, ORD_COL, TS_COL, XID_COL, UNCHANGED_COL)
 
 META_FIELDS = (

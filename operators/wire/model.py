@@ -278,3 +278,20 @@ def normalized(rows: pa.RecordBatch) -> pa.RecordBatch:
         return rows
     schema = pa.schema([pa.field(f.name, plain_type(f.type), f.nullable) for f in rows.schema])
     return pa.RecordBatch.from_arrays([c.cast(plain_type(c.type)) for c in rows.columns], schema=schema)
+
+
+def row_keys(seg: TableChanges) -> list[Any]:
+    """Each change's key values (canonical, as the wire records have them), from the key columns only: the old
+    key for deletes and for updates that carry one."""
+    rows, n = seg.rows, len(seg)
+    names = list(seg.table.key_names)
+    if not names:
+        return [None] * n
+    after = [canonical(rows.column(k)) for k in names]
+    before = [canonical(rows.column(BEFORE_PREFIX + k)) for k in names] if seg.has_before else None
+    ops = rows.column(OP_COL).to_pylist()
+    out = []
+    for r in range(n):
+        old = before is not None and (ops[r] == "delete" or any(col[r] is not None for col in before))
+        out.append([col[r] for col in (before if old else after)])
+    return out
