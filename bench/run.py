@@ -19,8 +19,9 @@ bench/results/latest.json. wallaby's legs are timed from the first change to
 the last one handed over (source alone) or committed in DuckDB (end to end),
 leaving out the Python process start-up and the final checkpoint's wait (the
 whole run is recorded as ``seconds_with_startup``); pg_recvlogical and the SQL
-count are timed whole (their start-up is milliseconds). Targets: source alone >= 1.5x, end to end >= 1.0x,
-peak RSS < 400 MB.
+count are timed whole (their start-up is milliseconds). Beside each leg, the CPU share of the
+walsender serving it (100% = a whole core: the server sets the pace, not the client).
+Targets: source alone >= 1.5x, end to end >= 1.0x, peak RSS < 400 MB.
 
     python -m bench.run [--changes 1000000] [--profiles narrow,wide] [--batch-size 10000]
 """
@@ -32,6 +33,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -77,6 +79,51 @@ PROFILES = {
         "UPDATE bench SET amount = amount + 1, f0 = 'updated' WHERE id BETWEEN %s::bigint AND %s::bigint",
     ),
 }
+
+
+class WalsenderCPU:
+    """CPU time of the walsender serving ``slot`` while a leg runs (polled from another thread):
+    shows when the server, not the client, sets the pace."""
+
+    def __init__(self, dsn: str, slot: str):
+        self.dsn, self.slot = dsn, slot
+        self.cpu = 0.0
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> WalsenderCPU:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        proc = None
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            while proc is None and not self._stop.is_set():
+                row = c.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
+                                (self.slot,)).fetchone()
+                if row and row[0]:
+                    proc = psutil.Process(row[0])
+                else:
+                    time.sleep(0.005)
+        if proc is None:
+            return
+        try:
+            t0, c0 = time.perf_counter(), sum(proc.cpu_times()[:2])
+            while not self._stop.is_set():
+                self.cpu, self.seconds = sum(proc.cpu_times()[:2]) - c0, time.perf_counter() - t0
+                time.sleep(0.02)
+        except psutil.Error:  # the walsender ended with the leg
+            pass
+
+    @property
+    def share(self) -> float | None:
+        """Walsender CPU seconds per second of the leg (1.0 = a whole core)."""
+        return self.cpu / self.seconds if self.seconds > 0.2 else None
 
 
 class PeakRSS:
@@ -193,11 +240,12 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
           f" {time.perf_counter() - t0:.1f}s", flush=True)
     results: dict[str, dict] = {}
 
-    secs, rss, _ = run_measured([
-        pg.binary("pg_recvlogical"), "-d", dsn, "--slot", f"{profile}_recv", "--start", "-P", "pgoutput",
-        "-o", "proto_version=4", "-o", "publication_names=bench", "-E", stop, "-f", "/dev/null", "--no-loop",
-        "-s", "1"])
-    results["pg_recvlogical"] = {"seconds": secs, "peak_rss_mb": rss / 2**20}
+    with WalsenderCPU(dsn, f"{profile}_recv") as ws:
+        secs, rss, _ = run_measured([
+            pg.binary("pg_recvlogical"), "-d", dsn, "--slot", f"{profile}_recv", "--start", "-P", "pgoutput",
+            "-o", "proto_version=4", "-o", "publication_names=bench", "-E", stop, "-f", "/dev/null", "--no-loop",
+            "-s", "1"])
+    results["pg_recvlogical"] = {"seconds": secs, "peak_rss_mb": rss / 2**20, "walsender_cpu": ws.share}
 
     with psycopg.connect(dsn) as c:
         t = time.perf_counter()
@@ -211,11 +259,12 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
             topic = f"bench-{profile}-{slot}-{int(time.time())}"
             if sink == "kafka":
                 extra = [*extra, "--kafka-brokers", kafka or "", "--kafka-topic", topic]
-            _, rss, info = leg_wallaby(dsn, f"{profile}_{slot}", stop, sink, batch_size, Path(tmp), extra)
+            with WalsenderCPU(dsn, f"{profile}_{slot}") as ws:
+                _, rss, info = leg_wallaby(dsn, f"{profile}_{slot}", stop, sink, batch_size, Path(tmp), extra)
             if info["changes"] != changes:
                 raise RuntimeError(f"{leg}: saw {info['changes']} changes, expected {changes}")
             results[leg] = {"seconds": info["seconds"], "seconds_with_startup": info["seconds_with_startup"],
-                            "peak_rss_mb": rss / 2**20, "changes_seen": info["changes"]}
+                            "peak_rss_mb": rss / 2**20, "changes_seen": info["changes"], "walsender_cpu": ws.share}
             if sink == "kafka":
                 secs, n, size = kafka_direct(kafka or "", topic)
                 results[leg.replace("e2e_kafka_", "direct_kafka_")] = {"seconds": secs, "messages": n,
@@ -271,14 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / "latest.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     print("\n(x base: toast/meta legs to wallaby_e2e_duckdb; e2e_kafka_<format> to confluent-kafka producing"
           " the same messages, direct_kafka_<format>)")
-    print(f"{'profile':8} {'leg':24} {'changes/s':>12} {'x pg_recvlogical':>17} {'x base':>7} {'peak RSS MB':>12}")
+    print(f"{'profile':8} {'leg':24} {'changes/s':>12} {'x pg_recvlogical':>17} {'x base':>7} {'peak RSS MB':>12}"
+          f" {'walsender CPU':>14}")
     for profile, res in report["profiles"].items():
         for leg, r in res["legs"].items():
             rss = f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"
             vs = f"{r['ratio_to_e2e']:.2f}" if "ratio_to_e2e" in r else (
                 f"{r['ratio_to_direct_kafka']:.2f}" if "ratio_to_direct_kafka" in r else "-")
+            ws = f"{r['walsender_cpu']:.0%}" if r.get("walsender_cpu") is not None else "-"
             print(f"{profile:8} {leg:24} {r['changes_per_s']:12,.0f} {r['ratio_to_pg_recvlogical']:17.2f} {vs:>7}"
-                  f" {rss:>12}")
+                  f" {rss:>12} {ws:>14}")
     print(f"\nwritten to {(RESULTS / 'latest.json').relative_to(ROOT)}")
     return 0
 

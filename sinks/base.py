@@ -23,6 +23,7 @@ from typing import Any
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from wallaby.changes import ChangeBatch
+from wallaby.runtime import release_memory, tune_memory
 
 log = logging.getLogger("wallaby.sinks")
 
@@ -73,7 +74,9 @@ class _WriterPartition(StatefulSinkPartition):
             self._writer.write(batch)
 
     def snapshot(self) -> Any:
-        return self._writer.commit()
+        state = self._writer.commit()
+        release_memory()  # the epoch's buffers are freed: hand their pages back
+        return state
 
     def close(self) -> None:
         self._writer.close()
@@ -93,6 +96,7 @@ class WriterSink(FixedPartitionedSink):
         return 0
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _WriterPartition:
+        tune_memory()
         return _WriterPartition(self.new_writer(resume_state))
 
     def new_writer(self, resume_state: Any = None) -> Writer:

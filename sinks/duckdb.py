@@ -23,8 +23,10 @@ Delivery (exactly once)
     table's buffered changes with a handful of set-based statements, upserts
     the high-water position into ``main.__wallaby_state`` and commits. When the
     buffer passes ``max_buffer_rows`` / ``max_buffer_bytes`` it is applied early
-    inside the same still-open transaction, so memory stays bounded and the
-    epoch still becomes visible at once. On start the writer reads the stored
+    inside the still-open transaction, and once a transaction holds
+    ``max_tx_bytes`` of changes it is committed early (with the high-water
+    position of what it holds), so memory stays bounded while a backlog is
+    caught up; an epoch may then become visible in parts. On start the writer reads the stored
     high-water and skips every change at or below it (a replay after a crash
     between the DuckDB commit and bytewax's recovery commit).
 
@@ -121,12 +123,21 @@ from wallaby.changes import (
 
 log = logging.getLogger("wallaby.sinks.duckdb")
 
-# DuckDB's own memory cap for file databases (it spills to disk beyond it for most operations;
-# DuckDB's default is 80% of RAM). Measured with `make bench` (one worker catching up a backlog):
-# narrow rows peak at ~370 MB RSS with 64MB, ~410 MB with 128MB, ~510 MB with 256MB; but the
-# wide (~5 KB) rows run out of memory at 64MB (some of DuckDB's operators cannot spill). 256MB
-# is the safe default; lower it with WALLABY_DUCKDB_MEMORY_LIMIT where rows are narrow.
-DUCKDB_MEMORY_LIMIT = os.environ.get("WALLABY_DUCKDB_MEMORY_LIMIT", "256MB")
+# DuckDB's own memory cap for file databases (it spills to its .tmp directory beyond it for most
+# operations; DuckDB's default is 80% of RAM). Measured with the benchmark (one worker catching up
+# 1M narrow changes, batches of at most 8 MiB from the source, transactions of at most
+# DUCKDB_MAX_TX_BYTES): peak RSS 358 MB with 64MB, 408 MB with 128MB, same rate; wide (~5 KB)
+# rows: 429 MB with 64MB (they needed more than 64MB when a batch was 10000 rows of any size).
+# Raise it with WALLABY_DUCKDB_MEMORY_LIMIT for very large values or many tables per epoch.
+DUCKDB_MEMORY_LIMIT = os.environ.get("WALLABY_DUCKDB_MEMORY_LIMIT", "64MB")
+# Changes applied in one DuckDB transaction before it is committed, even mid-epoch. DuckDB holds a
+# transaction's new rows in memory until COMMIT; an epoch of a catching-up worker can be hundreds of
+# MB. Committing early is safe: the high-water position is stored in the same transaction, so a replay
+# after a crash skips what was committed (the slot is still confirmed only at the epoch's snapshot).
+# Measured (1M narrow changes): peak RSS 413 -> 358 MB with the allocator settings of
+# wallaby/runtime.py; 200k wide changes 850-920 -> 429 MB and 13.8k -> 19k changes/s.
+# WALLABY_DUCKDB_MAX_TX_BYTES sets it (0: one transaction per epoch).
+DUCKDB_MAX_TX_BYTES = int(os.environ.get("WALLABY_DUCKDB_MAX_TX_BYTES", str(32 << 20)) or 0) or (1 << 62)
 # DuckDB checkpoints (rewrites its log into the table file, compressing every column) when the log
 # passes checkpoint_threshold, default 16MB: an epoch of wide rows writes more than that, so every
 # commit checkpointed and wrote the data twice. Measured (100k ~5 KB rows): COMMIT was 85-90% of the
@@ -404,7 +415,8 @@ class DuckDBWriter(Writer):
         resume_state: Any = None,
         *,
         max_buffer_rows: int = 200_000,
-        max_buffer_bytes: int = 64 << 20,
+        max_buffer_bytes: int = 16 << 20,
+        max_tx_bytes: int = DUCKDB_MAX_TX_BYTES,
     ):
         if not isinstance(options, DuckDBOptions):
             options = DuckDBOptions.model_validate(options)
@@ -420,6 +432,8 @@ class DuckDBWriter(Writer):
         self._buffered_rows = 0
         self._buffered_bytes = 0
         self._tx = False
+        self._tx_bytes = 0  # changes applied in the open transaction
+        self.max_tx_bytes = max_tx_bytes
         self._tables: dict[tuple[str, str], _DestTable] = {}
         self._meta_seen: dict[tuple[str, str, str, str], tuple[int, str]] = {}
         self._warned: set[tuple[tuple[str, str], str, str]] = set()
@@ -488,7 +502,11 @@ class DuckDBWriter(Writer):
                 self._take_event(seg)
         self._high = batch.position
         if self._buffered_rows >= self.max_buffer_rows or self._buffered_bytes >= self.max_buffer_bytes:
+            applied = self._buffered_bytes
             self._apply_pending()
+            self._tx_bytes += applied
+            if self._tx_bytes >= self.max_tx_bytes:
+                self.commit()
 
     def commit(self) -> dict[str, int] | None:
         self._check_usable()
@@ -506,6 +524,7 @@ class DuckDBWriter(Writer):
         if self._tx:
             self._run(None, "COMMIT")
             self._tx = False
+            self._tx_bytes = 0
             self._stored = self._high
         if self._stored == ZERO:
             return None

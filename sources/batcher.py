@@ -14,6 +14,7 @@ change exactly once.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,13 @@ from wallaby.changes import (
 log = logging.getLogger("wallaby.source")
 
 _U32 = struct.Struct(">I")
+
+# A batch is taken at ``batch_size`` changes or once its row messages reach this many bytes,
+# whichever comes first: wide rows (or big TOASTed values) would otherwise make one batch of
+# batch_size rows hundreds of MB, held several times over (messages, parsed buffer, decoded
+# columns, a batch queued ahead). 8 MiB is ~40k narrow rows (batch_size decides there) or
+# ~1600 rows of 5 KB. WALLABY_SOURCE_BATCH_BYTES overrides it.
+MAX_BATCH_BYTES = int(os.environ.get("WALLABY_SOURCE_BATCH_BYTES", str(8 << 20)))
 
 
 @dataclass
@@ -123,6 +131,8 @@ class Batcher:
         self.segments: list[_Run | Event] = []
         self.open_runs: dict[int, _Run] = {}
         self.rows = 0  # changes held, not yet taken
+        self.bytes = 0  # size of the messages of the changes held
+        self.max_bytes = MAX_BATCH_BYTES
         # transaction context
         self.in_txn = False
         self.lsn = 0
@@ -145,6 +155,7 @@ class Batcher:
             run = self.open_runs.get(relid) or self._run_for(relid)
             run.rows.append((OP_INSERT, self.lsn, self.ordinal, self.commit_ts, self.xid, (payload, 6), None))
             self.rows += 1
+            self.bytes += len(payload)
             self.last_lsn = self.lsn
             self.last_ordinal = self.ordinal
             return
@@ -242,6 +253,7 @@ class Batcher:
         """An update or delete (or an insert inside a stream): keep the raw images, parsed per batch."""
         if not self._next_ordinal():
             return
+        self.bytes += len(payload)
         kind = payload[0]
         pos = 5 if self.decoder.in_stream else 1
         relid = _U32.unpack_from(payload, pos)[0]
@@ -287,7 +299,7 @@ class Batcher:
 
     # -- taking ---------------------------------------------------------------------------
     def full(self) -> bool:
-        return self.rows >= self.batch_size
+        return self.rows >= self.batch_size or self.bytes >= self.max_bytes
 
     def take(self) -> ChangeBatch | None:
         """Everything held, as one ChangeBatch (None when nothing is held)."""
@@ -299,6 +311,7 @@ class Batcher:
         self.segments = []
         self.open_runs = {}
         self.rows = 0
+        self.bytes = 0
         return batch
 
 

@@ -25,13 +25,14 @@ from sources import pgtypes
 from sources.batcher import Batcher, TableState
 from sources.connection import connect, is_transient, server_name
 from sources.ddl_gate import DROP, HOLD, POLL_SECONDS, DDLGate
-from sources.pgoutput import DecodeError, Relation, TypeInfo, decode_copy_data
+from sources.pgoutput import DecodeError, Relation, TypeInfo
+from sources.reader import StreamReader, drain
 from sources.replication import ReplicationStream, StreamClosed
 from sources.setup import prepare_source, proto_version_for
 from wallaby.changes import OP_DDL, ZERO, ChangeBatch, Column, Event, Position, TableSchema, format_lsn
 from wallaby.checkpoints import Checkpoint, CheckpointStore
 from wallaby.errors import SourceError
-from wallaby.runtime import STOP, tune_gc
+from wallaby.runtime import STOP, tune_gc, tune_memory
 from wallaby.spec import DDLPolicy
 
 log = logging.getLogger("wallaby.source")
@@ -42,6 +43,8 @@ BACKOFF_MAX = 30.0
 # How long an idle partition sleeps between polls. Short enough that a new
 # change is picked up within a few ms, long enough not to spin a core.
 IDLE_POLL = 0.005
+# Batches (or covered-LSN updates) one next_batch takes from the reader at most.
+DRAIN_ITEMS = 4
 
 
 class TypeResolver:
@@ -120,6 +123,7 @@ class PostgresSource(FixedPartitionedSource):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _PostgresPartition:
         tune_gc()
+        tune_memory()
         return _PostgresPartition(self, resume_state)
 
 
@@ -167,15 +171,11 @@ class _PostgresPartition(StatefulSourcePartition):
         self.gate = DDLGate(self.flow_id, src.ddl_policy or DDLPolicy(gate=False), flows)
         self.held: Event | None = None  # a ddl event the gate holds the flow at
         self.held_check = 0.0
-        self.batcher: Batcher | None = None
-        self.stream: ReplicationStream | None = None
+        self.reader: StreamReader | None = None  # reads and decodes the stream on its own thread
         self.backoff = BACKOFF_FIRST
         self.reconnect_at = 0.0
-        self.received = covered
-        self.last_status = 0.0
-        self.first_held_at: float | None = None
         self.empty_reads = 0
-        self.last_activity = time.monotonic()
+        self.last_empty = time.monotonic()
         self.done = False  # max-empty-reads reached: drain, confirm, stop
         self.done_snapshotted = False
         self.next_wake: datetime | None = None
@@ -184,30 +184,34 @@ class _PostgresPartition(StatefulSourcePartition):
 
     # -- connection -----------------------------------------------------------------------
     def _open(self) -> None:
-        self.batcher = Batcher(self.flow_id, self.opts.batch_size, self.resolver, self.position, self.proto_version,
-                               ddl_prefix=self.opts.ddl_message_prefix, known=self.known_tables,
-                               drift=not self.opts.capture_ddl, keep_wal=self.src.keep_wal)
-        self.stream = ReplicationStream(self.opts.dsn, self.opts.slot, self.opts.publication, self.proto_version,
-                                        self.covered, self.flow_id)
-        self.received = max(self.received, self.covered)
-        self.last_status = 0.0
+        batcher = Batcher(self.flow_id, self.opts.batch_size, self.resolver, self.position, self.proto_version,
+                          ddl_prefix=self.opts.ddl_message_prefix, known=self.known_tables,
+                          drift=not self.opts.capture_ddl, keep_wal=self.src.keep_wal)
+        stream = ReplicationStream(self.opts.dsn, self.opts.slot, self.opts.publication, self.proto_version,
+                                   self.covered, self.flow_id)
+        self.reader = StreamReader(stream, batcher, covered=self.covered, confirmed=self.confirmed,
+                                   status_interval=self.opts.status_interval, batch_timeout=self.opts.batch_timeout,
+                                   stop_at_lsn=self.src.stop_at_lsn, name=self.opts.slot)
+        self.reader.start()
         log.info("source %s: streaming from %s (protocol %d)", self.opts.slot, format_lsn(self.covered),
                  self.proto_version, extra={"flow": self.flow_id})
 
+    def _stop_reader(self) -> None:
+        """Stop reading: what the reader built but was not emitted is read again from ``covered``."""
+        if self.reader is not None:
+            self.reader.stop()
+            self.reader = None
+
     def _lost(self, exc: Exception) -> None:
         """The stream broke: drop what was not emitted; it will be sent again from `covered`."""
-        if self.stream is not None:
-            self.stream.close()
-        self.stream = None
-        self.batcher = None
-        self.first_held_at = None
+        self._stop_reader()
         self.reconnect_at = time.monotonic() + self.backoff
         log.warning("source %s: %s; reconnecting in %.1fs", self.opts.slot, exc, self.backoff,
                     extra={"flow": self.flow_id})
         self.backoff = min(self.backoff * 2, BACKOFF_MAX)
 
     def _ensure_stream(self) -> bool:
-        if self.stream is not None:
+        if self.reader is not None:
             return True
         if time.monotonic() < self.reconnect_at:
             return False
@@ -226,11 +230,6 @@ class _PostgresPartition(StatefulSourcePartition):
             raise
 
     # -- status -------------------------------------------------------------------------
-    def _send_status(self, reply: bool = False) -> None:
-        assert self.stream is not None
-        self.stream.send_status(self.received, self.confirmed, self.confirmed, reply)
-        self.last_status = time.monotonic()
-
     def _fence(self) -> None:
         """Stop here if a newer worker of this flow took over (before the slot or the checkpoint moves)."""
         if self.src.generation is not None and self.src.checkpoints is not None:
@@ -241,11 +240,8 @@ class _PostgresPartition(StatefulSourcePartition):
         if lsn <= self.confirmed:
             return
         self.confirmed = lsn
-        if self.stream is not None:
-            try:
-                self._send_status()
-            except StreamClosed as exc:
-                self._lost(exc)
+        if self.reader is not None:
+            self.reader.confirmed = lsn  # the reader reports it to the server at once
         if self.src.checkpoints is not None:
             self.src.checkpoints.put(Checkpoint(self.flow_id, self.opts.slot, lsn, self.snapshot_position,
                                                 time.time()), generation=self.src.generation)
@@ -271,78 +267,57 @@ class _PostgresPartition(StatefulSourcePartition):
             self._pause(max(0.0, self.reconnect_at - time.monotonic()))
             return []
         before = self.position
-        try:
-            out = self._pump()
-            if any(isinstance(s, Event) and s.op == OP_DDL for _, b in out for s in b.segments):
-                out = self._gate(out, before)
-        except StreamClosed as exc:
-            self._lost(exc)
-            return []
-        except DecodeError as exc:
-            raise SourceError(f"cannot decode the replication stream of slot {self.opts.slot!r}: {exc}",
-                              server=self.server) from exc
-        self.backoff = BACKOFF_FIRST
+        out: list[tuple[str, ChangeBatch]] = []
+        reader = self.reader
+        assert reader is not None
+
+        def on_batch(batch: ChangeBatch, covered: int) -> None:
+            out.append((self.flow_id, batch))
+            self.position = batch.position
+            self.covered = max(self.covered, covered)
+
+        def on_covered(covered: int) -> None:
+            self.covered = max(self.covered, covered)
+
+        err = drain(reader, DRAIN_ITEMS, IDLE_POLL, on_batch, on_covered)
+        if any(isinstance(s, Event) and s.op == OP_DDL for _, b in out for s in b.segments):
+            out = self._gate(out, before)
+        if err is not None and self.reader is not None:
+            if isinstance(err, StreamClosed):
+                self._lost(err)
+            elif isinstance(err, DecodeError):
+                raise SourceError(f"cannot decode the replication stream of slot {self.opts.slot!r}: {err}",
+                                  server=self.server) from err
+            else:
+                raise err
+        elif out:
+            self.backoff = BACKOFF_FIRST
+        self._after_drain(out)
         return out
 
-    def _pump(self) -> list[tuple[str, ChangeBatch]]:
-        stream, batcher = self.stream, self.batcher
-        assert stream is not None and batcher is not None
-        out: list[tuple[str, ChangeBatch]] = []
+    def _after_drain(self, out: list[tuple[str, ChangeBatch]]) -> None:
         now = time.monotonic()
-        msgs = stream.read()
-        if not msgs and not batcher.rows and stream.wait_readable(IDLE_POLL):
-            # Nothing yet: wait briefly on the socket instead of sleeping blind, so a change that
-            # arrives now is read now (bounded: the worker thread also runs the sinks).
-            msgs = stream.read()
-        reply = False
-        for raw in msgs:
-            kind = raw[0]
-            if kind == 119:  # 'w' XLogData
-                payload = bytes(raw[25:])
-                batcher.feed(payload)
-                if batcher.rows and self.first_held_at is None:
-                    self.first_held_at = now
-                if batcher.full():
-                    out.append(self._take())
-            elif kind == 107:  # 'k' keepalive (rare: the shared framing decoder is fine here)
-                ka = decode_copy_data(bytes(raw))
-                end = ka.end_lsn
-                if end > self.received:
-                    self.received = end
-                if ka.reply_requested:
-                    reply = True
-                # Idle: nothing open, nothing held, every commit emitted -> WAL up to here is covered.
-                if not batcher.in_txn and not batcher.rows and end > self.covered:
-                    self.covered = end
-        if msgs:
-            self.last_activity = now
-        held_too_long = self.first_held_at is not None and now - self.first_held_at >= self.opts.batch_timeout
-        if batcher.rows and (held_too_long or not msgs):
-            # Caught up with the stream (or batch_timeout passed): emit what we hold.
-            if held_too_long or not batcher.in_txn:
-                out.append(self._take())
-        if not batcher.in_txn and not batcher.rows:
-            self.covered = max(self.covered, batcher.last_commit_end)
-            if self.src.stop_at_lsn is not None and self.covered >= self.src.stop_at_lsn and not self.done:
-                log.info("source %s: reached %s, stopping after the final checkpoint", self.opts.slot,
-                         format_lsn(self.src.stop_at_lsn), extra={"flow": self.flow_id})
-                self.done = True
-        stopping_soon = (self.src.stop_at_lsn is not None and not msgs and self.covered < self.src.stop_at_lsn
-                         and now - self.last_status >= 0.05)
-        if reply or stopping_soon or now - self.last_status >= self.opts.status_interval:
-            # Ask for a reply so an idle server tells us its WAL end: that lets the slot advance.
-            self._send_status(reply=not reply)
-        if out:
+        if self.src.stop_at_lsn is not None and self.covered >= self.src.stop_at_lsn and not self.done:
+            log.info("source %s: reached %s, stopping after the final checkpoint", self.opts.slot,
+                     format_lsn(self.src.stop_at_lsn), extra={"flow": self.flow_id})
+            self.done = True
+        self._pause(0)
+        if out or self.reader is None:
             self.empty_reads = 0
-            self._pause(0)
-        elif not msgs:
-            self._count_empty(now)
-            self._pause(IDLE_POLL if batcher.rows else 0)
-        else:
-            self._pause(0)
-        if self.opts.emit_empty and not out and not msgs and self._empty_due(now):
+            return
+        idle_since = max(self.reader.last_activity, self.last_empty)
+        if now - idle_since < self.opts.batch_timeout:
+            return
+        # An empty read: a whole batch_timeout with nothing new from the server.
+        self.last_empty = now
+        if self.opts.emit_empty:
             out.append((self.flow_id, ChangeBatch(self.flow_id, [], self.position)))
-        return out
+        if self.src.max_empty_reads is not None:
+            self.empty_reads += 1
+            if self.empty_reads >= self.src.max_empty_reads and not self.reader.holding:
+                log.info("source %s: %d empty reads, stopping after the final checkpoint", self.opts.slot,
+                         self.empty_reads, extra={"flow": self.flow_id})
+                self.done = True
 
     # -- DDL gate ---------------------------------------------------------------------------
     def _gate(self, out: list[tuple[str, ChangeBatch]], before: Position) -> list[tuple[str, ChangeBatch]]:
@@ -375,9 +350,7 @@ class _PostgresPartition(StatefulSourcePartition):
         self.held, self.held_check = ev, time.monotonic()
         self.position = last
         self.covered = min(self.covered, ev.position.lsn)  # below the DDL's commit: all emitted
-        if self.stream is not None:
-            self.stream.close()
-        self.stream, self.batcher, self.first_held_at = None, None, None
+        self._stop_reader()
         log.warning("source %s: holding at %s for a DDL awaiting approval", self.opts.slot, ev.position,
                     extra={"flow": self.flow_id})
 
@@ -397,31 +370,6 @@ class _PostgresPartition(StatefulSourcePartition):
         self.held = None
         return True
 
-    def _take(self) -> tuple[str, ChangeBatch]:
-        assert self.batcher is not None
-        batch = self.batcher.take()
-        assert batch is not None
-        self.position = batch.position
-        # Every COMMIT seen so far is now fully emitted (an open transaction is not).
-        self.covered = max(self.covered, self.batcher.last_commit_end)
-        self.first_held_at = None
-        return (self.flow_id, batch)
-
-    def _empty_due(self, now: float) -> bool:
-        return now - self.last_activity >= self.opts.batch_timeout
-
-    def _count_empty(self, now: float) -> None:
-        """An empty read: a whole batch_timeout with nothing new from the server."""
-        if self.src.max_empty_reads is None:
-            return
-        if now - self.last_activity >= self.opts.batch_timeout:
-            self.empty_reads += 1
-            self.last_activity = now
-            if self.empty_reads >= self.src.max_empty_reads and not (self.batcher and self.batcher.rows):
-                log.info("source %s: %d empty reads, stopping after the final checkpoint", self.opts.slot,
-                         self.empty_reads, extra={"flow": self.flow_id})
-                self.done = True
-
     def _pause(self, seconds: float) -> None:
         self.next_wake = datetime.now(UTC) + timedelta(seconds=seconds) if seconds > 0 else None
 
@@ -436,9 +384,7 @@ class _PostgresPartition(StatefulSourcePartition):
         return {"position": self.position.to_state(), "covered": self.covered}
 
     def close(self) -> None:
-        if self.stream is not None:
-            self.stream.close()
-            self.stream = None
+        self._stop_reader()
         self.resolver.close()
 
 

@@ -39,9 +39,11 @@ USERS = table("users", [col("id", "int4", key=True), col("name", "text"), col("b
 
 
 def make(
-    dsn: str | Path = ":memory:", name: str = "duck", flow: str = "flow1", max_buffer_rows: int = 200_000, **opts
+    dsn: str | Path = ":memory:", name: str = "duck", flow: str = "flow1", max_buffer_rows: int = 200_000,
+    max_tx_bytes: int = 1 << 62, **opts
 ) -> DuckDBWriter:
-    return DuckDBWriter(name, flow, DuckDBOptions(dsn=str(dsn), **opts), max_buffer_rows=max_buffer_rows)
+    return DuckDBWriter(name, flow, DuckDBOptions(dsn=str(dsn), **opts), max_buffer_rows=max_buffer_rows,
+                        max_tx_bytes=max_tx_bytes)
 
 
 def rows(w: DuckDBWriter, sql: str) -> list[tuple]:
@@ -450,6 +452,26 @@ def test_crash_before_commit_leaves_nothing(tmp_path):
     assert users(w) == [(1, "a", "A")]
     assert apply(w, first, second) == {"lsn": s.last.lsn, "ordinal": s.last.ordinal}
     assert users(w) == [(1, "a2", "A"), (2, "b", "B")]
+
+
+def test_big_transaction_is_committed_early_and_replays_exactly_once(tmp_path):
+    """Past max_tx_bytes the open transaction commits mid-epoch with its high-water; a crash after that (before the
+    epoch's commit) replays the whole epoch without duplicating what was committed early."""
+    dsn = tmp_path / "w.duckdb"
+    s = Stream()
+    batches = [s.batch(s.rows(USERS, ins(id=i, name=f"n{i}", big="x" * 100))) for i in range(1, 6)]
+    batches.append(s.batch(s.rows(USERS, upd({"id": 1, "name": "changed", "big": "x" * 100}), dele(id=2))))
+    w = make(dsn, max_buffer_rows=1, max_tx_bytes=1)  # every early apply is committed at once
+    for b in batches[:4]:
+        w.write(b)
+    assert w.high_water == batches[3].position  # durable in DuckDB although commit() was not called
+    w.close()  # the worker dies mid-epoch; the source resumes from its last snapshot (before batch 1)
+    w = make(dsn, max_buffer_rows=1, max_tx_bytes=1)
+    assert w.high_water == batches[3].position
+    state = apply(w, *batches)
+    assert state == {"lsn": s.last.lsn, "ordinal": s.last.ordinal}
+    assert [(i, n) for i, n, _ in users(w)] == [(1, "changed"), (3, "n3"), (4, "n4"), (5, "n5")]
+    assert w.stats["skipped_rows"] == 4
 
 
 def test_commit_without_data():
@@ -878,14 +900,15 @@ def test_property_keyed_history_matches_model(data):
     ops, model = data.draw(keyed_histories())
     batches = _feed(data.draw, ops, KV, Stream())
     cap = data.draw(st.sampled_from([1, 3, 200_000]))
+    tx_cap = data.draw(st.sampled_from([1, 1 << 62]))  # early commits of the open transaction, or none
     crash_at = data.draw(st.integers(0, len(batches)))
     with tempfile.TemporaryDirectory() as tmp:
         dsn = Path(tmp) / "p.duckdb"
-        w = make(dsn, max_buffer_rows=cap)
+        w = make(dsn, max_buffer_rows=cap, max_tx_bytes=tx_cap)
         for i, (b, end_epoch) in enumerate(batches):
             if i == crash_at:  # die without committing, restart and replay everything from the start
                 w.close()
-                w = make(dsn, max_buffer_rows=cap)
+                w = make(dsn, max_buffer_rows=cap, max_tx_bytes=tx_cap)
                 for b2, end2 in batches[:i]:
                     w.write(b2)
                     if end2:
@@ -940,7 +963,8 @@ FULL2 = table("bag", [col("a", "int4", key=True), col("b", "text", key=True)], r
 @given(st.data())
 def test_property_replica_identity_full_matches_multiset(data):
     ops, bag = data.draw(full_histories())
-    w = make(max_buffer_rows=data.draw(st.sampled_from([2, 200_000])))
+    w = make(max_buffer_rows=data.draw(st.sampled_from([2, 200_000])),
+             max_tx_bytes=data.draw(st.sampled_from([1, 1 << 62])))
     for b, end_epoch in _feed(data.draw, ops, FULL2, Stream()):
         w.write(b)
         if end_epoch:

@@ -122,6 +122,44 @@ def test_walsender_terminated_mid_stream_reconnects_and_loses_nothing(db):
     part.close()
 
 
+def _walsender(dsn: str) -> int | None:
+    with psycopg.connect(dsn) as c:
+        return c.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'wallaby_t'").fetchone()[0]
+
+
+def test_reader_keeps_the_walsender_alive_while_nobody_takes_batches(db):
+    """The reader decodes ahead into a short queue. While the worker does not take batches (a destination busy for
+    longer than wal_sender_timeout), it reads nothing but must still answer, or the server drops the connection."""
+    dsn = db + ("&" if "?" in db else "?") + "options=-c%20wal_sender_timeout%3D2000"
+    spec = flow_spec(dsn, source={"publication_tables": "public.items", "batch_size": "50",
+                                  "status_interval": "10s"})
+    part = source_part(spec)
+    sql(db, "INSERT INTO items SELECT g, 'x', g FROM generate_series(1, 2000) g")
+    got = drain(part, until_rows=1)
+    walsender = _walsender(db)
+    assert walsender is not None
+    time.sleep(6)  # three wal_sender_timeouts with the queue full
+    got += drain(part, until_rows=2000 - sum(len(b) for b in got))
+    assert [r["id"] for r in rows_of(got)] == list(range(1, 2001))
+    assert _walsender(db) == walsender  # the same connection: never timed out, never reconnected
+    part.close()
+
+
+def test_batches_are_capped_by_bytes_as_well_as_rows(db, monkeypatch):
+    """Wide rows make a batch of batch_size rows huge: a batch is also taken at MAX_BATCH_BYTES of messages."""
+    import sources.batcher
+
+    monkeypatch.setattr(sources.batcher, "MAX_BATCH_BYTES", 100_000)
+    spec = flow_spec(db, source={"publication_tables": "public.items", "batch_size": "10000"})
+    part = source_part(spec)
+    sql(db, "INSERT INTO items SELECT g, repeat(md5(g::text), 320), g FROM generate_series(1, 300) g")  # ~10 KB
+    got = drain(part, until_rows=300)
+    assert [r["id"] for r in rows_of(got)] == list(range(1, 301))
+    assert max(len(b) for b in got) <= 10  # 10 rows of ~10 KB reach 100 kB
+    assert len(got) >= 30
+    part.close()
+
+
 def test_start_lsn_before_the_slot_is_a_clear_error(db):
     spec = flow_spec(db, source={"publication_tables": "public.items"})
     prepare_source(spec.source_options(), spec.id)
