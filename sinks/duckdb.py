@@ -227,6 +227,11 @@ class DuckDBOptions(BaseModel):
     staging_table: str | None = None
     staging_suffix: str = "_staging"
     meta_table_enabled: bool = True
+    drop_columns: bool = Field(
+        default=False,
+        description="drop a DuckDB column when its source column is dropped (after the changes that still carried"
+        " it); default: keep it, later rows get NULL",
+    )
     type_mappings: dict[str, str] | None = Field(
         default=None, description="postgres type -> DuckDB type overrides (a map, or JSON / YAML text)"
     )
@@ -388,6 +393,7 @@ class _Pending:
     table: TableSchema  # latest version seen
     truncate: bool = False  # target mode: empty the table before applying items
     items: list[TableChanges | _TruncateMark] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)  # drop_columns: source columns to drop after the apply
 
 
 @dataclass(slots=True)
@@ -436,6 +442,7 @@ class DuckDBWriter(Writer):
         self.max_tx_bytes = max_tx_bytes
         self._tables: dict[tuple[str, str], _DestTable] = {}
         self._meta_seen: dict[tuple[str, str, str, str], tuple[int, str]] = {}
+        self._source_cols: dict[tuple[str, str], list[str]] = {}  # dest -> source columns of the last apply
         self._warned: set[tuple[tuple[str, str], str, str]] = set()
         self._failed: str | None = None
         self.stats = {"applied_rows": 0, "skipped_rows": 0, "applies": 0}
@@ -620,6 +627,7 @@ class DuckDBWriter(Writer):
                 pass
             self._tx = False
         self._tables.clear()
+        self._source_cols.clear()
         self._meta_seen.clear()
         self._pending.clear()
         prefix = f"table {where}: " if where else ""
@@ -682,6 +690,12 @@ class DuckDBWriter(Writer):
         return f"a value does not fit its DuckDB column type (map the type with type_mappings): {detail}"
 
     def _apply_table(self, p: _Pending) -> None:
+        self._apply_rows(p)
+        if p.gone:
+            self._drop_gone(p)
+        self._source_cols[p.dest] = [c.name for c in p.table.columns]
+
+    def _apply_rows(self, p: _Pending) -> None:
         segs = [i for i in p.items if isinstance(i, TableChanges)]
         columns = self._columns_of(p.table, segs)
         dest = self._ensure_table(p, columns)
@@ -702,6 +716,28 @@ class DuckDBWriter(Writer):
             self._apply_keyed(qt, src, columns, dest, table.key_names)
         else:
             self._apply_keyless(qt, src, columns, dest)
+
+    def _drop_gone(self, p: _Pending) -> None:
+        """drop_columns: drop the columns the source dropped, once the changes that still carried them are in."""
+        qt = f"{q(p.dest[0])}.{q(p.dest[1])}"
+        for name in p.gone:
+            self._con.execute(f"ALTER TABLE {qt} DROP COLUMN IF EXISTS {q(name)}")
+            log.info("destination %r: %s.%s dropped (dropped at the source; drop_columns=true)", self.name, qt,
+                     name, extra={"flow": self.flow_id})
+        dest = self._load_dest(p.dest)
+        assert dest is not None
+        self._tables[p.dest] = dest
+
+    def _previous_source_columns(self, p: _Pending) -> list[str] | None:
+        """The source columns of the table's last applied shape: this writer's, else the meta table's."""
+        known = self._source_cols.get(p.dest)
+        if known is not None or not self.options.meta_table_enabled:
+            return known
+        row = self._con.execute(
+            f"SELECT columns_json FROM {META_TABLE} WHERE flow_id = ? AND source_schema = ? AND source_table = ?"
+            " AND dest_schema = ? AND dest_table = ?", [self.flow_id, p.table.schema, p.table.name, *p.dest],
+        ).fetchone()
+        return [c["name"] for c in json.loads(row[0])] if row else None
 
     # -- tables and schema evolution
 
@@ -745,7 +781,13 @@ class DuckDBWriter(Writer):
             dest = self._load_dest(p.dest)
             assert dest is not None
             changed = True
+            if self.options.drop_columns:  # created from older shapes too: drop what the latest one lacks
+                now = {c.name for c in p.table.columns}
+                p.gone = [c for c in columns if c not in now]
         else:
+            if self.options.drop_columns:
+                now = {c.name for c in p.table.columns}
+                p.gone = [c for c in self._previous_source_columns(p) or [] if c not in now and c in dest.columns]
             for name, c in columns.items():
                 if name not in dest.columns:
                     self._con.execute(f"ALTER TABLE {qt} ADD COLUMN {q(name)} {duckdb_type(c, self._mappings)}")

@@ -199,6 +199,41 @@ def test_duckdb_follows_a_widened_column(pgdb, tmp_path):
     assert rows == [(1, 5, "1.2500", "abc"), (2, 9000000000, "12345678.1234", "a longer note")]
 
 
+@pytest.mark.parametrize("drop", [True, False])
+def test_duckdb_drops_a_dropped_column_only_with_drop_columns(pgdb, tmp_path, drop):
+    from datetime import timedelta
+
+    import duckdb
+    from bytewax.testing import run_main
+
+    from dataflows.flow import build_flow
+
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE orders (id int PRIMARY KEY, qty int, note text)")
+    path = tmp_path / "w.duckdb"
+    spec = flow_spec(pgdb, duckdb_path=path, source={"publication_tables": "public.orders"},
+                     destination={"drop_columns": str(drop).lower()})
+
+    def run() -> None:
+        run_main(build_flow(spec, max_empty_reads=2), epoch_interval=timedelta(milliseconds=200))
+
+    run()  # creates the slot
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("INSERT INTO orders VALUES (1, 5, 'a')")
+    run()
+    with psycopg.connect(pgdb, autocommit=True) as c:  # in one stream: a row with note, the drop, a row without
+        c.execute("INSERT INTO orders VALUES (2, 6, 'b')")
+        c.execute("ALTER TABLE orders DROP COLUMN note")
+        c.execute("INSERT INTO orders VALUES (3, 7)")
+    run()
+    with duckdb.connect(str(path), read_only=True) as d:
+        cols = [r[0] for r in d.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'orders'"
+                                        " ORDER BY column_index").fetchall()]
+        rows = d.execute("SELECT id, qty FROM public.orders ORDER BY id").fetchall()
+    assert cols == (["id", "qty"] if drop else ["id", "qty", "note"])
+    assert rows == [(1, 5), (2, 6), (3, 7)]
+
+
 def test_unknown_type_mapping_keys_are_one_clear_error(pgdb, tmp_path):
     _orders(pgdb)
     with psycopg.connect(pgdb, autocommit=True) as c:

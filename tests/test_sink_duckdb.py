@@ -345,6 +345,38 @@ def test_new_column_added_and_dropped_column_kept():
     assert [c for (c,) in cols] == ["id", "name", "big", "age"]
 
 
+def test_drop_columns_follows_a_source_drop_after_the_rows_that_carried_it(tmp_path):
+    dsn = tmp_path / "d.duckdb"
+    w, s = make(dsn, drop_columns=True), Stream()
+    apply(w, s.batch(s.rows(USERS, ins(id=1, name="a", big="A"))))
+    v2 = evolve(USERS, [c for c in USERS.columns if c.name != "big"])
+    # one epoch: a v1 insert (still carries big) and then v2 rows; big goes only after the v1 row is in
+    apply(w, s.batch(s.rows(USERS, ins(id=2, name="b", big="B")), s.rows(v2, ins(id=3, name="c"))))
+    cols = rows(w, "SELECT column_name FROM duckdb_columns() WHERE table_name = 'users' ORDER BY column_index")
+    assert [c for (c,) in cols] == ["id", "name"]
+    assert rows(w, "SELECT id, name FROM public.users ORDER BY id") == [(1, "a"), (2, "b"), (3, "c")]
+    # a column the user added to the DuckDB table is not the source's: never dropped
+    w.connection.execute("ALTER TABLE public.users ADD COLUMN note VARCHAR")
+    w.close()
+    # after a restart the previous shape comes from the meta table
+    w = make(dsn, drop_columns=True)
+    v3 = evolve(v2, [*v2.columns, col("age", "int4")])
+    apply(w, s.batch(s.rows(v3, ins(id=4, name="d", age=4))))
+    v4 = evolve(v3, [c for c in v3.columns if c.name != "age"])
+    w.close()
+    w = make(dsn, drop_columns=True)
+    apply(w, s.batch(s.rows(v4, ins(id=5, name="e"))))
+    cols = rows(w, "SELECT column_name FROM duckdb_columns() WHERE table_name = 'users' ORDER BY column_index")
+    assert [c for (c,) in cols] == ["id", "name", "note"]
+    assert rows(w, "SELECT id, name FROM public.users ORDER BY id") == [(1, "a"), (2, "b"), (3, "c"), (4, "d"),
+                                                                       (5, "e")]
+    # a table created from an epoch that holds both shapes ends in the latest one
+    fresh, s2 = make(drop_columns=True), Stream()
+    apply(fresh, s2.batch(s2.rows(USERS, ins(id=1, name="a", big="A")), s2.rows(v2, ins(id=2, name="b"))))
+    cols = rows(fresh, "SELECT column_name FROM duckdb_columns() WHERE table_name = 'users' ORDER BY column_index")
+    assert [c for (c,) in cols] == ["id", "name"]
+
+
 def test_meta_table_contents():
     w, s = make(), Stream()
     apply(w, s.batch(s.rows(USERS, ins(id=1, name="a", big=None))))
@@ -741,6 +773,7 @@ def test_option_defaults():
         "staging_table": None,
         "staging_suffix": "_staging",
         "meta_table_enabled": True,
+        "drop_columns": False,
         "type_mappings": None,
         "type_mappings_file": None,
     }
@@ -759,16 +792,18 @@ def test_every_option_from_strings():
             "staging_table": "stt",
             "staging_suffix": "_s",
             "meta_table_enabled": "false",
+            "drop_columns": "true",
             "type_mappings": '{"jsonb": "VARCHAR"}',
             "type_mappings_file": "",
         }
     )
-    assert (o.schema_name, o.table, o.write_mode, o.batch_resolution, o.meta_table_enabled) == (
+    assert (o.schema_name, o.table, o.write_mode, o.batch_resolution, o.meta_table_enabled, o.drop_columns) == (
         "wh",
         "t",
         "append",
         "replace",
         False,
+        True,
     )
     assert (o.staging_schema, o.staging_table, o.staging_suffix, o.type_mappings_file) == ("st", "stt", "_s", None)
     assert DuckDBOptions(dsn=":memory:", meta_table_enabled="true", schema="").meta_table_enabled is True

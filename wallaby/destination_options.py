@@ -96,6 +96,7 @@ class DuckDBDestinationOptions(TableWriterOptions):
     """USAGE.md "DuckDB Destination" (the sink's own model is ``sinks.duckdb.DuckDBOptions``)."""
 
     dsn: RequiredText
+    drop_columns: Bool = False  # not in USAGE.md: follow a source DROP COLUMN (docs/ddl.md)
 
 
 class DuckLakeDestinationOptions(MaterializingOptions):
