@@ -29,6 +29,9 @@ KIND_TEXT = 116  # 't'
 KIND_BINARY = 98  # 'b'
 
 _ARANGE12 = np.arange(12)
+_ARANGE4 = np.arange(4)
+_ARANGE1_5 = np.arange(1, 5)
+_PAD = bytes(16)
 
 
 def skip_tuple(buf: bytes, pos: int) -> int:
@@ -62,11 +65,10 @@ def parse_tuples(images: list[tuple[bytes, int] | None], ncols: int) -> ParsedCo
         nulls = pa.nulls(n, pa.binary_view())
         return ParsedColumns([nulls] * ncols, [None] * ncols)
     payloads = [r[0] for r in rows]
-    big = b"".join(payloads)
+    big = b"".join([*payloads, _PAD])  # the padding keeps every 4- and 12-byte gather below in bounds
     if len(big) >= 2**31:
         raise ValueError("a batch's row images exceed 2 GiB; lower batch_size")
     u8 = np.frombuffer(big, dtype=np.uint8)
-    last = len(u8) - 1
     lens = np.fromiter(map(len, payloads), dtype=np.int64, count=m)
     base = np.cumsum(lens) - lens
     pos = base + np.fromiter((r[1] for r in rows), dtype=np.int64, count=m)
@@ -84,23 +86,24 @@ def parse_tuples(images: list[tuple[bytes, int] | None], ncols: int) -> ParsedCo
     for _ in range(ncols):
         kind = u8[pos]
         has = (kind == KIND_TEXT) | (kind == KIND_BINARY)
-        p1 = np.minimum(pos + 1, last)
-        ln = ((u8[p1].astype(np.int64) << 24) | (u8[np.minimum(p1 + 1, last)].astype(np.int64) << 16)
-              | (u8[np.minimum(p1 + 2, last)].astype(np.int64) << 8) | u8[np.minimum(p1 + 3, last)])
-        ln = np.where(has, ln, 0)
+        ln = np.where(has, u8[pos[:, None] + _ARANGE1_5].view(">i4").ravel(), 0)
         start = pos + 5
         pos = np.where(has, start + ln, pos + 1)
 
         views = np.zeros((m, 4), dtype=np.int32)
         vbytes = views.view(np.uint8).reshape(m, 16)
         views[:, 0] = ln
-        head = u8[np.minimum(start[:, None] + _ARANGE12, last)]
         short = ln <= 12
-        if short.any():
-            inline = np.where(_ARANGE12[None, :] < ln[:, None], head, 0).astype(np.uint8)
-            vbytes[short, 4:16] = inline[short]
-        long_ = ~short
-        if long_.any():
+        n_short = int(np.count_nonzero(short))
+        if n_short == m:  # ints, dates, flags, NULLs: every value inline, zero-padded
+            vbytes[:, 4:16] = np.where(ln[:, None] > _ARANGE12, u8[start[:, None] + _ARANGE12], 0)
+        elif n_short == 0:  # text, bytea, json: a 4-byte prefix and the value's offset in the joined buffer
+            vbytes[:, 4:8] = u8[start[:, None] + _ARANGE4]
+            views[:, 3] = start
+        else:
+            head = u8[start[:, None] + _ARANGE12]
+            vbytes[short, 4:16] = np.where(ln[short, None] > _ARANGE12, head[short], 0)
+            long_ = ~short
             vbytes[long_, 4:8] = head[long_, 0:4]
             views[long_, 3] = start[long_]
         valid = has

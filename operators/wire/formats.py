@@ -10,7 +10,6 @@ in proto (proto/wallaby/v1/data.proto documents that message).
 
 from __future__ import annotations
 
-import functools
 import io
 import re
 from decimal import Decimal
@@ -19,6 +18,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from operators.wire.jsonfmt import json_records, record_json
 from operators.wire.model import (
     Record,
     WireColumn,
@@ -31,7 +31,7 @@ from operators.wire.model import (
     storage_type,
     type_text,
 )
-from operators.wire.values import from_json, timestamp_text, timestamp_value, to_json
+from operators.wire.values import from_json, timestamp_value
 from wallaby.changes import (
     BEFORE_PREFIX,
     LSN_COL,
@@ -41,7 +41,6 @@ from wallaby.changes import (
     TS_COL,
     XID_COL,
     TableChanges,
-    format_lsn,
     parse_lsn,
 )
 
@@ -179,55 +178,14 @@ def decode_parquet(data: bytes) -> WireSegment:
 
 # -- json --------------------------------------------------------------------------------------------
 
-def _passes_as_is(t: pa.DataType) -> bool:
-    """Types whose canonical values are already JSON values (no per-value conversion)."""
-    return pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_string(t) or pa.types.is_null(t)
-
-
-def _converters(cols: list[WireColumn]) -> list:
-    """Per column: None when its values are JSON as they are, else the Arrow type to convert them by."""
-    return [None if _passes_as_is(c.arrow_type) else c.arrow_type for c in cols]
-
-
-def _named(values: list[Any] | None, cols: list[WireColumn], conv: list | None = None) -> dict[str, Any] | None:
-    if values is None:
-        return None
-    conv = conv if conv is not None else _converters(cols)
-    return {c.name: v if t is None or v is None else to_json(v, t) for c, t, v in zip(cols, conv, values, strict=True)}
-
-
 def _unnamed(obj: dict[str, Any] | None, cols: list[WireColumn]) -> list[Any] | None:
     if obj is None:
         return None
     return [from_json(obj.get(c.name), c.arrow_type) for c in cols]
 
 
-def record_json(r: Record, cols: list[WireColumn], table: str, _prepared: tuple | None = None) -> dict[str, Any]:
-    """One change as a JSON object (the json format's records, and HTTP's record_json payloads)."""
-    keys, conv, key_conv = _prepared or ([c for c in cols if c.key], _converters(cols), None)
-    if key_conv is None:
-        key_conv = _converters(keys)
-    return {"table": table, "op": r.op, "lsn": _lsn_text(r.lsn), "ordinal": r.ordinal,
-            "commit_ts": _ts_text(r.commit_ts), "xid": r.xid,
-            "key": _named(r.key, keys, key_conv), "before": _named(r.before, cols, conv),
-            "after": _named(r.after, cols, conv), "unchanged": r.unchanged}
-
-
-@functools.lru_cache(maxsize=4096)
-def _ts_text(us: int) -> str:  # commit timestamps repeat across a transaction's changes
-    return timestamp_text(us)
-
-
-@functools.lru_cache(maxsize=4096)
-def _lsn_text(lsn: int) -> str:
-    return format_lsn(lsn)
-
-
 def encode_json(seg: WireSegment) -> bytes:
-    keys = [c for c in seg.columns if c.key]
-    prepared = (keys, _converters(seg.columns), _converters(keys))
-    records = [record_json(r, seg.columns, seg.table, prepared) for r in seg.records]
-    return orjson.dumps({"header": header_of(seg), "records": records})
+    return orjson.dumps({"header": header_of(seg), "records": json_records(seg)})
 
 
 def decode_json(data: bytes) -> WireSegment:
