@@ -29,7 +29,7 @@ from sources.pgoutput import DecodeError, Relation, TypeInfo
 from sources.reader import StreamReader, drain
 from sources.replication import ReplicationStream, StreamClosed
 from sources.setup import prepare_source, proto_version_for
-from wallaby.changes import OP_DDL, ZERO, ChangeBatch, Column, Event, Position, TableSchema, format_lsn
+from wallaby.changes import OP_DDL, ZERO, ChangeBatch, Column, Event, Position, TableChanges, TableSchema, format_lsn
 from wallaby.checkpoints import Checkpoint, CheckpointStore
 from wallaby.errors import SourceError
 from wallaby.runtime import STOP, tune_gc, tune_memory
@@ -166,7 +166,10 @@ class _PostgresPartition(StatefulSourcePartition):
         self.snapshot_position = position
 
         self.resolver = TypeResolver(opts.dsn, opts.resolve_types, self.flow_id)
-        self.known_tables: dict = {}  # relation shapes seen, across reconnects (schema drift)
+        # Relation shapes as of what was emitted (schema drift is judged against them): kept across reconnects and
+        # in the snapshot, so a drift read but not emitted (read ahead, a reconnect, a held DDL, a restart) is
+        # found again when its Relation message comes again.
+        self.shapes: dict[int, TableSchema] = shapes_from_state(resume_state.get("shapes") if resume_state else None)
         flows = src.checkpoints.flows() if src.checkpoints is not None and hasattr(src.checkpoints, "flows") else None
         self.gate = DDLGate(self.flow_id, src.ddl_policy or DDLPolicy(gate=False), flows)
         self.held: Event | None = None  # a ddl event the gate holds the flow at
@@ -185,7 +188,7 @@ class _PostgresPartition(StatefulSourcePartition):
     # -- connection -----------------------------------------------------------------------
     def _open(self) -> None:
         batcher = Batcher(self.flow_id, self.opts.batch_size, self.resolver, self.position, self.proto_version,
-                          ddl_prefix=self.opts.ddl_message_prefix, known=self.known_tables,
+                          ddl_prefix=self.opts.ddl_message_prefix, known=dict(self.shapes),
                           drift=not self.opts.capture_ddl, keep_wal=self.src.keep_wal)
         stream = ReplicationStream(self.opts.dsn, self.opts.slot, self.opts.publication, self.proto_version,
                                    self.covered, self.flow_id)
@@ -282,6 +285,8 @@ class _PostgresPartition(StatefulSourcePartition):
         err = drain(reader, DRAIN_ITEMS, IDLE_POLL, on_batch, on_covered)
         if any(isinstance(s, Event) and s.op == OP_DDL for _, b in out for s in b.segments):
             out = self._gate(out, before)
+        for _, b in out:
+            self._note_shapes(b.segments)
         if err is not None and self.reader is not None:
             if isinstance(err, StreamClosed):
                 self._lost(err)
@@ -336,6 +341,7 @@ class _PostgresPartition(StatefulSourcePartition):
                         self._hold(seg, last)
                         return emitted
                     if decision == DROP:
+                        self._note_shapes([seg])  # decided: the new shape is the baseline from here on
                         log.info("source %s: DDL at %s rejected: not passed on", self.opts.slot, seg.position,
                                  extra={"flow": self.flow_id})
                         continue
@@ -344,6 +350,14 @@ class _PostgresPartition(StatefulSourcePartition):
                 emitted.append((key, ChangeBatch(self.flow_id, kept, batch.position)))
             last = batch.position
         return emitted
+
+    def _note_shapes(self, segments: list) -> None:
+        for seg in segments:
+            if isinstance(seg, TableChanges):
+                self.shapes[seg.table.relid] = seg.table
+            else:
+                for t in seg.tables:
+                    self.shapes[t.relid] = t
 
     def _hold(self, ev: Event, last: Position) -> None:
         """Stop before ``ev``: emitted up to ``last``; the DDL's transaction is read again on release."""
@@ -381,11 +395,25 @@ class _PostgresPartition(StatefulSourcePartition):
         self.snapshot_position = self.position
         if self.done:
             self.done_snapshotted = True
-        return {"position": self.position.to_state(), "covered": self.covered}
+        return {"position": self.position.to_state(), "covered": self.covered, "shapes": shapes_to_state(self.shapes)}
 
     def close(self) -> None:
         self._stop_reader()
         self.resolver.close()
+
+
+def shapes_to_state(shapes: dict[int, TableSchema]) -> list:
+    """Relation shapes for a snapshot: what schema drift is judged by (names, types, keys)."""
+    return [[t.relid, t.schema, t.name, t.replica_identity, t.version,
+             [[c.name, c.type_oid, c.type_name, c.typmod, c.key] for c in t.columns]] for t in shapes.values()]
+
+
+def shapes_from_state(state: list | None) -> dict[int, TableSchema]:
+    out: dict[int, TableSchema] = {}
+    for relid, schema, name, ri, version, cols in state or []:
+        out[relid] = TableSchema(relid, schema, name, tuple(Column(n, oid, tn, mod, key) for n, oid, tn, mod, key
+                                                             in cols), ri, version)
+    return out
 
 
 def _last_position(segments: list) -> Position:

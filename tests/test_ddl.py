@@ -70,6 +70,32 @@ def test_schema_drift_without_a_trigger(pgdb):
     assert p["ddl"] == "schema drift of public.orders: added qty; retyped note"
 
 
+def test_schema_drift_is_found_again_after_a_restart(pgdb):
+    """The shape a drift is judged against is in the snapshot: a restart (or a reconnect, or a held DDL read again)
+    between the ALTER and its first row still yields the drift event."""
+    _orders(pgdb)
+    spec = flow_spec(pgdb, source={"publication_tables": "public.orders"})
+    part = source_part(spec)
+    try:
+        drain(part, idle_polls=3)
+        with psycopg.connect(pgdb, autocommit=True) as c:
+            c.execute("INSERT INTO orders VALUES (1, 'a')")
+        assert sum(len(b) for b in drain(part, until_rows=1)) == 1
+        state = part.snapshot()
+    finally:
+        part.close()
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("ALTER TABLE orders ADD COLUMN qty int")
+        c.execute("INSERT INTO orders VALUES (2, 'b', 5)")
+    part = source_part(spec, state)
+    try:
+        batches = drain(part, until_rows=2, timeout=30)
+    finally:
+        part.close()
+    drift = [s for b in batches for s in b.segments if isinstance(s, Event) and s.op == OP_DDL]
+    assert [d.payload["added"] for d in drift] == [["qty"]]
+
+
 def test_capture_ddl_without_privilege_is_one_clear_error(pgdb):
     _orders(pgdb)
     with psycopg.connect(pgdb, autocommit=True) as c:
