@@ -29,7 +29,8 @@ from typing import Any
 import grpc
 import orjson
 
-from operators.wire import encode, record_json
+from operators.wire import encode
+from operators.wire.jsonfmt import json_records
 from sinks.base import PermanentSinkError, TransientSinkError, Writer, WriterSink
 from sinks.retry import Backoff
 from wallaby.changes import ChangeBatch
@@ -79,7 +80,7 @@ class GRPCWriter(Writer):
 
         if self.options.payload_mode == "record_json":
             seg = payload.segment
-            data = orjson.dumps([record_json(r, seg.columns, seg.table) for r in seg.records])
+            data = orjson.dumps(json_records(seg))
             fmt = types_pb2.WIRE_FORMAT_JSON
         else:
             data, fmt = payload.data, types_pb2.WireFormat.Value("WIRE_FORMAT_" + payload.format.upper())

@@ -68,11 +68,12 @@ import orjson
 import urllib3
 from urllib3.util import parse_url
 
-from operators.wire import WireSegment, encode, record_json, segment_of
+from operators.wire import WireSegment, encode, segment_of
+from operators.wire.jsonfmt import first_json_record, json_records
 from operators.wire.model import row_keys
 from sinks.base import PermanentSinkError, TransientSinkError, Writer, WriterSink
 from sinks.retry import Backoff
-from wallaby.changes import LSN_COL, ORD_COL, WAL_COL, ChangeBatch, Event, Position, TableChanges
+from wallaby.changes import LSN_COL, ORD_COL, WAL_COL, ChangeBatch, Event, Position, TableChanges, parse_lsn
 from wallaby.errors import redact_dsn
 
 log = logging.getLogger("wallaby.sinks.http")
@@ -167,7 +168,7 @@ class HTTPWriter(Writer):
             return
         for p in encode(batch, self.options.format):
             seg = p.segment
-            first_key = record_json(seg.records[0], seg.columns, seg.table)["key"]
+            first_key = first_json_record(seg)["key"]
             yield _Request(p.data, p.content_type, p.format, p.table, p.first, p.last, p.rows,
                            idempotency_key(p.table, first_key, p.first, p.last))
 
@@ -192,12 +193,11 @@ class HTTPWriter(Writer):
             yield _Request(raw, WAL_CONTENT_TYPE, "wal", table, pos, pos, 1, idempotency_key(table, key, pos))
 
     def _records(self, seg: WireSegment) -> Iterator[_Request]:
-        for r in seg.records:
-            obj = record_json(r, seg.columns, seg.table)
+        for obj in json_records(seg):
             if seg.is_event:
                 obj["tables"] = seg.tables
                 obj["payload"] = seg.event_payload
-            pos = Position(r.lsn, r.ordinal)
+            pos = Position(parse_lsn(obj["lsn"]), obj["ordinal"])
             key = idempotency_key(seg.table, obj["key"], pos)
             yield _Request(orjson.dumps(obj), "application/json", "record_json", seg.table, pos, pos, 1, key)
 

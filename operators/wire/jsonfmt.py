@@ -238,10 +238,23 @@ def rows_json(cols: list[WireColumn], rows: pa.RecordBatch, has_before: bool, ta
                 keys, befores, afters, rows.column(UNCHANGED_COL).to_pylist(), strict=True)]
 
 
+def _rows_only(seg: WireSegment) -> bool:
+    return not seg.is_event and seg._rows is not None and seg.__dict__.get("_lazy_records") is not None
+
+
+def first_json_record(seg: WireSegment) -> dict[str, Any]:
+    """The JSON object of the segment's first change, without building the others."""
+    if _rows_only(seg):
+        assert seg._rows is not None
+        return rows_json(seg.columns, seg._rows.slice(0, 1), seg.has_before, seg.table)[0]
+    return record_json(seg.records[0], seg.columns, seg.table)
+
+
 def json_records(seg: WireSegment) -> list[dict[str, Any]]:
     """The JSON object of each change of ``seg`` (``record_json`` of each record), from its Arrow rows when its
     records have not been built."""
-    if not seg.is_event and seg._rows is not None and seg.__dict__.get("_lazy_records") is not None:
+    if _rows_only(seg):
+        assert seg._rows is not None
         return rows_json(seg.columns, seg._rows, seg.has_before, seg.table)
     keys = [c for c in seg.columns if c.key]
     prepared = (keys, _converters(seg.columns), _converters(keys))
