@@ -1,8 +1,9 @@
 """The Postgres logical replication source: a bytewax ``FixedPartitionedSource``.
 
 One partition is one replication slot. Its snapshot state is
-``{"position": [lsn, ordinal], "covered": lsn}``: the position of the last
-change it emitted and the end LSN up to which every change has been emitted.
+``{"position": [lsn, ordinal], "covered": lsn, "shapes": [...]}``: the position of the last
+change it emitted, the end LSN up to which every change has been emitted, and the relation
+shapes emitted so far (what schema drift is judged against).
 
 When the slot may advance (docs/ARCHITECTURE.md): bytewax calls
 ``next_batch`` again after ``snapshot()`` of epoch k only once every sink has
