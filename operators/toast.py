@@ -13,7 +13,8 @@
   row not found (deleted since) keeps it, so the destination keeps its value.
 - ``full``: the same query for every column; found rows get their whole after
   image replaced.
-- ``cache``: an LRU of ``toast_cache_size`` entries, (table oid, key) -> the
+- ``cache``: an LRU of ``toast_cache_size`` entries (and at most
+  ``WALLABY_TOAST_CACHE_BYTES`` of values, 256 MiB), (table oid, key) -> the
   last values the stream carried of the table's TOASTable columns (varlena,
   storage not plain). Inserts and loads fill an entry, updates refresh what they
   carry (a key change moves it), deletes drop it, truncates and ddl events drop
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,14 +156,39 @@ def _exec_raw(conn: psycopg.Connection, sql: str, params: list[bytes]) -> list[l
     return [[res.get_value(r, c) for c in range(res.nfields)] for r in range(res.ntuples)]
 
 
-class ToastCache:
-    """LRU of (relid, key) -> {column: (signature, value)}; bounded by ``size`` entries."""
+# The cache is also bounded by the size of the values it holds (toast_cache_size counts entries, and TOASTed
+# values are big by definition: 10000 entries of 100 KB would be 1 GB). WALLABY_TOAST_CACHE_BYTES sets it.
+TOAST_CACHE_BYTES = int(os.environ.get("WALLABY_TOAST_CACHE_BYTES", str(256 << 20)))
 
-    def __init__(self, size: int, state: Any = None):
+
+def _value_bytes(v: Any) -> int:
+    """About what a cached value holds (its text or bytes; a fixed cost for anything else)."""
+    if isinstance(v, str | bytes | bytearray):
+        return 48 + len(v)
+    if isinstance(v, list | tuple):
+        return 56 + sum(_value_bytes(x) for x in v)
+    if isinstance(v, dict):
+        return 64 + sum(_value_bytes(k) + _value_bytes(x) for k, x in v.items())
+    return 32
+
+
+def _entry_bytes(entry: dict[str, tuple[tuple, Any]]) -> int:
+    return 64 + sum(_value_bytes(v) for _sig, v in entry.values())
+
+
+class ToastCache:
+    """LRU of (relid, key) -> {column: (signature, value)}; bounded by ``size`` entries and ``max_bytes`` of values.
+
+    Every change goes through these methods, which keep the byte count."""
+
+    def __init__(self, size: int, state: Any = None, max_bytes: int | None = None):
         self.size = size
+        self.max_bytes = TOAST_CACHE_BYTES if max_bytes is None else max_bytes
+        self.bytes = 0
         self.entries: OrderedDict[tuple[int, Key], dict[str, tuple[tuple, Any]]] = OrderedDict()
+        self._sizes: dict[tuple[int, Key], int] = {}
         for relid, key, cols in (state or {}).get("entries", [])[-size:]:
-            self.entries[(relid, tuple(key))] = {c: (tuple(sig), v) for c, sig, v in cols}
+            self.put(relid, tuple(key), {c: (tuple(sig), v) for c, sig, v in cols})
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -173,14 +200,38 @@ class ToastCache:
         return entry
 
     def put(self, relid: int, key: Key, entry: dict[str, tuple[tuple, Any]]) -> None:
-        self.entries[(relid, key)] = entry
-        self.entries.move_to_end((relid, key))
-        while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
+        k = (relid, key)
+        self.pop(relid, key)
+        self.entries[k] = entry
+        self._sizes[k] = n = _entry_bytes(entry)
+        self.bytes += n
+        self._evict()
+
+    def fill(self, relid: int, key: Key, column: str, value: tuple[tuple, Any]) -> None:
+        """Add a column the entry lacks (a reselected value), if the entry is still there."""
+        k = (relid, key)
+        entry = self.entries.get(k)
+        if entry is None or column in entry:
+            return
+        entry[column] = value
+        n = _value_bytes(value[1])
+        self._sizes[k] += n
+        self.bytes += n
+        self._evict()
+
+    def pop(self, relid: int, key: Key) -> None:
+        k = (relid, key)
+        if self.entries.pop(k, None) is not None:
+            self.bytes -= self._sizes.pop(k)
+
+    def _evict(self) -> None:
+        while self.entries and (len(self.entries) > self.size or self.bytes > self.max_bytes):
+            k, _ = self.entries.popitem(last=False)
+            self.bytes -= self._sizes.pop(k)
 
     def drop_tables(self, relids: set[int]) -> None:
-        for k in [k for k in self.entries if k[0] in relids]:
-            del self.entries[k]
+        for relid, key in [k for k in self.entries if k[0] in relids]:
+            self.pop(relid, key)
 
     def snapshot(self) -> dict:
         """The entries only, oldest first, in new containers (bytewax pickles it later)."""
@@ -329,7 +380,7 @@ class Rehydrator:
         for r, op_ in enumerate(rows.column(ch.OP_COL).to_pylist()):
             old_key, new_key = before[r] or after[r], after[r]
             if op_ == ch.OP_DELETE:
-                self.cache.entries.pop((t.relid, old_key), None)
+                self.cache.pop(t.relid, old_key)
             if op_ == ch.OP_DELETE or new_key is None:
                 continue
             if op_ in (ch.OP_INSERT, ch.OP_LOAD):
@@ -353,7 +404,7 @@ class Rehydrator:
             for c in missing:
                 entry.pop(c, None)
             if old_key != new_key:
-                self.cache.entries.pop((t.relid, old_key), None)
+                self.cache.pop(t.relid, old_key)
             self.cache.put(t.relid, new_key, entry)
 
     def _fetch(self, req: _Request) -> tuple[dict[Key, int], dict[str, list[bytes | None]], list[bool]] | None:
@@ -441,13 +492,10 @@ class Rehydrator:
         """Reselected values fill the gaps of the cache entries (never over a value the stream carried later)."""
         assert self.cache is not None
         for r, (key, cols) in plan.wanted.items():
-            entry = self.cache.entries.get((t.relid, key))
-            if entry is None:
-                continue
             for c in cols:
-                if c in filled.get(r, ()) and c not in entry:
+                if c in filled.get(r, ()):
                     col = rows.column(c)
-                    entry[c] = (self._sig(t, c, col.type), _to_py(col.slice(r, 1))[0])
+                    self.cache.fill(t.relid, key, c, (self._sig(t, c, col.type), _to_py(col.slice(r, 1))[0]))
 
     def snapshot(self) -> Any:
         return self.cache.snapshot() if self.cache is not None else None

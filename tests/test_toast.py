@@ -269,6 +269,33 @@ def test_errors_name_the_server_never_the_password(docs):
         Rehydrator(docs, "off")
 
 
+def test_cache_is_bounded_by_bytes_as_well_as_entries():
+    from operators.toast import ToastCache
+
+    sig = ("text", -1)
+    c = ToastCache(1000, max_bytes=20_000)
+    for i in range(100):  # ~1 KB each: only the newest ~19 fit
+        c.put(1, (i,), {"doc": (sig, "x" * 1000)})
+    assert 15 <= len(c) < 20 and c.bytes <= 20_000
+    assert (1, (99,)) in c.entries and (1, (0,)) not in c.entries
+    c.fill(1, (99,), "other", (sig, "y" * 5000))  # a reselected value counts too
+    assert c.bytes <= 20_000 and len(c) < 15
+    for relid, key in list(c.entries):
+        c.pop(relid, key)
+    assert (len(c), c.bytes) == (0, 0)
+    c.put(2, ("big",), {"doc": (sig, "z" * 50_000)})  # one value over the cap is not kept
+    assert (len(c), c.bytes) == (0, 0)
+    for i in range(5):
+        c.put(3, (i,), {"doc": (sig, "w" * 100)})
+    c.drop_tables({3})
+    assert (len(c), c.bytes) == (0, 0)
+    # restored from a snapshot: the same bounds
+    for i in range(10):
+        c.put(4, (i,), {"doc": (sig, "v" * 1000)})
+    restored = ToastCache(1000, c.snapshot(), max_bytes=5_000)
+    assert len(restored) == 4 and restored.bytes <= 5_000
+
+
 def test_key_texts():
     import datetime as dt
     from decimal import Decimal
