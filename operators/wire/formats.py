@@ -11,13 +11,14 @@ in proto (proto/wallaby/v1/data.proto documents that message).
 from __future__ import annotations
 
 import io
-import re
 from decimal import Decimal
 from typing import Any
 
 import orjson
 import pyarrow as pa
 
+from operators.wire import avrofmt
+from operators.wire.avrofmt import _avro_names, avro_schema
 from operators.wire.jsonfmt import json_records, record_json
 from operators.wire.model import (
     Record,
@@ -26,11 +27,11 @@ from operators.wire.model import (
     canonical,
     normalized,
     parse_type,
-    plain_type,
     segment_of,
     storage_type,
     type_text,
 )
+from operators.wire.protofmt import encode_proto
 from operators.wire.values import from_json, timestamp_value
 from wallaby.changes import (
     BEFORE_PREFIX,
@@ -201,84 +202,7 @@ def decode_json(data: bytes) -> WireSegment:
 
 # -- avro --------------------------------------------------------------------------------------------
 
-_AVRO_NAME = re.compile(r"[^A-Za-z0-9_]")
 _STRIPPED_LOGICAL = ("timestamp-micros", "local-timestamp-micros", "date", "time-micros")
-
-
-def _avro_names(cols: list[WireColumn]) -> list[str]:
-    """Valid, unique Avro field names for the columns (the real names are in the header)."""
-    out: list[str] = []
-    for c in cols:
-        name = _AVRO_NAME.sub("_", c.name) or "_"
-        if name[0].isdigit():
-            name = "_" + name
-        base, i = name, 2
-        while name in out:
-            name, i = f"{base}_{i}", i + 1
-        out.append(name)
-    return out
-
-
-def _avro_type(t: pa.DataType, defined: set[str]) -> Any:
-    t = plain_type(t)
-    if pa.types.is_boolean(t):
-        return "boolean"
-    if pa.types.is_integer(t):
-        return "int" if t.bit_width <= 16 or (t.bit_width == 32 and pa.types.is_signed_integer(t)) else "long"
-    if pa.types.is_float32(t):
-        return "float"
-    if pa.types.is_floating(t):
-        return "double"
-    if pa.types.is_decimal(t):
-        return {"type": "bytes", "logicalType": "decimal", "precision": t.precision, "scale": t.scale}
-    if pa.types.is_binary(t):
-        return "bytes"
-    if pa.types.is_timestamp(t):
-        return {"type": "long", "logicalType": "timestamp-micros" if t.tz else "local-timestamp-micros"}
-    if pa.types.is_date32(t):
-        return {"type": "int", "logicalType": "date"}
-    if pa.types.is_time64(t):
-        return {"type": "long", "logicalType": "time-micros"}
-    if pa.types.is_interval(t):
-        if "Interval" in defined:
-            return "Interval"
-        defined.add("Interval")
-        return {"type": "record", "name": "Interval", "fields": [{"name": "months", "type": "int"},
-                                                                {"name": "days", "type": "int"},
-                                                                {"name": "nanoseconds", "type": "long"}]}
-    if pa.types.is_list(t):
-        return {"type": "array", "items": ["null", _avro_type(t.value_type, defined)]}
-    return "string"
-
-
-def avro_schema(seg: WireSegment) -> dict[str, Any]:
-    """The Avro schema of a segment: derived from its table, so it changes with the table's schema version."""
-    defined: set[str] = set()
-    names = _avro_names(seg.columns)
-    row_fields = [{"name": n, "type": ["null", _avro_type(c.arrow_type, defined)], "default": None}
-                  for n, c in zip(names, seg.columns, strict=True)]
-    key_fields = [f for f, c in zip(row_fields, seg.columns, strict=True) if c.key]
-    space = "wallaby." + ".".join(_AVRO_NAME.sub("_", p) or "_" for p in (seg.table or "event").split("."))
-    row = {"type": "record", "name": "Row", "fields": row_fields}
-    key = {"type": "record", "name": "Key", "fields": [{**f, "type": f["type"]} for f in key_fields]}
-    return {"type": "record", "name": f"Change_v{seg.schema_version}", "namespace": space, "fields": [
-        {"name": "op", "type": "string"}, {"name": "lsn", "type": "long"}, {"name": "ordinal", "type": "long"},
-        {"name": "commit_ts", "type": {"type": "long", "logicalType": "timestamp-micros"}},
-        {"name": "xid", "type": "long"},
-        {"name": "key", "type": ["null", key], "default": None},
-        {"name": "before", "type": ["null", row], "default": None},
-        {"name": "after", "type": ["null", "Row"], "default": None},
-        {"name": "unchanged", "type": {"type": "array", "items": "string"}, "default": []}]}
-
-
-def _avro_value(v: Any, t: pa.DataType) -> Any:
-    if v is None:
-        return None
-    if pa.types.is_interval(t):
-        return {"months": v[0], "days": v[1], "nanoseconds": v[2]}
-    if pa.types.is_list(t):
-        return [_avro_value(x, t.value_type) for x in v]
-    return v
 
 
 def _from_avro(v: Any, t: pa.DataType) -> Any:
@@ -305,25 +229,7 @@ def _strip_logical(schema: Any) -> Any:
 
 
 def encode_avro(seg: WireSegment) -> bytes:
-    import fastavro
-
-    schema = avro_schema(seg)
-    names = _avro_names(seg.columns)
-    key_names = [n for n, c in zip(names, seg.columns, strict=True) if c.key]
-    key_cols = [c for c in seg.columns if c.key]
-
-    def row(values: list[Any] | None, cols: list[WireColumn], ns: list[str]) -> dict[str, Any] | None:
-        if values is None:
-            return None
-        return {n: _avro_value(v, c.arrow_type) for n, c, v in zip(ns, cols, values, strict=True)}
-
-    records = [{"op": r.op, "lsn": r.lsn, "ordinal": r.ordinal, "commit_ts": r.commit_ts, "xid": r.xid,
-                "key": row(r.key, key_cols, key_names), "before": row(r.before, seg.columns, names),
-                "after": row(r.after, seg.columns, names), "unchanged": r.unchanged} for r in seg.records]
-    buf = io.BytesIO()
-    fastavro.writer(buf, fastavro.parse_schema(schema), records, metadata={HEADER_KEY: orjson.dumps(
-        header_of(seg)).decode()}, codec="null")
-    return buf.getvalue()
+    return avrofmt.encode_avro(seg, {HEADER_KEY: orjson.dumps(header_of(seg)).decode()})
 
 
 def decode_avro(data: bytes) -> WireSegment:
@@ -359,36 +265,6 @@ def decode_avro(data: bytes) -> WireSegment:
 
 # -- proto -------------------------------------------------------------------------------------------
 
-def _pb_value(v: Any, t: pa.DataType):
-    from wallaby.v1 import data_pb2 as d
-
-    if v is None:
-        return d.Value(null_value=True)
-    if pa.types.is_boolean(t):
-        return d.Value(bool_value=v)
-    if pa.types.is_unsigned_integer(t):
-        return d.Value(uint_value=v)
-    if pa.types.is_integer(t):
-        return d.Value(int_value=v)
-    if pa.types.is_floating(t):
-        return d.Value(double_value=v)
-    if pa.types.is_decimal(t):
-        return d.Value(decimal_value=str(v))
-    if pa.types.is_binary(t):
-        return d.Value(bytes_value=v)
-    if pa.types.is_timestamp(t):
-        return d.Value(timestamp_micros=v)
-    if pa.types.is_date32(t):
-        return d.Value(date_days=v)
-    if pa.types.is_time64(t):
-        return d.Value(time_micros=v)
-    if pa.types.is_interval(t):
-        return d.Value(interval_value=d.Interval(months=v[0], days=v[1], nanoseconds=v[2]))
-    if pa.types.is_list(t):
-        return d.Value(list_value=d.ValueList(values=[_pb_value(x, t.value_type) for x in v]))
-    return d.Value(string_value=v)
-
-
 def _from_pb(pv, t: pa.DataType) -> Any:
     kind = pv.WhichOneof("kind")
     if kind is None or kind == "null_value":
@@ -403,27 +279,6 @@ def _from_pb(pv, t: pa.DataType) -> Any:
     if kind == "double_value" and pa.types.is_float32(t):
         return value  # float32 values are exact doubles
     return value
-
-
-def encode_proto(seg: WireSegment) -> bytes:
-    from wallaby.v1 import data_pb2 as d
-
-    cols, keys = seg.columns, [c for c in seg.columns if c.key]
-
-    def vals(values: list[Any] | None, cs: list[WireColumn]) -> list:
-        return [] if values is None else [_pb_value(v, c.arrow_type) for c, v in zip(cs, values, strict=True)]
-
-    msg = d.RecordBatch(
-        flow_id=seg.flow_id, table=seg.table, schema_version=seg.schema_version, replica_identity=seg.replica_identity,
-        columns=[d.ColumnInfo(name=c.name, pg_type=c.pg_type, arrow_type=type_text(c.arrow_type), key=c.key)
-                 for c in cols],
-        records=[d.Record(op=r.op, lsn=r.lsn, ordinal=r.ordinal, commit_ts_micros=r.commit_ts, xid=r.xid,
-                          key=vals(r.key, keys), has_before=r.before is not None, before=vals(r.before, cols),
-                          has_after=r.after is not None, after=vals(r.after, cols), unchanged=r.unchanged)
-                 for r in seg.records],
-        tables=seg.tables, event_json=orjson.dumps(seg.event_payload).decode() if seg.is_event else "",
-        has_before=seg.has_before)
-    return msg.SerializeToString()
 
 
 def decode_proto(data: bytes) -> WireSegment:
