@@ -26,10 +26,12 @@ repeats by the position headers. A broker that is down is waited for up to
 from __future__ import annotations
 
 import logging
+import math
 import os
 import zlib
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -42,6 +44,7 @@ from wallaby.errors import redact_dsn
 log = logging.getLogger("wallaby.sinks.kafka")
 
 ACKS = {"all": "all", "leader": "1", "none": "0"}
+SPLIT_MARGIN = 1.2  # encoded sizes are not quite proportional to row counts
 DELIVERY_TIMEOUT = float(os.environ.get("WALLABY_KAFKA_DELIVERY_TIMEOUT", "120"))
 
 
@@ -107,12 +110,12 @@ class KafkaWriter(Writer):
         """(partition, payload, first key) for a table segment: by key hash, then by size."""
         table = seg.table.qualified
         keys = row_keys(seg)
-        parts = [key_hash(table, k) % self.partitions for k in keys]
+        parts = np.fromiter((key_hash(table, k) % self.partitions for k in keys), dtype=np.int64, count=len(keys))
         out: list[tuple[int, WirePayload, Any]] = []
-        for p in sorted(set(parts)):
-            idx = [i for i, q in enumerate(parts) if q == p]
+        for p in np.unique(parts).tolist():
+            idx = np.flatnonzero(parts == p)
             rows = seg.rows if len(idx) == len(parts) else seg.rows.take(pa.array(idx))
-            part_keys = [keys[i] for i in idx]
+            part_keys = [keys[i] for i in idx.tolist()]
             offset = 0
             for payload in self._sized(TableChanges(seg.table, rows)):
                 out.append((p, payload, part_keys[offset] if offset < len(part_keys) else None))
@@ -125,9 +128,14 @@ class KafkaWriter(Writer):
             if len(seg) == 1 and len(payload.data) > self.options.max_record_bytes:
                 return self._oversize(payload)
             return [payload]
-        half = len(seg) // 2
-        return self._sized(TableChanges(seg.table, seg.rows.slice(0, half))) + \
-            self._sized(TableChanges(seg.table, seg.rows.slice(half)))
+        # Too big: cut into as many equal runs of rows as the size says (with a margin), so the rows are encoded
+        # about twice in all rather than once per halving; a run that is still too big is cut again.
+        pieces = min(len(seg), max(2, math.ceil(len(payload.data) * SPLIT_MARGIN / self.options.max_batch_bytes)))
+        step = math.ceil(len(seg) / pieces)
+        out: list[WirePayload] = []
+        for start in range(0, len(seg), step):
+            out += self._sized(TableChanges(seg.table, seg.rows.slice(start, step)))
+        return out
 
     def _oversize(self, payload: WirePayload) -> list[WirePayload]:
         key = row_keys(TableChanges(payload.segment.table_schema(), payload.segment.rows))[0]
