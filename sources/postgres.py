@@ -14,6 +14,7 @@ the following ``next_batch``, and mirrored into the checkpoint store.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -56,6 +57,7 @@ class TypeResolver:
         self.enabled = resolve_types
         self.flow_id = flow_id
         self.known: dict[int, pgtypes.PgType] = dict(pgtypes.BUILTIN_TYPES)
+        self.utf8_valid = False  # set from the replication connection: text needs no UTF-8 validation
         self._conn: psycopg.Connection | None = None
 
     def _meta(self) -> psycopg.Connection:
@@ -86,6 +88,10 @@ class TypeResolver:
         columns, ctypes = [], []
         for c in rel.columns:
             ct = pgtypes.column_type(c.type_oid, c.typmod, self.known, ndims.get(c.name, 1))
+            # built-in text-like types and enums/domains (their text is stored validated); not extension types,
+            # whose output functions may write any bytes
+            if self.utf8_valid and ct.family == "text" and ct.extension is None and not ct.type_name.startswith("oid:"):
+                ct = dataclasses.replace(ct, utf8_valid=True)
             ctypes.append(ct)
             columns.append(Column(name=c.name, type_oid=c.type_oid, type_name=ct.type_name, typmod=ct.typmod,
                                   key=c.key, arrow_type=ct.arrow_type, base_type=ct.base_type,
@@ -193,6 +199,7 @@ class _PostgresPartition(StatefulSourcePartition):
                           drift=not self.opts.capture_ddl, keep_wal=self.src.keep_wal)
         stream = ReplicationStream(self.opts.dsn, self.opts.slot, self.opts.publication, self.proto_version,
                                    self.covered, self.flow_id)
+        self.resolver.utf8_valid = stream.utf8_valid  # before the reader resolves any Relation message
         self.reader = StreamReader(stream, batcher, covered=self.covered, confirmed=self.confirmed,
                                    status_interval=self.opts.status_interval, batch_timeout=self.opts.batch_timeout,
                                    stop_at_lsn=self.src.stop_at_lsn, name=self.opts.slot)

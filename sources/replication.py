@@ -18,6 +18,7 @@ from psycopg import pq
 
 from sources.connection import connect, connect_error, quote_ident, quote_literal, server_name
 from sources.pgoutput import PG_EPOCH_OFFSET_US, standby_status
+from sources.pgtypes import utf8_guaranteed
 from wallaby.changes import format_lsn
 from wallaby.errors import SourceError
 
@@ -63,6 +64,8 @@ class ReplicationStream:
                 raise SourceError(f"cannot start replication from {self.server}: {message}", server=self.server)
             raise connect_error(dsn, exc, what="start replication on") from None
         self.sock = self.pgconn.socket
+        enc = [self.pgconn.parameter_status(k) for k in (b"server_encoding", b"client_encoding")]
+        self.utf8_valid = utf8_guaranteed(*(e.decode() if e else None for e in enc))
 
     def read(self, limit: int = READ_CHUNK) -> list[memoryview]:
         """Every CopyData payload that has arrived, up to ``limit``. Never blocks.

@@ -852,3 +852,28 @@ def _bench(n: int = 10_000) -> None:
 
 if __name__ == "__main__":
     _bench()
+
+
+def test_text_of_a_utf8_server_is_taken_without_validating_it_again():
+    import dataclasses
+
+    values = ["plain", "émoji 😀 עברית e\u0301", "", None, "x" * 300]
+    raw = pa.array([None if v is None else v.encode() for v in values], pa.binary()).cast(pa.binary_view())
+    ct = pgtypes.column_type(25, -1, pgtypes.BUILTIN_TYPES)
+    trusted = dataclasses.replace(ct, utf8_valid=True)
+    checked, fast = pgtypes.decode_column(ct, raw), pgtypes.decode_column(trusted, raw)
+    assert fast.type == checked.type == pa.string() and fast.to_pylist() == checked.to_pylist() == values
+    fast.validate(full=True)
+    with pytest.raises(ValueError, match="UTF8"):  # a checked column still refuses invalid UTF-8
+        pgtypes.decode_column(ct, pa.array([b"\xff\xfe"], pa.binary()).cast(pa.binary_view()))
+    assert pgtypes.utf8_guaranteed("UTF8", "UTF8")
+    assert not pgtypes.utf8_guaranteed("SQL_ASCII", "UTF8") and not pgtypes.utf8_guaranteed("UTF8", "LATIN1")
+    assert not pgtypes.utf8_guaranteed(None, None)
+
+
+def test_replication_stream_knows_a_utf8_database(pgdb):
+    from sources.connection import connect
+
+    with connect(pgdb, replication=True) as c:
+        enc = (c.pgconn.parameter_status(b"server_encoding"), c.pgconn.parameter_status(b"client_encoding"))
+    assert pgtypes.utf8_guaranteed(*(e.decode() for e in enc))
