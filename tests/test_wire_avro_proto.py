@@ -23,10 +23,10 @@ from operators.wire.formats import HEADER_KEY, _avro_names, avro_schema, encode_
 from operators.wire.model import WireColumn, WireSegment, segment_of, type_text
 from operators.wire.protofmt import encode_proto_records
 from operators.wire.values import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, US_PER_DAY
-from tests.builders import Stream, col, dele, ins, load, numeric_typmod, table, upd
+from tests.builders import Stream, col, dele, ins, load, table, upd
 from tests.test_tricky_table import tricky  # noqa: F401 - fixture
 from tests.test_wire_formats import tricky_batches  # noqa: F401 - fixture
-from tests.test_wire_json import EDGE_DAYS, EDGE_F, EDGE_TIME, EDGE_US, SEGMENTS
+from tests.test_wire_json import EDGE_DAYS, EDGE_F, EDGE_TIME, EDGE_US, SEGMENTS, realistic_segment
 from wallaby.changes import ChangeBatch, TableChanges
 
 # -- the references: the encoders as they were (one Record per change, converted value by value) --------
@@ -378,16 +378,6 @@ def test_other_columns():
 # -- a realistic segment (the benchmark's: speed is measured, not asserted here) --------------------------
 
 def test_large_segment_matches_the_record_encoders():
-    t = table("orders", [col("id", "int8", key=True), col("qty", "int4"),
-                         col("price", "numeric", typmod=numeric_typmod(12, 2)), col("name", "text"),
-                         col("note", "text"), col("at", "timestamptz")])
-    rnd = random.Random(1)
-    changes = []
-    for i in range(10_000):
-        row = {"id": i, "qty": rnd.randint(0, 1000), "price": Decimal(rnd.randint(-10**9, 10**9)) / 100,
-               "name": f"name {rnd.random()}", "note": "some note é" * rnd.randint(0, 3),
-               "at": 1_700_000_000_000_000 + rnd.randint(0, 10**12)}
-        changes.append(upd(row, before={"id": i + 1}) if i % 5 == 4 else ins(**row))
-    seg = Stream().rows(t, *changes)
+    seg = realistic_segment()
     for fmt, (new, _, ref, norm) in FORMATS.items():
         assert norm(new(segment_of("f", seg))) == norm(ref(segment_of("f", seg))), fmt
