@@ -781,13 +781,9 @@ class DuckDBWriter(Writer):
             dest = self._load_dest(p.dest)
             assert dest is not None
             changed = True
-            if self.options.drop_columns:  # created from older shapes too: drop what the latest one lacks
-                now = {c.name for c in p.table.columns}
-                p.gone = [c for c in columns if c not in now]
+            previous = list(columns)  # the shapes the table was just created from
         else:
-            if self.options.drop_columns:
-                now = {c.name for c in p.table.columns}
-                p.gone = [c for c in self._previous_source_columns(p) or [] if c not in now and c in dest.columns]
+            previous = (self._previous_source_columns(p) or []) if self.options.drop_columns else []
             for name, c in columns.items():
                 if name not in dest.columns:
                     self._con.execute(f"ALTER TABLE {qt} ADD COLUMN {q(name)} {duckdb_type(c, self._mappings)}")
@@ -813,6 +809,9 @@ class DuckDBWriter(Writer):
             if changed:
                 dest = self._load_dest(p.dest)
                 assert dest is not None
+        if self.options.drop_columns:  # source columns the latest shape lacks go after the apply
+            now = {c.name for c in p.table.columns}
+            p.gone = [c for c in previous if c not in now and c in dest.columns]
         self._tables[p.dest] = dest
         if self.options.meta_table_enabled:
             self._record_meta(p, columns, dest, changed)
