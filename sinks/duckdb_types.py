@@ -51,6 +51,7 @@ verbatim as DuckDB type SQL.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import pyarrow as pa
@@ -162,3 +163,39 @@ def duckdb_type(column: Column, overrides: Mapping[str, str] | None = None) -> s
     if found is None and column.base_type and column.base_type != name:
         found = _scalar_type(column.base_type, column.typmod, overrides, None)
     return found or VARCHAR
+
+# DuckDB reports some types under another name than the one we create them with.
+_TYPE_ALIASES = (("TIMESTAMPTZ", "TIMESTAMP WITH TIME ZONE"), ("TIMETZ", "TIME WITH TIME ZONE"), ("REAL", "FLOAT"))
+
+
+def canonical_type(type_sql: str) -> str:
+    out = type_sql.upper().replace(" ", "")
+    for alias, name in _TYPE_ALIASES:
+        out = re.sub(rf"\b{alias}\b", name.replace(" ", ""), out)
+    return out
+
+
+_INT_RANK = {"TINYINT": 1, "SMALLINT": 2, "INTEGER": 3, "BIGINT": 4, "HUGEINT": 5}
+_DECIMAL = re.compile(r"DECIMAL\((\d+),(\d+)\)")
+
+
+def widens(have: str, want: str) -> bool:
+    """True when every value of DuckDB type ``have`` fits ``want`` (a source type change DuckDB can follow in
+    place: int2 -> int4 -> int8, float4 -> float8, numeric(p,s) to more digits, varchar(n) -> text, ...)."""
+    h, w = canonical_type(have), canonical_type(want)
+    if h == w:
+        return False
+    if h in _INT_RANK and w in _INT_RANK:
+        return _INT_RANK[w] > _INT_RANK[h]
+    if (h, w) == ("FLOAT", "DOUBLE") or (h in _INT_RANK and w == "DOUBLE" and _INT_RANK[h] <= 3):
+        return True
+    hm, wm = _DECIMAL.fullmatch(h), _DECIMAL.fullmatch(w)
+    if hm and wm:
+        hp, hs, wp, ws = (int(x) for x in (*hm.groups(), *wm.groups()))
+        return ws >= hs and wp - ws >= hp - hs
+    if h in _INT_RANK and wm:
+        wp, ws = int(wm.group(1)), int(wm.group(2))
+        return wp - ws >= {1: 3, 2: 5, 3: 10, 4: 19, 5: 39}[_INT_RANK[h]]
+    if h.startswith("VARCHAR(") and w == "VARCHAR":
+        return True
+    return w == "VARCHAR" and h not in ("BLOB",) and not h.endswith("[]")
