@@ -9,7 +9,8 @@ each slot with one reader and measures the rate and peak RSS:
 2. the walsender's decode-only rate: ``pg_logical_slot_peek_binary_changes``
    counted in SQL (no network, no client);
 3. wallaby's source alone: decode into Arrow-backed batches, no sink;
-4. wallaby end to end into a DuckDB file (target mode);
+4. wallaby end to end into a DuckDB file (target mode); beside it, DuckDB bulk-loading that leg's final
+   table itself with the same settings (``duckdb_bulk_load``, rows/s): what DuckDB takes in at most here;
 5. the same with ``toast_fetch=cache`` and with ``meta_enabled``: their cost, as a ratio to 4;
 6. wallaby end to end into Kafka (a local broker, tests/kafka_broker.py) in each wire format, each
    beside confluent-kafka producing the same messages directly (ratio printed).
@@ -196,6 +197,23 @@ def leg_wallaby(dsn: str, slot: str, stop: str, sink: str, batch_size: int, tmp:
     return secs, rss, orjson.loads(out.strip().splitlines()[-1])
 
 
+def duckdb_ceiling(tmp: Path, e2e_file: Path) -> dict:
+    """DuckDB loading the end-to-end leg's final table itself (exported to Parquet, untimed), with the
+    destination's settings: rows/s, the ceiling of any leg into DuckDB on this machine."""
+    import duckdb
+
+    parquet = tmp / "ceiling.parquet"
+    with duckdb.connect(str(e2e_file), read_only=True) as con:
+        schema, table = con.execute("SELECT table_schema, table_name FROM information_schema.tables"
+                                    " WHERE table_name = 'bench'").fetchone()
+        con.execute(f'COPY "{schema}"."{table}" TO \'{parquet}\' (FORMAT parquet, ROW_GROUP_SIZE 10000)')
+    _, rss, out = run_measured([sys.executable, "-m", "bench.duckdb_ceiling", "--parquet", str(parquet),
+                                "--duckdb", str(tmp / "ceiling.duckdb")], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    info = orjson.loads(out.strip().splitlines()[-1])
+    parquet.unlink()
+    return {"seconds": info["seconds"], "rows": info["rows"], "peak_rss_mb": rss / 2**20}
+
+
 def kafka_direct(bootstrap: str, topic: str) -> tuple[float, int, int]:
     """confluent-kafka producing the messages of ``topic`` again (same keys, values, headers, partitions) into a
     new topic with the destination's producer settings: (seconds, messages, bytes)."""
@@ -269,10 +287,12 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
                 secs, n, size = kafka_direct(kafka or "", topic)
                 results[leg.replace("e2e_kafka_", "direct_kafka_")] = {"seconds": secs, "messages": n,
                                                                        "bytes": size}
+            if leg == "wallaby_e2e_duckdb":
+                results["duckdb_bulk_load"] = duckdb_ceiling(Path(tmp), Path(tmp) / f"bench-{profile}_{slot}.duckdb")
 
     base = changes / results["pg_recvlogical"]["seconds"]
     for r in results.values():
-        r["changes_per_s"] = changes / r["seconds"]
+        r["changes_per_s"] = r.get("rows", changes) / r["seconds"]
         r["ratio_to_pg_recvlogical"] = r["changes_per_s"] / base
     if "wallaby_e2e_duckdb" in results:
         e2e = results["wallaby_e2e_duckdb"]["changes_per_s"]
@@ -319,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     print("\n(x base: toast/meta legs to wallaby_e2e_duckdb; e2e_kafka_<format> to confluent-kafka producing"
-          " the same messages, direct_kafka_<format>)")
+          " the same messages, direct_kafka_<format>)\n(duckdb_bulk_load: rows/s of DuckDB loading the e2e leg's"
+          " final table itself, same settings, one CREATE TABLE AS + CHECKPOINT: the ceiling of e2e into DuckDB)")
     print(f"{'profile':8} {'leg':24} {'changes/s':>12} {'x pg_recvlogical':>17} {'x base':>7} {'peak RSS MB':>12}"
           f" {'walsender CPU':>14}")
     for profile, res in report["profiles"].items():
