@@ -1,6 +1,5 @@
-"""DuckDB's own bulk load of a table, with the settings of wallaby's DuckDB destination
-(but its memory cap): the most a DuckDB
-file takes in on this machine, the ceiling of any end-to-end leg into DuckDB.
+"""DuckDB's own bulk load of a table, with the settings of wallaby's DuckDB destination (but its memory cap):
+the most a DuckDB file takes in on this machine, the ceiling of any end-to-end leg into DuckDB.
 
     python -m bench.duckdb_ceiling --parquet FILE --duckdb FILE
 

@@ -189,12 +189,17 @@ def generate(dsn: str, profile: str, changes: int) -> None:
         c.execute("CHECKPOINT")
 
 
+def duckdb_file(tmp: Path, slot: str) -> Path:
+    """The DuckDB file of the leg reading ``slot``."""
+    return tmp / f"bench-{slot}.duckdb"
+
+
 def leg_wallaby(dsn: str, slot: str, stop: str, sink: str, batch_size: int, tmp: Path,
                 extra: list[str] | None = None) -> tuple[float, int, dict]:
     cmd = [sys.executable, "-m", "bench.flowrun", "--dsn", dsn, "--slot", slot, "--publication", "bench",
            "--stop-lsn", stop, "--sink", sink, "--batch-size", str(batch_size), *(extra or [])]
     if sink == "duckdb":
-        cmd += ["--duckdb", str(tmp / f"bench-{slot}.duckdb")]
+        cmd += ["--duckdb", str(duckdb_file(tmp, slot))]
     secs, rss, out = run_measured(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return secs, rss, orjson.loads(out.strip().splitlines()[-1])
 
@@ -290,7 +295,7 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
                 results[leg.replace("e2e_kafka_", "direct_kafka_")] = {"seconds": secs, "messages": n,
                                                                        "bytes": size}
             if leg == "wallaby_e2e_duckdb":
-                results["duckdb_bulk_load"] = duckdb_ceiling(Path(tmp), Path(tmp) / f"bench-{profile}_{slot}.duckdb")
+                results["duckdb_bulk_load"] = duckdb_ceiling(Path(tmp), duckdb_file(Path(tmp), f"{profile}_{slot}"))
 
     base = changes / results["pg_recvlogical"]["seconds"]
     for r in results.values():

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sinks.duckdb_apply import SEQ_COL, ApplyError
+from sources.pgtypes import DATE_NEG_INF, TS_NEG_INF
 from wallaby.changes import (
     BEFORE_PREFIX,
     LSN_COL,
@@ -23,10 +24,6 @@ from wallaby.changes import (
     TableChanges,
     TableSchema,
 )
-
-_INT32_MIN = -(2**31)
-_INT64_MIN = -(2**63)
-
 
 _SEQ_CACHE: list[pa.Array] = [pa.array([], pa.int64())]
 _SEQ_LOCK = threading.Lock()
@@ -43,12 +40,12 @@ def _seq(n: int) -> pa.Array:
 
 
 def _fix_infinity(arr: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Postgres -infinity (INT32_MIN days / INT64_MIN µs) -> DuckDB's -infinity (MIN + 1)."""
+    """Postgres -infinity (the source's DATE_NEG_INF days / TS_NEG_INF µs) -> DuckDB's -infinity (MIN + 1)."""
     t = arr.type
     if pa.types.is_date32(t):
-        ints, sentinel = arr.cast(pa.int32()), _INT32_MIN
+        ints, sentinel = arr.cast(pa.int32()), DATE_NEG_INF
     elif pa.types.is_timestamp(t):
-        ints, sentinel = arr.cast(pa.int64()), _INT64_MIN
+        ints, sentinel = arr.cast(pa.int64()), TS_NEG_INF
     else:
         return arr
     if ints.null_count == len(ints) or pc.min(ints).as_py() != sentinel:
