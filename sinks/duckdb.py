@@ -116,6 +116,7 @@ from wallaby.changes import (
     TableChanges,
     TableSchema,
 )
+from wallaby.runtime import release_memory
 
 log = logging.getLogger("wallaby.sinks.duckdb")
 
@@ -311,6 +312,9 @@ class DuckDBWriter(Writer):
             self._tx_bytes += applied
             if self._tx_bytes >= self.max_tx_bytes:
                 self.commit()
+                # The transaction's buffers are freed: hand their heap pages back now, not only at the
+                # epoch's end. Measured (300k wide changes): peak RSS 382-408 -> 356-371 MB, same rate.
+                release_memory()
 
     def commit(self) -> dict[str, int] | None:
         self._check_usable()

@@ -40,7 +40,8 @@ def tune_gc() -> None:
 # With pyarrow's default mimalloc pool and glibc's one-arena-per-thread malloc, what was
 # freed stays resident: 413 MB. Arrow on the system allocator, a single malloc arena and
 # returning free heap pages after every epoch: 358 MB, at the same rate. Each can be
-# overridden the usual way (ARROW_DEFAULT_MEMORY_POOL, MALLOC_ARENA_MAX).
+# overridden the usual way (ARROW_DEFAULT_MEMORY_POOL, MALLOC_ARENA_MAX); wallaby/__init__.py
+# sets ARROW_DEFAULT_MEMORY_POOL=system for Arrow's C++ code too.
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
 _libc: ctypes.CDLL | None = None
 _memory_tuned = False
@@ -64,7 +65,9 @@ def tune_memory() -> None:
     if _memory_tuned:
         return
     _memory_tuned = True
-    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+    # wallaby/__init__.py asks for "system" before pyarrow loads; when pyarrow was imported before that (an
+    # embedding program, tests), at least pyarrow's own allocations move to it.
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system") == "system":
         pa.set_memory_pool(pa.system_memory_pool())
     libc = _glibc()
     if libc is not None and "MALLOC_ARENA_MAX" not in os.environ:
