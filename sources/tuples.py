@@ -29,9 +29,12 @@ KIND_TEXT = 116  # 't'
 KIND_BINARY = 98  # 'b'
 
 _ARANGE12 = np.arange(12)
-_ARANGE4 = np.arange(4)
-_ARANGE1_5 = np.arange(1, 5)
 _PAD = bytes(16)
+
+
+def _windows(u8: np.ndarray, width: int) -> np.ndarray:
+    """Row i = the ``width`` bytes from offset i (a read-only strided view of ``u8``, no copy)."""
+    return np.lib.stride_tricks.as_strided(u8, shape=(len(u8) - width + 1, width), strides=(1, 1), writeable=False)
 
 
 def skip_tuple(buf: bytes, pos: int) -> int:
@@ -80,48 +83,59 @@ def parse_tuples(images: list[tuple[bytes, int] | None], ncols: int) -> ParsedCo
     pos = pos + 2
     big_buf = pa.py_buffer(big)
     all_present = bool(present.all())
+    # Every 4 bytes of the buffer as a big-endian length (for the length words) and as a native int32 (a long
+    # value's 4-byte prefix in its view), and every 12 bytes as one item (a short value inlined in its view):
+    # strided views that need no copy, so each is one gather per column below.
+    be32 = _windows(u8, 4).view(">i4")[:, 0]
+    ne32 = _windows(u8, 4).view(np.int32)[:, 0]
+    b12 = _windows(u8, 12).view("V12")[:, 0]
 
     values: list[pa.Array] = []
     unchanged: list[np.ndarray | None] = []
     for _ in range(ncols):
         kind = u8[pos]
-        has = (kind == KIND_TEXT) | (kind == KIND_BINARY)
-        ln = np.where(has, u8[pos[:, None] + _ARANGE1_5].view(">i4").ravel(), 0)
         start = pos + 5
-        pos = np.where(has, start + ln, pos + 1)
+        if (kind == KIND_TEXT).all():  # the usual case: a value in every row
+            ln = be32[pos + 1]
+            pos = start + ln
+            valid = None
+            u = None
+        else:
+            has = (kind == KIND_TEXT) | (kind == KIND_BINARY)
+            ln = np.where(has, be32[pos + 1], 0)
+            pos = np.where(has, start + ln, pos + 1)
+            valid = has
+            u = kind == KIND_UNCHANGED
+            if not u.any():
+                u = None
 
         views = np.zeros((m, 4), dtype=np.int32)
-        vbytes = views.view(np.uint8).reshape(m, 16)
         views[:, 0] = ln
         short = ln <= 12
         n_short = int(np.count_nonzero(short))
         if n_short == m:  # ints, dates, flags, NULLs: every value inline, zero-padded
-            vbytes[:, 4:16] = np.where(ln[:, None] > _ARANGE12, u8[start[:, None] + _ARANGE12], 0)
+            head = b12[start].view(np.uint8).reshape(m, 12)
+            views.view(np.uint8).reshape(m, 16)[:, 4:16] = np.where(ln[:, None] > _ARANGE12, head, 0)
         elif n_short == 0:  # text, bytea, json: a 4-byte prefix and the value's offset in the joined buffer
-            vbytes[:, 4:8] = u8[start[:, None] + _ARANGE4]
+            views[:, 1] = ne32[start]
             views[:, 3] = start
         else:
-            head = u8[start[:, None] + _ARANGE12]
-            vbytes[short, 4:16] = np.where(ln[short, None] > _ARANGE12, head[short], 0)
             long_ = ~short
-            vbytes[long_, 4:8] = head[long_, 0:4]
+            head = b12[start[short]].view(np.uint8).reshape(n_short, 12)
+            views.view(np.uint8).reshape(m, 16)[short, 4:16] = np.where(ln[short, None] > _ARANGE12, head, 0)
+            views[long_, 1] = ne32[start[long_]]
             views[long_, 3] = start[long_]
-        valid = has
         if not all_present:
             full_valid = np.zeros(n, dtype=bool)
-            full_valid[present] = valid
+            full_valid[present] = True if valid is None else valid
             full_views = np.zeros((n, 4), dtype=np.int32)
             full_views[present] = views
             views, valid = full_views, full_valid
-        bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
-        values.append(pa.Array.from_buffers(pa.binary_view(), n, [bitmap, pa.py_buffer(views), big_buf]))
-        u = kind == KIND_UNCHANGED
-        if u.any():
-            if not all_present:
+            if u is not None:
                 full_u = np.zeros(n, dtype=bool)
                 full_u[present] = u
                 u = full_u
-            unchanged.append(u)
-        else:
-            unchanged.append(None)
+        bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+        values.append(pa.Array.from_buffers(pa.binary_view(), n, [bitmap, pa.py_buffer(views), big_buf]))
+        unchanged.append(u)
     return ParsedColumns(values, unchanged)
