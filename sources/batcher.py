@@ -64,11 +64,12 @@ _U32 = struct.Struct(">I")
 # A batch is taken at ``batch_size`` changes or once its row messages reach this many bytes,
 # whichever comes first: wide rows (or big TOASTed values) would otherwise make one batch of
 # batch_size rows hundreds of MB, held several times over (messages, parsed buffer, decoded
-# columns, a batch queued ahead). 4 MiB is ~20k narrow rows (batch_size decides there) or
-# ~800 rows of 5 KB. Measured (`make bench`, 1M wide changes into DuckDB): peak RSS 521 -> 414 MB
+# columns, a batch queued ahead). 3 MiB is ~13k narrow rows (batch_size decides there) or
+# ~600 rows of 5 KB. Measured (`make bench`, 1M wide changes into DuckDB): peak RSS 521 -> 414 MB
 # from 8 to 4 MiB at the same rate; 200k: 465 -> 407 MB (2 MiB: 368 MB, but the source alone slows).
+# 300k wide changes, 3 runs each: 357-382 MB at 4 MiB, 348-360 MB at 3 MiB.
 # WALLABY_SOURCE_BATCH_BYTES overrides it.
-MAX_BATCH_BYTES = int(os.environ.get("WALLABY_SOURCE_BATCH_BYTES", str(4 << 20)))
+MAX_BATCH_BYTES = int(os.environ.get("WALLABY_SOURCE_BATCH_BYTES", str(3 << 20)))
 
 
 @dataclass
