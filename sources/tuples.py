@@ -86,8 +86,9 @@ def parse_tuples(images: list[tuple[bytes, int] | None], ncols: int) -> ParsedCo
     # Every 4 bytes of the buffer as a big-endian length (for the length words) and as a native int32 (a long
     # value's 4-byte prefix in its view), and every 12 bytes as one item (a short value inlined in its view):
     # strided views that need no copy, so each is one gather per column below.
-    be32 = _windows(u8, 4).view(">i4")[:, 0]
-    ne32 = _windows(u8, 4).view(np.int32)[:, 0]
+    w4 = _windows(u8, 4)
+    be32 = w4.view(">i4")[:, 0]
+    ne32 = w4.view(np.int32)[:, 0]
     b12 = _windows(u8, 12).view("V12")[:, 0]
 
     values: list[pa.Array] = []

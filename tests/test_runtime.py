@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pytest
@@ -69,9 +71,6 @@ print(pa.mimalloc_memory_pool().max_memory())
 
 
 def _python(code: str) -> str:
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
