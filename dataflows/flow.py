@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 
+from dataflows.positions import Start, prepare_start
 from operators.metadata import with_metadata
 from operators.toast import toast_step
 from sinks.base import WriterSink
@@ -55,8 +57,41 @@ def available_destinations() -> list[str]:
     return sorted(t for t in DESTINATION_OPTIONS if sink_factory(t) is not None)
 
 
+# Options the spec validates (USAGE.md names them) that this build does not implement yet, per endpoint type:
+# refused by name when set to anything but their default, never accepted and ignored. option -> why.
+_BACKFILL = "backfill (snapshot) mode comes in a later version; this version streams from the slot"
+_STAGING = "staging loads come with backfill in a later version; changes are applied to the target tables"
+UNBUILT_SOURCE_OPTIONS: dict[str, dict[str, str]] = {
+    "postgres": dict.fromkeys(("snapshot_workers", "parallel_tables", "partition_column", "partition_count",
+                               "snapshot_consistent", "snapshot_state_backend", "snapshot_state_schema",
+                               "snapshot_state_table", "snapshot_state_path"), _BACKFILL),
+}
+UNBUILT_DESTINATION_OPTIONS: dict[str, dict[str, str]] = {
+    "duckdb": dict.fromkeys(("batch_mode", "batch_resolution", "staging_schema", "staging_table",
+                             "staging_suffix"), _STAGING),
+}
+
+
+def _unbuilt_options(opts: Any, unbuilt: dict[str, str], path: str) -> list[FieldProblem]:
+    """The options of ``unbuilt`` that ``opts`` sets to something else than their default."""
+    problems = []
+    fields = type(opts).model_fields
+    for name, why in unbuilt.items():
+        if name not in opts.model_fields_set or name not in fields:
+            continue
+        value, default = getattr(opts, name), fields[name].get_default(call_default_factory=True)
+        if value == default:
+            continue
+        fix = "remove it" if default is None else f"remove it or set it to {default!r} (the default)"
+        problems.append(FieldProblem(f"{path}.{name}", f"{name}={value!r} is not available in this version of"
+                                                       f" wallaby ({why}); {fix}"))
+    return problems
+
+
 def check_buildable(spec: FlowSpec) -> None:
-    """Refuse, before anything is connected to, what this build cannot do yet."""
+    """Refuse, before anything is connected to, what this build cannot do yet: destination types without a sink,
+    and options that are validated but not implemented (:data:`UNBUILT_SOURCE_OPTIONS`,
+    :data:`UNBUILT_DESTINATION_OPTIONS`), each by name."""
     missing = [i for i, d in enumerate(spec.destinations) if sink_factory(d.type) is None]
     problems = [
         FieldProblem(f"destinations[{i}].type",
@@ -66,20 +101,33 @@ def check_buildable(spec: FlowSpec) -> None:
     ]
     if spec.source.type != "postgres":
         problems.append(FieldProblem("source.type", "only 'postgres' sources are supported"))
+    else:
+        problems += _unbuilt_options(spec.source_options(), UNBUILT_SOURCE_OPTIONS.get(spec.source.type, {}),
+                                     "source.options")
+    for i, d in enumerate(spec.destinations):
+        if i not in missing and d.type in UNBUILT_DESTINATION_OPTIONS:
+            problems += _unbuilt_options(spec.destination_options(i), UNBUILT_DESTINATION_OPTIONS[d.type],
+                                         f"destinations[{i}].options")
     if problems:
         raise ConfigError(f"flow {spec.name or spec.id!r}", problems)
 
 
 def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads: int | None = None,
                checkpoints: CheckpointStore | None = None, prepared: bool = False,
-               generation: int | None = None) -> Dataflow:
+               generation: int | None = None, start: Start | None = None) -> Dataflow:
     """The dataflow of ``spec``. With ``generation`` (a worker of a stored flow) the source is fenced: it stops
-    before advancing the slot once a newer generation of the flow exists."""
+    before advancing the slot once a newer generation of the flow exists. With ``start``
+    (:func:`dataflows.positions.prepare_start`: the source prepared, stored positions judged) the source resumes
+    from the vetted checkpoint and every stored position is judged against, and written with, the source's
+    identity."""
+    source_check = start.check if start is not None else None
+    extra = {"source_check": source_check, "resume": start.checkpoint, "prepared": True} if start is not None else {
+        "prepared": prepared}
     check_buildable(spec)
     source_opts = spec.source_options()
     flow = Dataflow(f"wallaby-{spec.id}")
     source = PostgresSource(spec.id, source_opts, start_lsn=start_lsn, max_empty_reads=max_empty_reads,
-                            checkpoints=checkpoints, prepared=prepared, generation=generation,
+                            checkpoints=checkpoints, generation=generation, **extra,
                             ddl_policy=spec.ddl_policy(),
                             keep_wal=any(getattr(spec.destination_options(i), "payload_mode", None) == "wal"
                                          for i in range(len(spec.destinations))))
@@ -89,9 +137,11 @@ def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads:
     makers = {}
     for i, dest in enumerate(spec.destinations):
         opts = spec.destination_options(i)
-        makers[dest.name] = with_metadata(dest.name, opts, sink_factory(dest.type)(dest.name, spec.id, opts).new_writer)
+        sink = sink_factory(dest.type)(dest.name, spec.id, opts, source=source_check)
+        makers[dest.name] = with_metadata(dest.name, opts, sink.new_writer)
     primary = spec.config.primary_destination if spec.config.ack_policy == "primary" else None
-    op.output("destinations", changes, fanout_sink(spec.id, makers, parallelism=spec.parallelism, primary=primary))
+    op.output("destinations", changes, fanout_sink(spec.id, makers, parallelism=spec.parallelism, primary=primary,
+                                                   source=source_check))
     return flow
 
 
@@ -116,31 +166,45 @@ def stored_flow(checkpoints: Checkpoints, flow_id: str, generation: int | None =
 
 
 def flow_from_env() -> Dataflow:
-    """The dataflow for ``WALLABY_FLOW_FILE`` or ``WALLABY_FLOW_ID`` (+ ``WALLABY_FLOW_GENERATION``)."""
+    """The dataflow for ``WALLABY_FLOW_FILE`` or ``WALLABY_FLOW_ID`` (+ ``WALLABY_FLOW_GENERATION``), after the
+    same preflight as ``wallaby-worker`` (:func:`wallaby.preflight.preflight`): nothing is created for a flow
+    that fails it."""
+    from wallaby.changes import parse_lsn
+    from wallaby.preflight import preflight
+    from wallaby.settings import count, env_value
+
     path = os.environ.get("WALLABY_FLOW_FILE")
     flow_id = os.environ.get("WALLABY_FLOW_ID")
+    given = env_value("WALLABY_FLOW_GENERATION", count(1))
+    start = env_value("WALLABY_START_LSN", parse_lsn)
+    empty = env_value("WALLABY_MAX_EMPTY_READS", count(1))
     checkpoints = open_store()
     generation = None
     if path:
         spec = load_flow(path)
     elif flow_id:
-        given = os.environ.get("WALLABY_FLOW_GENERATION")
-        spec, generation = stored_flow(checkpoints, flow_id, int(given) if given else None, "WALLABY_FLOW_ID")
+        spec, generation = stored_flow(checkpoints, flow_id, given, "WALLABY_FLOW_ID")
     else:
         raise ConfigError("dataflows.flow", [FieldProblem(
             "WALLABY_FLOW_FILE", "set WALLABY_FLOW_FILE to a flow JSON file (or WALLABY_FLOW_ID to a stored flow)")])
-    start = os.environ.get("WALLABY_START_LSN")
-    from wallaby.changes import parse_lsn
-
-    empty = os.environ.get("WALLABY_MAX_EMPTY_READS")
-    return build_flow(spec, start_lsn=parse_lsn(start) if start else None, checkpoints=checkpoints,
-                      max_empty_reads=int(empty) if empty else None, generation=generation)
+    preflight(spec)
+    # bytewax.run's own -r/--recovery-directory is the recovery store here (this process cannot know it), so
+    # its positions are judged when the source resumes from them
+    prepared = prepare_start(spec, checkpoints, start_lsn=start)
+    return build_flow(spec, start_lsn=start, checkpoints=checkpoints, max_empty_reads=empty, generation=generation,
+                      start=prepared)
 
 
 def __getattr__(name: str) -> Dataflow:
     # Built on first access, so importing this module (tests, the worker) needs no environment.
     if name == "flow":
-        value = flow_from_env()
+        from wallaby.errors import WallabyError, exit_status
+
+        try:
+            value = flow_from_env()
+        except WallabyError as exc:  # `python -m bytewax.run dataflows.flow:flow`: one clear error, no traceback
+            print(f"dataflows.flow: {exc}", file=sys.stderr)
+            raise SystemExit(exit_status(exc)) from None
         globals()["flow"] = value
         return value
     raise AttributeError(name)

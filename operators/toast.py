@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +53,7 @@ from psycopg import pq
 from sources import pgtypes
 from sources.connection import connect, is_transient, quote_ident, server_name
 from wallaby import changes as ch
+from wallaby import settings
 from wallaby.changes import ChangeBatch, Event, TableChanges, TableSchema
 from wallaby.errors import SourceError
 
@@ -158,7 +158,7 @@ def _exec_raw(conn: psycopg.Connection, sql: str, params: list[bytes]) -> list[l
 
 # The cache is also bounded by the size of the values it holds (toast_cache_size counts entries, and TOASTed
 # values are big by definition: 10000 entries of 100 KB would be 1 GB). WALLABY_TOAST_CACHE_BYTES sets it.
-TOAST_CACHE_BYTES = int(os.environ.get("WALLABY_TOAST_CACHE_BYTES", str(256 << 20)))
+TOAST_CACHE_BYTES = settings.on_import().toast_cache_bytes
 
 
 def _value_bytes(v: Any) -> int:

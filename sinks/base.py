@@ -22,30 +22,16 @@ from typing import Any
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from wallaby.changes import ChangeBatch
+from wallaby.changes import ZERO, ChangeBatch, Position
+
+# The sink errors belong to wallaby's one error taxonomy (wallaby.errors); destinations import them from here.
+from wallaby.errors import PermanentSinkError as PermanentSinkError
+from wallaby.errors import SinkError as SinkError
+from wallaby.errors import TransientSinkError as TransientSinkError
+from wallaby.identity import DISCARD, SourceCheck, SourceIdentity
 from wallaby.runtime import release_memory, tune_memory
 
 log = logging.getLogger("wallaby.sinks")
-
-
-class SinkError(Exception):
-    """A destination failed. ``destination`` names it; messages never carry secrets."""
-
-    def __init__(self, destination: str, message: str):
-        super().__init__(f"destination {destination!r}: {message}")
-        self.destination = destination
-
-
-class TransientSinkError(SinkError):
-    """Worth retrying (server away, timeout, throttled). ``retry_after`` seconds if known."""
-
-    def __init__(self, destination: str, message: str, retry_after: float | None = None):
-        super().__init__(destination, message)
-        self.retry_after = retry_after
-
-
-class PermanentSinkError(SinkError):
-    """Retrying cannot help (bad credentials, incompatible schema, rejected payload)."""
 
 
 class Writer(ABC):
@@ -102,3 +88,19 @@ class WriterSink(FixedPartitionedSink):
     def new_writer(self, resume_state: Any = None) -> Writer:
         """A writer outside a dataflow (the API server's IngestService applies batches with it)."""
         return self._make_writer(resume_state)
+
+
+def trusted_high_water(source: SourceCheck | None, name: str, stored: Position, identity: SourceIdentity | None,
+                       where: str) -> Position:
+    """The stored high-water a writer may skip at or below, judged against the flow's source
+    (:meth:`wallaby.identity.SourceCheck.judge`): as stored, ``ZERO`` when a reset discards it; a high-water of
+    another source raises :class:`~wallaby.identity.PositionMismatchError`. Without ``source`` (a writer built
+    outside a flow) it is taken as stored."""
+    if source is None or stored == ZERO:
+        return stored
+    return ZERO if source.judge(identity, stored.lsn, where, reset_as=name) == DISCARD else stored
+
+
+def source_json(source: SourceCheck | None) -> str | None:
+    """The identity a writer stores beside its high-water (None: unknown)."""
+    return source.current.to_json() if source is not None else None

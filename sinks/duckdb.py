@@ -1,7 +1,8 @@
 """DuckDB destination: apply a flow's changes to tables in a DuckDB file.
 
-Options are :class:`DuckDBOptions` (spec/USAGE.md, "DuckDB Destination"); the
-bytewax sink is :func:`duckdb_sink`, the writer :class:`DuckDBWriter`.
+Options are :class:`DuckDBOptions` (spec/USAGE.md, "DuckDB Destination": the flow spec's own model,
+``wallaby.destination_options.DuckDBDestinationOptions``); the bytewax sink is
+:func:`duckdb_sink`, the writer :class:`DuckDBWriter`.
 
 Tables
     A source table ``schema.name`` lands in ``<schema option or schema>.<table
@@ -71,7 +72,7 @@ Apply, ``write_mode=append``
     with ``__op='truncate'`` and NULL columns. Unchanged TOAST values are NULL
     (add the TOAST rehydration operator to fill them).
 
-Code: the options are in sinks/duckdb_options.py, the merge of an epoch's segments into one Arrow table in
+Code: the options are in wallaby/destination_options.py, the merge of an epoch's segments into one Arrow table in
 sinks/duckdb_merge.py, the apply SQL below in sinks/duckdb_apply.py, type mapping and widening in
 sinks/duckdb_types.py; this module is the writer (buffering, transactions, tables, schema evolution).
 
@@ -89,7 +90,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -99,10 +99,9 @@ from typing import Any, NoReturn
 import duckdb
 import pyarrow as pa
 
-from sinks.base import PermanentSinkError, Writer, WriterSink
+from sinks.base import PermanentSinkError, Writer, WriterSink, source_json, trusted_high_water
 from sinks.duckdb_apply import APPEND_COLS, ApplyError, DestTable, apply_append, apply_keyed, apply_keyless, q
 from sinks.duckdb_merge import TruncateMark, merge_pending
-from sinks.duckdb_options import DuckDBOptions
 from sinks.duckdb_types import canonical_type, duckdb_type, widens
 from wallaby.changes import (
     OP_DDL,
@@ -116,9 +115,14 @@ from wallaby.changes import (
     TableChanges,
     TableSchema,
 )
+from wallaby.destination_options import DuckDBDestinationOptions as DuckDBOptions
+from wallaby.identity import SourceCheck, SourceIdentity
 from wallaby.runtime import release_memory
+from wallaby.settings import on_import as settings_on_import
 
 log = logging.getLogger("wallaby.sinks.duckdb")
+
+_SETTINGS = settings_on_import()  # every WALLABY_* variable, parsed by wallaby/settings.py
 
 # DuckDB's own memory cap for file databases (it spills to its .tmp directory beyond it for most
 # operations; DuckDB's default is 80% of RAM). Measured with the benchmark (one worker catching up
@@ -126,7 +130,7 @@ log = logging.getLogger("wallaby.sinks.duckdb")
 # DUCKDB_MAX_TX_BYTES): peak RSS 358 MB with 64MB, 408 MB with 128MB, same rate; wide (~5 KB)
 # rows: 429 MB with 64MB (they needed more than 64MB when a batch was 10000 rows of any size).
 # Raise it with WALLABY_DUCKDB_MEMORY_LIMIT for very large values or many tables per epoch.
-DUCKDB_MEMORY_LIMIT = os.environ.get("WALLABY_DUCKDB_MEMORY_LIMIT", "64MB")
+DUCKDB_MEMORY_LIMIT = f"{_SETTINGS.duckdb_memory_limit}B"
 # Changes applied in one DuckDB transaction before it is committed, even mid-epoch. DuckDB holds a
 # transaction's new rows in memory until COMMIT; an epoch of a catching-up worker can be hundreds of
 # MB. Committing early is safe: the high-water position is stored in the same transaction, so a replay
@@ -134,25 +138,25 @@ DUCKDB_MEMORY_LIMIT = os.environ.get("WALLABY_DUCKDB_MEMORY_LIMIT", "64MB")
 # Measured (1M narrow changes): peak RSS 413 -> 358 MB with the allocator settings of
 # wallaby/runtime.py; 200k wide changes 850-920 -> 429 MB and 13.8k -> 19k changes/s.
 # WALLABY_DUCKDB_MAX_TX_BYTES sets it (0: one transaction per epoch).
-DUCKDB_MAX_TX_BYTES = int(os.environ.get("WALLABY_DUCKDB_MAX_TX_BYTES", str(32 << 20)) or 0) or (1 << 62)
+DUCKDB_MAX_TX_BYTES = _SETTINGS.duckdb_max_tx_bytes or (1 << 62)
 # Changes buffered (as Arrow) before they are applied inside the open transaction. Measured (300k
 # wide changes into DuckDB, 3 runs each): peak RSS 357-382 MB at 16MB, 356-361 MB at 8MB.
 # WALLABY_DUCKDB_BUFFER_BYTES sets it.
-DUCKDB_BUFFER_BYTES = int(os.environ.get("WALLABY_DUCKDB_BUFFER_BYTES", str(8 << 20)) or 0) or (8 << 20)
+DUCKDB_BUFFER_BYTES = _SETTINGS.duckdb_buffer_bytes or (8 << 20)
 # DuckDB checkpoints (rewrites its log into the table file, compressing every column) when the log
 # passes checkpoint_threshold, default 16MB: an epoch of wide rows writes more than that, so every
 # commit checkpointed and wrote the data twice. Measured (100k ~5 KB rows): COMMIT was 85-90% of the
 # sink's time; with 1GB the catch-up took 10.7-11.4 s instead of 16.4-36.7 s. DuckDB still
 # checkpoints at 1GB of log and when the worker stops. WALLABY_DUCKDB_CHECKPOINT_THRESHOLD sets it.
-DUCKDB_CHECKPOINT_THRESHOLD = os.environ.get("WALLABY_DUCKDB_CHECKPOINT_THRESHOLD", "1GB")
+DUCKDB_CHECKPOINT_THRESHOLD = f"{_SETTINGS.duckdb_checkpoint_threshold}B"
 # DuckDB's worker threads. One by default: the apply is a few set-based statements per epoch,
 # each thread keeps its own buffers, and the worker's other core belongs to the walsender and
 # the source. Measured (`make bench`, narrow, 500k backlog): 1 thread 115k changes/s at 390 MB
 # peak RSS; DuckDB's default (one per core) ~98k/s at ~515 MB. 0 = DuckDB's default.
-DUCKDB_THREADS = int(os.environ.get("WALLABY_DUCKDB_THREADS", "1") or 0)
+DUCKDB_THREADS = _SETTINGS.duckdb_threads
 # A DuckDB file is open in one process at a time. When a flow's worker is replaced (restart, takeover), the new one
 # waits this long for the old one to let go of the file.
-DUCKDB_LOCK_WAIT = float(os.environ.get("WALLABY_DUCKDB_LOCK_WAIT", "60") or 0)
+DUCKDB_LOCK_WAIT = _SETTINGS.duckdb_lock_wait
 
 
 def _connect(dsn: str, config: dict) -> duckdb.DuckDBPyConnection:
@@ -173,18 +177,51 @@ STATE_TABLE = "main.__wallaby_state"
 META_TABLE = "main.__wallaby_meta"
 
 
-def duckdb_sink(name: str, flow_id: str, options: DuckDBOptions) -> WriterSink:
+def duckdb_sink(name: str, flow_id: str, options: DuckDBOptions, source: SourceCheck | None = None) -> WriterSink:
     """A bytewax sink writing ``flow_id``'s changes to DuckDB as destination ``name``."""
-    return WriterSink(name, lambda resume_state: DuckDBWriter(name, flow_id, options, resume_state))
+    return WriterSink(name, lambda resume_state: DuckDBWriter(name, flow_id, options, resume_state, source=source))
 
 
-def make_sink(name: str, flow_id: str, options: Any) -> WriterSink:
-    """The destination of a flow spec (``wallaby.destination_options.DuckDBDestinationOptions``)."""
-    # The flow spec validated every USAGE.md option; the sink takes the ones it applies itself
-    # (the metadata options belong to operators, refused by dataflows.flow.check_buildable until they exist).
-    fields = set(DuckDBOptions.model_fields) | {"schema"}
-    raw = {k: v for k, v in options.model_dump(by_alias=True, exclude_unset=True).items() if k in fields}
-    return duckdb_sink(name, flow_id, DuckDBOptions.model_validate(raw))
+def make_sink(name: str, flow_id: str, options: Any, source: SourceCheck | None = None) -> WriterSink:
+    """The destination of a flow spec: its validated :class:`DuckDBOptions` (the metadata options are applied by
+    operators.metadata; the staging options are refused by dataflows.flow.check_buildable until they exist)."""
+    return duckdb_sink(name, flow_id, options, source)
+
+
+def discard_position(name: str, flow_id: str, options: Any) -> None:
+    """Forget the high-water destination ``name`` holds for ``flow_id`` (a reset asked for by the user)."""
+    con = _connect(str(Path(options.dsn).expanduser()), {})
+    try:
+        con.execute(f"DELETE FROM {STATE_TABLE} WHERE flow_id = ? AND destination = ?", [flow_id, name])
+    finally:
+        con.close()
+
+
+def stored_position(name: str, flow_id: str, options: Any) -> tuple[Position, SourceIdentity | None, str] | None:
+    """The high-water destination ``name`` holds for ``flow_id``, the source it came from and where it is, read
+    without creating or locking anything (None: no file, no state, or the file is in use: the writer checks at open)."""
+    dsn = options.dsn
+    if dsn == ":memory:" or dsn.startswith(("md:", "motherduck:")) or not Path(dsn).expanduser().exists():
+        return None
+    try:
+        con = duckdb.connect(str(Path(dsn).expanduser()), read_only=True)
+    except duckdb.Error:
+        return None
+    try:
+        cols = {r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE schema_name = 'main'"
+                                          " AND table_name = '__wallaby_state'").fetchall()}
+        if not cols:
+            return None
+        source = "source" if "source" in cols else "NULL"
+        row = con.execute(f"SELECT lsn, ordinal, {source} FROM {STATE_TABLE} WHERE flow_id = ? AND destination = ?",
+                          [flow_id, name]).fetchone()
+    except duckdb.Error:
+        return None
+    finally:
+        con.close()
+    if row is None:
+        return None
+    return Position(int(row[0]), int(row[1])), SourceIdentity.from_json(row[2]), f"DuckDB {_safe_dsn(dsn)}"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -219,6 +256,7 @@ class DuckDBWriter(Writer):
         options: DuckDBOptions,
         resume_state: Any = None,
         *,
+        source: SourceCheck | None = None,
         max_buffer_rows: int = 200_000,
         max_buffer_bytes: int = DUCKDB_BUFFER_BYTES,
         max_tx_bytes: int = DUCKDB_MAX_TX_BYTES,
@@ -228,6 +266,7 @@ class DuckDBWriter(Writer):
         self.name = name
         self.flow_id = flow_id
         self.options = options
+        self.source = source  # the flow's source: the high-water's identity is judged against it, and stored
         self.max_buffer_rows = max_buffer_rows
         self.max_buffer_bytes = max_buffer_bytes
         self._append = options.write_mode == "append"
@@ -261,8 +300,9 @@ class DuckDBWriter(Writer):
             self._con = _connect(dsn, config)
             self._con.execute(
                 f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (flow_id VARCHAR NOT NULL, destination VARCHAR NOT NULL,"
-                " lsn UBIGINT NOT NULL, ordinal UBIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL)"
+                " lsn UBIGINT NOT NULL, ordinal UBIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL, source VARCHAR)"
             )
+            self._con.execute(f"ALTER TABLE {STATE_TABLE} ADD COLUMN IF NOT EXISTS source VARCHAR")  # older files
             if options.meta_table_enabled:
                 self._con.execute(
                     f"CREATE TABLE IF NOT EXISTS {META_TABLE} (flow_id VARCHAR NOT NULL, source_schema VARCHAR,"
@@ -270,11 +310,15 @@ class DuckDBWriter(Writer):
                     " write_mode VARCHAR, columns_json JSON, updated_at TIMESTAMPTZ)"
                 )
             row = self._con.execute(
-                f"SELECT lsn, ordinal FROM {STATE_TABLE} WHERE flow_id = ? AND destination = ?", [flow_id, name]
-            ).fetchone()
+                f"SELECT lsn, ordinal, source FROM {STATE_TABLE} WHERE flow_id = ? AND destination = ?",
+                [flow_id, name]).fetchone()
         except duckdb.Error as exc:
             raise PermanentSinkError(name, f"cannot open DuckDB {self._dsn_shown}: {self._clean(exc)}") from None
-        self._stored = Position(int(row[0]), int(row[1])) if row else ZERO
+        self._stored = trusted_high_water(source, name, Position(int(row[0]), int(row[1])) if row else ZERO,
+                                          SourceIdentity.from_json(row[2]) if row else None,
+                                          f"DuckDB {self._dsn_shown} (destination {name!r})")
+        if row is not None and self._stored == ZERO:  # discarded by a reset: gone for good, even if nothing comes
+            self._con.execute(f"DELETE FROM {STATE_TABLE} WHERE flow_id = ? AND destination = ?", [flow_id, name])
         self._high = self._stored  # everything at or below is in DuckDB (or buffered for this epoch)
         if resume_state and row is None:
             log.info(
@@ -327,8 +371,8 @@ class DuckDBWriter(Writer):
             self._run(None, f"DELETE FROM {STATE_TABLE} WHERE {where}", [self.flow_id, self.name])
             self._run(
                 None,
-                f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?, now())",
-                [self.flow_id, self.name, self._high.lsn, self._high.ordinal],
+                f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?, now(), ?)",
+                [self.flow_id, self.name, self._high.lsn, self._high.ordinal, source_json(self.source)],
             )
         if self._tx:
             self._run(None, "COMMIT")
@@ -432,7 +476,7 @@ class DuckDBWriter(Writer):
         self._source_cols.clear()
         self._meta_seen.clear()
         self._pending.clear()
-        prefix = f"table {where}: " if where else ""
+        prefix = f"DuckDB {self._dsn_shown}, table {where}: " if where else f"DuckDB {self._dsn_shown}: "
         raise PermanentSinkError(self.name, prefix + message) from None
 
     # ------------------------------------------------------------------ apply

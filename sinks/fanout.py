@@ -23,6 +23,7 @@ from typing import Any
 from sinks.base import Writer, WriterSink
 from sinks.spool import SpooledWriter, spool_root
 from wallaby.changes import ChangeBatch
+from wallaby.identity import SourceCheck
 
 log = logging.getLogger("wallaby.sinks.fanout")
 
@@ -59,7 +60,7 @@ class FanoutWriter(Writer):
 
 
 def fanout_sink(flow_id: str, makers: dict[str, MakeWriter], *, parallelism: int = 1,
-                primary: str | None = None) -> WriterSink:
+                primary: str | None = None, source: SourceCheck | None = None) -> WriterSink:
     """One sink for ``makers`` (destination name -> writer factory). With ``primary``, the others are spooled."""
 
     def make(resume_state: Any) -> FanoutWriter:
@@ -69,7 +70,7 @@ def fanout_sink(flow_id: str, makers: dict[str, MakeWriter], *, parallelism: int
             if primary is None or name == primary:
                 writers[name] = maker(state.get(name))
             else:
-                writers[name] = SpooledWriter(name, flow_id, maker, spool_root() / flow_id / name)
+                writers[name] = SpooledWriter(name, flow_id, maker, spool_root() / flow_id / name, source)
         return FanoutWriter(flow_id, writers, parallelism)
 
     return WriterSink("destinations", make)

@@ -128,5 +128,6 @@ class GRPCWriter(Writer):
         self.channel.close()
 
 
-def make_sink(name: str, flow_id: str, options: Any) -> WriterSink:
+def make_sink(name: str, flow_id: str, options: Any, source: Any = None) -> WriterSink:
+    # no high-water of its own (at least once, positions in every record): ``source`` is not needed
     return WriterSink(name, lambda resume_state: GRPCWriter(name, flow_id, options))

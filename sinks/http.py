@@ -266,6 +266,7 @@ def _describe(exc: BaseException, timeout: float) -> str:
     return redact_dsn(f"connection failed: {type(exc).__name__}: {reason}")
 
 
-def make_sink(name: str, flow_id: str, options: Any) -> WriterSink:
+def make_sink(name: str, flow_id: str, options: Any, source: Any = None) -> WriterSink:
+    # no high-water of its own (at least once, positions in every record): ``source`` is not needed
     """The destination of a flow spec (``wallaby.destination_options.HTTPDestinationOptions``)."""
     return WriterSink(name, lambda resume_state: HTTPWriter(name, flow_id, options, resume_state))

@@ -16,18 +16,23 @@ Headers: ``wallaby-flow``, ``wallaby-table``, ``wallaby-format``,
 Delivery: an idempotent producer (``enable.idempotence`` with ``acks=all``; the
 other ``acks`` settings cannot be idempotent), ``compression``,
 ``message.max.bytes`` = ``max_message_bytes``. ``commit()`` flushes and returns
-only when every delivery report of the epoch is in and none failed; otherwise
-the epoch fails (transient) and the slot does not advance: after a restart the
+only when every delivery report of the epoch is in and none failed (a success
+counts only with the offset the broker acked it at: not librdkafka's "implicit
+ack", see ``_delivered``); otherwise the epoch fails (transient) and the slot does not advance: after a restart the
 changes are sent again. So delivery is at least once; consumers can drop
 repeats by the position headers. A broker that is down is waited for up to
 ``WALLABY_KAFKA_DELIVERY_TIMEOUT`` seconds (default 120) per epoch.
+
+Errors name the brokers and the topic and are classified by librdkafka error
+code (:func:`kafka_transient`): configuration, authentication, authorization
+and records the brokers refuse are permanent; everything else (transport, all
+brokers down, timeouts, no leader) is transient.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import zlib
 from typing import Any
 
@@ -38,6 +43,7 @@ import pyarrow as pa
 from operators.wire import WirePayload, encode_segment, segment_of
 from operators.wire.model import row_keys
 from sinks.base import PermanentSinkError, TransientSinkError, Writer, WriterSink
+from wallaby import settings
 from wallaby.changes import ChangeBatch, Event, TableChanges
 from wallaby.errors import redact_dsn
 
@@ -45,20 +51,51 @@ log = logging.getLogger("wallaby.sinks.kafka")
 
 ACKS = {"all": "all", "leader": "1", "none": "0"}
 SPLIT_MARGIN = 1.2  # encoded sizes are not quite proportional to row counts
-DELIVERY_TIMEOUT = float(os.environ.get("WALLABY_KAFKA_DELIVERY_TIMEOUT", "120"))
+DELIVERY_TIMEOUT = settings.on_import().kafka_delivery_timeout  # WALLABY_KAFKA_DELIVERY_TIMEOUT, seconds
 
 
 def key_hash(table: str, key: Any) -> int:
     return zlib.crc32(table.encode() + b"\x00" + orjson.dumps(key, default=str))
 
 
+# librdkafka error codes that retrying cannot cure: configuration, authentication, authorization, a record the
+# brokers refuse. Every other code (transport, all brokers down, timeouts, no leader, not enough replicas, codes
+# this list does not know) is transient: a broker that is away must never fail a flow for good.
+_PERMANENT_CODES = ("_INVALID_ARG", "_AUTHENTICATION", "_SSL", "_UNSUPPORTED_FEATURE", "_UNKNOWN_PROTOCOL",
+                    "_INVALID_TYPE", "_FATAL", "MSG_SIZE_TOO_LARGE", "INVALID_MSG",
+                    "INVALID_MSG_SIZE", "INVALID_RECORD", "RECORD_LIST_TOO_LARGE", "INVALID_REQUIRED_ACKS",
+                    "TOPIC_EXCEPTION", "TOPIC_AUTHORIZATION_FAILED",
+                    "CLUSTER_AUTHORIZATION_FAILED", "TRANSACTIONAL_ID_AUTHORIZATION_FAILED",
+                    "SASL_AUTHENTICATION_FAILED", "ILLEGAL_SASL_STATE", "UNSUPPORTED_SASL_MECHANISM",
+                    "UNSUPPORTED_VERSION", "UNSUPPORTED_COMPRESSION_TYPE", "POLICY_VIOLATION",
+                    "DELEGATION_TOKEN_AUTHORIZATION_FAILED", "PRINCIPAL_DESERIALIZATION_FAILURE")
+
+
+def kafka_transient(err: Any) -> bool:
+    """Whether a librdkafka ``KafkaError`` may pass, by its code (never its text): see :data:`_PERMANENT_CODES`;
+    an idempotent producer's fatal error is permanent too."""
+    from confluent_kafka import KafkaError
+
+    if err.fatal():
+        return False
+    return err.code() not in {getattr(KafkaError, name) for name in _PERMANENT_CODES if hasattr(KafkaError, name)}
+
+
+def kafka_error(name: str, err: Any, what: str) -> PermanentSinkError | TransientSinkError:
+    """A sink error for ``err`` (a ``KafkaError``), transient or permanent by its code; ``what`` says what was tried
+    where (the topic, the brokers)."""
+    text = f"{what}: {err.name()}: {redact_dsn(err.str())}"
+    return TransientSinkError(name, text) if kafka_transient(err) else PermanentSinkError(name, text)
+
+
 
 class KafkaWriter(Writer):
     def __init__(self, name: str, flow_id: str, options: Any):
-        from confluent_kafka import Producer
+        from confluent_kafka import KafkaException, Producer
 
         self.name, self.flow_id, self.options = name, flow_id, options
         self.topic = options.topic
+        self._brokers = redact_dsn(",".join(options.brokers))
         conf = {
             "bootstrap.servers": ",".join(options.brokers),
             "acks": ACKS[options.acks],
@@ -70,7 +107,10 @@ class KafkaWriter(Writer):
             "client.id": f"wallaby-{flow_id}-{name}",
             "error_cb": self._on_error,
         }
-        self.producer = Producer(conf)
+        try:
+            self.producer = Producer(conf)
+        except KafkaException as exc:  # a setting librdkafka refuses
+            raise kafka_error(name, exc.args[0], f"cannot set up a producer for brokers {self._brokers}") from None
         self.partitions = self._partition_count()
         self.failed: list[str] = []
         self.permanent: list[str] = []
@@ -85,24 +125,29 @@ class KafkaWriter(Writer):
         a moment: asked again for up to 30 s."""
         import time
 
-        from confluent_kafka import KafkaException
+        from confluent_kafka import KafkaError, KafkaException
 
         deadline = time.monotonic() + 30
         while True:
             try:
                 md = self.producer.list_topics(self.topic, timeout=30)
-            except KafkaException as exc:
-                raise TransientSinkError(self.name, f"cannot reach brokers {','.join(self.options.brokers)}: {exc}") \
-                    from None
+            except KafkaException as exc:  # no broker answered (transport, timeout) or one refused us (auth)
+                raise kafka_error(self.name, exc.args[0], f"cannot fetch the metadata of topic {self.topic!r} from"
+                                                          f" brokers {self._brokers}") from None
             topic = md.topics.get(self.topic)
             if topic is not None and topic.error is None and topic.partitions:
                 return len(topic.partitions)
-            retriable = topic is None or topic.error is None or topic.error.retriable() or \
-                topic.error.name() in ("UNKNOWN_TOPIC_OR_PART", "LEADER_NOT_AVAILABLE")
-            if not retriable or time.monotonic() > deadline:
-                why = topic.error if topic is not None and topic.error is not None else "no partitions"
-                raise PermanentSinkError(self.name, f"topic {self.topic!r} is not usable on"
-                                                    f" {','.join(self.options.brokers)}: {why}")
+            err = topic.error if topic is not None else None
+            what = f"topic {self.topic!r} is not usable on brokers {self._brokers}"
+            if err is not None and not kafka_transient(err):  # not authorized, invalid name
+                raise kafka_error(self.name, err, what)
+            if time.monotonic() > deadline:
+                if err is not None and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise PermanentSinkError(self.name, f"{what}: it does not exist and the brokers do not create"
+                                                        " it (create it, or enable auto.create.topics.enable)")
+                if err is not None:
+                    raise kafka_error(self.name, err, what + " (for 30 s)")
+                raise TransientSinkError(self.name, f"{what}: no partitions (for 30 s)")
             time.sleep(0.5)
 
     # -- splitting ------------------------------------------------------------------------------
@@ -151,9 +196,15 @@ class KafkaWriter(Writer):
     def _delivered(self, err, msg) -> None:
         self.in_flight -= 1
         if err is None:
+            if msg.offset() < 0 and self.options.acks != "none":
+                # A broker's ack names the offset. Without one, librdkafka inferred the delivery from the ack of a
+                # later batch ("implicit ack"); a broker accepts any first sequence number from a producer it has no
+                # state for (a new topic, a new leader), so that proves nothing: not counted as delivered.
+                self.failed.append(f"partition {msg.partition()}: a delivery was reported without an offset"
+                                   " (implicitly acked by a later batch), not confirmed by the broker")
             return
         text = f"{err.name()}: {err.str()}"
-        (self.permanent if not err.retriable() and err.fatal() else self.failed).append(text)
+        (self.failed if kafka_transient(err) else self.permanent).append(text)
 
     def _produce(self, partition: int, payload: WirePayload, first_key: Any = None) -> None:
         from confluent_kafka import KafkaException
@@ -172,7 +223,8 @@ class KafkaWriter(Writer):
             except BufferError:  # the local queue is full: let deliveries drain (backpressure)
                 self.producer.poll(0.1)
             except KafkaException as exc:
-                raise PermanentSinkError(self.name, f"cannot produce to {self.topic}: {exc}") from None
+                raise kafka_error(self.name, exc.args[0], f"cannot produce to topic {self.topic!r} on brokers"
+                                                          f" {self._brokers}") from None
         self.in_flight += 1
         self.stats["messages"] += 1
         self.stats["changes"] += payload.rows
@@ -192,19 +244,19 @@ class KafkaWriter(Writer):
         remaining = self.producer.flush(DELIVERY_TIMEOUT)
         if self.permanent:
             errors, self.permanent = self.permanent, []
-            raise PermanentSinkError(self.name, f"kafka refused messages for {self.topic}: {errors[0]}"
-                                                f" ({len(errors)} in all)")
+            raise PermanentSinkError(self.name, f"brokers {self._brokers} refused messages for topic"
+                                                f" {self.topic!r}: {errors[0]} ({len(errors)} in all)")
         if remaining or self.failed:
             errors, self.failed = self.failed, []
             why = errors[0] if errors else f"{remaining} messages still undelivered after {DELIVERY_TIMEOUT:.0f}s"
-            brokers = redact_dsn(",".join(self.options.brokers))
-            raise TransientSinkError(self.name, f"delivery to {self.topic} on {brokers} failed: {why};"
-                                                " the slot does not advance")
+            raise TransientSinkError(self.name, f"delivery to topic {self.topic!r} on brokers {self._brokers} failed:"
+                                                f" {why}; the slot does not advance")
         return dict(self.stats)
 
     def close(self) -> None:
         self.producer.flush(5)
 
 
-def make_sink(name: str, flow_id: str, options: Any) -> WriterSink:
+def make_sink(name: str, flow_id: str, options: Any, source: Any = None) -> WriterSink:
+    # no high-water of its own (at least once, positions in every record): ``source`` is not needed
     return WriterSink(name, lambda resume_state: KafkaWriter(name, flow_id, options))

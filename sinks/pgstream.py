@@ -9,7 +9,8 @@ Tables (schema ``wallaby``, created on first use):
 - ``stream_groups``: the consumer groups of each stream.
 - ``stream_deliveries``: one row per (group, message) not yet acked:
   leased_until (``-infinity`` = ready), consumer_id, attempts.
-- ``stream_state``: per (stream, flow, destination) the high-water position.
+- ``stream_state``: per (stream, flow, destination) the high-water position and the source it was read
+  from (judged at start, :mod:`wallaby.identity`).
 
 Writing: one transaction per epoch inserts the epoch's messages, a delivery row
 for each of them in every known group, and the high-water position, so a replay
@@ -36,9 +37,10 @@ from typing import Any
 import psycopg
 
 from operators.wire import encode
-from sinks.base import PermanentSinkError, TransientSinkError, Writer, WriterSink
+from sinks.base import PermanentSinkError, TransientSinkError, Writer, WriterSink, source_json, trusted_high_water
 from wallaby.changes import ZERO, ChangeBatch, Position, format_lsn
-from wallaby.errors import redact_dsn
+from wallaby.errors import is_transient, redact_dsn
+from wallaby.identity import SourceCheck, SourceIdentity
 
 log = logging.getLogger("wallaby.sinks.pgstream")
 
@@ -63,6 +65,7 @@ CREATE TABLE IF NOT EXISTS wallaby.stream_state (
   stream text NOT NULL, flow_id text NOT NULL, destination text NOT NULL, position_lsn numeric NOT NULL,
   position_ordinal bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (stream, flow_id, destination));
+ALTER TABLE wallaby.stream_state ADD COLUMN IF NOT EXISTS source text;
 """
 
 
@@ -72,28 +75,41 @@ def ensure_schema(conn: psycopg.Connection) -> None:
         conn.execute(SCHEMA_SQL)
 
 
+def _pg_error(name: str, exc: psycopg.Error, what: str) -> PermanentSinkError | TransientSinkError:
+    """A sink error for a psycopg error, transient or permanent by its SQLSTATE (:func:`wallaby.errors.is_transient`:
+    a lost or refused connection, which carries none, is transient); ``what`` names the redacted DSN."""
+    lines = str(exc).strip().splitlines()
+    text = f"{what}: {redact_dsn(lines[0] if lines else type(exc).__name__)}"
+    if getattr(exc, "sqlstate", None):
+        text += f" (SQLSTATE {exc.sqlstate})"
+    return TransientSinkError(name, text) if is_transient(exc) else PermanentSinkError(name, text)
+
+
 def _lock_stream(conn: psycopg.Connection, stream: str, mode: str) -> None:
     conn.execute("INSERT INTO wallaby.streams VALUES (%s) ON CONFLICT DO NOTHING", (stream,))
     conn.execute(f"SELECT 1 FROM wallaby.streams WHERE stream = %s FOR {mode}", (stream,))
 
 
 class PGStreamWriter(Writer):
-    def __init__(self, name: str, flow_id: str, options: Any):
+    def __init__(self, name: str, flow_id: str, options: Any, source: SourceCheck | None = None):
         self.name, self.flow_id, self.options = name, flow_id, options
+        self.source = source
         self.stream = options.stream or name
         self._shown = redact_dsn(options.dsn)
         try:
             self.conn = psycopg.connect(options.dsn, autocommit=True, application_name=f"wallaby-pgstream:{flow_id}")
             ensure_schema(self.conn)
             row = self.conn.execute(
-                "SELECT position_lsn, position_ordinal FROM wallaby.stream_state"
+                "SELECT position_lsn, position_ordinal, source FROM wallaby.stream_state"
                 " WHERE stream = %s AND flow_id = %s AND destination = %s", (self.stream, flow_id, name)).fetchone()
-        except psycopg.OperationalError as exc:
-            raise TransientSinkError(name, f"cannot reach {self._shown}: {redact_dsn(str(exc).strip())}") from None
         except psycopg.Error as exc:
-            raise PermanentSinkError(name, f"cannot prepare the stream tables in {self._shown}:"
-                                           f" {redact_dsn(str(exc).strip())}") from None
-        self.high = Position(int(row[0]), int(row[1])) if row else ZERO
+            raise _pg_error(name, exc, f"cannot open the stream tables in {self._shown}") from None
+        self.high = trusted_high_water(source, name, Position(int(row[0]), int(row[1])) if row else ZERO,
+                                       SourceIdentity.from_json(row[2]) if row else None,
+                                       f"stream {self.stream!r} in {self._shown} (destination {name!r})")
+        if row is not None and self.high == ZERO:  # discarded by a reset: gone for good, even if nothing comes
+            self.conn.execute("DELETE FROM wallaby.stream_state WHERE stream = %s AND flow_id = %s"
+                              " AND destination = %s", (self.stream, flow_id, name))
         self.pending: list = []
         self.pending_high = self.high
 
@@ -123,15 +139,15 @@ class PGStreamWriter(Writer):
                         self.conn.execute("INSERT INTO wallaby.stream_deliveries (stream, consumer_group, message_id)"
                                           " VALUES (%s, %s, %s)", (self.stream, g, mid))
                 self.conn.execute(
-                    "INSERT INTO wallaby.stream_state (stream, flow_id, destination, position_lsn, position_ordinal)"
-                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (stream, flow_id, destination) DO UPDATE SET"
-                    " position_lsn = excluded.position_lsn, position_ordinal = excluded.position_ordinal,"
-                    " updated_at = now()", (self.stream, self.flow_id, self.name, self.pending_high.lsn,
-                                            self.pending_high.ordinal))
-        except psycopg.OperationalError as exc:
-            raise TransientSinkError(self.name, f"{self._shown}: {redact_dsn(str(exc).strip())}") from None
+                    "INSERT INTO wallaby.stream_state (stream, flow_id, destination, position_lsn, position_ordinal,"
+                    " source) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (stream, flow_id, destination) DO UPDATE"
+                    " SET position_lsn = excluded.position_lsn, position_ordinal = excluded.position_ordinal,"
+                    " source = excluded.source, updated_at = now()",
+                    (self.stream, self.flow_id, self.name, self.pending_high.lsn, self.pending_high.ordinal,
+                     source_json(self.source)))
         except psycopg.Error as exc:
-            raise PermanentSinkError(self.name, f"{self._shown}: {redact_dsn(str(exc).strip())}") from None
+            raise _pg_error(self.name, exc, f"cannot write the epoch to stream {self.stream!r} in"
+                                            f" {self._shown}") from None
         self.high = self.pending_high
         self.pending = []
         return {"position": self.high.to_state()}
@@ -140,8 +156,34 @@ class PGStreamWriter(Writer):
         self.conn.close()
 
 
-def make_sink(name: str, flow_id: str, options: Any) -> WriterSink:
-    return WriterSink(name, lambda resume_state: PGStreamWriter(name, flow_id, options))
+def make_sink(name: str, flow_id: str, options: Any, source: SourceCheck | None = None) -> WriterSink:
+    return WriterSink(name, lambda resume_state: PGStreamWriter(name, flow_id, options, source))
+
+
+def discard_position(name: str, flow_id: str, options: Any) -> None:
+    """Forget the high-water destination ``name`` holds for ``flow_id`` (a reset asked for by the user)."""
+    with psycopg.connect(options.dsn, autocommit=True, connect_timeout=10,
+                         application_name=f"wallaby-reset:{flow_id}") as conn:
+        conn.execute("DELETE FROM wallaby.stream_state WHERE stream = %s AND flow_id = %s AND destination = %s",
+                     (options.stream or name, flow_id, name))
+
+
+def stored_position(name: str, flow_id: str, options: Any) -> tuple[Position, SourceIdentity | None, str] | None:
+    """The high-water destination ``name`` holds for ``flow_id`` and its source, read without creating anything
+    (None: no stream table or no row)."""
+    with psycopg.connect(options.dsn, autocommit=True, connect_timeout=10,
+                         application_name=f"wallaby-preflight:{flow_id}") as conn:
+        cols = {r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_schema ="
+                                           " 'wallaby' AND table_name = 'stream_state'")}
+        if not cols:
+            return None
+        row = conn.execute(f"SELECT position_lsn, position_ordinal, {'source' if 'source' in cols else 'NULL'}"
+                           " FROM wallaby.stream_state WHERE stream = %s AND flow_id = %s AND destination = %s",
+                           (options.stream or name, flow_id, name)).fetchone()
+    if row is None:
+        return None
+    where = f"stream {options.stream or name!r} in {redact_dsn(options.dsn)}"
+    return Position(int(row[0]), int(row[1])), SourceIdentity.from_json(row[2]), where
 
 
 # -- consumers ----------------------------------------------------------------------------------------

@@ -62,8 +62,16 @@ from operators.wire import decode, encode_segment, segment_of
 from operators.wire.formats import CONTENT_TYPES
 from operators.wire.model import plain_type
 from operators.wire.values import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, US_PER_DAY, civil_from_days
-from sinks.base import PermanentSinkError, SinkError, TransientSinkError, Writer, WriterSink
+from sinks.base import (
+    PermanentSinkError,
+    SinkError,
+    TransientSinkError,
+    Writer,
+    WriterSink,
+    trusted_high_water,
+)
 from wallaby.changes import BEFORE_PREFIX, LSN_COL, OP_COL, ORD_COL, ZERO, ChangeBatch, Event, Position, TableChanges
+from wallaby.identity import SourceCheck, SourceIdentity
 
 log = logging.getLogger("wallaby.sinks.s3")
 
@@ -108,11 +116,12 @@ def _esc(text: str) -> str:
     return quote(text, safe="")
 
 
-def make_client(options: Any) -> Any:
-    """The boto3 S3 client the options describe (no request is made)."""
+def make_client(options: Any, **config: Any) -> Any:
+    """The boto3 S3 client the options describe (no request is made); ``config`` overrides botocore ``Config``
+    settings (the preflight's short timeouts)."""
     s3_cfg: dict[str, Any] = {"addressing_style": "path" if options.force_path_style else "auto"}
     cfg: dict[str, Any] = {"s3": s3_cfg, "retries": {"mode": "standard", "max_attempts": 5},
-                           "connect_timeout": 10, "read_timeout": 60, "max_pool_connections": MAX_IN_FLIGHT}
+                           "connect_timeout": 10, "read_timeout": 60, "max_pool_connections": MAX_IN_FLIGHT, **config}
     for value, key in ((options.use_fips, "use_fips_endpoint"), (options.use_dualstack, "use_dualstack_endpoint")):
         if value is not None:
             cfg[key] = bool(value)
@@ -205,7 +214,8 @@ def partition_dirs(seg: TableChanges, partition_by: list[str]) -> list[str]:
 class S3Writer(Writer):
     """Uploads each batch's objects; ``commit`` waits for them and stores the high-water (module docstring)."""
 
-    def __init__(self, name: str, flow_id: str, options: Any, resume_state: Any = None, *, client: Any = None):
+    def __init__(self, name: str, flow_id: str, options: Any, resume_state: Any = None, *, client: Any = None,
+                 source: SourceCheck | None = None):
         self.name = name
         self.flow_id = flow_id
         self.options = options
@@ -222,9 +232,15 @@ class S3Writer(Writer):
         self._pool = ThreadPoolExecutor(max_workers=MAX_IN_FLIGHT, thread_name_prefix=f"wallaby-s3-{name}")
         self._in_flight: deque[Future[None]] = deque()
         self._failed: str | None = None
-        self._stored = self._read_state()
+        self.source = source  # the flow's source: the stored high-water is judged against it, and stored with it
+        stored, identity = self._read_state()
+        self._stored = trusted_high_water(source, name, stored, identity,
+                                          f"s3://{self.bucket}/{self.state_key} (destination {name!r})")
         self._high = self._stored
-        self._skip, self._skip_max = self._find_orphans()
+        if stored != ZERO and self._stored == ZERO:  # discarded by a reset: gone for good, even if nothing comes
+            self._s3(f"deleting the state object {self.state_key}", "delete_object", Key=self.state_key)
+        # objects of a crashed epoch are only this source's when the high-water was kept
+        self._skip, self._skip_max = self._find_orphans() if self._stored == stored else (set(), ZERO)
         if resume_state and self._stored == ZERO:
             log.info("destination %r: bytewax resume state %s but no state object at %s; writing what comes",
                      name, resume_state, self.state_key, extra=self.extra)
@@ -265,7 +281,8 @@ class S3Writer(Writer):
         if self._high > self._stored:
             body = orjson.dumps({"flow_id": self.flow_id, "destination": self.name, "lsn": self._high.lsn,
                                  "ordinal": self._high.ordinal, "position": str(self._high),
-                                 "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                                 "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                 "source": self.source.current.to_json() if self.source else None})
             self._s3(f"writing the state object {self.state_key}", "put_object", Key=self.state_key, Body=body,
                      ContentType="application/json")
             self._stored = self._high
@@ -362,15 +379,15 @@ class S3Writer(Writer):
 
     # ------------------------------------------------------------------ recovery
 
-    def _read_state(self) -> Position:
+    def _read_state(self) -> tuple[Position, SourceIdentity | None]:
         got = self._s3(f"reading the state object {self.state_key}", "get_object", True, Key=self.state_key)
         if got is None:
-            return ZERO
+            return ZERO, None
         body = got["Body"].read()
         try:
             doc = orjson.loads(body)
-            return Position(int(doc["lsn"]), int(doc["ordinal"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return Position(int(doc["lsn"]), int(doc["ordinal"])), SourceIdentity.from_json(doc.get("source"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             raise PermanentSinkError(self.name, f"state object s3://{self.bucket}/{self.state_key} is not a wallaby"
                                                 " state (fix or remove it)") from None
 
@@ -434,9 +451,33 @@ def _code(exc: ClientError) -> tuple[str, int]:
     return str(err.get("Code", "")), int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
-def make_sink(name: str, flow_id: str, options: Any) -> WriterSink:
+def make_sink(name: str, flow_id: str, options: Any, source: SourceCheck | None = None) -> WriterSink:
     """The destination of a flow spec (``wallaby.destination_options.S3DestinationOptions``)."""
-    return WriterSink(name, lambda resume_state: S3Writer(name, flow_id, options, resume_state))
+    return WriterSink(name, lambda resume_state: S3Writer(name, flow_id, options, resume_state, source=source))
+
+
+def discard_position(name: str, flow_id: str, options: Any) -> None:
+    """Forget the high-water destination ``name`` holds for ``flow_id`` (a reset asked for by the user)."""
+    make_client(options).delete_object(Bucket=options.bucket, Key=state_key(options.prefix, flow_id, name))
+
+
+def stored_position(name: str, flow_id: str, options: Any) -> tuple[Position, SourceIdentity | None, str] | None:
+    """The high-water destination ``name`` holds for ``flow_id`` and its source (None: no state object).
+    Reading it is the preflight's check that the bucket is there and readable, too."""
+    client = make_client(options)
+    key = state_key(options.prefix, flow_id, name)
+    try:
+        body = client.get_object(Bucket=options.bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if _code(exc)[0] in ("NoSuchKey", "404"):
+            return None
+        raise
+    try:
+        doc = orjson.loads(body)
+        return (Position(int(doc["lsn"]), int(doc["ordinal"])), SourceIdentity.from_json(doc.get("source")),
+                f"s3://{options.bucket}/{key}")
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None  # the writer names the bad state object at open
 
 
 __all__ = ["S3Writer", "make_client", "make_sink", "object_name", "parse_object_name", "partition_dirs",

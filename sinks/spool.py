@@ -12,9 +12,11 @@ high-water position (DuckDB) apply each change once.
 Files (``<spool dir>/<flow>/<destination>/``): ``spool.log``, records of
 ``[u32 length][u64 lsn][u64 ordinal][payloads]`` where payloads are the batch's
 segments as arrow wire payloads, each ``[u32 length][bytes]``; ``cursor``, the
-offset of the first record not yet delivered (replaced atomically). A torn
-record at the end (a crash mid-append) is cut off at start. Once everything is
-delivered the log is emptied.
+offset of the first record not yet delivered (replaced atomically); ``source.json``,
+the source the spooled batches were read from (:mod:`wallaby.identity`): a spool
+of another source is refused at start, not delivered, and a reset empties it. A
+torn record at the end (a crash mid-append) is cut off at start. Once everything
+is delivered the log is emptied.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from operators.wire import decode, encode
-from sinks.base import Writer
-from wallaby.changes import ChangeBatch, Position
+from sinks.base import Writer, trusted_high_water
+from wallaby import settings
+from wallaby.changes import ZERO, ChangeBatch, Position
+from wallaby.identity import SourceCheck, SourceIdentity
 
 log = logging.getLogger("wallaby.sinks.spool")
 
@@ -39,7 +43,7 @@ _LEN = struct.Struct(">I")
 
 
 def spool_root() -> Path:
-    return Path(os.environ.get("WALLABY_SPOOL_DIR") or "~/.wallaby/spool").expanduser()
+    return Path(settings.current().spool_dir).expanduser()  # WALLABY_SPOOL_DIR
 
 
 def _fsync_dir(path: Path) -> None:
@@ -53,7 +57,7 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     """The on-disk log and cursor of one secondary destination."""
 
-    def __init__(self, directory: Path, flow_id: str):
+    def __init__(self, directory: Path, flow_id: str, source: SourceCheck | None = None, name: str = ""):
         self.dir = directory
         self.flow_id = flow_id
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +65,25 @@ class Spool:
         self.lock = threading.Lock()
         self.high = Position(0, 0)  # the last position appended
         self._recover()
+        if source is not None:
+            self._judge(source, name)
         self._file = open(self.log_path, "ab")  # noqa: SIM115 - kept open for appends
+
+    def _judge(self, source: SourceCheck, name: str) -> None:
+        """Spooled batches of another source are refused; a reset empties the spool; then the flow's source is
+        recorded as the spool's."""
+        path = self.dir / "source.json"
+        stored = SourceIdentity.from_json(path.read_text()) if path.exists() else None
+        if self.high > ZERO and self.cursor() < self.log_path.stat().st_size:
+            if trusted_high_water(source, name, self.high, stored, f"the spool {self.dir}") == ZERO:
+                with open(self.log_path, "r+b") as f:
+                    f.truncate(0)
+                    os.fsync(f.fileno())
+                self._set_cursor(0)
+                self.high = ZERO
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(source.current.to_json())
+        tmp.replace(path)
 
     def _recover(self) -> None:
         size = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -151,10 +173,11 @@ class Spool:
 class SpooledWriter(Writer):
     """A secondary destination behind a :class:`Spool` and a delivery thread."""
 
-    def __init__(self, name: str, flow_id: str, make_writer: Callable[[Any], Writer], directory: Path):
+    def __init__(self, name: str, flow_id: str, make_writer: Callable[[Any], Writer], directory: Path,
+                 source: SourceCheck | None = None):
         self.name, self.flow_id = name, flow_id
         self._make_writer = make_writer
-        self.spool = Spool(directory, flow_id)
+        self.spool = Spool(directory, flow_id, source, name)
         self._writer: Writer | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -216,7 +239,7 @@ class SpooledWriter(Writer):
         return False
 
     def close(self) -> None:
-        self.drain(float(os.environ.get("WALLABY_SPOOL_DRAIN_TIMEOUT", "5")))
+        self.drain(settings.current().spool_drain_timeout)  # WALLABY_SPOOL_DRAIN_TIMEOUT
         self._stop.set()
         self._wake.set()
         self._thread.join(10)

@@ -14,7 +14,6 @@ change exactly once.
 from __future__ import annotations
 
 import logging
-import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from sources.pgoutput import (
     TypeInfo,
 )
 from sources.tuples import parse_tuples, skip_tuple
+from wallaby import settings
 from wallaby.changes import (
     BEFORE_PREFIX,
     META_FIELDS,
@@ -69,7 +69,7 @@ _U32 = struct.Struct(">I")
 # from 8 to 4 MiB at the same rate; 200k: 465 -> 407 MB (2 MiB: 368 MB, but the source alone slows).
 # 300k wide changes, 3 runs each: 357-382 MB at 4 MiB, 348-360 MB at 3 MiB.
 # WALLABY_SOURCE_BATCH_BYTES overrides it.
-MAX_BATCH_BYTES = int(os.environ.get("WALLABY_SOURCE_BATCH_BYTES", str(3 << 20)))
+MAX_BATCH_BYTES = settings.on_import().source_batch_bytes
 
 
 @dataclass

@@ -13,20 +13,11 @@ import psycopg
 from psycopg import conninfo, pq
 
 from sources.pgtypes import SESSION_SETTINGS, libpq_options
-from wallaby.errors import SourceError, redact_dsn
+from wallaby.errors import TRANSIENT_SQLSTATES as TRANSIENT_SQLSTATES
+from wallaby.errors import SourceError, TerminalSourceError, TransientSourceError, redact_dsn
+from wallaby.errors import is_transient as is_transient  # the one classifier, by SQLSTATE for psycopg errors
 
 log = logging.getLogger("wallaby.source")
-
-# SQLSTATEs that mean "the server went away or is restarting; try again".
-TRANSIENT_SQLSTATES = {
-    "57P01",  # admin_shutdown (pg_terminate_backend, fast shutdown)
-    "57P02",  # crash_shutdown
-    "57P03",  # cannot_connect_now (starting up, recovery)
-    "08000", "08003", "08006", "08001", "08004",  # connection exceptions
-    "55006",  # object_in_use: the slot is still held by a walsender that is going away
-    "53300",  # too_many_connections
-    "40001",  # serialization failure
-}
 
 
 def server_name(dsn: str) -> str:
@@ -41,33 +32,91 @@ def server_name(dsn: str) -> str:
     return f"{host}:{port}/{db}"
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True for errors that a reconnect can cure."""
-    if isinstance(exc, psycopg.OperationalError) and getattr(exc, "sqlstate", None) is None:
-        return True  # lost connection, refused, timeout: libpq gives no SQLSTATE
-    return getattr(exc, "sqlstate", None) in TRANSIENT_SQLSTATES
+def _host_port(dsn: str) -> tuple[str, str, str]:
+    try:
+        params = conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "localhost", "5432", ""
+    return (params.get("host") or params.get("hostaddr") or "localhost", params.get("port") or "5432",
+            params.get("dbname") or params.get("user") or "")
+
+
+# Maintenance databases asked about the flow's database when connecting to it failed.
+_MAINTENANCE_DBS = ("postgres", "template1")
+
+
+def _catalog_state(dsn: str, exc: BaseException) -> str | None:
+    """The SQLSTATE a failed connection would have carried, from the server's catalog.
+
+    libpq reports no SQLSTATE for a failure while connecting (psycopg's ``sqlstate`` is None for a missing
+    database, a refused password and a refused socket alike), and its message text is no contract. So, when the
+    connection failed without one, connect to a maintenance database of the same server as the same user and
+    ask ``pg_database``: a database that is not there is 3D000 (invalid_catalog_name), one that takes no
+    connections 55000, one this user may not connect to 42501. None when that cannot be told (the server is
+    unreachable, refuses this user everywhere, or the database looks fine: then the error is what it was)."""
+    if getattr(exc, "sqlstate", None) is not None or not isinstance(exc, psycopg.OperationalError):
+        return None
+    try:
+        params = _params(dsn, False, "wallaby-setup")
+    except Exception:
+        return None
+    target = params.get("dbname") or params.get("user")
+    if not target or target in _MAINTENANCE_DBS:
+        return None
+    for db in _MAINTENANCE_DBS:
+        probe = {**params, "dbname": db, "connect_timeout": "2"}
+        probe.pop("replication", None)
+        try:
+            with psycopg.connect(autocommit=True, **probe) as conn:
+                row = conn.execute("SELECT datallowconn, has_database_privilege(datname, 'CONNECT')"
+                                   " FROM pg_database WHERE datname = %s", (target,)).fetchone()
+        except psycopg.Error:
+            continue
+        if row is None:
+            return "3D000"
+        if not row[0]:
+            return "55000"
+        return None if row[1] else "42501"
+    return None
 
 
 def connect_error(dsn: str, exc: Exception, what: str = "connect to") -> SourceError:
-    """Turn a psycopg connection error into one clear message."""
+    """Turn a psycopg connection error into one clear message, transient or terminal by SQLSTATE (for a failure
+    while connecting, which carries none, by the server's catalog: :func:`_catalog_state`)."""
     server = server_name(dsn)
-    state = getattr(exc, "sqlstate", None)
+    state = getattr(exc, "sqlstate", None) or _catalog_state(dsn, exc)
     text = redact_dsn(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-    if state == "28P01" or "password authentication failed" in text:
+    pgconn = getattr(exc, "pgconn", None)
+    if state == "3D000":
+        host, port, db = _host_port(dsn)
+        return TerminalSourceError(f"could not {what} source Postgres {server}: database {db!r} does not exist on"
+                                   f" {host}:{port} (check the database name in the source dsn, or create it)",
+                                   server=server, sqlstate=state)
+    if state == "28P01":
         hint = "check the user and password in the source dsn"
+    elif state is None and getattr(pgconn, "used_password", False):
+        hint = "the server refused after the password was sent: check the user and password in the source dsn"
+    elif state is None and getattr(pgconn, "needs_password", False):
+        hint = "the server asks for a password and the source dsn gives none"
+        state = "28P01"  # no password to retry with
     elif state == "28000":
         hint = "the server refused this user/host (pg_hba.conf); allow it, for replication too"
-    elif state == "3D000":
-        hint = "the database in the source dsn does not exist"
+    elif state == "55000":
+        hint = "the database does not accept connections (datallowconn is false)"
     elif state == "42501":
-        hint = "the user needs the REPLICATION attribute (ALTER ROLE ... REPLICATION) or rds_replication"
+        hint = ("the user may not connect to this database (GRANT CONNECT) or needs the REPLICATION attribute"
+                " (ALTER ROLE ... REPLICATION) or rds_replication")
     elif state is None:
         hint = "check that the server is running and reachable at that host and port"
     else:
         hint = "see the server's message above"
-    err = SourceError(f"could not {what} source Postgres {server}: {text} ({hint})", server=server)
-    err.transient = is_transient(exc)
-    return err
+    message = f"could not {what} source Postgres {server}: {text} ({hint})"
+    if state is not None and state != getattr(exc, "sqlstate", None):
+        transient = state in TRANSIENT_SQLSTATES  # a state found out above, not the driver's
+    else:
+        transient = is_transient(exc)
+    err_cls = TransientSourceError if transient else TerminalSourceError
+    return err_cls(message, server=server, sqlstate=state)
 
 
 def _params(dsn: str, replication: bool, application_name: str) -> dict:

@@ -23,10 +23,10 @@ destinations) and the data after it flows.
 from __future__ import annotations
 
 import logging
-import os
 
 import orjson
 
+from wallaby import settings
 from wallaby.changes import Event, format_lsn
 from wallaby.flowstore import FlowStore
 from wallaby.spec import DDLPolicy
@@ -35,7 +35,7 @@ from wallaby.telemetry import ddl_gated
 log = logging.getLogger("wallaby.ddl")
 
 PASS, HOLD, DROP = "pass", "hold", "drop"
-POLL_SECONDS = float(os.environ.get("WALLABY_DDL_POLL", "2"))
+POLL_SECONDS = settings.on_import().ddl_poll  # WALLABY_DDL_POLL
 
 
 class DDLGate:

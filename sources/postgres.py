@@ -1,15 +1,17 @@
 """The Postgres logical replication source: a bytewax ``FixedPartitionedSource``.
 
 One partition is one replication slot. Its snapshot state is
-``{"position": [lsn, ordinal], "covered": lsn, "shapes": [...]}``: the position of the last
-change it emitted, the end LSN up to which every change has been emitted, and the relation
-shapes emitted so far (what schema drift is judged against).
+``{"position": [lsn, ordinal], "covered": lsn, "shapes": [...], "source": {...}}``: the position of
+the last change it emitted, the end LSN up to which every change has been emitted, the relation
+shapes emitted so far (what schema drift is judged against), and the source they were read from
+(judged at start like every stored position, :mod:`wallaby.identity`).
 
 When the slot may advance (docs/ARCHITECTURE.md): bytewax calls
 ``next_batch`` again after ``snapshot()`` of epoch k only once every sink has
 finished epoch k and (with recovery on) the recovery store holds it. So the
 ``covered`` LSN of the last snapshot is confirmed to Postgres at the start of
-the following ``next_batch``, and mirrored into the checkpoint store.
+the following ``next_batch``, after it is written to the checkpoint store (so the
+store is never behind the slot: a slot confirmed further was advanced by someone else).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from sources.setup import prepare_source, proto_version_for
 from wallaby.changes import OP_DDL, ZERO, ChangeBatch, Column, Event, Position, TableChanges, TableSchema, format_lsn
 from wallaby.checkpoints import Checkpoint, CheckpointStore
 from wallaby.errors import SourceError
+from wallaby.identity import DISCARD, SourceCheck, SourceIdentity
 from wallaby.runtime import STOP, tune_gc, tune_memory
 from wallaby.spec import DDLPolicy
 
@@ -47,6 +50,8 @@ BACKOFF_MAX = 30.0
 IDLE_POLL = 0.005
 # Batches (or covered-LSN updates) one next_batch takes from the reader at most.
 DRAIN_ITEMS = 4
+# PostgresSource(resume=...): take the checkpoint store's position as it is (no start-up check ran).
+READ_CHECKPOINT = object()
 
 
 class TypeResolver:
@@ -113,8 +118,14 @@ class PostgresSource(FixedPartitionedSource):
     def __init__(self, flow_id: str, options: Any, *, start_lsn: int | None = None,
                  max_empty_reads: int | None = None, checkpoints: CheckpointStore | None = None,
                  prepared: bool = False, stop_at_lsn: int | None = None, generation: int | None = None,
-                 ddl_policy: Any = None, keep_wal: bool = False):
+                 ddl_policy: Any = None, keep_wal: bool = False, source_check: SourceCheck | None = None,
+                 resume: Checkpoint | object | None = READ_CHECKPOINT):
         self.flow_id = flow_id
+        # the source as found at start: stored positions are judged against it, and written with it
+        self.source_check = source_check
+        # where to resume without recovery state: a checkpoint vetted at start (dataflows.positions), None for
+        # the slot's own position, or READ_CHECKPOINT to take the store's as it is
+        self.resume = resume
         self.keep_wal = keep_wal  # a destination wants raw pgoutput messages (payload_mode=wal)
         self.ddl_policy = ddl_policy  # the flow's effective config.ddl (None: gate off)
         self.generation = generation  # the worker's generation in the flow store: fenced when it is no longer
@@ -151,12 +162,18 @@ class _PostgresPartition(StatefulSourcePartition):
 
         # Where to resume: bytewax's recovery state, else the checkpoint store.
         position, covered = ZERO, 0
+        check = src.source_check
+        if resume_state and check is not None and check.judge(
+                SourceIdentity.from_json(resume_state.get("source")), int(resume_state.get("covered", 0)),
+                "the bytewax recovery store") == DISCARD:
+            resume_state = None
         if resume_state:
             position = Position.from_state(resume_state["position"])
             covered = int(resume_state.get("covered", 0))
-        elif src.checkpoints is not None:
-            cp = src.checkpoints.get(self.flow_id, opts.slot)
-            if cp is not None:
+        else:
+            cp = src.checkpoints.get(self.flow_id, opts.slot) if src.resume is READ_CHECKPOINT and \
+                src.checkpoints is not None else src.resume
+            if isinstance(cp, Checkpoint):
                 position, covered = cp.position, cp.confirmed_lsn
         if src.start_lsn is not None:
             slot_confirmed = (plan.confirmed_flush if plan else None) or _slot_confirmed(opts.dsn, opts.slot)
@@ -171,6 +188,7 @@ class _PostgresPartition(StatefulSourcePartition):
         self.confirmed = covered  # what we told the server (at least what it already has)
         self.to_confirm: int | None = None
         self.snapshot_position = position
+        self.resets_cleared = False
 
         self.resolver = TypeResolver(opts.dsn, opts.resolve_types, self.flow_id)
         # Relation shapes as of what was emitted (schema drift is judged against them): kept across reconnects and
@@ -250,12 +268,17 @@ class _PostgresPartition(StatefulSourcePartition):
         self._fence()
         if lsn <= self.confirmed:
             return
+        check = self.src.source_check
+        if self.src.checkpoints is not None:  # first: the store is never behind the slot
+            self.src.checkpoints.put(Checkpoint(self.flow_id, self.opts.slot, lsn, self.snapshot_position,
+                                                time.time(), check.current if check else None),
+                                     generation=self.src.generation)
+            if check is not None and check.reset and not self.resets_cleared:
+                self.src.checkpoints.clear_resets(self.flow_id, check.reset)  # in effect: every writer took it
+                self.resets_cleared = True
         self.confirmed = lsn
         if self.reader is not None:
             self.reader.confirmed = lsn  # the reader reports it to the server at once
-        if self.src.checkpoints is not None:
-            self.src.checkpoints.put(Checkpoint(self.flow_id, self.opts.slot, lsn, self.snapshot_position,
-                                                time.time()), generation=self.src.generation)
 
     # -- bytewax ------------------------------------------------------------------------
     def next_batch(self) -> list[tuple[str, ChangeBatch]]:
@@ -319,9 +342,9 @@ class _PostgresPartition(StatefulSourcePartition):
             self.empty_reads = 0
             return
         idle_since = max(self.reader.last_activity, self.last_empty)
-        if now - idle_since < self.opts.batch_timeout:
-            return
-        # An empty read: a whole batch_timeout with nothing new from the server.
+        if now - idle_since < self.opts.batch_timeout or self.reader.received > self.reader.covered:
+            return  # data came lately, or the server reported WAL not read yet (a long transaction being decoded)
+        # An empty read: a whole batch_timeout with no WAL data, and everything the server reported is covered.
         self.last_empty = now
         if self.opts.emit_empty:
             out.append((self.flow_id, ChangeBatch(self.flow_id, [], self.position)))
@@ -403,7 +426,9 @@ class _PostgresPartition(StatefulSourcePartition):
         self.snapshot_position = self.position
         if self.done:
             self.done_snapshotted = True
-        return {"position": self.position.to_state(), "covered": self.covered, "shapes": shapes_to_state(self.shapes)}
+        check = self.src.source_check
+        return {"position": self.position.to_state(), "covered": self.covered, "shapes": shapes_to_state(self.shapes),
+                "source": check.current.to_json() if check else None}
 
     def close(self) -> None:
         self._stop_reader()

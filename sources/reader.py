@@ -67,7 +67,9 @@ class StreamReader(threading.Thread):
         self.stop_at_lsn = stop_at_lsn
         self.sent_confirmed = -1
         self.last_status = 0.0
-        self.last_activity = time.monotonic()  # last time the server sent anything (read by the partition)
+        # last time the server sent WAL data (read by the partition; keepalives do not count: a checkpoint store in
+        # the source's own cluster writes WAL every epoch, and its keepalives would keep an idle flow "active")
+        self.last_activity = time.monotonic()
         self.first_held_at: float | None = None
         self._halt = threading.Event()
 
@@ -136,10 +138,11 @@ class StreamReader(threading.Thread):
             self._status_if_behind()
             if stream.wait_readable(IDLE_WAIT):
                 msgs = stream.read()
-        reply = False
+        reply = data = False
         for raw in msgs:
             kind = raw[0]
             if kind == 119:  # 'w' XLogData
+                data = True
                 batcher.feed(bytes(raw[25:]))
                 if batcher.rows and self.first_held_at is None:
                     self.first_held_at = now
@@ -155,7 +158,7 @@ class StreamReader(threading.Thread):
                 # Idle: nothing open, nothing held, every commit handed over -> WAL up to here is covered.
                 if not batcher.in_txn and not batcher.rows and end > self.covered:
                     self.covered = end
-        if msgs:
+        if data:
             self.last_activity = now
         held_too_long = self.first_held_at is not None and now - self.first_held_at >= self.batch_timeout
         if batcher.rows and (held_too_long or not msgs) and (held_too_long or not batcher.in_txn):

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 import psycopg
 
 from sources.connection import connect, quote_ident, quote_literal, server_name, simple_query
-from wallaby.errors import SourceError
+from sources.source_state import (
+    ensure_state,
+    ensure_state_table,
+    new_slot_id,
+    owner_problem,
+    read_slot_rows,
+    slot_id_of,
+)
+from wallaby.errors import SourceError, TerminalSourceError, TransientSourceError, is_transient
 
 log = logging.getLogger("wallaby.source")
 
@@ -29,6 +37,7 @@ class SourcePlan:
     publication_created: bool = False
     confirmed_flush: int | None = None
     restart_lsn: int | None = None
+    slot_id: str | None = None  # the slot's identity (source-state table); None with ensure_state=false
 
 
 def proto_version_for(server_version: int) -> int:
@@ -113,88 +122,123 @@ def _qualified(t: str) -> str:
     return f"{quote_ident(schema)}.{quote_ident(name)}"
 
 
+# How long a worker waits for another one preparing the same slot (the same flow started twice at once).
+SETUP_LOCK_WAIT = "60s"
+
+
+def _setup_lock(conn: psycopg.Connection, slot: str, server: str) -> None:
+    """Serialize the set-up of one slot: a second worker of the flow waits here, then finds everything made."""
+    conn.execute(f"SET lock_timeout = '{SETUP_LOCK_WAIT}'")
+    try:
+        conn.execute("SELECT pg_advisory_lock(hashtextextended('wallaby-setup:' || %s, 0))", (slot,))
+    except psycopg.errors.LockNotAvailable:
+        raise TransientSourceError(f"another worker has been preparing replication slot {slot!r} in {server} for"
+                                   f" over {SETUP_LOCK_WAIT}; is the same flow running twice?", server=server) from None
+    finally:
+        conn.execute("RESET lock_timeout")
+
+
 def prepare_source(opts, flow_id: str) -> SourcePlan:
-    """Validate, then create what is missing (publication, slot, state table)."""
+    """Validate, then create what is missing (publication, slot, state table). The set-up of a slot is serialized
+    (a session advisory lock), so the same flow started twice at once does not race on the publication."""
     if getattr(opts, "aws_rds_iam", False):
         from sources.rds_iam import register
 
         register(opts, flow_id)
     server = server_name(opts.dsn)
     with connect(opts.dsn, application_name=f"wallaby-setup:{flow_id}") as conn:
-        version = conn.info.server_version
-        if opts.validate_replication:
-            validate_replication(conn, server)
+        _setup_lock(conn, opts.slot, server)  # released when the connection closes
+        return _prepare(conn, opts, flow_id, server)
 
-        # -- checks (nothing created yet) ------------------------------------------------
-        tables = list(opts.publication_tables or [])
-        if opts.publication_schemas:
-            tables += _schema_tables(conn, list(opts.publication_schemas))
-        missing = _missing_tables(conn, list(opts.publication_tables or []))
-        if missing:
-            raise SourceError(
-                f"publication_tables names tables that do not exist in {server}: {', '.join(missing)}", server=server
-            )
-        pub_exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (opts.publication,)).fetchone()
-        if not pub_exists and not opts.ensure_publication:
-            raise SourceError(
-                f"publication {opts.publication!r} does not exist in {server}; create it"
-                f" (CREATE PUBLICATION {opts.publication} FOR TABLE ...) or set ensure_publication=true",
-                server=server,
-            )
-        slot = conn.execute(
-            "SELECT plugin, database, confirmed_flush_lsn::text, restart_lsn::text, wal_status"
-            " FROM pg_replication_slots WHERE slot_name = %s",
-            (opts.slot,),
-        ).fetchone()
-        dbname = conn.info.dbname
-        if slot is None and not opts.create_slot:
-            raise SourceError(
-                f"replication slot {opts.slot!r} does not exist in {server}; create it"
-                f" (SELECT pg_create_logical_replication_slot('{opts.slot}', 'pgoutput')) or set create_slot=true",
-                server=server,
-            )
-        if slot is not None:
-            plugin, database, _, _, wal_status = slot
-            if plugin != "pgoutput":
-                raise SourceError(f"replication slot {opts.slot!r} uses plugin {plugin!r}; wallaby needs 'pgoutput'"
-                                  " (use another slot name)", server=server)
-            if database != dbname:
-                raise SourceError(f"replication slot {opts.slot!r} belongs to database {database!r}, not {dbname!r}",
-                                  server=server)
-            if wal_status == "lost":
-                raise SourceError(f"replication slot {opts.slot!r} has lost required WAL (wal_status=lost);"
-                                  " drop and recreate it, then backfill", server=server)
-        plan = SourcePlan(server_version=version, proto_version=proto_version_for(version))
 
-        # -- creation ---------------------------------------------------------------------
-        if opts.capture_ddl:  # first: it is the one step that needs a superuser, and it checks that up front
-            from sources.ddl_capture import install_ddl_capture
+def _prepare(conn: psycopg.Connection, opts, flow_id: str, server: str) -> SourcePlan:
+    version = conn.info.server_version
+    if opts.validate_replication:
+        validate_replication(conn, server)
 
-            install_ddl_capture(conn, opts, flow_id)
-        if not pub_exists:
-            if tables:
-                target = "FOR TABLE " + ", ".join(_qualified(t) for t in tables)
-            else:
-                target = "FOR ALL TABLES"
-            conn.execute(f"CREATE PUBLICATION {quote_ident(opts.publication)} {target}")
-            plan.publication_created = True
-            log.info("created publication %s (%s)", opts.publication, target, extra={"flow": flow_id})
-        elif opts.sync_publication and tables:
-            sync_publication(conn, opts.publication, tables, opts.sync_publication_mode, flow_id)
+    # -- checks (nothing created yet) ------------------------------------------------
+    tables = list(opts.publication_tables or [])
+    if opts.publication_schemas:
+        tables += _schema_tables(conn, list(opts.publication_schemas))
+    missing = _missing_tables(conn, list(opts.publication_tables or []))
+    if missing:
+        raise SourceError(
+            f"publication_tables names tables that do not exist in {server}: {', '.join(missing)}", server=server
+        )
+    pub_exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (opts.publication,)).fetchone()
+    if not pub_exists and not opts.ensure_publication:
+        raise SourceError(
+            f"publication {opts.publication!r} does not exist in {server}; create it"
+            f" (CREATE PUBLICATION {opts.publication} FOR TABLE ...) or set ensure_publication=true",
+            server=server,
+        )
+    slot = conn.execute(
+        "SELECT plugin, database, confirmed_flush_lsn::text, restart_lsn::text, wal_status"
+        " FROM pg_replication_slots WHERE slot_name = %s",
+        (opts.slot,),
+    ).fetchone()
+    dbname = conn.info.dbname
+    if slot is None and not opts.create_slot:
+        raise SourceError(
+            f"replication slot {opts.slot!r} does not exist in {server}; create it"
+            f" (SELECT pg_create_logical_replication_slot('{opts.slot}', 'pgoutput')) or set create_slot=true",
+            server=server,
+        )
+    if slot is not None:
+        plugin, database, _, _, wal_status = slot
+        if plugin != "pgoutput":
+            raise SourceError(f"replication slot {opts.slot!r} uses plugin {plugin!r}; wallaby needs 'pgoutput'"
+                              " (use another slot name)", server=server)
+        if database != dbname:
+            raise SourceError(f"replication slot {opts.slot!r} belongs to database {database!r}, not {dbname!r}",
+                              server=server)
+        if wal_status == "lost":
+            raise SourceError(f"replication slot {opts.slot!r} has lost required WAL (wal_status=lost);"
+                              " drop and recreate it, then backfill", server=server)
+    owner = opts.flow_id or flow_id
+    rows = read_slot_rows(conn, opts) if opts.ensure_state else []
+    if problem := owner_problem(rows, owner, opts):
+        raise TerminalSourceError(problem, server=server)
+    plan = SourcePlan(server_version=version, proto_version=proto_version_for(version))
 
-        if opts.ensure_state:
-            ensure_state(conn, opts, flow_id)
+    # -- creation ---------------------------------------------------------------------
+    if opts.capture_ddl:  # first: it is the one step that needs a superuser, and it checks that up front
+        from sources.ddl_capture import install_ddl_capture
 
+        install_ddl_capture(conn, opts, flow_id)
+    if not pub_exists:
+        if tables:
+            target = "FOR TABLE " + ", ".join(_qualified(t) for t in tables)
+        else:
+            target = "FOR ALL TABLES"
+        conn.execute(f"CREATE PUBLICATION {quote_ident(opts.publication)} {target}")
+        plan.publication_created = True
+        log.info("created publication %s (%s)", opts.publication, target, extra={"flow": flow_id})
+    elif opts.sync_publication and tables:
+        sync_publication(conn, opts.publication, tables, opts.sync_publication_mode, flow_id)
+
+    layout = ensure_state_table(conn, opts) if opts.ensure_state else None  # DDL: before the slot exists
     if slot is None:
-        create_slot(opts.dsn, opts.slot, flow_id)
-        plan.slot_created = True
-    with connect(opts.dsn) as conn:
-        row = conn.execute(
-            "SELECT confirmed_flush_lsn::text, restart_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
-            (opts.slot,),
-        ).fetchone()
+        consistent = create_slot(opts.dsn, opts.slot, flow_id)
+        plan.slot_created = consistent is not None
+        plan.slot_id = new_slot_id(consistent)
+    else:
+        plan.slot_id = slot_id_of(rows, owner) or new_slot_id(None)
+    if opts.ensure_state:
+        ensure_state(conn, opts, flow_id, plan.slot_id, _system_id(opts.dsn), layout)
+    else:
+        plan.slot_id = None  # nowhere to keep it: the slot's identity is unknown
+    row = conn.execute(
+        "SELECT confirmed_flush_lsn::text, restart_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+        (opts.slot,),
+    ).fetchone()
     plan.confirmed_flush, plan.restart_lsn = _lsn(row[0]), _lsn(row[1])
     return plan
+
+
+def _system_id(dsn: str) -> str:
+    with connect(dsn, replication=True) as rconn:
+        return str(simple_query(rconn, "IDENTIFY_SYSTEM")[0][0])
 
 
 def publication_columns(conn: psycopg.Connection, opts) -> dict[str, set[str]]:
@@ -240,35 +284,22 @@ def sync_publication(conn: psycopg.Connection, publication: str, tables: list[st
             log.info("publication %s: dropped %s", publication, t, extra={"flow": flow_id})
 
 
-def create_slot(dsn: str, slot: str, flow_id: str) -> None:
+def create_slot(dsn: str, slot: str, flow_id: str) -> int | None:
+    """Create the slot; its consistent point (None: it was created meanwhile by someone else)."""
     with connect(dsn, replication=True, application_name=f"wallaby-setup:{flow_id}") as rconn:
         try:
-            simple_query(rconn, f"CREATE_REPLICATION_SLOT {quote_ident(slot)} LOGICAL pgoutput (SNAPSHOT 'nothing')")
+            rows = simple_query(rconn,
+                                f"CREATE_REPLICATION_SLOT {quote_ident(slot)} LOGICAL pgoutput (SNAPSHOT 'nothing')")
         except psycopg.errors.DuplicateObject:
-            return  # created meanwhile by another worker of the same flow
+            return None
         except psycopg.Error as exc:
-            raise SourceError(f"could not create replication slot {slot!r} in {server_name(dsn)}: {exc}",
-                              server=server_name(dsn)) from None
-    log.info("created replication slot %s", slot, extra={"flow": flow_id})
-
-
-def ensure_state(conn: psycopg.Connection, opts, flow_id: str) -> None:
-    """The durable source-state table: which flow owns which slot and publication."""
-    schema, table = quote_ident(opts.state_schema), quote_ident(opts.state_table)
-    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-    conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {schema}.{table} ("
-        " flow_id text NOT NULL, slot_name text NOT NULL, publication text NOT NULL,"
-        " created_at timestamptz NOT NULL DEFAULT now(), last_started_at timestamptz,"
-        " confirmed_lsn pg_lsn, updated_at timestamptz NOT NULL DEFAULT now(),"
-        " PRIMARY KEY (flow_id, slot_name))"
-    )
-    conn.execute(
-        f"INSERT INTO {schema}.{table} (flow_id, slot_name, publication, last_started_at)"
-        " VALUES (%s, %s, %s, now()) ON CONFLICT (flow_id, slot_name) DO UPDATE"
-        " SET publication = EXCLUDED.publication, last_started_at = now(), updated_at = now()",
-        (opts.flow_id or flow_id, opts.slot, opts.publication),
-    )
+            kind = TransientSourceError if is_transient(exc) else TerminalSourceError
+            raise kind(f"could not create replication slot {slot!r} in {server_name(dsn)}: {exc}",
+                       server=server_name(dsn), sqlstate=getattr(exc, "sqlstate", None)) from None
+    consistent = _lsn(rows[0][1]) if rows else None
+    log.info("created replication slot %s (consistent point %s)", slot, rows[0][1] if rows else "?",
+             extra={"flow": flow_id})
+    return consistent
 
 
 __all__ = ["SourcePlan", "prepare_source", "proto_version_for", "quote_literal", "validate_replication"]

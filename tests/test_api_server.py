@@ -220,7 +220,7 @@ def test_token_auth(tmp_path, pgdb):
 
 
 def test_dead_worker_is_restarted_then_reported(tmp_path, pgdb):
-    """A killed worker is restarted (new generation); one that keeps failing ends FAILED with its reason."""
+    """A killed worker is restarted (new generation); one that fails permanently ends FAILED at once with its reason."""
     _setup_source(pgdb)
     server = make_server(tmp_path, WALLABY_WORKER_MAX_RESTARTS="1").start()
     try:
@@ -241,11 +241,13 @@ def test_dead_worker_is_restarted_then_reported(tmp_path, pgdb):
         server.admin("flow", "stop", "-flow-id", "w1")
         assert duck_rows(tmp_path / "w.duckdb") == pg_rows(pgdb)
 
-        # A flow whose table does not exist fails every time: restarted once, then FAILED with the reason.
+        # A flow whose table does not exist fails every time: a permanent failure (exit 1), so FAILED at once with
+        # the reason, never restarted (one generation only).
         path = flow_file(tmp_path, pgdb, "w2", duck=tmp_path / "w2.duckdb", tables="public.missing")
         server.admin("flow", "create", "-file", str(path), "-start")
         failed = _wait_state(server, "w2", types_pb2.FLOW_STATE_FAILED, timeout=90)
-        assert "public.missing" in failed.state_reason and "gave up" in failed.state_reason
+        assert "public.missing" in failed.state_reason and "gave up" not in failed.state_reason
+        assert "restarting" not in failed.state_reason and server.get("w2").generation == 1
     finally:
         server.stop()
 

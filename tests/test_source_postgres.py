@@ -219,6 +219,29 @@ def test_unreachable_host(db):
     with pytest.raises(SourceError, match=r"127.0.0.1:1.*reachable") as err:
         prepare_source(spec.source_options(), spec.id)
     assert "pw" not in str(err.value).replace("password", "")
+    assert err.value.transient  # a server that does not answer may come back
+
+
+def test_missing_database_is_named_and_permanent(pg, db):
+    """libpq gives no SQLSTATE for a failure while connecting; the server's catalog says the database is missing
+    (3D000), which no retry cures: not "check that the server is running"."""
+    from wallaby.errors import TerminalSourceError, is_transient
+
+    spec = flow_spec(pg.dsn("no_such_db", password="s3cret-pw"))
+    with pytest.raises(TerminalSourceError) as err:
+        prepare_source(spec.source_options(), spec.id)
+    text = str(err.value)
+    assert f"database 'no_such_db' does not exist on 127.0.0.1:{pg.port}" in text and "reachable" not in text
+    assert err.value.sqlstate == "3D000" and not is_transient(err.value) and "s3cret-pw" not in text
+    # A database that exists but takes no connections is told apart the same way.
+    closed = f"closed_{time.time_ns()}"
+    sql(pg.dsn(), f"CREATE DATABASE {closed} ALLOW_CONNECTIONS false")
+    try:
+        with pytest.raises(TerminalSourceError, match="does not accept connections") as err:
+            prepare_source(flow_spec(pg.dsn(closed)).source_options(), "f")
+        assert err.value.sqlstate == "55000"
+    finally:
+        sql(pg.dsn(), f"DROP DATABASE {closed}")
 
 
 def test_wal_level_replica_names_the_setting(tmp_path):

@@ -12,6 +12,7 @@
     wallaby-admin slot drop -flow-id ID [-if-exists]
     wallaby-admin checkpoint get -flow-id ID
     wallaby-admin checkpoint list
+    wallaby-admin checkpoint reset -flow-id ID [-dest NAME]  (flow not running; -dest: one destination's high-water)
     wallaby-admin ddl list [-status pending|approved|rejected|applied|all] [-flow-id ID]
     wallaby-admin ddl approve|reject|apply -id N
     wallaby-admin stream pull -stream S -group G [-max 10] [-visibility 30] [-consumer ID]
@@ -137,9 +138,13 @@ def _parser() -> argparse.ArgumentParser:
     cmd(slot, "get", "show the flow's slot")
     _flag(cmd(slot, "drop", "drop the flow's slot"), "if-exists", dest="if_exists", action="store_true")
 
-    cp = group("checkpoint", "show the confirmed positions of flows")
+    cp = group("checkpoint", "show the confirmed positions of flows, or reset them on purpose")
     cmd(cp, "get", "show one flow's checkpoint")
     cmd(cp, "list", "list every flow's checkpoint", flow_id=None)
+    c = cmd(cp, "reset", "discard a stopped flow's stored positions (checkpoint, recovery store, every destination's"
+                         " high-water), or one destination's high-water (-dest); the next start begins at the slot's"
+                         " position")
+    _flag(c, "dest", default=None, help="reset only this destination's high-water")
 
     ddl = group("ddl", "list, approve, reject and apply captured schema changes")
     c = cmd(ddl, "list", "list DDL events", flow_id=False)
@@ -315,6 +320,27 @@ def _checkpoint_rows(cps: Sequence[checkpoint_pb2.FlowCheckpoint]) -> str:
     return table(("FLOW", "LSN", "SLOT", "POSITION", "UPDATED"), rows)
 
 
+def _reset_text(resp: checkpoint_pb2.ResetCheckpointResponse) -> str:
+    """What ``checkpoint reset`` did, and what the flow's next start does."""
+    f = resp.flow_id
+    if resp.destination:
+        lines = [f"flow {f}: destination {resp.destination!r}: reset asked for.",
+                 f"Next start: the worker discards destination {resp.destination!r}'s stored high-water (whatever"
+                 " source it came from) and writes every change again from where the flow resumes; the flow's"
+                 " other positions are still checked against the source."]
+    else:
+        deleted = [f"slot {c.checkpoint.metadata.get('slot', '?')} at {c.checkpoint.lsn}"
+                   for c in resp.deleted_checkpoints]
+        lines = [f"flow {f}: every stored position reset; checkpoint rows deleted: {', '.join(deleted) or 'none'}.",
+                 "Next start: the worker empties the flow's recovery store, discards every destination's stored"
+                 " high-water and streams from the replication slot's position (a slot created anew starts at its"
+                 " consistent point: changes made before it are not streamed; backfill them if needed)."]
+    waiting = ", ".join("all" if r == "*" else repr(r) for r in resp.pending_resets)
+    lines.append(f"Resets waiting for the next worker: {waiting or 'none'} (cleared once its first epoch is"
+                 " confirmed).")
+    return "\n".join(lines)
+
+
 def _render(resp: Message, args: argparse.Namespace) -> str:
     """The table text of a response (the JSON is generic)."""
     key = (args.group, args.cmd)
@@ -348,6 +374,8 @@ def _render(resp: Message, args: argparse.Namespace) -> str:
         return _checkpoint_rows([resp])
     if key == ("checkpoint", "list"):
         return _checkpoint_rows(resp.checkpoints)
+    if key == ("checkpoint", "reset"):
+        return _reset_text(resp)
     if key == ("ddl", "list"):
         rows = [(e.id, e.flow_id, e.status, e.lsn, e.table, _ddl_text(e.ddl)) for e in resp.events]
         return table(("ID", "FLOW", "STATUS", "LSN", "TABLE", "DDL"), rows)
@@ -405,6 +433,12 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Message]:
                                                                                   if_exists=args.if_exists)
     if key == ("checkpoint", "list"):
         return "checkpoint", "ListCheckpoints", checkpoint_pb2.ListCheckpointsRequest()
+    if key == ("checkpoint", "reset"):
+        if args.dest is not None and not args.dest.strip():
+            raise UsageError("checkpoint reset -dest: give a destination name, or leave -dest out to reset every"
+                             " position of the flow")
+        return "checkpoint", "ResetCheckpoint", checkpoint_pb2.ResetCheckpointRequest(flow_id=fid,
+                                                                                      destination=args.dest)
     if key == ("ddl", "list"):
         return "ddl", "ListDDL", ddl_pb2.ListDDLRequest(status=args.status, flow_id=fid)
     if args.group == "stream":

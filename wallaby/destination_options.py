@@ -7,7 +7,8 @@ helpers and the source's model are in :mod:`wallaby.options`.
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, ValidationInfo, model_validator
 
@@ -33,6 +34,8 @@ from wallaby.options import (
     _partition_by,
     _set,
     choice,
+    parse_text,
+    parse_type_mappings,
 )
 
 # Destinations.
@@ -55,25 +58,55 @@ class DestinationOptions(Options):
         return None if self.meta_watermark == "-" else self.meta_watermark
 
 
+def _read_type_mappings_file(path: str) -> dict[str, str]:
+    """The type map in the file at ``path`` (``~`` expanded; JSON, or a flat YAML map), or ValueError saying why
+    it cannot be used."""
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            reason = "no such file"
+        elif isinstance(exc, IsADirectoryError):
+            reason = "it is a directory"
+        else:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ValueError(f"cannot read {str(p)!r}: {reason} (expected a JSON or YAML file of source type ->"
+                         " destination type)") from None
+    try:
+        return parse_type_mappings(text)
+    except ValueError as exc:
+        raise ValueError(f"{str(p)!r}: {exc}") from None
+
+
+def _type_mappings_file(v: Any) -> str:
+    path = parse_text(v)
+    _read_type_mappings_file(path)  # refused now, not when the sink first opens it
+    return path
+
+
 class MaterializingOptions(DestinationOptions):
     """"Destination Type Mappings": destinations that materialize tables."""
 
     type_mappings: TypeMappings | None = None
-    type_mappings_file: Text | None = None
+    type_mappings_file: Annotated[str, BeforeValidator(_type_mappings_file)] | None = None
+
+    def mappings(self) -> dict[str, str]:
+        """The type overrides: the file's map, then ``type_mappings`` on top."""
+        out: dict[str, str] = {}
+        if self.type_mappings_file:
+            out.update(_read_type_mappings_file(self.type_mappings_file))
+        out.update(self.type_mappings or {})
+        return out
 
     def mapping_keys(self) -> list[tuple[str, str]]:
         """(option, source type key) of every type mapping: the file's, then the inline ones."""
-        from pathlib import Path
-
-        from wallaby.options import parse_type_mappings
-
         out: list[tuple[str, str]] = []
         if self.type_mappings_file:
             try:
-                text = Path(self.type_mappings_file).expanduser().read_text()
-                out += [("type_mappings_file", k) for k in parse_type_mappings(text)]
-            except (OSError, ValueError):
-                pass  # reported when the options were validated
+                out += [("type_mappings_file", k) for k in _read_type_mappings_file(self.type_mappings_file)]
+            except ValueError:
+                pass  # the file was read when the options were validated; the sink reports it if it went since
         out += [("type_mappings", k) for k in (self.type_mappings or {})]
         return out
 
@@ -91,9 +124,16 @@ class TableWriterOptions(MaterializingOptions):
     staging_suffix: RequiredText = "_staging"
     meta_table_enabled: Bool = True
 
+    @property
+    def schema_name(self) -> str | None:
+        """The ``schema`` option (``schema_`` in Python)."""
+        return self.schema_
+
 
 class DuckDBDestinationOptions(TableWriterOptions):
-    """USAGE.md "DuckDB Destination" (the sink's own model is ``sinks.duckdb.DuckDBOptions``)."""
+    """USAGE.md "DuckDB Destination": the one model of a DuckDB destination's options, the flow spec's and the
+    sink's (``sinks.duckdb.DuckDBOptions`` is this class). ``batch_mode=staging``, ``batch_resolution`` and
+    ``staging_*`` are validated here and refused by ``dataflows.flow.check_buildable`` until staging loads exist."""
 
     dsn: RequiredText
     drop_columns: Bool = False  # not in USAGE.md: follow a source DROP COLUMN (docs/ddl.md)

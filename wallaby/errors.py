@@ -5,8 +5,17 @@ Retryability lives in the type, not in the message (dlt's
 :class:`TerminalError` when retrying cannot help, :class:`TransientError` when
 it may (mix one into a concrete error class). Driver errors are mapped once
 into one or the other where they are caught; everything above only asks
-``isinstance``. :func:`grpc_status_name` is
-the one place that maps these types to gRPC status codes.
+``isinstance`` (or :func:`is_transient`, the one place that also classifies a driver
+error that was not mapped: psycopg by SQLSTATE, network ``OSError`` values by type
+and errno). :func:`grpc_status_name` is the one place that maps these types to
+gRPC status codes, :func:`exit_status` the one place that maps them to a
+worker's exit status (``EXIT_*``).
+
+Destinations raise :class:`TransientSinkError` (connection lost, broker
+unavailable, 5xx, throttled, timeouts) or :class:`PermanentSinkError`
+(configuration, credentials, permissions, 4xx, schema), each naming the
+destination and what it tried where (brokers, bucket and endpoint, URL, path,
+a DSN through :func:`redact_dsn`). ``sinks.base`` re-exports them.
 
 No message built here may carry a secret: every text that could contain a
 connection string goes through :func:`redact_dsn`.
@@ -14,7 +23,10 @@ connection string goes through :func:`redact_dsn`.
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -159,9 +171,75 @@ class TransientSourceError(SourceError, TransientError):
         self.retry_after = retry_after
 
 
+class SinkError(WallabyError):
+    """A destination failed. ``destination`` names it; the message says what was tried where (brokers, bucket and
+    endpoint, URL, path, a redacted DSN) and never carries a secret. Raise one of the two kinds below: a plain
+    ``SinkError`` counts as permanent."""
+
+    transient: bool = False
+
+    def __init__(self, destination: str, message: str):
+        super().__init__(redact_dsn(f"destination {destination!r}: {message}"))
+        self.destination = destination
+
+
+class TransientSinkError(SinkError, TransientError):
+    """Worth retrying: the destination is away or busy (connection lost, broker unavailable, 5xx, 429, timeouts).
+    ``retry_after`` seconds if the server said."""
+
+    transient = True
+
+    def __init__(self, destination: str, message: str, retry_after: float | None = None):
+        super().__init__(destination, message)
+        self.retry_after = retry_after
+
+
+class PermanentSinkError(SinkError, TerminalError):
+    """Retrying cannot help: configuration, credentials, permissions, a 4xx answer, an incompatible schema, a
+    rejected payload."""
+
+
+# SQLSTATEs that mean "the server went away, is restarting or is busy; try again" (source and Postgres
+# destinations alike; sources.connection re-exports it).
+TRANSIENT_SQLSTATES = frozenset({
+    "57P01",  # admin_shutdown (pg_terminate_backend, fast shutdown)
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now (starting up, recovery)
+    "08000", "08003", "08006", "08001", "08004",  # connection exceptions
+    "55006",  # object_in_use: the slot is still held by a walsender that is going away
+    "53300",  # too_many_connections
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+})
+
+# errno values of a network that is away (refused, reset, unreachable, timed out); a DNS failure only when the
+# resolver says "try again".
+_NETWORK_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT,
+                             errno.ENETUNREACH, errno.ENETDOWN, errno.ENETRESET, errno.EHOSTUNREACH,
+                             errno.EHOSTDOWN})
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True when ``exc`` is marked retryable (by type or by its ``transient`` flag)."""
-    return isinstance(exc, TransientError) or bool(getattr(exc, "transient", False))
+    """True when retrying may help. Our errors say so by type (:class:`TransientError`) or by their ``transient``
+    flag. A driver error nobody mapped is judged by its kind, never by its text: a psycopg error by its SQLSTATE
+    (:data:`TRANSIENT_SQLSTATES`; an ``OperationalError`` without one is a lost or refused connection: libpq gives
+    none), an ``OSError`` by type and errno (connection refused or reset, unreachable, timed out; a DNS failure
+    only when the resolver said "try again"). Anything else is not."""
+    if isinstance(exc, TransientError) or getattr(exc, "transient", False) is True:
+        return True
+    if isinstance(exc, WallabyError):
+        return False
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str):
+        return state in TRANSIENT_SQLSTATES
+    psycopg = sys.modules.get("psycopg")  # not loaded: exc cannot be one of its errors
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        return isinstance(exc, psycopg.OperationalError)
+    if isinstance(exc, socket.gaierror):
+        return exc.errno == socket.EAI_AGAIN
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS
 
 
 class FencedError(WallabyError):
@@ -187,6 +265,28 @@ class IllegalStateError(TerminalError):
     """The change is not allowed in the current state (start a running flow, approve a rejected DDL)."""
 
 
+# Exit status of a worker (wallaby-worker) by the error that ended it (see exit_status); the API server restarts a
+# worker only after EXIT_TRANSIENT or a death by signal.
+EXIT_OK = 0  # a clean stop (SIGTERM, -max-empty-reads)
+EXIT_PERMANENT = 1  # retrying cannot help: the flow fails
+EXIT_CONFIG = 2  # a bad flow spec or flag
+EXIT_FENCED = 3  # a newer worker of the flow took over
+EXIT_TRANSIENT = 75  # retrying may help (EX_TEMPFAIL of sysexits.h)
+
+
+def exit_status(exc: BaseException) -> int:
+    """The exit status of a worker ended by ``exc`` (the root cause, not a runtime's wrapper of it): fenced 3,
+    ConfigError 2, transient (:func:`is_transient`) 75, anything else 1 (an error of unknown kind is not retried:
+    a bug or a refusal repeats, a lost network shows as a transient driver error)."""
+    if isinstance(exc, FencedError):
+        return EXIT_FENCED
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG
+    if is_transient(exc):
+        return EXIT_TRANSIENT
+    return EXIT_PERMANENT
+
+
 def grpc_status_name(exc: BaseException) -> str:
     """The gRPC status code name an API call failing with ``exc`` returns (the one place this is decided)."""
     if isinstance(exc, NotFoundError):
@@ -199,7 +299,7 @@ def grpc_status_name(exc: BaseException) -> str:
         return "INVALID_ARGUMENT"
     if is_transient(exc):
         return "UNAVAILABLE"
-    if isinstance(exc, TerminalError | SourceError):
+    if isinstance(exc, TerminalError | SourceError | SinkError):
         return "FAILED_PRECONDITION"
     return "INTERNAL"
 

@@ -1,8 +1,10 @@
 """The flow store: flows, their lifecycle state and worker generation, and captured DDL events.
 
 It lives in wallaby's own database beside the checkpoints (:mod:`wallaby.sqldb`).
-A flow row keeps the flow's definition as given (secrets included: the store is
-wallaby's own; the API shows :meth:`FlowSpec.redacted` only).
+A flow row keeps the flow's definition as given (literal secrets included: the store is
+wallaby's own, a SQLite file is 0600; the API shows :meth:`FlowSpec.redacted` only).
+Secret references (``${env:NAME}``, ``${file:PATH}``, :mod:`wallaby.secrets`) are kept
+unresolved: the worker resolves them.
 
 Lifecycle (:data:`TRANSITIONS`)::
 

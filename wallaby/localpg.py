@@ -194,6 +194,38 @@ class LocalPostgres:
             time.sleep(0.2)
         raise RuntimeError(f"local Postgres on port {self.port} not ready after {timeout}s")
 
+    def basebackup_of(self, primary: LocalPostgres, timeout: float = 120) -> LocalPostgres:
+        """Make this (empty) directory a physical standby of ``primary``: ``pg_basebackup -R -X stream``, so
+        ``start()`` runs it as a hot standby streaming from ``primary`` (the primary's settings and pg_hba.conf are
+        copied with the rest; the primary must allow replication connections of ``postgres`` from 127.0.0.1)."""
+        tool = Path(self.binary("pg_basebackup"))
+        if not tool.exists():
+            raise RuntimeError(f"pg_basebackup is missing from the embedded Postgres binaries ({self._bins})")
+        if self.pgdata.exists() and any(self.pgdata.iterdir()):
+            raise RuntimeError(f"{self.pgdata} is not empty: a base backup needs an empty directory")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            _open_up(self._bins)
+            _open_up(self.data_dir)
+            runas = _run_as()
+            for p in (self.data_dir, self.socket_dir):
+                os.chown(p, runas["user"], runas["group"])
+        r = self._cmd(
+            str(tool), "-D", str(self.pgdata), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+            "-X", "stream", "-R", "-c", "fast", "--no-sync", timeout=timeout, check=False,
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"pg_basebackup from port {primary.port} into {self.pgdata} failed:"
+                               f" {r.stderr.strip()}")
+        return self
+
+    def promote(self, timeout: int = 60) -> None:
+        """Promote this standby (``pg_promote``, waiting up to ``timeout`` s): it starts a new timeline."""
+        out = self.psql(f"SELECT pg_promote(true, {int(timeout)})").strip()
+        if out != "t":
+            raise RuntimeError(f"pg_promote on port {self.port} did not finish in {timeout}s ({out!r})")
+
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         r = subprocess.run(
             [self.binary("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", self.dsn(dbname), "-c", sql],

@@ -8,13 +8,13 @@ DSN with a password never reaches a log.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 
 import orjson
 
 from wallaby.errors import redact_dsn
+from wallaby.settings import log_level_or_default
 
 _default_flow: str | None = None
 
@@ -41,5 +41,5 @@ def setup(flow: str | None = None, level: str | None = None) -> None:
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger("wallaby")
     root.handlers[:] = [handler]
-    root.setLevel((level or os.environ.get("WALLABY_LOG_LEVEL", "info")).upper())
+    root.setLevel((level or log_level_or_default()).upper())  # WALLABY_LOG_LEVEL (checked by wallaby.settings)
     root.propagate = False

@@ -9,7 +9,8 @@ given (the upstream API sends ``""`` for "unset").
 Every name and default is the one USAGE.md promises ("Postgres Source
 Options", "Backfill + Replay", one section per destination, "Destination
 Metadata + Append/Soft Delete", "Destination Type Mappings");
-tests/test_spec.py reads USAGE.md and checks each of them.
+tests/test_spec.py checks each of them (by tests/data/usage_facts.json,
+made from USAGE.md by tests/usage_facts.py).
 
 :func:`validate_options` turns pydantic's errors into :class:`FieldProblem`\\ s
 (unknown option with a did-you-mean, wrong type, missing required option) so

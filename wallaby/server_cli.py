@@ -8,7 +8,9 @@ its variable, and workers launched by the server inherit the result. The flow
 store and checkpoints live in Postgres when ``WALLABY_POSTGRES_DSN`` is set, else
 in SQLite at ``WALLABY_CHECKPOINT_PATH`` (default ``~/.wallaby/checkpoints.db``).
 ``WALLABY_API_TOKEN`` turns on bearer-token auth; ``WALLABY_GRPC_TLS_CERT`` and
-``WALLABY_GRPC_TLS_KEY`` turn on TLS. SIGTERM / Ctrl-C stop the server and its
+``WALLABY_GRPC_TLS_KEY`` turn on TLS. On an address other than loopback (the default
+``:8080`` is every interface) the server refuses to start without a token unless
+``WALLABY_API_INSECURE=true`` (exit 2). SIGTERM / Ctrl-C stop the server and its
 workers gracefully; running flows stay RUNNING and are relaunched at the next start.
 """
 
@@ -38,6 +40,7 @@ FLAGS = {
     "checkpoint_dsn": "WALLABY_CHECKPOINT_DSN",
     "tls_cert": "WALLABY_GRPC_TLS_CERT",
     "tls_key": "WALLABY_GRPC_TLS_KEY",
+    "insecure": "WALLABY_API_INSECURE",
 }
 
 
@@ -54,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         "checkpoint_dsn": "full DSN of the store (overrides the two above)",
         "tls_cert": "TLS certificate (PEM)",
         "tls_key": "TLS private key (PEM)",
+        "insecure": "true: allow a non-loopback address with no WALLABY_API_TOKEN (anyone who can reach it may call)",
     }
     for dest, var in FLAGS.items():
         flag = dest.replace("_", "-")
@@ -75,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = ServerSettings.from_env(os.environ)
+        exposed = settings.exposure_problem()
+        if exposed:
+            print(f"wallaby: {exposed}", file=sys.stderr)
+            return 2
         default_wire_format()  # a bad WALLABY_WIRE_FORMAT is refused now, not at the first CreateFlow
         store = open_store()
         server = APIServer(FlowManager(store), settings)

@@ -29,6 +29,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
+from wallaby import secrets
 from wallaby.destination_options import DESTINATION_OPTIONS
 from wallaby.errors import MASK, ConfigError, FieldProblem, redact_dsn
 from wallaby.options import (
@@ -47,7 +48,6 @@ from wallaby.options import (
     parse_bool,
     parse_required_text,
     problems_from,
-    validate_options,
 )
 
 ENV_WIRE_FORMAT = "WALLABY_WIRE_FORMAT"
@@ -178,8 +178,8 @@ class FlowSpec(BaseModel):
         """The source's options, validated and typed."""
         if self._source_options is None:
             model = SOURCE_OPTIONS[self.source.type]
-            self._source_options = model.parse(self.source.options, what=self._what(), path="source.options",
-                                               context=self._context(self.source))
+            self._source_options = secrets.parse_options(model, self.source.options, what=self._what(),
+                                                         path="source.options", context=self._context(self.source))
         return self._source_options  # type: ignore[return-value]
 
     def destination_options(self, i: int | str) -> Options:
@@ -191,8 +191,9 @@ class FlowSpec(BaseModel):
             i = names.index(i)
         if i not in self._destination_options:
             d = self.destinations[i]
-            self._destination_options[i] = DESTINATION_OPTIONS[d.type].parse(
-                d.options, what=self._what(), path=f"destinations[{i}].options", context=self._context(d))
+            self._destination_options[i] = secrets.parse_options(  # ${env:...}/${file:...} resolved here
+                DESTINATION_OPTIONS[d.type], d.options, what=self._what(), path=f"destinations[{i}].options",
+                context=self._context(d))
         return self._destination_options[i]
 
     def _context(self, endpoint: Endpoint) -> dict[str, Any]:
@@ -282,7 +283,7 @@ def _endpoint_problems(ep: Any, path: str, registry: dict[str, type[Options]], k
     if not isinstance(options, Mapping):
         return None, []
     context = {"endpoint_name": ep.get("name") if isinstance(ep.get("name"), str) else None, "flow_id": flow_id}
-    return validate_options(model, options, f"{path}.options", context)
+    return secrets.check_options(model, options, f"{path}.options", context)  # references stay unresolved
 
 
 def _inherit_format(dests: Any, wire_format: Any) -> Any:

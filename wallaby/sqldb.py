@@ -12,12 +12,20 @@ SQL is written once with ``?`` placeholders; the Postgres backend turns them
 into ``%s``. Each component (checkpoints, flows) keeps numbered migrations,
 applied once and recorded in ``wallaby_schema_migrations``, so a newer wallaby
 upgrades an older database in place.
+
+The SQLite file holds flow definitions with their secrets (DSN passwords, keys,
+tokens), so it is private to its owner: wallaby creates it 0600 (SQLite gives its
+``-wal``/``-shm`` files the same mode) and the directories it creates for it
+0700; an existing file (or side file) open to others is tightened to its owner's
+bits when this user owns it, else a warning names it (:func:`make_private`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,6 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from wallaby.errors import ConfigError, FieldProblem, redact_dsn
+
+log = logging.getLogger("wallaby.store")
 
 # A migration step: one statement, or one per dialect {"sqlite": ..., "postgres": ...}.
 Step = str | Mapping[str, str]
@@ -110,16 +120,22 @@ class SQLiteDatabase(SQLDatabase):
         if self.path != ":memory:" and not self.path.startswith("file:"):
             p = Path(self.path).expanduser()
             try:
-                p.parent.mkdir(parents=True, exist_ok=True)
+                make_private_dirs(p.parent)
             except OSError as exc:
                 raise ConfigError("checkpoint store", [FieldProblem(
                     "WALLABY_CHECKPOINT_PATH", f"cannot create the directory of {p}: {exc.strerror or exc}")]) from None
             self.path = str(p)
+            make_private(p)
         try:
             self._conn = sqlite3.connect(self.path, uri=self.path.startswith("file:"), check_same_thread=False,
                                          timeout=30, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA busy_timeout=30000")
+            if not self.path.startswith("file:") and self.path != ":memory:":
+                for suffix in ("-wal", "-shm"):  # created by SQLite with the file's mode; older ones may be wider
+                    side = Path(self.path + suffix)
+                    if side.exists():
+                        make_private(side, create=False)
         except sqlite3.Error as exc:
             raise ConfigError("checkpoint store", [FieldProblem(
                 "WALLABY_CHECKPOINT_PATH", f"cannot open SQLite database {self.path}: {exc}")]) from None
@@ -138,6 +154,52 @@ class SQLiteDatabase(SQLDatabase):
 
     def close(self) -> None:
         self._conn.close()
+
+
+def make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents 0700 (existing ones are left as they are)."""
+    missing = []
+    d = directory
+    while not d.exists() and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(d, 0o700)  # whatever the umask
+
+
+def make_private(path: Path, create: bool = True) -> None:
+    """``path`` readable by its owner only: created 0600 when missing (``create``); an existing file with group or
+    other bits set is tightened when this user owns it, else a warning names it (wallaby cannot fix it)."""
+    if create:
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            return  # an empty file is an empty SQLite database
+        except FileExistsError:
+            pass
+        except OSError:
+            return  # SQLite's own open reports it
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & 0o077 or not stat.S_ISREG(st.st_mode):
+        return
+    if st.st_uid == os.geteuid():
+        try:
+            os.chmod(path, mode & 0o700)
+            log.info("checkpoint store: %s was open to others (mode %04o); now %04o", path, mode, mode & 0o700)
+            return
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+    else:
+        reason = f"owned by uid {st.st_uid}, not by this user"
+    log.warning("checkpoint store: %s is open to others (mode %04o) and holds flow secrets; wallaby could not"
+                " tighten it (%s): chmod 600 it", path, mode, reason)
 
 
 class PostgresDatabase(SQLDatabase):

@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from wallaby.errors import MASK, ConfigError, FieldProblem
 from wallaby.flowstore import StoredFlow
 from wallaby.options import parse_bool
+from wallaby.secrets import shown_option
 from wallaby.spec import FlowSpec, default_wire_format, parse_flow, redact_option
 from wallaby.v1 import types_pb2 as pb
 
@@ -103,10 +104,18 @@ def _ts(seconds: float) -> Timestamp:
     return t
 
 
+def _shown(key: str, value: Any) -> Any:
+    """An option's value as the API shows it: redacted, but ``${env:...}`` / ``${file:...}`` references as written
+    (the store keeps them unresolved; see :mod:`wallaby.secrets`)."""
+    return shown_option(key, value, redact_option)
+
+
 def stored_to_flow(stored: StoredFlow) -> pb.Flow:
-    """The API view of a stored flow: redacted options, state, generation, times."""
+    """The API view of a stored flow: redacted options (references shown as written), state, generation, times."""
     spec = FlowSpec.model_validate(stored.spec)
     data = spec.redacted()
+    for ep, raw in zip([data["source"], *data["destinations"]], [spec.source, *spec.destinations], strict=True):
+        ep["options"] = {k: _shown(k, v) for k, v in raw.options.items()}
     cfg = data["config"]
     ddl = pb.DDLPolicy(**{k: v for k, v in cfg["ddl"].items() if v is not None})
     return pb.Flow(
@@ -135,7 +144,7 @@ def unmask(new: dict[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
         for key, value in list(ep["options"].items()):
             if isinstance(value, str) and MASK in value and key in before.get("options", {}):
                 stored = before["options"][key]
-                if option_text(redact_option(key, stored)) == value:
+                if option_text(_shown(key, stored)) == value:
                     ep["options"][key] = stored
 
     if isinstance(new.get("source"), dict):

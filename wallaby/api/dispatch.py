@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from wallaby import settings
 from wallaby.errors import redact_dsn
 
 log = logging.getLogger("wallaby.api.dispatch")
@@ -49,7 +50,8 @@ class WorkerExit:
 
 
 def last_error(path: Path, limit: int = 64 << 10) -> str:
-    """The worker's own error line (``wallaby-worker: ...``), else its last line, from the end of its log."""
+    """The worker's own error report (``wallaby-worker: ...``, with the ``- problem`` lines of a bad flow spec
+    after it, joined by "; "), else its last line, from the end of its log."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -58,9 +60,15 @@ def last_error(path: Path, limit: int = 64 << 10) -> str:
     except OSError:
         return ""
     lines = [ln.strip() for ln in lines if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith("wallaby-worker:"):
-            return redact_dsn(ln.removeprefix("wallaby-worker:").strip())
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("wallaby-worker:"):
+            problems = []
+            for ln in lines[i + 1:]:
+                if not ln.startswith("- "):
+                    break
+                problems.append(ln.removeprefix("- "))
+            head = lines[i].removeprefix("wallaby-worker:").strip()
+            return redact_dsn(f"{head} {'; '.join(problems)}" if problems else head)
     return redact_dsn(lines[-1][-500:]) if lines else ""
 
 
@@ -70,9 +78,10 @@ class LocalDispatcher:
     def __init__(self, on_exit: Callable[[WorkerExit], None], log_dir: str | Path | None = None,
                  stop_timeout: float | None = None):
         self.on_exit = on_exit
-        self.log_dir = Path(log_dir or os.environ.get("WALLABY_WORKER_LOG_DIR") or "~/.wallaby/logs").expanduser()
-        self.stop_timeout = stop_timeout if stop_timeout is not None else float(
-            os.environ.get("WALLABY_WORKER_STOP_TIMEOUT", "60"))
+        tuned = settings.current()  # WALLABY_WORKER_LOG_DIR, _STOP_TIMEOUT, WALLABY_RUN_ONCE_EMPTY_READS
+        self.log_dir = Path(log_dir or tuned.worker_log_dir).expanduser()
+        self.stop_timeout = stop_timeout if stop_timeout is not None else tuned.worker_stop_timeout
+        self.run_once_empty_reads = tuned.run_once_empty_reads
         self._workers: dict[tuple[str, int], WorkerProcess] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -82,7 +91,7 @@ class LocalDispatcher:
     def command(self, flow_id: str, generation: int, once: bool) -> list[str]:
         cmd = [sys.executable, "-m", "wallaby.worker", "-flow-id", flow_id, "-generation", str(generation)]
         if once:
-            cmd += ["-max-empty-reads", os.environ.get("WALLABY_RUN_ONCE_EMPTY_READS", "1")]
+            cmd += ["-max-empty-reads", str(self.run_once_empty_reads)]
         return cmd
 
     def launch(self, flow_id: str, generation: int, *, once: bool = False) -> WorkerProcess:

@@ -5,15 +5,23 @@ dispatcher. A state change is written before the worker is touched, so a
 worker's exit that follows is read in the light of the new state (paused or
 stopped: expected; still running: it died, see :meth:`FlowManager.worker_exited`).
 
-Restart policy of a worker that dies while its flow is RUNNING, by the flow's
-``config.give_up_policy``:
+A worker that ends while its flow is RUNNING is judged by its exit status
+(``wallaby.worker``'s docstring has the table; ``wallaby.errors.EXIT_*``):
 
-- ``never``: restarted, with back-off (1 s doubling to 30 s), for ever;
-- ``on_retry_exhaustion`` (default): restarted up to ``WALLABY_WORKER_MAX_RESTARTS``
-  times (default 3) within ten minutes, then FAILED with the worker's last error.
+- 75 (a transient failure: the source or a destination away or busy) or a death
+  by signal (negative return code: kill -9, the OOM killer, a crash): restarted,
+  by the flow's ``config.give_up_policy``:
 
-A worker that exits for a bad flow spec (exit 2) is never restarted (FAILED at
-once); one fenced off by a newer generation (exit 3) is simply gone.
+  - ``never``: with back-off (1 s doubling to 30 s), for ever;
+  - ``on_retry_exhaustion`` (default): up to ``WALLABY_WORKER_MAX_RESTARTS``
+    times (default 3) within ten minutes, then FAILED with the worker's last error;
+- 1 (a permanent failure: credentials, permissions, something missing, a
+  refused payload, an error of unknown kind) or 2 (a bad flow spec): FAILED at
+  once with the worker's reason, never restarted: the same start fails the same way;
+- 0 (it stopped by itself): FAILED, a running flow has no end;
+- 3 (fenced off by a newer generation): simply gone.
+
+Any other status (none of ours) counts as permanent.
 """
 
 from __future__ import annotations
@@ -24,10 +32,12 @@ import threading
 import time
 from collections.abc import Mapping
 
+from wallaby import settings
 from wallaby.api.convert import check_wire_format
 from wallaby.api.dispatch import LocalDispatcher, WorkerExit
-from wallaby.checkpoints import Checkpoints
-from wallaby.errors import FencedError, IllegalStateError
+from wallaby.changes import format_lsn
+from wallaby.checkpoints import Checkpoint, Checkpoints
+from wallaby.errors import EXIT_CONFIG, EXIT_FENCED, EXIT_OK, EXIT_TRANSIENT, FencedError, IllegalStateError
 from wallaby.flowstore import FAILED, PAUSED, RUNNING, STOPPING, FlowStore, StoredFlow
 from wallaby.spec import FlowSpec
 
@@ -40,10 +50,12 @@ class FlowManager:
     def __init__(self, checkpoints: Checkpoints, env: Mapping[str, str] | None = None,
                  dispatcher: LocalDispatcher | None = None):
         self.env = dict(os.environ if env is None else env)
+        # Every WALLABY_* setting is checked at server start: a bad value, or a WALLABY_DBOS_*/WALLABY_K8S_*
+        # variable of a feature this version does not have, refuses to start (exit 2, one line).
+        self.max_restarts = settings.load(self.env).worker_max_restarts
         self.checkpoints = checkpoints
         self.store: FlowStore = checkpoints.flows()
         self.dispatcher = dispatcher or LocalDispatcher(self.worker_exited)
-        self.max_restarts = int(self.env.get("WALLABY_WORKER_MAX_RESTARTS", "3"))
         self._restarts: dict[str, list[float]] = {}
         self._flow_locks: dict[str, threading.RLock] = {}
         self._locks_lock = threading.Lock()
@@ -54,16 +66,22 @@ class FlowManager:
 
     # -- definitions ---------------------------------------------------------------------------
     def _check_against_source(self, spec: FlowSpec) -> None:
-        """What needs the source to check (type_mappings keys, metadata column names): refused at create when the
-        source answers; when it does not, the worker checks again before it creates anything."""
-        from wallaby.errors import SourceError
-        from wallaby.worker import check_metadata_names, check_type_mappings
+        """The preflight every entry point runs (:func:`wallaby.preflight.preflight`: what this build can run, the
+        destinations that can be checked for free, type_mappings keys and metadata column names against the source):
+        a flow it refuses is refused at create. When the source or a destination does not answer, the flow is
+        accepted and the worker checks again before it creates anything."""
+        from wallaby.errors import SourceError, TransientSinkError
+        from wallaby.preflight import preflight
+        from wallaby.secrets import UnresolvedReference
 
         try:
-            check_type_mappings(spec)
-            check_metadata_names(spec)
-        except SourceError as exc:
-            log.info("flow %s: source not reachable at create (%s); the worker will check it", spec.id, exc,
+            preflight(spec, environ=self.env)
+        except UnresolvedReference as exc:  # a ${env:...}/${file:...} of the worker's environment, not ours
+            log.info("flow %s: not checked against its source and destinations at create: %s; the worker checks"
+                     " it", spec.id, exc, extra={"flow": spec.id})
+        except (SourceError, TransientSinkError) as exc:
+            what = "source" if isinstance(exc, SourceError) else "destination"
+            log.info("flow %s: %s not reachable at create (%s); the worker will check it", spec.id, what, exc,
                      extra={"flow": spec.id})
 
     def create(self, spec: FlowSpec, start: bool = False) -> StoredFlow:
@@ -136,6 +154,43 @@ class FlowManager:
             self.dispatcher.launch(flow_id, gen, once=True)
             return True
 
+    def reset_positions(self, flow_id: str, destination: str | None = None) -> tuple[list[Checkpoint], frozenset[str]]:
+        """Discard the flow's stored positions on purpose (``wallaby-admin checkpoint reset``): without
+        ``destination``, its checkpoint rows are deleted now and its next worker empties the recovery store and
+        discards every destination's high-water; with one, the next worker discards that destination's high-water
+        (:meth:`Checkpoints.request_reset`; the worker clears the request once its first epoch is confirmed).
+        Refused while a worker of the flow runs. Returns the checkpoint rows deleted and the resets now pending."""
+        from wallaby.errors import ConfigError, FieldProblem
+        from wallaby.options import did_you_mean
+
+        with self._lock(flow_id):
+            flow = self.store.get(flow_id)  # NOT_FOUND for an unknown flow
+            if flow.state in (RUNNING, STOPPING) or self.dispatcher.running(flow_id):
+                what = flow.state if flow.state in (RUNNING, STOPPING) else "running a worker (run-once)"
+                raise IllegalStateError(f"cannot reset the positions of flow {flow_id!r}: it is {what}; stop or"
+                                        " pause the flow first")
+            names = [d.get("name", "") for d in flow.spec.get("destinations", [])]
+            if destination is not None and destination not in names:
+                raise ConfigError("ResetCheckpoint", [FieldProblem(
+                    "destination", f"flow {flow_id!r} has no destination {destination!r}"
+                    f"{did_you_mean(destination, names)} (its destinations: {', '.join(names) or 'none'})")])
+            deleted: list[Checkpoint] = []
+            with self.checkpoints.db.transaction():
+                if destination is None:
+                    deleted = self.checkpoints.list(flow_id)
+                    self.checkpoints.delete(flow_id)  # its pending resets too: "*" covers them
+                self.checkpoints.request_reset(flow_id, destination)
+            pending = self.checkpoints.resets(flow_id)
+        if destination is None:
+            log.warning("flow %s: positions reset (%d checkpoint row(s) deleted: %s); the next worker empties the"
+                        " recovery store and discards every destination's high-water", flow_id, len(deleted),
+                        ", ".join(f"slot {c.slot} at {format_lsn(c.confirmed_lsn)}" for c in deleted) or "none",
+                        extra={"flow": flow_id})
+        else:
+            log.warning("flow %s: reset of destination %r asked for; the next worker discards its high-water",
+                        flow_id, destination, extra={"flow": flow_id})
+        return deleted, pending
+
     def _launch(self, flow_id: str) -> StoredFlow:
         gen = self.store.claim(flow_id)  # fences off any older worker of this flow, wherever it runs
         try:
@@ -147,8 +202,8 @@ class FlowManager:
     # -- workers ---------------------------------------------------------------------------------
     def worker_exited(self, ex: WorkerExit) -> None:
         """The dispatcher's report: decide between nothing, FAILED and a restart."""
-        if ex.once or ex.stopped_by_us or ex.returncode == 3:
-            if ex.once and ex.returncode not in (0, 3):
+        if ex.once or ex.stopped_by_us or ex.returncode == EXIT_FENCED:
+            if ex.once and ex.returncode not in (EXIT_OK, EXIT_FENCED):
                 self.store.set_reason(ex.flow_id, f"run-once failed: {ex.reason}")
             return
         with self._lock(ex.flow_id):
@@ -158,11 +213,12 @@ class FlowManager:
                 return  # deleted
             if flow.state != RUNNING or flow.generation != ex.generation:
                 return  # paused/stopped meanwhile, or a newer worker runs
-            if ex.returncode == 0:
+            if ex.returncode == EXIT_OK:
                 self._fail(flow, "the worker stopped by itself")
                 return
-            if ex.returncode == 2:
-                self._fail(flow, ex.reason or "bad flow spec")
+            if ex.returncode != EXIT_TRANSIENT and ex.returncode > 0:  # permanent: the same start fails the same way
+                default = "bad flow spec" if ex.returncode == EXIT_CONFIG else f"worker exited with {ex.returncode}"
+                self._fail(flow, ex.reason or default)
                 return
             policy = flow.spec.get("config", {}).get("give_up_policy", "on_retry_exhaustion")
             now = time.time()
@@ -203,11 +259,12 @@ class FlowManager:
     def _drop_slot(self, flow: StoredFlow) -> str:
         from wallaby.api import sourceops
         from wallaby.options import SOURCE_OPTIONS
+        from wallaby.secrets import parse_options
 
         src = flow.spec["source"]
         try:
-            opts = SOURCE_OPTIONS[src["type"]].parse(src["options"], what=f"flow {flow.id!r}", path="source.options",
-                                                     context={"endpoint_name": src["name"], "flow_id": flow.id})
+            opts = parse_options(SOURCE_OPTIONS[src["type"]], src["options"], what=f"flow {flow.id!r}",
+                                 path="source.options", context={"endpoint_name": src["name"], "flow_id": flow.id})
             found, _ = sourceops.drop_slot(opts.dsn, opts.slot, True, flow.id)
         except Exception as exc:
             log.error("flow %s: failure_mode=drop_slot: could not drop the slot: %s", flow.id, exc,

@@ -4,12 +4,17 @@
   ``authorization: Bearer <token>`` (UNAUTHENTICATED otherwise).
 - ``WALLABY_GRPC_TLS_CERT`` / ``WALLABY_GRPC_TLS_KEY``: PEM files; TLS when both are set.
 - ``WALLABY_GRPC_REFLECTION=true``: server reflection (for ``grpcurl`` without proto files).
+- ``WALLABY_API_INSECURE=true``: allow listening on a non-loopback address without a token
+  (:meth:`ServerSettings.exposure_problem`); without it, ``wallaby`` refuses to start so.
+  TLS alone does not count: it authenticates the server, not the caller.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
+import socket
 from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass
@@ -77,17 +82,19 @@ class ServerSettings:
     token: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    insecure: bool = False  # WALLABY_API_INSECURE: no auth on a non-loopback address is meant
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
         problems = []
-        reflection = False
-        raw = (env.get("WALLABY_GRPC_REFLECTION") or "").strip()
-        if raw:
-            try:
-                reflection = parse_bool(raw)
-            except ValueError as exc:
-                problems.append(FieldProblem("WALLABY_GRPC_REFLECTION", str(exc)))
+        flags = {"WALLABY_GRPC_REFLECTION": False, "WALLABY_API_INSECURE": False}
+        for var in flags:
+            raw = (env.get(var) or "").strip()
+            if raw:
+                try:
+                    flags[var] = parse_bool(raw)
+                except ValueError as exc:
+                    problems.append(FieldProblem(var, str(exc)))
         cert, key = (env.get("WALLABY_GRPC_TLS_CERT") or "").strip(), (env.get("WALLABY_GRPC_TLS_KEY") or "").strip()
         if bool(cert) != bool(key):
             missing = "WALLABY_GRPC_TLS_KEY" if cert else "WALLABY_GRPC_TLS_CERT"
@@ -100,11 +107,46 @@ class ServerSettings:
             problems.append(FieldProblem("WALLABY_GRPC_LISTEN", f"expected [host]:port, got {listen!r}"))
         if problems:
             raise ConfigError("API server settings", problems)
-        return cls(listen, reflection, (env.get("WALLABY_API_TOKEN") or "").strip(), cert, key)
+        return cls(listen, flags["WALLABY_GRPC_REFLECTION"], (env.get("WALLABY_API_TOKEN") or "").strip(), cert, key,
+                   flags["WALLABY_API_INSECURE"])
 
     def address(self) -> str:
         host, _, port = self.listen.rpartition(":")
         return f"{host or '[::]'}:{port}"
+
+    def loopback(self) -> bool:
+        """Whether the listen address only accepts connections from this machine (127.0.0.0/8, ::1, a name that
+        resolves to those only). ``:8080``, ``0.0.0.0``, ``[::]`` and unresolvable names are not."""
+        host = self.listen.rpartition(":")[0].strip().removeprefix("[").removesuffix("]")
+        if not host:
+            return False
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            pass
+        try:
+            infos = socket.getaddrinfo(host, None)
+        except OSError:
+            return False
+        return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
+
+    def auth_mode(self) -> str:
+        """How callers are authenticated, for the start-up log line."""
+        if self.token:
+            return "bearer token (WALLABY_API_TOKEN)"
+        if self.loopback():
+            return "none (loopback address only)"
+        return "none, WALLABY_API_INSECURE=true: anyone who can reach this address may call every RPC"
+
+    def exposure_problem(self) -> str | None:
+        """The one-line reason to refuse to start: a non-loopback address with no authentication that
+        ``WALLABY_API_INSECURE=true`` does not allow; else None."""
+        if self.token or self.insecure or self.loopback():
+            return None
+        where = f"{self.listen} (every interface)" if not self.listen.rpartition(":")[0].strip() else self.listen
+        return (f"refusing to listen on {where} with no authentication (anyone who can reach it could create flows"
+                " and drop slots): set WALLABY_API_TOKEN, or listen on 127.0.0.1 (WALLABY_GRPC_LISTEN), or set"
+                " WALLABY_API_INSECURE=true if an open API is meant")
 
 
 class APIServer:
@@ -149,6 +191,11 @@ class APIServer:
         log.info("API server listening on %s (port %d%s%s%s)", self.settings.listen, self.port,
                  ", TLS" if self.settings.tls_cert else "", ", token auth" if self.settings.token else "",
                  ", reflection" if self.settings.reflection else "")
+        mode = self.settings.auth_mode()
+        if mode.startswith("none, "):
+            log.warning("API auth: %s", mode)
+        else:
+            log.info("API auth: %s", mode)
 
     def stop(self, grace: float = 5.0) -> None:
         for name in ("", *SERVICE_NAMES):

@@ -21,6 +21,7 @@ from wallaby.changes import format_lsn
 from wallaby.errors import ConfigError, FieldProblem, WallabyError, grpc_status_name, redact_dsn
 from wallaby.flowstore import DDL_STATUSES, DDLEvent, StoredFlow
 from wallaby.options import SOURCE_OPTIONS
+from wallaby.secrets import parse_options
 from wallaby.v1 import (
     checkpoint_pb2,
     checkpoint_pb2_grpc,
@@ -244,8 +245,8 @@ def _illegal(message: str) -> WallabyError:
 
 def _source_options(flow: StoredFlow):
     src = flow.spec["source"]
-    opts = SOURCE_OPTIONS[src["type"]].parse(src["options"], what=f"flow {flow.id!r}", path="source.options",
-                                             context={"endpoint_name": src["name"], "flow_id": flow.id})
+    opts = parse_options(SOURCE_OPTIONS[src["type"]], src["options"], what=f"flow {flow.id!r}",  # ${env:...} resolved
+                         path="source.options", context={"endpoint_name": src["name"], "flow_id": flow.id})
     if opts.aws_rds_iam:
         from sources.rds_iam import register
 
@@ -289,6 +290,18 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
         for cp in self.m.checkpoints.list(request.flow_id or None):
             by_flow.setdefault(cp.flow_id, []).append(cp)
         return checkpoint_pb2.ListCheckpointsResponse(checkpoints=[self._out(f, c) for f, c in by_flow.items()])
+
+    @rpc
+    def ResetCheckpoint(self, request, context):
+        flow_id = _id(request)
+        dest = request.destination if request.HasField("destination") else None
+        if dest is not None and not dest.strip():
+            raise ConfigError("ResetCheckpointRequest", [FieldProblem(
+                "destination", "empty: give a destination name, or leave it out to reset every position of the flow")])
+        deleted, pending = self.m.reset_positions(flow_id, dest)
+        return checkpoint_pb2.ResetCheckpointResponse(
+            flow_id=flow_id, destination=dest or "", deleted_checkpoints=[self._out(flow_id, [c]) for c in deleted],
+            pending_resets=sorted(pending))
 
 
 def _ddl(e: DDLEvent) -> ddl_pb2.DDLEvent:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from wallaby.v1 import types_pb2 as wallaby_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bwallaby/v1/checkpoint.proto\x12\nwallaby.v1\x1a\x16wallaby/v1/types.proto\"\'\n\x14GetCheckpointRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\")\n\x16ListCheckpointsRequest\x12\x0f\n\x07\x66low_id\x18\x14 \x01(\t\"M\n\x0e\x46lowCheckpoint\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12*\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x16.wallaby.v1.Checkpoint\"J\n\x17ListCheckpointsResponse\x12/\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x1a.wallaby.v1.FlowCheckpoint2\xbe\x01\n\x11\x43heckpointService\x12M\n\rGetCheckpoint\x12 .wallaby.v1.GetCheckpointRequest\x1a\x1a.wallaby.v1.FlowCheckpoint\x12Z\n\x0fListCheckpoints\x12\".wallaby.v1.ListCheckpointsRequest\x1a#.wallaby.v1.ListCheckpointsResponseB8Z6github.com/wallaby/wallaby/gen/go/wallaby/v1;wallabypbb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bwallaby/v1/checkpoint.proto\x12\nwallaby.v1\x1a\x16wallaby/v1/types.proto\"\'\n\x14GetCheckpointRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\")\n\x16ListCheckpointsRequest\x12\x0f\n\x07\x66low_id\x18\x14 \x01(\t\"M\n\x0e\x46lowCheckpoint\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12*\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x16.wallaby.v1.Checkpoint\"J\n\x17ListCheckpointsResponse\x12/\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x1a.wallaby.v1.FlowCheckpoint\"S\n\x16ResetCheckpointRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x18\n\x0b\x64\x65stination\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_destination\"\x90\x01\n\x17ResetCheckpointResponse\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12\x37\n\x13\x64\x65leted_checkpoints\x18\x03 \x03(\x0b\x32\x1a.wallaby.v1.FlowCheckpoint\x12\x16\n\x0epending_resets\x18\x04 \x03(\t2\x9a\x02\n\x11\x43heckpointService\x12M\n\rGetCheckpoint\x12 .wallaby.v1.GetCheckpointRequest\x1a\x1a.wallaby.v1.FlowCheckpoint\x12Z\n\x0fListCheckpoints\x12\".wallaby.v1.ListCheckpointsRequest\x1a#.wallaby.v1.ListCheckpointsResponse\x12Z\n\x0fResetCheckpoint\x12\".wallaby.v1.ResetCheckpointRequest\x1a#.wallaby.v1.ResetCheckpointResponseB8Z6github.com/wallaby/wallaby/gen/go/wallaby/v1;wallabypbb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,6 +41,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FLOWCHECKPOINT']._serialized_end=228
   _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=230
   _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=304
-  _globals['_CHECKPOINTSERVICE']._serialized_start=307
-  _globals['_CHECKPOINTSERVICE']._serialized_end=497
+  _globals['_RESETCHECKPOINTREQUEST']._serialized_start=306
+  _globals['_RESETCHECKPOINTREQUEST']._serialized_end=389
+  _globals['_RESETCHECKPOINTRESPONSE']._serialized_start=392
+  _globals['_RESETCHECKPOINTRESPONSE']._serialized_end=536
+  _globals['_CHECKPOINTSERVICE']._serialized_start=539
+  _globals['_CHECKPOINTSERVICE']._serialized_end=821
 # @@protoc_insertion_point(module_scope)

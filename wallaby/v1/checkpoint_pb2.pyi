@@ -32,3 +32,23 @@ class ListCheckpointsResponse(_message.Message):
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     checkpoints: _containers.RepeatedCompositeFieldContainer[FlowCheckpoint]
     def __init__(self, checkpoints: _Optional[_Iterable[_Union[FlowCheckpoint, _Mapping]]] = ...) -> None: ...
+
+class ResetCheckpointRequest(_message.Message):
+    __slots__ = ("flow_id", "destination")
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    destination: str
+    def __init__(self, flow_id: _Optional[str] = ..., destination: _Optional[str] = ...) -> None: ...
+
+class ResetCheckpointResponse(_message.Message):
+    __slots__ = ("flow_id", "destination", "deleted_checkpoints", "pending_resets")
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    DELETED_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_RESETS_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    destination: str
+    deleted_checkpoints: _containers.RepeatedCompositeFieldContainer[FlowCheckpoint]
+    pending_resets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, flow_id: _Optional[str] = ..., destination: _Optional[str] = ..., deleted_checkpoints: _Optional[_Iterable[_Union[FlowCheckpoint, _Mapping]]] = ..., pending_resets: _Optional[_Iterable[str]] = ...) -> None: ...

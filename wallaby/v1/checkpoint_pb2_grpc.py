@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class CheckpointServiceStub:
-    """CheckpointService reads the confirmed positions of flows (written by their workers).
+    """CheckpointService reads the confirmed positions of flows (written by their workers), and resets them on purpose.
     """
 
     def __init__(self, channel):
@@ -45,10 +45,15 @@ class CheckpointServiceStub:
                 request_serializer=wallaby_dot_v1_dot_checkpoint__pb2.ListCheckpointsRequest.SerializeToString,
                 response_deserializer=wallaby_dot_v1_dot_checkpoint__pb2.ListCheckpointsResponse.FromString,
                 _registered_method=True)
+        self.ResetCheckpoint = channel.unary_unary(
+                '/wallaby.v1.CheckpointService/ResetCheckpoint',
+                request_serializer=wallaby_dot_v1_dot_checkpoint__pb2.ResetCheckpointRequest.SerializeToString,
+                response_deserializer=wallaby_dot_v1_dot_checkpoint__pb2.ResetCheckpointResponse.FromString,
+                _registered_method=True)
 
 
 class CheckpointServiceServicer:
-    """CheckpointService reads the confirmed positions of flows (written by their workers).
+    """CheckpointService reads the confirmed positions of flows (written by their workers), and resets them on purpose.
     """
 
     def GetCheckpoint(self, request, context):
@@ -59,6 +64,16 @@ class CheckpointServiceServicer:
 
     def ListCheckpoints(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetCheckpoint(self, request, context):
+        """Discard a flow's stored positions on purpose (a flow moved to another source, a database re-created):
+        without destination, the checkpoint rows are deleted now and the flow's next worker empties its recovery
+        store and discards every destination's high-water; with destination, the next worker discards that
+        destination's high-water only. Refused (FAILED_PRECONDITION) while the flow's worker runs.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -76,6 +91,11 @@ def add_CheckpointServiceServicer_to_server(servicer, server):
                     request_deserializer=wallaby_dot_v1_dot_checkpoint__pb2.ListCheckpointsRequest.FromString,
                     response_serializer=wallaby_dot_v1_dot_checkpoint__pb2.ListCheckpointsResponse.SerializeToString,
             ),
+            'ResetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetCheckpoint,
+                    request_deserializer=wallaby_dot_v1_dot_checkpoint__pb2.ResetCheckpointRequest.FromString,
+                    response_serializer=wallaby_dot_v1_dot_checkpoint__pb2.ResetCheckpointResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'wallaby.v1.CheckpointService', rpc_method_handlers)
@@ -85,7 +105,7 @@ def add_CheckpointServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CheckpointService:
-    """CheckpointService reads the confirmed positions of flows (written by their workers).
+    """CheckpointService reads the confirmed positions of flows (written by their workers), and resets them on purpose.
     """
 
     @staticmethod
@@ -132,6 +152,33 @@ class CheckpointService:
             '/wallaby.v1.CheckpointService/ListCheckpoints',
             wallaby_dot_v1_dot_checkpoint__pb2.ListCheckpointsRequest.SerializeToString,
             wallaby_dot_v1_dot_checkpoint__pb2.ListCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallaby.v1.CheckpointService/ResetCheckpoint',
+            wallaby_dot_v1_dot_checkpoint__pb2.ResetCheckpointRequest.SerializeToString,
+            wallaby_dot_v1_dot_checkpoint__pb2.ResetCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

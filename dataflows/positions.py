@@ -1,0 +1,213 @@
+"""Where a flow starts, decided before anything is created: every stored position judged against the source.
+
+:func:`prepare_start` reads the source's identity (:mod:`sources.identity`),
+judges the checkpoint store's row and every destination's stored high-water
+against it (:class:`wallaby.identity.SourceCheck`), and only then lets
+:func:`sources.setup.prepare_source` create the publication, slot and state
+row. What it decided travels with the flow: the source step resumes from the
+vetted checkpoint, and every writer judges (and stores) its own high-water with
+the same :class:`~wallaby.identity.SourceCheck`.
+
+The checkpoint of the flow's slot:
+
+- the slot does not exist (it is created now): no older position can be valid
+  for it; logged, and streaming starts at the new slot's consistent point;
+- the slot was dropped and created again since the checkpoint (another
+  ``slot_id``): the same, logged with the gap;
+- another cluster or database, ahead of the server's WAL, on a timeline the
+  server's history left earlier: refused (:class:`~wallaby.identity.PositionMismatchError`);
+- behind the slot's ``confirmed_flush_lsn``: refused: the checkpoint is written
+  before the slot is confirmed, so a slot confirmed further was read by another
+  consumer (another flow, ``pg_recvlogical``, ``pg_replication_slot_advance``)
+  and the changes in between never reached this flow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sources.connection import server_name
+from sources.identity import SourceFacts, read_source
+from sources.setup import SourcePlan, prepare_source
+from sources.source_state import owner_problem
+from wallaby.changes import format_lsn
+from wallaby.checkpoints import ALL, Checkpoint, Checkpoints
+from wallaby.errors import TerminalSourceError
+from wallaby.identity import DISCARD, RESET_HINT, PositionMismatchError, SourceCheck, SourceIdentity
+
+log = logging.getLogger("wallaby.positions")
+
+# A destination type's module (sinks.<type>) may define stored_position(name, flow_id, options) ->
+# (Position, SourceIdentity | None, where) | None: its high-water, read without creating anything; and
+# discard_position(name, flow_id, options), which forgets it (a reset).
+_SINK_MODULES = {"bufstream": "kafka"}
+
+
+@dataclass
+class Start:
+    """What :func:`prepare_start` decided and did."""
+
+    check: SourceCheck  # current.slot_id is the slot's identity after the set-up
+    plan: SourcePlan
+    checkpoint: Checkpoint | None  # resume here when there is no recovery state (None: the slot's position)
+    facts: SourceFacts
+    keep_recovery: bool = True  # False: the recovery store is emptied before the flow runs
+
+
+def read_check(spec, reset: frozenset[str] = frozenset()) -> tuple[SourceCheck, SourceFacts]:
+    """The source as it is now (nothing created), as a :class:`SourceCheck` with ``reset``."""
+    opts = spec.source_options()
+    facts = read_source(opts, spec.id)
+    return SourceCheck(spec.id, facts.identity, facts.wal_end, facts.switches, reset), facts
+
+
+def prepare_start(spec, checkpoints: Checkpoints | None, *, reset_all: bool = False,
+                  start_lsn: int | None = None, recovery_dir: Path | None = None) -> Start:
+    """Judge every stored position of ``spec``'s flow against its source, then prepare the source."""
+    opts = spec.source_options()
+    reset = (checkpoints.resets(spec.id) if checkpoints is not None else frozenset()) | (
+        frozenset({ALL}) if reset_all else frozenset())
+    if reset:
+        log.warning("flow %s: resetting stored positions: %s", spec.id,
+                    "all" if ALL in reset else ", ".join(sorted(reset)), extra={"flow": spec.id})
+    check, facts = read_check(spec, reset)
+    if problem := owner_problem(facts.slot_rows, opts.flow_id or spec.id, opts):
+        raise TerminalSourceError(problem, server=server_name(opts.dsn))
+    checkpoint = None
+    if checkpoints is not None and start_lsn is None:
+        checkpoint = vet_checkpoint(checkpoints.get(spec.id, opts.slot), check, facts, checkpoints.db.describe())
+    keep_recovery = vet_recovery(recovery_dir, check, facts) if recovery_dir is not None else True
+    check_destinations(spec, check)
+    plan = prepare_source(opts, spec.id)
+    check.current = replace(check.current, slot_id=plan.slot_id)
+    return Start(check=check, plan=plan, checkpoint=checkpoint, facts=facts, keep_recovery=keep_recovery)
+
+
+def vet_checkpoint(cp: Checkpoint | None, check: SourceCheck, facts: SourceFacts, store: str) -> Checkpoint | None:
+    """The checkpoint to resume from (None: start at the slot's own position); raises on a mismatch."""
+    if cp is None:
+        return None
+    where = f"the checkpoint store ({store}), flow {cp.flow_id!r} slot {cp.slot!r}"
+    slot = check.current.slot
+    if check.resets(ALL):
+        log.warning("flow %s: discarding the checkpoint %s in %s (reset asked for)", check.flow_id,
+                    format_lsn(cp.confirmed_lsn), where, extra={"flow": check.flow_id})
+        return None
+    if not facts.slot_exists:
+        log.warning("flow %s: replication slot %r does not exist and is created now; the checkpoint %s in %s"
+                    " belonged to an earlier slot (%s) and cannot be resumed: streaming starts at the new slot's"
+                    " consistent point (changes made before it are not streamed: backfill them if needed)",
+                    check.flow_id, slot, format_lsn(cp.confirmed_lsn), where,
+                    cp.source.describe() if cp.source else "no recorded source", extra={"flow": check.flow_id})
+        return None
+    verdict = check.judge(cp.source, cp.confirmed_lsn, where)
+    then, now = cp.source.slot_id if cp.source else None, check.current.slot_id
+    if then and now and then != now:
+        log.warning("flow %s: replication slot %r was dropped and created again since the checkpoint %s (slot %s,"
+                    " now %s): streaming starts at the slot's position %s; changes between them were not streamed"
+                    " (backfill them if needed)", check.flow_id, slot, format_lsn(cp.confirmed_lsn), then, now,
+                    format_lsn(facts.slot_confirmed or 0), extra={"flow": check.flow_id})
+        return None
+    confirmed = facts.slot_confirmed
+    if verdict != DISCARD and cp.source is not None and confirmed is not None and cp.confirmed_lsn < confirmed:
+        raise PositionMismatchError(
+            f"flow {check.flow_id!r}: replication slot {slot!r} was confirmed to {format_lsn(confirmed)}, past this"
+            f" flow's checkpoint {format_lsn(cp.confirmed_lsn)} in {where}: something else read the slot (another"
+            " flow or client on the same slot, pg_replication_slot_advance) or it was dropped and created again"
+            " outside wallaby, and the changes in between never reached this flow's destinations. "
+            + RESET_HINT.format(flow=check.flow_id) + " Then backfill what was missed.", where)
+    return cp
+
+
+def check_destinations(spec, check: SourceCheck) -> None:
+    """Every destination's stored high-water judged against the source (raises on the first mismatch)."""
+    for i, dest in enumerate(spec.destinations):
+        module = _sink_module(dest.type)
+        reader = getattr(module, "stored_position", None)
+        if reader is None:
+            continue
+        try:
+            found = reader(dest.name, spec.id, spec.destination_options(i))
+        except Exception as exc:  # unreachable now: the writer reads (and judges) it again when it opens
+            log.info("flow %s: destination %r: stored position not read before start (%s); checked at open",
+                     spec.id, dest.name, type(exc).__name__, extra={"flow": spec.id})
+            continue
+        if found is not None:
+            position, identity, where = found
+            where = f"{where} (destination {dest.name!r})"
+            if check.judge(identity, position.lsn, where, reset_as=dest.name) == DISCARD:
+                # now, not when the writer opens: bytewax builds a sink only once something reaches it
+                module.discard_position(dest.name, spec.id, spec.destination_options(i))
+                log.warning("flow %s: discarded the stored position in %s", spec.id, where, extra={"flow": spec.id})
+
+
+def _sink_module(dest_type: str):
+    try:
+        return importlib.import_module(f"sinks.{_SINK_MODULES.get(dest_type, dest_type)}")
+    except ModuleNotFoundError:
+        return None
+
+
+RECOVERY_SOURCE_FILE = "wallaby-source.json"
+
+
+def vet_recovery(rdir: Path, check: SourceCheck, facts: SourceFacts) -> bool:
+    """Whether the bytewax recovery store in ``rdir`` may be resumed (False: empty it first). It records its
+    source in ``wallaby-source.json``; one of another source is refused. When the slot is created now, or a reset
+    was asked for, it is emptied: nothing in it can apply to the new slot."""
+    if not rdir.exists() or not any(p for p in rdir.iterdir() if p.name != RECOVERY_SOURCE_FILE):
+        return True
+    where = f"the bytewax recovery store {rdir}"
+    if check.resets(ALL):
+        log.warning("flow %s: emptying %s (reset asked for)", check.flow_id, where, extra={"flow": check.flow_id})
+        return False
+    if not facts.slot_exists:
+        # its positions are of an earlier slot (or another source), and may lie past where the new slot starts
+        # (a failover to a standby that lagged): resuming them would skip the new slot's changes
+        log.warning("flow %s: replication slot %r is created now; %s belonged to an earlier slot and is emptied",
+                    check.flow_id, check.current.slot, where, extra={"flow": check.flow_id})
+        return False
+    sidecar = rdir / RECOVERY_SOURCE_FILE
+    stored = SourceIdentity.from_json(sidecar.read_text()) if sidecar.exists() else None
+    if stored is not None and check.problem(stored, 0) is not None:
+        check.judge(stored, 0, where)  # raises, naming both sources
+    return True  # its positions are judged again against the server when the source resumes from them
+
+
+def open_recovery(rdir: Path, check: SourceCheck, keep: bool) -> None:
+    """Make ``rdir`` a bytewax recovery store of this source (emptied first unless ``keep``)."""
+    from bytewax.recovery import init_db_dir
+
+    if not keep and rdir.exists():
+        shutil.rmtree(rdir)
+    if not rdir.exists() or not any(p for p in rdir.iterdir() if p.name != RECOVERY_SOURCE_FILE):
+        rdir.mkdir(parents=True, exist_ok=True)
+        init_db_dir(rdir, 1)
+    tmp = rdir / (RECOVERY_SOURCE_FILE + ".tmp")
+    tmp.write_text(check.current.to_json())
+    tmp.replace(rdir / RECOVERY_SOURCE_FILE)
+
+
+def lock_recovery(rdir: Path, flow_id: str) -> object:
+    """Hold the flow's recovery store for this process (a lock file beside it): a second worker of the same flow
+    waits here until the first one exits, instead of writing the same store. The returned file must stay open."""
+    import fcntl
+    import time
+
+    rdir.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(rdir.parent / f".{rdir.name}.lock", "w")  # noqa: SIM115 - held until the process exits
+    waited = 0.0
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if waited % 30 == 0:
+                log.warning("flow %s: another worker of this flow holds its recovery store %s; waiting for it to"
+                            " exit", flow_id, rdir, extra={"flow": flow_id})
+            time.sleep(0.5)
+            waited += 0.5
