@@ -13,6 +13,7 @@ import argparse
 import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import orjson
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epoch-interval", type=float, default=2.0)
     ap.add_argument("--toast-fetch", default="off", help="the source's toast_fetch (the TOAST step's cost)")
     ap.add_argument("--meta", action="store_true", help="meta_enabled on the destination (the rewrite's cost)")
+    ap.add_argument("--recovery", help="a bytewax recovery store in this directory, as every worker has (its cost)")
     a = ap.parse_args(argv)
 
     from bytewax import operators as op
@@ -117,8 +119,15 @@ def main(argv: list[str] | None = None) -> int:
 
         changes = toast_step(changes, spec)
     op.output("out", changes, sink)
+    recovery = None
+    if a.recovery:
+        from bytewax.recovery import RecoveryConfig, init_db_dir
+
+        Path(a.recovery).mkdir(parents=True, exist_ok=True)
+        init_db_dir(Path(a.recovery), 1)
+        recovery = RecoveryConfig(a.recovery)
     t0 = time.perf_counter()
-    cli_main(flow, epoch_interval=timedelta(seconds=a.epoch_interval))
+    cli_main(flow, epoch_interval=timedelta(seconds=a.epoch_interval), recovery_config=recovery)
     end = time.perf_counter()
     # Catch-up time: first change seen -> last change handed over (source alone) or committed in
     # DuckDB (end to end). Process start-up and the wait for the final epoch's checkpoint are left out

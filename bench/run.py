@@ -11,7 +11,8 @@ each slot with one reader and measures the rate and peak RSS:
 3. wallaby's source alone: decode into Arrow-backed batches, no sink;
 4. wallaby end to end into a DuckDB file (target mode); beside it, DuckDB bulk-loading that leg's final
    table itself with the same settings (``duckdb_bulk_load``, rows/s): what DuckDB takes in at most here;
-5. the same with ``toast_fetch=cache`` and with ``meta_enabled``: their cost, as a ratio to 4;
+5. the same with ``toast_fetch=cache``, with ``meta_enabled`` and with a bytewax recovery store (what every
+   ``wallaby-worker`` has): their cost, as a ratio to 4;
 6. wallaby end to end into Kafka (a local broker, tests/kafka_broker.py) in each wire format, each
    beside confluent-kafka producing the same messages directly (ratio printed).
 
@@ -49,7 +50,7 @@ from wallaby.options import WIRE_FORMATS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-SLOTS = ("recv", "peek", "source", "e2e", "toast", "meta", *(f"kafka_{f}" for f in WIRE_FORMATS))
+SLOTS = ("recv", "peek", "source", "e2e", "toast", "meta", "recovery", *(f"kafka_{f}" for f in WIRE_FORMATS))
 # wallaby's legs: name -> (slot, sink, extra flowrun flags). The last two measure what an operator costs
 # beside plain end to end (ratio printed as "x e2e").
 LEGS = {
@@ -57,6 +58,8 @@ LEGS = {
     "wallaby_e2e_duckdb": ("e2e", "duckdb", []),
     "e2e_toast_fetch_cache": ("toast", "duckdb", ["--toast-fetch", "cache"]),
     "e2e_meta_enabled": ("meta", "duckdb", ["--meta"]),
+    # what wallaby-worker runs by default: a bytewax recovery store beside the flow (written every epoch)
+    "e2e_recovery_store": ("recovery", "duckdb", ["--recovery", "{tmp}/recovery"]),
     # Postgres -> Kafka in each wire format; beside each, confluent-kafka producing the same messages directly
     **{f"e2e_kafka_{f}": (f"kafka_{f}", "kafka", ["--format", f]) for f in WIRE_FORMATS},
 }
@@ -282,6 +285,7 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
         for leg in legs:
             slot, sink, extra = LEGS[leg]
             topic = f"bench-{profile}-{slot}-{int(time.time())}"
+            extra = [x.replace("{tmp}", tmp) for x in extra]
             if sink == "kafka":
                 extra = [*extra, "--kafka-brokers", kafka or "", "--kafka-topic", topic]
             with WalsenderCPU(dsn, f"{profile}_{slot}") as ws:
@@ -303,7 +307,7 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
         r["ratio_to_pg_recvlogical"] = r["changes_per_s"] / base
     if "wallaby_e2e_duckdb" in results:
         e2e = results["wallaby_e2e_duckdb"]["changes_per_s"]
-        for leg in ("e2e_toast_fetch_cache", "e2e_meta_enabled"):
+        for leg in ("e2e_toast_fetch_cache", "e2e_meta_enabled", "e2e_recovery_store"):
             if leg in results:
                 results[leg]["ratio_to_e2e"] = results[leg]["changes_per_s"] / e2e
     for fmt in WIRE_FORMATS:  # wallaby into Kafka / confluent-kafka producing the same messages
@@ -345,9 +349,10 @@ def main(argv: list[str] | None = None) -> int:
             broker.stop()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    print("\n(x base: toast/meta legs to wallaby_e2e_duckdb; e2e_kafka_<format> to confluent-kafka producing"
-          " the same messages, direct_kafka_<format>)\n(duckdb_bulk_load: rows/s of DuckDB loading the e2e leg's"
-          " final table itself, same settings, one CREATE TABLE AS + CHECKPOINT: the ceiling of e2e into DuckDB)")
+    print("\n(x base: toast/meta/recovery legs to wallaby_e2e_duckdb; e2e_kafka_<format> to confluent-kafka"
+          " producing the same messages, direct_kafka_<format>)\n(duckdb_bulk_load: rows/s of DuckDB loading the"
+          " e2e leg's final table itself, same settings, one CREATE TABLE AS + CHECKPOINT: the ceiling of e2e into"
+          " DuckDB)")
     print(f"{'profile':8} {'leg':24} {'changes/s':>12} {'x pg_recvlogical':>17} {'x base':>7} {'peak RSS MB':>12}"
           f" {'walsender CPU':>14}")
     for profile, res in report["profiles"].items():

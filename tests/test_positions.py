@@ -16,7 +16,9 @@ import duckdb
 import psycopg
 import pytest
 
+from tests.s3_server import s3_server  # noqa: F401 - fixture
 from tests.test_e2e_duckdb import WORKER, duck_table, pg_table, worker_env
+from tests.test_sink_s3 import bucket  # noqa: F401 - fixture
 from wallaby.changes import Position, format_lsn, parse_lsn
 from wallaby.checkpoints import open_store
 from wallaby.identity import ADOPT, DISCARD, KEEP, PositionMismatchError, SourceCheck, SourceIdentity
@@ -335,17 +337,20 @@ def test_timeline_history_parsing():
     assert format_lsn(parse_timeline_history("# comment\n3\t1/0\tx")[3]) == "1/0"
 
 
-def test_writers_store_judge_and_reset_their_high_water(tmp_path, pgdb):
-    """DuckDB, pgstream and the spool: the high-water is stored with the source; another source is refused by
-    name; a reset of that destination discards it."""
+def test_writers_store_judge_and_reset_their_high_water(tmp_path, pgdb, bucket, s3_server):  # noqa: F811
+    """DuckDB, S3, pgstream and the spool: the high-water is stored with the source; another source is refused
+    by name; a reset of that destination discards it."""
     from sinks.duckdb import DuckDBWriter
     from sinks.pgstream import PGStreamWriter
+    from sinks.s3 import S3Writer
     from sinks.spool import Spool
+    from tests.test_sink_s3 import options as s3_options
     from wallaby.destination_options import PGStreamDestinationOptions
 
     a, b = _check("111"), _check("222")
     makers = {
         "duckdb": lambda src: DuckDBWriter("d", "f", {"dsn": str(tmp_path / "w.duckdb")}, source=src),
+        "s3": lambda src: S3Writer("d", "f", s3_options(s3_server, bucket), source=src),
         "pgstream": lambda src: PGStreamWriter("d", "f", PGStreamDestinationOptions.model_validate(
             {"dsn": pgdb, "stream": "s1"}), src),
     }
