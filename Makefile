@@ -1,4 +1,4 @@
-# wallaby: make quickstart | test | test-rapid RAPID_CHECKS=N | bench | lint
+# wallaby: make quickstart | test | test-rapid RAPID_CHECKS=N | test-soak | bench | lint
 # Every target sets itself up: a virtual env in .venv with wallaby and its test tools.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 RAPID_CHECKS ?= 100
 PYTEST_ARGS ?=
 
-.PHONY: setup quickstart test test-rapid bench lint proto clean
+.PHONY: setup quickstart test test-rapid test-soak bench lint proto clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,13 @@ test: setup
 
 test-rapid: setup
 	WALLABY_RAPID_CHECKS=$(RAPID_CHECKS) $(PY) -m pytest -q -p no:cacheprovider -m property $(PYTEST_ARGS)
+
+# The soak (tests/soak, not part of `make test`; about 15 minutes): kill -9, walsender and Postgres restarts,
+# destinations down, the recovery disk full, under continuous load; the table goes to .cache/soak-results.md.
+# WALLABY_SOAK_KILLS=N (50) sets the kill -9 cycles, WALLABY_SOAK_DOWN=S (30) the outages' seconds. The last
+# soak's flows and worker logs stay in .cache/soak-tmp (what a failure found: .cache/soak-evidence).
+test-soak: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m soak --basetemp=.cache/soak-tmp tests/soak $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)

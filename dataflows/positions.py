@@ -24,6 +24,7 @@ The checkpoint of the flow's slot:
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import shutil
@@ -36,7 +37,7 @@ from sources.setup import SourcePlan, prepare_source
 from sources.source_state import owner_problem
 from wallaby.changes import format_lsn
 from wallaby.checkpoints import ALL, Checkpoint, Checkpoints
-from wallaby.errors import TerminalSourceError
+from wallaby.errors import LocalStoreError, TerminalSourceError
 from wallaby.identity import DISCARD, RESET_HINT, PositionMismatchError, SourceCheck, SourceIdentity
 
 log = logging.getLogger("wallaby.positions")
@@ -153,6 +154,9 @@ def _sink_module(dest_type: str):
 
 
 RECOVERY_SOURCE_FILE = "wallaby-source.json"
+# Below this much free space on the recovery store's filesystem, a failed run is taken as "the disk is full" (bytewax
+# reports SQLite's SQLITE_FULL only as a panic message; an epoch's snapshot is a few KB without the TOAST cache).
+RECOVERY_MIN_FREE = 1 << 20
 
 
 def vet_recovery(rdir: Path, check: SourceCheck, facts: SourceFacts) -> bool:
@@ -182,14 +186,27 @@ def open_recovery(rdir: Path, check: SourceCheck, keep: bool) -> None:
     """Make ``rdir`` a bytewax recovery store of this source (emptied first unless ``keep``)."""
     from bytewax.recovery import init_db_dir
 
-    if not keep and rdir.exists():
-        shutil.rmtree(rdir)
-    if not rdir.exists() or not any(p for p in rdir.iterdir() if p.name != RECOVERY_SOURCE_FILE):
-        rdir.mkdir(parents=True, exist_ok=True)
-        init_db_dir(rdir, 1)
-    tmp = rdir / (RECOVERY_SOURCE_FILE + ".tmp")
-    tmp.write_text(check.current.to_json())
-    tmp.replace(rdir / RECOVERY_SOURCE_FILE)
+    try:
+        if not keep and rdir.exists():
+            shutil.rmtree(rdir)
+        if not rdir.exists() or not any(p for p in rdir.iterdir() if p.name != RECOVERY_SOURCE_FILE):
+            rdir.mkdir(parents=True, exist_ok=True)
+            init_db_dir(rdir, 1)
+        tmp = rdir / (RECOVERY_SOURCE_FILE + ".tmp")
+        tmp.write_text(check.current.to_json())
+        tmp.replace(rdir / RECOVERY_SOURCE_FILE)
+    except OSError as exc:
+        raise recovery_store_error(rdir, exc) from None
+
+
+def recovery_store_error(rdir: Path, exc: OSError | None = None) -> LocalStoreError:
+    """The error of a recovery store that cannot be written: transient when its disk is full (free space and
+    restart: nothing is lost), else permanent."""
+    free = shutil.disk_usage(rdir if rdir.exists() else rdir.parent).free
+    full = (exc is not None and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or free < RECOVERY_MIN_FREE
+    what = f"{free} bytes free on its filesystem: free space or move it (-recovery-dir, WALLABY_RECOVERY_DIR) and" \
+           " restart; nothing is lost" if full else (exc.strerror if exc is not None else "write failed")
+    return LocalStoreError(f"cannot write the bytewax recovery store {rdir}: {what}", str(rdir), transient=full)
 
 
 def lock_recovery(rdir: Path, flow_id: str) -> object:

@@ -379,3 +379,18 @@ def test_writers_store_judge_and_reset_their_high_water(tmp_path, pgdb, bucket, 
     s = Spool(spool_dir, "f", SourceCheck("f", b.current, b.wal_end, {}, frozenset({"*"})), "d")
     assert s.high == Position(0, 0) and s.pending_bytes() == 0
     s.close()
+
+
+def test_recovery_store_errors_name_the_store_and_say_transient_or_not(tmp_path):
+    import errno
+
+    from dataflows.positions import open_recovery, recovery_store_error
+    from wallaby.errors import LocalStoreError, exit_status
+
+    full = recovery_store_error(tmp_path, OSError(errno.ENOSPC, "No space left on device"))
+    assert isinstance(full, LocalStoreError) and str(tmp_path) in str(full) and "nothing is lost" in str(full)
+    assert exit_status(full) == 75
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LocalStoreError) as err:
+        open_recovery(tmp_path / "file" / "rec", _check(), keep=True)  # a directory under a file
+    assert str(tmp_path / "file" / "rec") in str(err.value) and exit_status(err.value) == 1

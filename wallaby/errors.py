@@ -242,6 +242,16 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS
 
 
+class LocalStoreError(WallabyError):
+    """A store of the worker's own on its local disk (the bytewax recovery store, the spool) failed. ``transient``
+    when the cause may pass by itself or by an operator's hand without touching the flow (a full disk)."""
+
+    def __init__(self, message: str, path: str, transient: bool):
+        super().__init__(redact_dsn(message))
+        self.path = path
+        self.transient = transient
+
+
 class FencedError(WallabyError):
     """A newer worker generation of this flow took over: this worker must stop before it advances the slot or
     writes a checkpoint."""

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from bytewax.run import cli_main
 
     from dataflows.flow import build_flow, check_buildable, stored_flow
-    from dataflows.positions import lock_recovery, open_recovery, prepare_start
+    from dataflows.positions import RECOVERY_MIN_FREE, lock_recovery, open_recovery, prepare_start, recovery_store_error
     from wallaby.checkpoints import open_store
     from wallaby.preflight import preflight
     from wallaby.runtime import install_stop_handler
@@ -124,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
     recovery = RecoveryConfig(str(rdir))
     try:
         cli_main(flow, epoch_interval=timedelta(seconds=epoch), recovery_config=recovery)
+    except Exception as exc:
+        if shutil.disk_usage(rdir).free < RECOVERY_MIN_FREE:  # bytewax's SQLite writes failed for want of space
+            raise recovery_store_error(rdir) from exc
+        raise
     finally:
         checkpoints.close()
     log.info("flow %s: stopped", spec.id)
