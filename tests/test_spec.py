@@ -1,13 +1,15 @@
-"""Flow spec, connector options and errors: the user contract of USAGE.md, read from USAGE.md itself."""
+"""Flow spec, connector options and errors: the user contract of USAGE.md, by the facts of it kept in the repo
+(tests/data/usage_facts.json, made from ../shared/spec/USAGE.md by tests/usage_facts.py, and checked against it
+whenever that file is present)."""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 
+from tests.usage_facts import OPTION_SECTIONS, USAGE_MD, facts_from, load_facts
 from wallaby.destination_options import (
     DESTINATION_OPTIONS,
     ClickHouseDestinationOptions,
@@ -48,7 +50,6 @@ from wallaby.options import (
 from wallaby.spec import DDLPolicy, FlowSpec, load_flow, parse_flow, slug
 
 ROOT = Path(__file__).resolve().parents[1]
-USAGE = Path(__file__).resolve().parents[2] / "shared" / "spec" / "USAGE.md"
 EXAMPLE = ROOT / "examples" / "flows" / "postgres_to_duckdb.json"
 
 PG_DSN = "postgres://user:pass@localhost:5432/app?sslmode=disable"
@@ -109,42 +110,17 @@ def _clean_env(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-# -- USAGE.md, parsed ------------------------------------------------------------------------------
+# -- USAGE.md, by its facts kept in the repo --------------------------------------------------------
+
+USAGE_FACTS = load_facts()
 
 
-def usage_sections() -> dict[str, list[str]]:
-    """Heading -> its bullet lines (``- ...``), for every ``##``/``###`` heading of USAGE.md."""
-    sections: dict[str, list[str]] = {}
-    current = None
-    for line in USAGE.read_text(encoding="utf-8").splitlines():
-        m = re.match(r"#{2,3} (.+)", line)
-        if m:
-            current = m.group(1).strip()
-            sections[current] = []
-        elif current and line.startswith("- "):
-            sections[current].append(line[2:])
-    return sections
-
-
-def bullet_names(bullet: str) -> list[str]:
-    """Option names of one bullet: the backticked words before the explanation, outside parentheses.
-
-    ``"`insecure` (`true` default), `tls_ca_file`, `tls_server_name`"`` -> insecure, tls_ca_file, tls_server_name;
-    ``"`access_key` / `secret_key` / `session_token` (optional)"`` -> the three.
-    """
-    head = bullet.split(" — ", 1)[0]
-    head = re.sub(r"\([^()]*\)", "", head)
-    return re.findall(r"`([a-z][a-z0-9_]*)`", head)
-
-
-def bullet_default(bullet: str) -> tuple[str, str] | None:
-    """``(name, default)`` when a bullet gives one default right after its first name."""
-    m = re.match(r"`([a-z_]+)` \(([^()]*)\)", bullet)
-    if not m:
-        return None
-    inner = m.group(2)
-    d = re.search(r"default `([^`]*)`", inner) or re.match(r"`([^`]*)` default", inner)
-    return (m.group(1), d.group(1)) if d else None
+def test_usage_facts_match_usage_md():
+    """The committed facts are still those of USAGE.md (which lives outside the repo: a clone has none)."""
+    if not USAGE_MD.is_file():
+        pytest.skip(f"{USAGE_MD} is not here (a clone without ../shared): the committed facts are used as they are")
+    assert facts_from(USAGE_MD.read_text(encoding="utf-8")) == USAGE_FACTS, (
+        "tests/data/usage_facts.json no longer matches USAGE.md: run `.venv/bin/python -m tests.usage_facts`")
 
 
 ALL_DESTINATIONS = sorted(set(DESTINATION_OPTIONS.values()), key=lambda m: m.__name__)
@@ -167,23 +143,22 @@ SECTION_MODELS: dict[str, list[type]] = {
     "Destination Type Mappings": MATERIALIZING,
     "Type Mapping (Schema Translation)": MATERIALIZING,
 }
+SECTIONS = USAGE_FACTS["sections"]
 CASES = [(section, model, name)
          for section, models in SECTION_MODELS.items()
-         for bullet in usage_sections().get(section, [])
-         for name in bullet_names(bullet)
+         for name in SECTIONS.get(section, {}).get("options", [])
          for model in models]
-DEFAULT_CASES = [(section, model, *d)
+DEFAULT_CASES = [(section, model, name, default)
                  for section, models in SECTION_MODELS.items()
-                 for bullet in usage_sections().get(section, [])
-                 if (d := bullet_default(bullet))
+                 for name, default in SECTIONS.get(section, {}).get("defaults", {}).items()
                  for model in models]
 
 
 def test_usage_md_is_read():
-    sections = usage_sections()
+    assert set(SECTION_MODELS) == set(OPTION_SECTIONS)
     for section in SECTION_MODELS:
-        assert section in sections, f"USAGE.md has no section {section!r}"
-        assert any(bullet_names(b) for b in sections[section]), f"no option bullets found in {section!r}"
+        assert section in SECTIONS, f"USAGE.md has no section {section!r}"
+        assert SECTIONS[section]["options"], f"no option bullets found in {section!r}"
     names = {n for s, _, n in CASES}
     assert len({n for s, m, n in CASES if s == "Postgres Source Options"}) >= 32
     assert {"tls_ca_file", "tls_server_name", "secret_key", "session_token", "use_dualstack", "database",
@@ -208,8 +183,7 @@ def test_every_usage_default_is_the_models_default(section, model, name, default
 
 
 def test_flow_fields_of_usage_md_are_accepted():
-    bullets = usage_sections()["Create a Flow (gRPC)"]
-    names = [m.group(1) for b in bullets if (m := re.match(r"`([a-z_.]+)` — ", b))]
+    names = USAGE_FACTS["flow_fields"]
     assert {"wire_format", "parallelism", "config.ack_policy", "config.primary_destination"} <= set(names)
     for name in names:
         top, _, sub = name.partition(".")
