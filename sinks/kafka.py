@@ -196,7 +196,8 @@ class KafkaWriter(Writer):
     def _delivered(self, err, msg) -> None:
         self.in_flight -= 1
         if err is None:
-            if msg.offset() < 0 and self.options.acks != "none":
+            offset = msg.offset()  # None when librdkafka has none
+            if (offset is None or offset < 0) and self.options.acks != "none":
                 # A broker's ack names the offset. Without one, librdkafka inferred the delivery from the ack of a
                 # later batch ("implicit ack"); a broker accepts any first sequence number from a producer it has no
                 # state for (a new topic, a new leader), so that proves nothing: not counted as delivered.
