@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-flow-file", "--flow-file", dest="flow_file", help="flow JSON file")
     p.add_argument("-flow-id", "--flow-id", dest="flow_id", help="id of a flow in the flow store")
     p.add_argument("-max-empty-reads", "--max-empty-reads", dest="max_empty_reads", type=int, default=None,
-                   help="stop cleanly after N empty polls (one poll = batch_timeout with no change)")
+                   help="stop cleanly after N empty polls (one poll = batch_timeout with no WAL data, everything the"
+                        " server reported read)")
     p.add_argument("-start-lsn", "--start-lsn", dest="start_lsn", default=None,
                    help="start from this LSN (X/Y); the slot must still retain it")
     p.add_argument("-recovery-dir", "--recovery-dir", dest="recovery_dir", default=None,
