@@ -118,9 +118,8 @@ class LocalPostgres:
             list(args), capture_output=True, text=True, timeout=timeout, check=check, **_run_as()
         )
 
-    def init(self) -> None:
-        if (self.pgdata / "PG_VERSION").exists():
-            return
+    def _make_dirs(self) -> None:
+        """The data and socket directories, owned by the user the server runs as (when we are root)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
@@ -129,6 +128,11 @@ class LocalPostgres:
             runas = _run_as()
             for p in (self.data_dir, self.socket_dir):
                 os.chown(p, runas["user"], runas["group"])
+
+    def init(self) -> None:
+        if (self.pgdata / "PG_VERSION").exists():
+            return
+        self._make_dirs()
         try:
             self._cmd(
                 self.binary("initdb"), "-D", str(self.pgdata), "-U", "postgres",
@@ -203,14 +207,7 @@ class LocalPostgres:
             raise RuntimeError(f"pg_basebackup is missing from the embedded Postgres binaries ({self._bins})")
         if self.pgdata.exists() and any(self.pgdata.iterdir()):
             raise RuntimeError(f"{self.pgdata} is not empty: a base backup needs an empty directory")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.socket_dir.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            _open_up(self._bins)
-            _open_up(self.data_dir)
-            runas = _run_as()
-            for p in (self.data_dir, self.socket_dir):
-                os.chown(p, runas["user"], runas["group"])
+        self._make_dirs()
         r = self._cmd(
             str(tool), "-D", str(self.pgdata), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
             "-X", "stream", "-R", "-c", "fast", "--no-sync", timeout=timeout, check=False,
