@@ -15,7 +15,6 @@ for that output's epoch before the source may confirm it.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from typing import Any
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 
-from dataflows.positions import Start, prepare_start
+from dataflows.positions import Start, prepare_start, sink_module
 from operators.metadata import with_metadata
 from operators.toast import toast_step
 from sinks.base import WriterSink
@@ -37,20 +36,12 @@ from wallaby.options import did_you_mean
 from wallaby.spec import FlowSpec, load_flow, parse_flow
 
 # A destination type's sink lives in module sinks.<type> (bufstream: sinks.kafka) as
-# make_sink(name, flow_id, validated options) -> bytewax sink.
-_SINK_MODULES = {"bufstream": "kafka"}
+# make_sink(name, flow_id, validated options, source=...) -> bytewax sink.
 
 
 def sink_factory(dest_type: str) -> Callable[[str, str, Any], WriterSink] | None:
     """The sink factory of a destination type, or None when this build has no such destination."""
-    module_name = f"sinks.{_SINK_MODULES.get(dest_type, dest_type)}"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return None
-        raise
-    return getattr(module, "make_sink", None)
+    return getattr(sink_module(dest_type), "make_sink", None)
 
 
 def available_destinations() -> list[str]:

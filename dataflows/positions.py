@@ -83,7 +83,7 @@ def prepare_start(spec, checkpoints: Checkpoints | None, *, reset_all: bool = Fa
         checkpoint = vet_checkpoint(checkpoints.get(spec.id, opts.slot), check, facts, checkpoints.db.describe())
     keep_recovery = vet_recovery(recovery_dir, check, facts) if recovery_dir is not None else True
     check_destinations(spec, check)
-    plan = prepare_source(opts, spec.id)
+    plan = prepare_source(opts, spec.id, check.current.system_id)
     check.current = replace(check.current, slot_id=plan.slot_id)
     return Start(check=check, plan=plan, checkpoint=checkpoint, facts=facts, keep_recovery=keep_recovery)
 
@@ -127,7 +127,7 @@ def vet_checkpoint(cp: Checkpoint | None, check: SourceCheck, facts: SourceFacts
 def check_destinations(spec, check: SourceCheck) -> None:
     """Every destination's stored high-water judged against the source (raises on the first mismatch)."""
     for i, dest in enumerate(spec.destinations):
-        module = _sink_module(dest.type)
+        module = sink_module(dest.type)
         reader = getattr(module, "stored_position", None)
         if reader is None:
             continue
@@ -146,11 +146,16 @@ def check_destinations(spec, check: SourceCheck) -> None:
                 log.warning("flow %s: discarded the stored position in %s", spec.id, where, extra={"flow": spec.id})
 
 
-def _sink_module(dest_type: str):
+def sink_module(dest_type: str):
+    """The module of a destination type (``sinks.<type>``; bufstream: ``sinks.kafka``), or None when this build
+    has no such destination."""
+    module_name = f"sinks.{_SINK_MODULES.get(dest_type, dest_type)}"
     try:
-        return importlib.import_module(f"sinks.{_SINK_MODULES.get(dest_type, dest_type)}")
-    except ModuleNotFoundError:
-        return None
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
 
 
 RECOVERY_SOURCE_FILE = "wallaby-source.json"

@@ -138,9 +138,10 @@ def _setup_lock(conn: psycopg.Connection, slot: str, server: str) -> None:
         conn.execute("RESET lock_timeout")
 
 
-def prepare_source(opts, flow_id: str) -> SourcePlan:
+def prepare_source(opts, flow_id: str, system_id: str | None = None) -> SourcePlan:
     """Validate, then create what is missing (publication, slot, state table). The set-up of a slot is serialized
-    (a session advisory lock), so the same flow started twice at once does not race on the publication."""
+    (a session advisory lock), so the same flow started twice at once does not race on the publication.
+    ``system_id``: the server's, when the caller has read it already (else it is asked for)."""
     if getattr(opts, "aws_rds_iam", False):
         from sources.rds_iam import register
 
@@ -148,10 +149,10 @@ def prepare_source(opts, flow_id: str) -> SourcePlan:
     server = server_name(opts.dsn)
     with connect(opts.dsn, application_name=f"wallaby-setup:{flow_id}") as conn:
         _setup_lock(conn, opts.slot, server)  # released when the connection closes
-        return _prepare(conn, opts, flow_id, server)
+        return _prepare(conn, opts, flow_id, server, system_id)
 
 
-def _prepare(conn: psycopg.Connection, opts, flow_id: str, server: str) -> SourcePlan:
+def _prepare(conn: psycopg.Connection, opts, flow_id: str, server: str, system_id: str | None) -> SourcePlan:
     version = conn.info.server_version
     if opts.validate_replication:
         validate_replication(conn, server)
@@ -225,7 +226,7 @@ def _prepare(conn: psycopg.Connection, opts, flow_id: str, server: str) -> Sourc
     else:
         plan.slot_id = slot_id_of(rows, owner) or new_slot_id(None)
     if opts.ensure_state:
-        ensure_state(conn, opts, flow_id, plan.slot_id, _system_id(opts.dsn), layout)
+        ensure_state(conn, opts, flow_id, plan.slot_id, system_id or _system_id(opts.dsn), layout)
     else:
         plan.slot_id = None  # nowhere to keep it: the slot's identity is unknown
     row = conn.execute(
