@@ -17,7 +17,7 @@ import time
 import duckdb
 import orjson
 
-from sinks.duckdb import DUCKDB_CHECKPOINT_THRESHOLD, DUCKDB_THREADS
+from sinks.duckdb.writer import DUCKDB_CHECKPOINT_THRESHOLD, DUCKDB_THREADS
 
 
 def main(argv: list[str] | None = None) -> int:

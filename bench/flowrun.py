@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 
 from sinks.base import Writer, WriterSink
-from wallaby.changes import ChangeBatch, parse_lsn
+from wallaby.core.changes import ChangeBatch, parse_lsn
 
 
 class CountingWriter(Writer):
@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     from bytewax.dataflow import Dataflow
     from bytewax.run import cli_main
 
-    from sources.postgres import PostgresSource
-    from wallaby.spec import parse_flow
+    from sources.postgres.source import PostgresSource
+    from wallaby.core.spec import parse_flow
 
     if a.sink == "kafka":
         dest = {"name": "out", "type": "kafka", "options": {"brokers": a.kafka_brokers, "topic": a.kafka_topic,

@@ -45,8 +45,8 @@ import orjson
 import psutil
 import psycopg
 
-from wallaby.localpg import LocalPostgres
-from wallaby.options import WIRE_FORMATS
+from wallaby.control.localpg import LocalPostgres
+from wallaby.core.options import WIRE_FORMATS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

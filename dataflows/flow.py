@@ -28,14 +28,14 @@ from operators.metadata import with_metadata
 from operators.toast import toast_step
 from sinks.base import WriterSink
 from sinks.fanout import fanout_sink
-from sources.postgres import PostgresSource
-from wallaby.checkpoints import Checkpoints, CheckpointStore, open_store
-from wallaby.destination_options import DESTINATION_OPTIONS
-from wallaby.errors import ConfigError, FieldProblem, NotFoundError
-from wallaby.options import did_you_mean
-from wallaby.spec import FlowSpec, load_flow, parse_flow
+from sources.postgres.source import PostgresSource
+from wallaby.core.destination_options import DESTINATION_OPTIONS
+from wallaby.core.errors import ConfigError, FieldProblem, NotFoundError
+from wallaby.core.options import did_you_mean
+from wallaby.core.spec import FlowSpec, load_flow, parse_flow
+from wallaby.state.checkpoints import Checkpoints, CheckpointStore, open_store
 
-# A destination type's sink lives in module sinks.<type> (bufstream: sinks.kafka) as
+# A destination type's sink lives in module sinks.<type> (bufstream: sinks.kafka.writer) as
 # make_sink(name, flow_id, validated options, source=...) -> bytewax sink.
 
 
@@ -158,11 +158,11 @@ def stored_flow(checkpoints: Checkpoints, flow_id: str, generation: int | None =
 
 def flow_from_env() -> Dataflow:
     """The dataflow for ``WALLABY_FLOW_FILE`` or ``WALLABY_FLOW_ID`` (+ ``WALLABY_FLOW_GENERATION``), after the
-    same preflight as ``wallaby-worker`` (:func:`wallaby.preflight.preflight`): nothing is created for a flow
+    same preflight as ``wallaby-worker`` (:func:`dataflows.preflight.preflight`): nothing is created for a flow
     that fails it."""
-    from wallaby.changes import parse_lsn
-    from wallaby.preflight import preflight
-    from wallaby.settings import count, env_value
+    from dataflows.preflight import preflight
+    from wallaby.core.changes import parse_lsn
+    from wallaby.core.settings import count, env_value
 
     path = os.environ.get("WALLABY_FLOW_FILE")
     flow_id = os.environ.get("WALLABY_FLOW_ID")
@@ -189,7 +189,7 @@ def flow_from_env() -> Dataflow:
 def __getattr__(name: str) -> Dataflow:
     # Built on first access, so importing this module (tests, the worker) needs no environment.
     if name == "flow":
-        from wallaby.errors import WallabyError, exit_status
+        from wallaby.core.errors import WallabyError, exit_status
 
         try:
             value = flow_from_env()

@@ -1,12 +1,12 @@
 """Where a flow starts, decided before anything is created: every stored position judged against the source.
 
-:func:`prepare_start` reads the source's identity (:mod:`sources.identity`),
+:func:`prepare_start` reads the source's identity (:mod:`sources.postgres.identity`),
 judges the checkpoint store's row and every destination's stored high-water
-against it (:class:`wallaby.identity.SourceCheck`), and only then lets
-:func:`sources.setup.prepare_source` create the publication, slot and state
+against it (:class:`wallaby.core.identity.SourceCheck`), and only then lets
+:func:`sources.postgres.setup.prepare_source` create the publication, slot and state
 row. What it decided travels with the flow: the source step resumes from the
 vetted checkpoint, and every writer judges (and stores) its own high-water with
-the same :class:`~wallaby.identity.SourceCheck`.
+the same :class:`~wallaby.core.identity.SourceCheck`.
 
 The checkpoint of the flow's slot:
 
@@ -15,7 +15,7 @@ The checkpoint of the flow's slot:
 - the slot was dropped and created again since the checkpoint (another
   ``slot_id``): the same, logged with the gap;
 - another cluster or database, ahead of the server's WAL, on a timeline the
-  server's history left earlier: refused (:class:`~wallaby.identity.PositionMismatchError`);
+  server's history left earlier: refused (:class:`~wallaby.core.identity.PositionMismatchError`);
 - behind the slot's ``confirmed_flush_lsn``: refused: the checkpoint is written
   before the slot is confirmed, so a slot confirmed further was read by another
   consumer (another flow, ``pg_recvlogical``, ``pg_replication_slot_advance``)
@@ -31,14 +31,14 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sources.connection import server_name
-from sources.identity import SourceFacts, read_source
-from sources.setup import SourcePlan, prepare_source
-from sources.source_state import owner_problem
-from wallaby.changes import format_lsn
-from wallaby.checkpoints import ALL, Checkpoint, Checkpoints
-from wallaby.errors import LocalStoreError, TerminalSourceError
-from wallaby.identity import DISCARD, RESET_HINT, PositionMismatchError, SourceCheck, SourceIdentity
+from sources.postgres.connection import server_name
+from sources.postgres.identity import SourceFacts, read_source
+from sources.postgres.setup import SourcePlan, prepare_source
+from sources.postgres.source_state import owner_problem
+from wallaby.core.changes import format_lsn
+from wallaby.core.errors import LocalStoreError, TerminalSourceError
+from wallaby.core.identity import DISCARD, RESET_HINT, PositionMismatchError, SourceCheck, SourceIdentity
+from wallaby.state.checkpoints import ALL, Checkpoint, Checkpoints
 
 log = logging.getLogger("wallaby.positions")
 
@@ -147,13 +147,14 @@ def check_destinations(spec, check: SourceCheck) -> None:
 
 
 def sink_module(dest_type: str):
-    """The module of a destination type (``sinks.<type>``; bufstream: ``sinks.kafka``), or None when this build
+    """The module of a destination type (``sinks.<type>``; bufstream: ``sinks.kafka.writer``), or None when this build
     has no such destination."""
-    module_name = f"sinks.{_SINK_MODULES.get(dest_type, dest_type)}"
+    package = f"sinks.{_SINK_MODULES.get(dest_type, dest_type)}"
+    module_name = f"{package}.writer"
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name == module_name:
+        if exc.name in (package, module_name):
             return None
         raise
 

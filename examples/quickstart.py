@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 import duckdb  # noqa: E402
 import psycopg  # noqa: E402
 
-from wallaby.localpg import LocalPostgres  # noqa: E402
+from wallaby.control.localpg import LocalPostgres  # noqa: E402
 
 PORT = 54329
 WORK = ROOT / ".cache" / "quickstart"

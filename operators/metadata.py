@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from wallaby.changes import (
+from wallaby.core.changes import (
     BEFORE_PREFIX,
     LSN_COL,
     OP_COL,

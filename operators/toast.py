@@ -8,7 +8,7 @@
   table, each cast to the key column's ``format_type``). Values come in libpq's
   text format, i.e. each type's output text under the source's session
   settings, exactly what pgoutput sends (a ``::text`` cast is not that for
-  bool, bpchar or inet), and are decoded by :func:`sources.pgtypes.decode_column`
+  bool, bpchar or inet), and are decoded by :func:`sources.postgres.pgtypes.decode_column`
   into the column's exact Arrow type. Found rows lose their ``__unchanged``; a
   row not found (deleted since) keeps it, so the destination keeps its value.
 - ``full``: the same query for every column; found rows get their whole after
@@ -32,7 +32,7 @@ Left alone: tables without a key (REPLICA IDENTITY FULL carries the old row in
 the before image; NOTHING cannot update), key values without a text form here
 (an infinite timestamp), tables or columns dropped since (a warning). One
 connection per step instance, opened lazily, reconnected once when lost;
-failures raise :class:`wallaby.errors.SourceError` naming the server.
+failures raise :class:`wallaby.core.errors.SourceError` naming the server.
 """
 
 from __future__ import annotations
@@ -50,12 +50,12 @@ from bytewax import operators as op
 from bytewax.dataflow import Stream
 from psycopg import pq
 
-from sources import pgtypes
-from sources.connection import connect, is_transient, quote_ident, server_name
-from wallaby import changes as ch
-from wallaby import settings
-from wallaby.changes import ChangeBatch, Event, TableChanges, TableSchema
-from wallaby.errors import SourceError
+from sources.postgres import pgtypes
+from sources.postgres.connection import connect, is_transient, quote_ident, server_name
+from wallaby.core import changes as ch
+from wallaby.core import settings
+from wallaby.core.changes import ChangeBatch, Event, TableChanges, TableSchema
+from wallaby.core.errors import SourceError
 
 log = logging.getLogger("wallaby.toast")
 
@@ -524,7 +524,7 @@ def toast_step(changes: Stream, spec: Any) -> Stream:
 
     def build(state: Any) -> _ToastLogic:
         if opts.aws_rds_iam:  # this worker process may not hold the source partition that registered it
-            from sources.rds_iam import register
+            from sources.postgres.rds_iam import register
 
             register(opts, spec.id)
         return _ToastLogic(Rehydrator(opts.dsn, opts.toast_fetch, opts.toast_cache_size, spec.id, state))

@@ -1,7 +1,7 @@
 """The small base every destination builds on.
 
 A destination implements :class:`Writer`: ``write(batch)`` takes a
-:class:`~wallaby.changes.ChangeBatch` (it may apply it inside an open
+:class:`~wallaby.core.changes.ChangeBatch` (it may apply it inside an open
 transaction or buffer it), and ``commit()`` makes everything written so far
 durable and returns the state to resume from. bytewax calls ``commit()``
 through the sink partition's ``snapshot()`` at the end of each epoch in which
@@ -22,14 +22,14 @@ from typing import Any
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from wallaby.changes import ZERO, ChangeBatch, Position
+from wallaby.core.changes import ZERO, ChangeBatch, Position
 
-# The sink errors belong to wallaby's one error taxonomy (wallaby.errors); destinations import them from here.
-from wallaby.errors import PermanentSinkError as PermanentSinkError
-from wallaby.errors import SinkError as SinkError
-from wallaby.errors import TransientSinkError as TransientSinkError
-from wallaby.identity import DISCARD, SourceCheck, SourceIdentity
-from wallaby.runtime import release_memory, tune_memory
+# The sink errors belong to wallaby's one error taxonomy (wallaby.core.errors); destinations import them from here.
+from wallaby.core.errors import PermanentSinkError as PermanentSinkError
+from wallaby.core.errors import SinkError as SinkError
+from wallaby.core.errors import TransientSinkError as TransientSinkError
+from wallaby.core.identity import DISCARD, SourceCheck, SourceIdentity
+from wallaby.core.runtime import release_memory, tune_memory
 
 log = logging.getLogger("wallaby.sinks")
 
@@ -93,8 +93,8 @@ class WriterSink(FixedPartitionedSink):
 def trusted_high_water(source: SourceCheck | None, name: str, stored: Position, identity: SourceIdentity | None,
                        where: str) -> Position:
     """The stored high-water a writer may skip at or below, judged against the flow's source
-    (:meth:`wallaby.identity.SourceCheck.judge`): as stored, ``ZERO`` when a reset discards it; a high-water of
-    another source raises :class:`~wallaby.identity.PositionMismatchError`. Without ``source`` (a writer built
+    (:meth:`wallaby.core.identity.SourceCheck.judge`): as stored, ``ZERO`` when a reset discards it; a high-water of
+    another source raises :class:`~wallaby.core.identity.PositionMismatchError`. Without ``source`` (a writer built
     outside a flow) it is taken as stored."""
     if source is None or stored == ZERO:
         return stored

@@ -22,8 +22,8 @@ from typing import Any
 
 from sinks.base import Writer, WriterSink
 from sinks.spool import SpooledWriter, spool_root
-from wallaby.changes import ChangeBatch
-from wallaby.identity import SourceCheck
+from wallaby.core.changes import ChangeBatch
+from wallaby.core.identity import SourceCheck
 
 log = logging.getLogger("wallaby.sinks.fanout")
 

@@ -13,7 +13,7 @@ Files (``<spool dir>/<flow>/<destination>/``): ``spool.log``, records of
 ``[u32 length][u64 lsn][u64 ordinal][payloads]`` where payloads are the batch's
 segments as arrow wire payloads, each ``[u32 length][bytes]``; ``cursor``, the
 offset of the first record not yet delivered (replaced atomically); ``source.json``,
-the source the spooled batches were read from (:mod:`wallaby.identity`): a spool
+the source the spooled batches were read from (:mod:`wallaby.core.identity`): a spool
 of another source is refused at start, not delivered, and a reset empties it. A
 torn record at the end (a crash mid-append) is cut off at start. Once everything
 is delivered the log is emptied.
@@ -30,11 +30,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from operators.wire import decode, encode
 from sinks.base import Writer, trusted_high_water
-from wallaby import settings
-from wallaby.changes import ZERO, ChangeBatch, Position
-from wallaby.identity import SourceCheck, SourceIdentity
+from wallaby.core import settings
+from wallaby.core.changes import ZERO, ChangeBatch, Position
+from wallaby.core.identity import SourceCheck, SourceIdentity
+from wallaby.wire import decode, encode
 
 log = logging.getLogger("wallaby.sinks.spool")
 

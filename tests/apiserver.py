@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests import ADMIN, SERVER
 from wallaby.v1 import checkpoint_pb2, checkpoint_pb2_grpc, ddl_pb2_grpc, flow_pb2, flow_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ class Server:
 
     def start(self, timeout: float = 60) -> Server:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the process writes it while it runs
-        self.proc = subprocess.Popen([sys.executable, "-m", "wallaby.server_cli"], env=self.env, stdout=log,
+        self.proc = subprocess.Popen([*SERVER], env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()
         deadline = time.monotonic() + timeout
@@ -98,7 +98,7 @@ class Server:
         return ddl_pb2_grpc.DDLServiceStub(self.channel())
 
     def admin(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-        out = subprocess.run([sys.executable, "-m", "wallaby.admin", *args, "-addr", self.addr], env=self.env,
+        out = subprocess.run([*ADMIN, *args, "-addr", self.addr], env=self.env,
                              capture_output=True, text=True, timeout=timeout, cwd=ROOT)
         if check and out.returncode != 0:
             raise AssertionError(f"wallaby-admin {' '.join(args)} exited {out.returncode}:\n{out.stdout}{out.stderr}")
@@ -112,7 +112,7 @@ class Server:
 
     def wait_checkpoint(self, flow_id: str, lsn: int, timeout: float = 60) -> None:
         """Until the flow's confirmed LSN reaches ``lsn``."""
-        from wallaby.changes import parse_lsn
+        from wallaby.core.changes import parse_lsn
 
         deadline = time.monotonic() + timeout
         last = None
@@ -174,7 +174,7 @@ def flow_file(tmp: Path, dsn: str, flow_id: str, *, duck: Path, tables: str = "p
 
 
 def current_lsn(dsn: str) -> int:
-    from wallaby.changes import parse_lsn
+    from wallaby.core.changes import parse_lsn
 
     with psycopg.connect(dsn, autocommit=True) as c:
         return parse_lsn(c.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])

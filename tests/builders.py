@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from wallaby.changes import (
+from wallaby.core.changes import (
     BEFORE_PREFIX,
     META_FIELDS,
     OP_DELETE,

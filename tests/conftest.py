@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, settings
 
-from wallaby.localpg import LocalPostgres
+from wallaby.control.localpg import LocalPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import psycopg
 
-from sources.postgres import PostgresSource
-from wallaby.changes import ChangeBatch, TableChanges
-from wallaby.spec import FlowSpec, parse_flow
+from sources.postgres.source import PostgresSource
+from wallaby.core.changes import ChangeBatch, TableChanges
+from wallaby.core.spec import FlowSpec, parse_flow
 
 
 def flow_spec(dsn: str, *, flow_id: str = "t", slot: str = "wallaby_t", publication: str = "wallaby_t",
@@ -60,7 +60,7 @@ def rows_of(batches: list[ChangeBatch]) -> list[dict]:
 
 
 def slot_confirmed(dsn: str, slot: str) -> int:
-    from wallaby.changes import parse_lsn
+    from wallaby.core.changes import parse_lsn
 
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",

@@ -6,14 +6,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 
 import psycopg
 import pytest
 
+from tests import WORKER
 from tests.apiserver import ROOT, current_lsn, duck_rows, flow_file, make_server, pg_rows, wait_streaming
-from wallaby.checkpoints import open_store
+from wallaby.state.checkpoints import open_store
 
 GRPCURL_VERSION = "v1.9.4"
 
@@ -136,10 +136,10 @@ def test_admin_publication_slot_and_ddl_commands(tmp_path, pgdb):
 def test_worker_flow_id_errors(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WALLABY_")}
     env["WALLABY_CHECKPOINT_PATH"] = str(tmp_path / "store.db")
-    out = subprocess.run([sys.executable, "-m", "wallaby.worker", "-flow-id", "nope"], env=env, capture_output=True,
+    out = subprocess.run([*WORKER, "-flow-id", "nope"], env=env, capture_output=True,
                          text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 2
     assert "-flow-id: no flow 'nope'" in out.stderr and "store.db" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "wallaby.worker"], env=env, capture_output=True, text=True,
+    out = subprocess.run([*WORKER], env=env, capture_output=True, text=True,
                          timeout=60, cwd=ROOT)
     assert out.returncode == 2 and "-flow-file FILE or -flow-id ID" in out.stderr

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import grpc
 import pytest
 
+from tests import SERVER
 from tests.apiserver import ROOT, free_port, make_server, server_env
-from wallaby.api.server import ServerSettings
+from wallaby.control.api.server import ServerSettings
 from wallaby.v1 import flow_pb2
 
 
@@ -26,7 +26,7 @@ def _log_lines(server) -> list[dict]:
 @pytest.mark.parametrize("listen", [":{port}", "0.0.0.0:{port}", "[::]:{port}"])
 def test_refuses_every_interface_without_a_token(tmp_path, listen):
     env = server_env(tmp_path, WALLABY_GRPC_LISTEN=listen.format(port=free_port()))
-    r = subprocess.run([sys.executable, "-m", "wallaby.server_cli"], env=env, capture_output=True, text=True,
+    r = subprocess.run([*SERVER], env=env, capture_output=True, text=True,
                        timeout=60, cwd=ROOT)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
@@ -73,7 +73,7 @@ def test_starts_on_loopback_without_a_token(tmp_path):
 
 def test_a_bad_insecure_value_is_refused(tmp_path):
     env = server_env(tmp_path, WALLABY_GRPC_LISTEN=f"0.0.0.0:{free_port()}", WALLABY_API_INSECURE="sure")
-    r = subprocess.run([sys.executable, "-m", "wallaby.server_cli"], env=env, capture_output=True, text=True,
+    r = subprocess.run([*SERVER], env=env, capture_output=True, text=True,
                        timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "WALLABY_API_INSECURE: expected a boolean" in r.stderr
 

@@ -171,7 +171,7 @@ def test_status_codes_and_field_names(tmp_path, pgdb):
         assert "hunter2" not in str(created) and "***" in created.source.options["dsn"]
         created.parallelism = 2
         flows.UpdateFlow(flow_pb2.UpdateFlowRequest(flow=created), metadata=md)
-        from wallaby.checkpoints import open_store
+        from wallaby.state.checkpoints import open_store
 
         store = open_store(server.env)
         assert store.flows().get("sec").spec["source"]["options"]["dsn"] == secret_dsn
@@ -255,7 +255,7 @@ def test_dead_worker_is_restarted_then_reported(tmp_path, pgdb):
 def _worker_pid(tmp_path, flow_id: str) -> int:
     import subprocess
 
-    out = subprocess.run(["pgrep", "-f", f"wallaby.worker -flow-id {flow_id} "], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-f", f"wallaby.control.worker -flow-id {flow_id} "], capture_output=True, text=True)
     pids = [int(p) for p in out.stdout.split()]
     assert pids, f"no worker process of {flow_id}"
     return pids[0]
@@ -313,8 +313,8 @@ def test_bytewax_run_with_a_stored_flow(tmp_path, pgdb):
     import sys
 
     from tests.apiserver import ROOT, server_env
-    from wallaby.checkpoints import open_store
-    from wallaby.spec import load_flow
+    from wallaby.core.spec import load_flow
+    from wallaby.state.checkpoints import open_store
 
     _setup_source(pgdb)
     env = server_env(tmp_path)

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 from tests.apiserver import current_lsn, duck_rows, flow_file, make_server, pg_rows, wait_streaming
-from wallaby.checkpoints import open_store
-from wallaby.identity import SourceIdentity
+from wallaby.core.identity import SourceIdentity
+from wallaby.state.checkpoints import open_store
 from wallaby.v1 import checkpoint_pb2, types_pb2
 
 

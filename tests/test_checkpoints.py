@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from wallaby.changes import Position
-from wallaby.checkpoints import Checkpoint, PostgresCheckpoints, SQLiteCheckpoints, open_store
-from wallaby.errors import ConfigError
-from wallaby.sqldb import PostgresDatabase, SQLiteDatabase
+from wallaby.core.changes import Position
+from wallaby.core.errors import ConfigError
+from wallaby.state.checkpoints import Checkpoint, PostgresCheckpoints, SQLiteCheckpoints, open_store
+from wallaby.state.sqldb import PostgresDatabase, SQLiteDatabase
 
 
 def _exercise(store) -> None:

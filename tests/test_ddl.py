@@ -6,18 +6,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import psycopg
 import pytest
 
+from tests import WORKER
 from tests.apiserver import ROOT, current_lsn, duck_rows, flow_file, wait_streaming
 from tests.flows import drain, flow_spec, source_part
-from wallaby.changes import OP_DDL, Event, parse_lsn
-from wallaby.checkpoints import open_store
-from wallaby.errors import SourceError
-from wallaby.spec import load_flow
+from wallaby.core.changes import OP_DDL, Event, parse_lsn
+from wallaby.core.errors import SourceError
+from wallaby.core.spec import load_flow
+from wallaby.state.checkpoints import open_store
 
 
 def _orders(dsn: str) -> None:
@@ -121,7 +121,7 @@ def _worker(tmp_path, flow_id: str, log) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WALLABY_")}
     env.update(WALLABY_CHECKPOINT_PATH=str(tmp_path / "store.db"), WALLABY_EPOCH_INTERVAL="300ms",
                WALLABY_DDL_POLL="0.5")
-    return subprocess.Popen([sys.executable, "-m", "wallaby.worker", "-flow-id", flow_id], env=env, cwd=ROOT,
+    return subprocess.Popen([*WORKER, "-flow-id", flow_id], env=env, cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -180,7 +180,7 @@ def test_ddl_gated_signals():
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    import wallaby.telemetry as telemetry
+    import wallaby.core.telemetry as telemetry
 
     reader = InMemoryMetricReader()
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
@@ -272,7 +272,7 @@ def test_unknown_type_mapping_keys_are_one_clear_error(pgdb, tmp_path):
     path.write_text(json.dumps(data))
     env = {k: v for k, v in os.environ.items() if not k.startswith("WALLABY_")}
     env["WALLABY_CHECKPOINT_PATH"] = str(tmp_path / "s.db")
-    out = subprocess.run([sys.executable, "-m", "wallaby.worker", "-flow-file", str(path), "-max-empty-reads", "1"],
+    out = subprocess.run([*WORKER, "-flow-file", str(path), "-max-empty-reads", "1"],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
     assert "'timestamptzz' is not a type" in out.stderr and "'ext:postgis.geometry'" in out.stderr
@@ -308,11 +308,11 @@ def test_custom_trigger_schema_name_and_prefix(pgdb):
 
 
 def test_gate_decisions_for_every_policy(tmp_path, monkeypatch):
-    from sources.ddl_gate import DROP, HOLD, PASS, DDLGate
-    from wallaby.changes import Position
-    from wallaby.flowstore import FlowStore
-    from wallaby.spec import DDLPolicy
-    from wallaby.sqldb import SQLiteDatabase
+    from sources.postgres.ddl_gate import DROP, HOLD, PASS, DDLGate
+    from wallaby.core.changes import Position
+    from wallaby.core.spec import DDLPolicy
+    from wallaby.state.flowstore import FlowStore
+    from wallaby.state.sqldb import SQLiteDatabase
 
     store = FlowStore(SQLiteDatabase(tmp_path / "s.db"))
 

@@ -98,7 +98,7 @@ def test_worker_cli_catches_up_and_checkpoints(items, tmp_path):
     assert r.returncode == 0, r.stderr
     assert duck_table(duck) == pg_table(items)
     out = subprocess.run([sys.executable, "-c",
-                          "from wallaby.checkpoints import open_store; "
+                          "from wallaby.state.checkpoints import open_store; "
                           "print([c.as_dict() for c in open_store().list()])"],
                          env=worker_env(tmp_path), capture_output=True, text=True, check=True).stdout
     assert "'flow_id': 'e2e'" in out and "wallaby_e2e" in out
@@ -174,7 +174,7 @@ def test_random_workloads_end_equal(pg, rounds, tmp_path_factory):
         sql(dsn, "CREATE TABLE items (id int PRIMARY KEY, name text, qty int, price numeric(10,2), at timestamptz)")
         duck = tmp_path_factory.mktemp("prop") / "p.duckdb"
         spec = flow_spec(dsn, duckdb_path=duck, source={"publication_tables": "public.items", "batch_size": "7"})
-        from sources.setup import prepare_source
+        from sources.postgres.setup import prepare_source
 
         prepare_source(spec.source_options(), spec.id)
         for ops in rounds:
@@ -194,7 +194,7 @@ def test_random_workloads_end_equal(pg, rounds, tmp_path_factory):
 
 def committed_before(dsn: str, audit_slot: str, lsn: int) -> list[int]:
     """Commit LSNs of the transactions (touching the publication) whose commit ended at or before `lsn`."""
-    from sources.pgoutput import Commit, Decoder
+    from sources.postgres.pgoutput import Commit, Decoder
 
     with psycopg.connect(dsn) as c:
         rows = c.execute("SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL,"

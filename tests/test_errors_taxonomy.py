@@ -1,7 +1,7 @@
 """One error taxonomy, acted on: what a failing destination or source makes the worker print and exit with, and
 what the API server does with that exit.
 
-End to end: the real worker (``python -m wallaby.worker``) against the test Postgres, with a destination that
+End to end: the real worker (``python -m wallaby.control.worker``) against the test Postgres, with a destination that
 fails for real (a DuckDB path under a file, a Kafka address where nothing listens, a bucket the S3 server does not
 have, an HTTP receiver answering 500 or a closed port, a source database that does not exist). Each must end with
 its documented exit status and one line naming the destination and what it tried, with no bytewax/Rust panic
@@ -25,11 +25,12 @@ import psycopg
 import pytest
 
 from sinks.base import PermanentSinkError, SinkError, TransientSinkError
+from tests import WORKER
 from tests.http_receiver import Receiver, receiver  # noqa: F401 - fixture
 from tests.kafka_broker import kafka_broker  # noqa: F401 - fixture
 from tests.s3_server import s3_server  # noqa: F401 - fixture
-from wallaby import errors
-from wallaby.errors import (
+from wallaby.core import errors
+from wallaby.core.errors import (
     EXIT_CONFIG,
     EXIT_FENCED,
     EXIT_PERMANENT,
@@ -68,9 +69,9 @@ def test_sink_errors_are_wallaby_errors_of_one_kind_each():
 
 
 def test_one_is_transient_for_driver_errors_too():
-    import sources.connection
+    import sources.postgres.connection
 
-    assert sources.connection.is_transient is is_transient  # one classifier, not two
+    assert sources.postgres.connection.is_transient is is_transient  # one classifier, not two
     assert is_transient(psycopg.errors.AdminShutdown("terminated"))  # 57P01
     assert not is_transient(psycopg.errors.InsufficientPrivilege("denied"))  # 42501
     assert is_transient(psycopg.OperationalError("connection lost"))  # libpq: no SQLSTATE
@@ -142,7 +143,7 @@ def _run_failing_sink(where: str, error: BaseException) -> BaseException:
 
 @pytest.mark.parametrize("where", ["build", "write", "snapshot"])
 def test_root_cause_is_found_under_bytewax_wrapping(where):
-    from wallaby.worker import _root_cause
+    from wallaby.control.worker import _root_cause
 
     mine = TransientSinkError("events", f"cannot reach brokers 127.0.0.1:9 (password={SECRET})")
     raised = _run_failing_sink(where, mine)
@@ -153,7 +154,7 @@ def test_root_cause_is_found_under_bytewax_wrapping(where):
 
 
 def test_root_cause_of_an_error_of_unknown_kind_names_its_type():
-    from wallaby.worker import _root_cause
+    from wallaby.control.worker import _root_cause
 
     raised = _run_failing_sink("snapshot", KeyError("lost_column"))
     cause, line = _root_cause(raised)
@@ -165,7 +166,7 @@ def test_root_cause_of_an_error_of_unknown_kind_names_its_type():
 
 
 def test_panic_filter_drops_the_report_and_keeps_everything_else():
-    from wallaby.panicfilter import PanicFilter
+    from wallaby.control.panicfilter import PanicFilter
 
     text = (b'{"level": "info", "msg": "source ready"}\n'
             b"thread '<unnamed>' panicked at src/outputs.rs:364:37:\n"
@@ -198,7 +199,7 @@ def test_panic_filter_drops_the_report_and_keeps_everything_else():
 def test_panic_filter_process_passes_lines_through_until_the_pipe_closes(tmp_path):
     """The filter as the worker runs it: a child process between fd 2 and the real stderr."""
     script = ("import os, sys\n"
-              "from wallaby.panicfilter import filtered_stderr\n"
+              "from wallaby.control.panicfilter import filtered_stderr\n"
               "with filtered_stderr():\n"
               "    print('before', file=sys.stderr, flush=True)\n"
               "    os.write(2, b\"thread '<unnamed>' panicked at src/outputs.rs:1:2:\\nBox<dyn Any>\\n\")\n"
@@ -236,9 +237,9 @@ class FakeDispatcher:
 @pytest.fixture
 def manager(tmp_path):
     from tests.flows import flow_spec
-    from wallaby.api.manager import FlowManager
-    from wallaby.checkpoints import Checkpoints
-    from wallaby.sqldb import SQLiteDatabase
+    from wallaby.control.api.manager import FlowManager
+    from wallaby.state.checkpoints import Checkpoints
+    from wallaby.state.sqldb import SQLiteDatabase
 
     checkpoints = Checkpoints(SQLiteDatabase(tmp_path / "store.db"))
     m = FlowManager(checkpoints, env={"WALLABY_WORKER_MAX_RESTARTS": "3"}, dispatcher=FakeDispatcher())
@@ -259,8 +260,8 @@ def manager(tmp_path):
     (120, False),  # not one of ours: permanent
 ])
 def test_worker_exited_restarts_only_transient_failures_and_signals(manager, returncode, restarted):
-    from wallaby.api.dispatch import WorkerExit
-    from wallaby.flowstore import FAILED, RUNNING
+    from wallaby.control.api.dispatch import WorkerExit
+    from wallaby.state.flowstore import FAILED, RUNNING
 
     gen = manager.store.get("f").generation
     reason = "destination 'duck': cannot create the directory of /x/y.duckdb"
@@ -278,8 +279,8 @@ def test_worker_exited_restarts_only_transient_failures_and_signals(manager, ret
 
 
 def test_worker_exited_ignores_fenced_stopped_and_stale_workers(manager):
-    from wallaby.api.dispatch import WorkerExit
-    from wallaby.flowstore import RUNNING
+    from wallaby.control.api.dispatch import WorkerExit
+    from wallaby.state.flowstore import RUNNING
 
     gen = manager.store.get("f").generation
     for ex in (WorkerExit("f", gen, False, EXIT_FENCED, "fenced", False),
@@ -291,7 +292,7 @@ def test_worker_exited_ignores_fenced_stopped_and_stale_workers(manager):
 
 
 def test_the_reason_is_the_workers_report(tmp_path):
-    from wallaby.api.dispatch import last_error
+    from wallaby.control.api.dispatch import last_error
 
     log = tmp_path / "f.log"
     log.write_text('{"level": "info", "msg": "source ready"}\n'
@@ -307,8 +308,8 @@ def test_the_reason_is_the_workers_report(tmp_path):
 
 
 def test_transient_failures_give_up_after_the_restart_budget(manager):
-    from wallaby.api.dispatch import WorkerExit
-    from wallaby.flowstore import FAILED
+    from wallaby.control.api.dispatch import WorkerExit
+    from wallaby.state.flowstore import FAILED
 
     manager.max_restarts = 1
     gen = manager.store.get("f").generation
@@ -356,7 +357,7 @@ def _worker(tmp_path: Path, flow: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WALLABY_", "AWS_"))}
     env.update(WALLABY_CHECKPOINT_PATH=str(tmp_path / "store.db"), WALLABY_EPOCH_INTERVAL="300ms",
                PYTHONPATH=str(ROOT), RUST_BACKTRACE="1", AWS_EC2_METADATA_DISABLED="true")
-    return subprocess.run([sys.executable, "-m", "wallaby.worker", "-flow-file", str(flow), "-max-empty-reads", "2"],
+    return subprocess.run([*WORKER, "-flow-file", str(flow), "-max-empty-reads", "2"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
 
 
@@ -496,7 +497,7 @@ def test_stderr_keeps_flowing_while_the_worker_runs(tmp_path, items):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WALLABY_")}
     env.update(WALLABY_CHECKPOINT_PATH=str(tmp_path / "store.db"), WALLABY_EPOCH_INTERVAL="300ms",
                PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "wallaby.worker", "-flow-file", str(flow)], env=env, cwd=ROOT,
+    proc = subprocess.Popen([*WORKER, "-flow-file", str(flow)], env=env, cwd=ROOT,
                             stderr=subprocess.PIPE, text=True)
     try:
         first = proc.stderr.readline()  # arrives while the worker runs

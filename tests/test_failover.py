@@ -23,13 +23,13 @@ import duckdb
 import psycopg
 import pytest
 
-from sources.identity import read_source
+from sources.postgres.identity import read_source
 from tests.flows import slot_confirmed
 from tests.test_e2e_duckdb import WORKER, duck_table, pg_table, sql, worker_env, write_flow
-from wallaby.changes import format_lsn, parse_lsn
-from wallaby.identity import SourceIdentity
-from wallaby.localpg import LocalPostgres
-from wallaby.spec import load_flow
+from wallaby.control.localpg import LocalPostgres
+from wallaby.core.changes import format_lsn, parse_lsn
+from wallaby.core.identity import SourceIdentity
+from wallaby.core.spec import load_flow
 
 ROOT = Path(__file__).resolve().parent.parent
 DB = "fo"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 
 import psycopg
 
+from tests import WORKER
 from tests.apiserver import ROOT, duck_rows, flow_file, free_port, make_server, pg_rows
-from wallaby.checkpoints import open_store
+from wallaby.state.checkpoints import open_store
 from wallaby.v1 import types_pb2
 
 
@@ -25,7 +25,7 @@ def _env(tmp_path) -> dict[str, str]:
 def _run(tmp_path, flow: dict) -> subprocess.CompletedProcess:
     path = tmp_path / f"{flow['id']}.json"
     path.write_text(json.dumps(flow))
-    return subprocess.run([sys.executable, "-m", "wallaby.worker", "-flow-file", str(path), "-max-empty-reads", "2"],
+    return subprocess.run([*WORKER, "-flow-file", str(path), "-max-empty-reads", "2"],
                           env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=180)
 
 

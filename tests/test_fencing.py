@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -15,10 +14,11 @@ import duckdb
 import psycopg
 import pytest
 
+from tests import WORKER
 from tests.apiserver import ROOT, current_lsn, duck_rows, flow_file, pg_rows, wait_streaming
-from wallaby.checkpoints import open_store
-from wallaby.errors import FencedError
-from wallaby.spec import load_flow
+from wallaby.core.errors import FencedError
+from wallaby.core.spec import load_flow
+from wallaby.state.checkpoints import open_store
 
 
 def _env(tmp_path) -> dict[str, str]:
@@ -29,7 +29,7 @@ def _env(tmp_path) -> dict[str, str]:
 
 
 def _worker(env, flow_id: str, log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "wallaby.worker", "-flow-id", flow_id], env=env, stdout=log,
+    return subprocess.Popen([*WORKER, "-flow-id", flow_id], env=env, stdout=log,
                             stderr=subprocess.STDOUT, cwd=ROOT)
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from wallaby.changes import Position
-from wallaby.checkpoints import Checkpoint, Checkpoints
-from wallaby.errors import AlreadyExistsError, FencedError, IllegalStateError, NotFoundError
-from wallaby.flowstore import FlowStore
-from wallaby.sqldb import PostgresDatabase, SQLiteDatabase
+from wallaby.core.changes import Position
+from wallaby.core.errors import AlreadyExistsError, FencedError, IllegalStateError, NotFoundError
+from wallaby.state.checkpoints import Checkpoint, Checkpoints
+from wallaby.state.flowstore import FlowStore
+from wallaby.state.sqldb import PostgresDatabase, SQLiteDatabase
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -12,6 +12,7 @@ from bytewax.testing import run_main
 
 from dataflows.flow import build_flow
 from sinks.base import PermanentSinkError
+from tests import WORKER
 from tests.flows import flow_spec
 
 
@@ -104,7 +105,6 @@ def test_collision_is_refused_before_the_flow_starts(orders, tmp_path):
     import json
     import os
     import subprocess
-    import sys
 
     from tests.apiserver import ROOT, flow_file
 
@@ -116,7 +116,7 @@ def test_collision_is_refused_before_the_flow_starts(orders, tmp_path):
     path.write_text(json.dumps(data))
     env = {k: v for k, v in os.environ.items() if not k.startswith("WALLABY_")}
     env["WALLABY_CHECKPOINT_PATH"] = str(tmp_path / "s.db")
-    out = subprocess.run([sys.executable, "-m", "wallaby.worker", "-flow-file", str(path)], env=env, cwd=ROOT,
+    out = subprocess.run([*WORKER, "-flow-file", str(path)], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "'__ds_op' is also a column of public.orders" in out.stderr
     with psycopg.connect(orders, autocommit=True) as c:  # nothing was created

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from sources.pgoutput import (
+from sources.postgres.pgoutput import (
     UNCHANGED,
     Begin,
     Commit,

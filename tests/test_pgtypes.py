@@ -1,4 +1,4 @@
-"""sources.pgtypes / sources.pgarray against the real server's text output.
+"""sources.postgres.pgtypes / sources.postgres.pgarray against the real server's text output.
 
 Values are inserted into a fresh database, read back as the server's raw text
 output (text format, ``pgresult.get_value``) under SESSION_SETTINGS, exactly
@@ -51,8 +51,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sources import pgarray, pgtypes
-from sources.pgtypes import (
+from sources.postgres import pgarray, pgtypes
+from sources.postgres.pgtypes import (
     BUILTIN_TYPES,
     DATE_NEG_INF,
     DATE_POS_INF,
@@ -872,7 +872,7 @@ def test_text_of_a_utf8_server_is_taken_without_validating_it_again():
 
 
 def test_replication_stream_knows_a_utf8_database(pgdb):
-    from sources.connection import connect
+    from sources.postgres.connection import connect
 
     with connect(pgdb, replication=True) as c:
         enc = (c.pgconn.parameter_status(b"server_encoding"), c.pgconn.parameter_status(b"client_encoding"))

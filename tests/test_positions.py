@@ -19,10 +19,10 @@ import pytest
 from tests.s3_server import s3_server  # noqa: F401 - fixture
 from tests.test_e2e_duckdb import WORKER, duck_table, pg_table, worker_env
 from tests.test_sink_s3 import bucket  # noqa: F401 - fixture
-from wallaby.changes import Position, format_lsn, parse_lsn
-from wallaby.checkpoints import open_store
-from wallaby.identity import ADOPT, DISCARD, KEEP, PositionMismatchError, SourceCheck, SourceIdentity
-from wallaby.localpg import LocalPostgres
+from wallaby.control.localpg import LocalPostgres
+from wallaby.core.changes import Position, format_lsn, parse_lsn
+from wallaby.core.identity import ADOPT, DISCARD, KEEP, PositionMismatchError, SourceCheck, SourceIdentity
+from wallaby.state.checkpoints import open_store
 
 TABLE = "CREATE TABLE items (id int PRIMARY KEY, v text)"
 
@@ -329,7 +329,7 @@ def test_judge_rules():
 
 
 def test_timeline_history_parsing():
-    from sources.identity import _text, parse_timeline_history
+    from sources.postgres.identity import _text, parse_timeline_history
 
     content = "1\t0/3000158\tno recovery target specified\n\n2\t0/5000060\tat restore point\n"
     assert parse_timeline_history(content) == {1: parse_lsn("0/3000158"), 2: parse_lsn("0/5000060")}
@@ -340,12 +340,12 @@ def test_timeline_history_parsing():
 def test_writers_store_judge_and_reset_their_high_water(tmp_path, pgdb, bucket, s3_server):  # noqa: F811
     """DuckDB, S3, pgstream and the spool: the high-water is stored with the source; another source is refused
     by name; a reset of that destination discards it."""
-    from sinks.duckdb import DuckDBWriter
-    from sinks.pgstream import PGStreamWriter
-    from sinks.s3 import S3Writer
+    from sinks.duckdb.writer import DuckDBWriter
+    from sinks.pgstream.writer import PGStreamWriter
+    from sinks.s3.writer import S3Writer
     from sinks.spool import Spool
     from tests.test_sink_s3 import options as s3_options
-    from wallaby.destination_options import PGStreamDestinationOptions
+    from wallaby.core.destination_options import PGStreamDestinationOptions
 
     a, b = _check("111"), _check("222")
     makers = {
@@ -385,7 +385,7 @@ def test_recovery_store_errors_name_the_store_and_say_transient_or_not(tmp_path)
     import errno
 
     from dataflows.positions import open_recovery, recovery_store_error
-    from wallaby.errors import LocalStoreError, exit_status
+    from wallaby.core.errors import LocalStoreError, exit_status
 
     full = recovery_store_error(tmp_path, OSError(errno.ENOSPC, "No space left on device"))
     assert isinstance(full, LocalStoreError) and str(tmp_path) in str(full) and "nothing is lost" in str(full)

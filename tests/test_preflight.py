@@ -1,6 +1,6 @@
 """The preflight (wallaby/preflight.py): every bad input is one clear error before anything is created.
 
-Run through the real entry points (``python -m wallaby.worker``, ``python -m bytewax.run dataflows.flow:flow``,
+Run through the real entry points (``python -m wallaby.control.worker``, ``python -m bytewax.run dataflows.flow:flow``,
 the API's FlowManager) against the test Postgres, a moto S3 server and a real Kafka broker; after each refusal
 the source has no slot, no publication and no ``wallaby`` schema, and no DuckDB file exists.
 """
@@ -20,11 +20,12 @@ import psycopg
 import pytest
 
 from dataflows.flow import check_buildable
+from dataflows.preflight import check_duckdb_path, check_grpc_endpoint, check_http_url, preflight
+from tests import SERVER, WORKER
 from tests.kafka_broker import kafka_broker  # noqa: F401 - fixture
 from tests.s3_server import s3_server  # noqa: F401 - fixture
-from wallaby.errors import EXIT_CONFIG, EXIT_TRANSIENT, ConfigError
-from wallaby.preflight import check_duckdb_path, check_grpc_endpoint, check_http_url, preflight
-from wallaby.spec import parse_flow
+from wallaby.core.errors import EXIT_CONFIG, EXIT_TRANSIENT, ConfigError
+from wallaby.core.spec import parse_flow
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "pw-Pre-fl1ght"  # in every source DSN: must never be printed
@@ -59,7 +60,7 @@ def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
 def run_worker(tmp_path: Path, data: dict, **env: str) -> subprocess.CompletedProcess:
     path = tmp_path / "flow.json"
     path.write_text(json.dumps(data))
-    return subprocess.run([sys.executable, "-m", "wallaby.worker", "-flow-file", str(path), "-max-empty-reads", "1"],
+    return subprocess.run([*WORKER, "-flow-file", str(path), "-max-empty-reads", "1"],
                           env=env_for(tmp_path, **env), cwd=ROOT, capture_output=True, text=True, timeout=180)
 
 
@@ -178,7 +179,7 @@ def test_dbos_and_k8s_variables_are_refused_by_the_api_server_at_start(tmp_path)
     from tests.apiserver import server_env
 
     env = server_env(tmp_path, WALLABY_K8S_ENABLED="true")
-    out = subprocess.run([sys.executable, "-m", "wallaby.server_cli"], env=env, cwd=ROOT, capture_output=True,
+    out = subprocess.run([*SERVER], env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == EXIT_CONFIG, out.stderr
     lines = out.stderr.strip().splitlines()
@@ -214,8 +215,8 @@ def test_bytewax_run_runs_the_same_preflight(tmp_path, source):
 def test_create_flow_runs_the_preflight(tmp_path, source):
     """CreateFlow refuses what the preflight refuses and stores nothing; a destination (or source) that does not
     answer is accepted, as before, and the worker checks again."""
-    from wallaby.api.manager import FlowManager
-    from wallaby.checkpoints import open_store
+    from wallaby.control.api.manager import FlowManager
+    from wallaby.state.checkpoints import open_store
 
     env = env_for(tmp_path, WALLABY_WORKER_LOG_DIR=str(tmp_path / "logs"))
     store = open_store(env)

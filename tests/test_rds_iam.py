@@ -9,11 +9,11 @@ import uuid
 import psycopg
 import pytest
 
-from sources import rds_iam
-from sources.connection import connect
+from sources.postgres import rds_iam
+from sources.postgres.connection import connect
 from tests.flows import drain, flow_spec, source_part
-from wallaby.errors import SourceError
-from wallaby.options import PostgresSourceOptions
+from wallaby.core.errors import SourceError
+from wallaby.core.options import PostgresSourceOptions
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import sys
 import pyarrow as pa
 import pytest
 
-from wallaby import runtime
+from wallaby.core import runtime
 
 
 def test_tune_memory_puts_arrow_on_the_system_allocator(monkeypatch):
@@ -58,7 +58,7 @@ def test_release_memory_returns_freed_heap_pages():
 _DUCKDB_SCAN = """
 import duckdb
 import pyarrow as pa
-from wallaby import runtime
+from wallaby.core import runtime
 runtime.tune_memory()
 t = pa.table({"k": pa.array(range(200_000)), "v": pa.array([str(i) * 20 for i in range(200_000)])})
 con = duckdb.connect(config={"threads": 1})
@@ -87,6 +87,6 @@ def test_importing_wallaby_first_puts_arrow_cpp_on_the_system_allocator(package)
 def test_duckdb_scans_of_arrow_tables_leave_mimalloc_unused():
     """DuckDB scans a registered Arrow table with Arrow code that allocates from the C++ default pool, which
     pyarrow.set_memory_pool does not change: with mimalloc there, its arena kept tens of MB resident."""
-    assert int(_python("import sinks.duckdb\n" + _DUCKDB_SCAN)) == 0
+    assert int(_python("import sinks.duckdb.writer\n" + _DUCKDB_SCAN)) == 0
     # the check can fail: with pyarrow loaded before wallaby, the same scan allocates from mimalloc
-    assert int(_python("import pyarrow\nimport sinks.duckdb\n" + _DUCKDB_SCAN)) > 0
+    assert int(_python("import pyarrow\nimport sinks.duckdb.writer\n" + _DUCKDB_SCAN)) > 0

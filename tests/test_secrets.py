@@ -8,7 +8,6 @@ import os
 import sqlite3
 import stat
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -17,12 +16,20 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests import WORKER
 from tests.apiserver import ROOT, current_lsn, make_server, wait_streaming
-from wallaby.api.convert import stored_to_flow, unmask
-from wallaby.errors import MASK, ConfigError
-from wallaby.flowstore import StoredFlow
-from wallaby.secrets import UnresolvedReference, check_syntax, has_references, resolve, resolve_options, shown_option
-from wallaby.spec import parse_flow, redact_option
+from wallaby.control.api.convert import stored_to_flow, unmask
+from wallaby.core.errors import MASK, ConfigError
+from wallaby.core.secrets import (
+    UnresolvedReference,
+    check_syntax,
+    has_references,
+    resolve,
+    resolve_options,
+    shown_option,
+)
+from wallaby.core.spec import parse_flow, redact_option
+from wallaby.state.flowstore import StoredFlow
 
 SECRET = "s3cr3t-Pa55"
 
@@ -166,7 +173,7 @@ def test_get_flow_shows_references_and_update_keeps_masked_secrets():
     headers = json.loads(flow.destinations[0].options["headers"])
     assert headers == {"Authorization": "Bearer ${env:TOKEN}", "X-Key": MASK}
     # GetFlow -> UpdateFlow with the shown values: the stored literal header comes back, references stay
-    from wallaby.api.convert import flow_to_spec_dict
+    from wallaby.control.api.convert import flow_to_spec_dict
 
     back = unmask(flow_to_spec_dict(flow), stored.spec)
     assert back["destinations"][0]["options"]["headers"] == {"Authorization": "Bearer ${env:TOKEN}",
@@ -225,7 +232,7 @@ def test_worker_resolves_references_from_its_environment(tmp_path, app_role):
     env.update({"WALLABY_CHECKPOINT_PATH": str(store), "WALLABY_EPOCH_INTERVAL": "300ms", "PYTHONPATH": str(ROOT)})
 
     def worker(env: dict) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "wallaby.worker", "-flow-file", str(flow), "-max-empty-reads",
+        return subprocess.run([*WORKER, "-flow-file", str(flow), "-max-empty-reads",
                                "1"], env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
 
     # Without the variable: one clear error naming the option and the variable; nothing created at the source.

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from wallaby import settings
-from wallaby.errors import ConfigError
-from wallaby.settings import Settings, SettingsError, load
+from wallaby.core import settings
+from wallaby.core.errors import ConfigError
+from wallaby.core.settings import Settings, SettingsError, load
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,10 +74,10 @@ def test_dbos_and_k8s_variables_are_refused_by_name():
 
 
 def test_module_constants_come_from_the_settings():
-    """Each module reads its variable through wallaby.settings (a fresh process, so the constants are computed with
+    """Each module reads its variable through wallaby.core.settings (a fresh process, so the constants are computed with
     this environment); a bad value falls back to the default only until the entry point's strict load refuses it."""
-    code = ("import sinks.duckdb as d, sources.batcher as b, sources.ddl_gate as g, operators.toast as t, "
-            "sinks.kafka as k\n"
+    code = ("import sinks.duckdb.writer as d, sources.postgres.batcher as b, sources.postgres.ddl_gate as g, "
+            "operators.toast as t, sinks.kafka.writer as k\n"
             "print(d.DUCKDB_MEMORY_LIMIT, d.DUCKDB_MAX_TX_BYTES, d.DUCKDB_THREADS, d.DUCKDB_LOCK_WAIT, "
             "b.MAX_BATCH_BYTES, g.POLL_SECONDS, t.TOAST_CACHE_BYTES, k.DELIVERY_TIMEOUT)")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "WALLABY_DUCKDB_MEMORY_LIMIT": "128MiB",

@@ -30,13 +30,13 @@ from pydantic import ValidationError
 
 from dataflows.flow import check_buildable
 from sinks.base import PermanentSinkError, WriterSink
-from sinks.duckdb import DuckDBOptions, DuckDBWriter, _safe_dsn, duckdb_sink
-from sinks.duckdb_types import duckdb_type, numeric_precision_scale
+from sinks.duckdb.types import duckdb_type, numeric_precision_scale
+from sinks.duckdb.writer import DuckDBOptions, DuckDBWriter, _safe_dsn, duckdb_sink
 from tests.builders import Stream, col, dele, evolve, ins, load, numeric_typmod, table, table_changes, upd
-from wallaby.changes import OP_DDL, ChangeBatch, Position
-from wallaby.destination_options import DESTINATION_OPTIONS
-from wallaby.errors import ConfigError
-from wallaby.spec import parse_flow
+from wallaby.core.changes import OP_DDL, ChangeBatch, Position
+from wallaby.core.destination_options import DESTINATION_OPTIONS
+from wallaby.core.errors import ConfigError
+from wallaby.core.spec import parse_flow
 
 EXAMPLES = int(os.environ.get("WALLABY_HYPOTHESIS_EXAMPLES", "100"))
 USERS = table("users", [col("id", "int4", key=True), col("name", "text"), col("big", "text")])
@@ -766,7 +766,7 @@ def test_type_mappings_text_and_file(tmp_path):
 
 def test_option_defaults():
     o = DuckDBOptions(dsn="./data/warehouse.duckdb")
-    # One model: the flow spec's (wallaby.destination_options), which also holds the metadata options.
+    # One model: the flow spec's (wallaby.core.destination_options), which also holds the metadata options.
     assert DuckDBOptions is DESTINATION_OPTIONS["duckdb"]
     assert o.model_dump(by_alias=True).items() >= {
         "dsn": "./data/warehouse.duckdb",
@@ -1078,7 +1078,7 @@ def _bench(dsn: Path, mixed: bool, n: int = 1_000_000, batch: int = 5_000, epoch
                 "__before.a": pa.nulls(k, pa.int32()),
                 "__before.b": pa.nulls(k, pa.string()),
             }
-        from wallaby.changes import TableChanges
+        from wallaby.core.changes import TableChanges
 
         prepared.append(s.batch(TableChanges(t, pa.RecordBatch.from_pydict(cols))))
     w = make(dsn)

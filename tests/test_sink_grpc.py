@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import grpc
 import psycopg
 import pytest
 
+from tests import SERVER, WORKER
 from tests.apiserver import ROOT, duck_rows, flow_file, make_server, pg_rows
 from wallaby.v1 import ingest_pb2, ingest_pb2_grpc, types_pb2
 
@@ -20,7 +20,7 @@ def _worker(tmp_path, flow: dict, *extra: str) -> subprocess.CompletedProcess:
     path.write_text(json.dumps(flow))
     env = {k: v for k, v in os.environ.items() if not k.startswith("WALLABY_")}
     env.update(WALLABY_CHECKPOINT_PATH=str(tmp_path / "sender.db"), WALLABY_EPOCH_INTERVAL="300ms")
-    return subprocess.run([sys.executable, "-m", "wallaby.worker", "-flow-file", str(path), "-max-empty-reads", "2",
+    return subprocess.run([*WORKER, "-flow-file", str(path), "-max-empty-reads", "2",
                            *extra], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
 
 
@@ -103,7 +103,7 @@ def test_tls_to_the_receiver(tmp_path, pgdb):
     try:
         # Server.start() checks health as "localhost"; this certificate names "wallaby-receiver".
         log = open(receiver.log_path, "ab")  # noqa: SIM115
-        receiver.proc = subprocess.Popen([sys.executable, "-m", "wallaby.server_cli"], env=receiver.env, stdout=log,
+        receiver.proc = subprocess.Popen([*SERVER], env=receiver.env, stdout=log,
                                          stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()
         creds = grpc.ssl_channel_credentials(cert.read_bytes())
@@ -113,7 +113,7 @@ def test_tls_to_the_receiver(tmp_path, pgdb):
         from wallaby.v1 import flow_pb2, flow_pb2_grpc
 
         flows = flow_pb2_grpc.FlowServiceStub(channel)
-        from wallaby.spec import load_flow
+        from wallaby.core.spec import load_flow
 
         spec = load_flow(flow_file(tmp_path, pgdb, "mirror", duck=tmp_path / "tls.duckdb"))
         data = spec.model_dump(mode="json")

@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,18 +22,19 @@ import orjson
 import psycopg
 import pytest
 
-from operators.wire import decode, record_json, segment_of
-from operators.wire.formats import CONTENT_TYPES
 from sinks.base import PermanentSinkError, TransientSinkError
-from sinks.http import RETRY_AFTER_CAP, HTTPWriter, idempotency_key, make_sink, retry_after_seconds, safe_url
+from sinks.http.writer import RETRY_AFTER_CAP, HTTPWriter, idempotency_key, make_sink, retry_after_seconds, safe_url
+from tests import WORKER
 from tests.apiserver import ROOT, pg_rows, wait_streaming
 from tests.builders import Stream, col, dele, ins, table, upd
 from tests.conftest import _drop_database
 from tests.flows import drain, flow_spec, source_part
 from tests.http_receiver import Receiver, receiver  # noqa: F401 - fixture
-from wallaby.changes import ChangeBatch, Event, Position, parse_lsn
-from wallaby.destination_options import HTTPDestinationOptions
-from wallaby.options import WIRE_FORMATS
+from wallaby.core.changes import ChangeBatch, Event, Position, parse_lsn
+from wallaby.core.destination_options import HTTPDestinationOptions
+from wallaby.core.options import WIRE_FORMATS
+from wallaby.wire import decode, record_json, segment_of
+from wallaby.wire.formats import CONTENT_TYPES
 
 FLOW = "t"
 SECRET = "hook-s3cret-pw"
@@ -211,7 +211,7 @@ def test_resume_state_skips_what_was_delivered(receiver):  # noqa: F811
 
 def test_wal_mode_sends_each_change_as_its_pgoutput_message(tmp_path, pgdb, receiver):  # noqa: F811
     """payload_mode=wal: the worker keeps the raw messages; each request body is one decodable pgoutput message."""
-    from sources.pgoutput import Decoder, Delete, Insert, Truncate, Update
+    from sources.postgres.pgoutput import Decoder, Delete, Insert, Truncate, Update
 
     with psycopg.connect(pgdb, autocommit=True) as c:
         c.execute("CREATE TABLE orders (id int PRIMARY KEY, note text)")
@@ -346,7 +346,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def _run_once(tmp_path: Path, flow: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wallaby.worker", "-flow-file", str(flow), "-max-empty-reads", "2"],
+    return subprocess.run([*WORKER, "-flow-file", str(flow), "-max-empty-reads", "2"],
                           env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
@@ -407,7 +407,7 @@ def test_kill_9_mid_stream_then_restart(tmp_path, pgdb, receiver):  # noqa: F811
         c.execute("CREATE TABLE orders (id int PRIMARY KEY, note text)")
     flow = _flow(tmp_path, pgdb, "killed", receiver.url())
     log = open(tmp_path / "a.log", "wb")  # noqa: SIM115
-    a = subprocess.Popen([sys.executable, "-m", "wallaby.worker", "-flow-file", str(flow)], env=_env(tmp_path),
+    a = subprocess.Popen([*WORKER, "-flow-file", str(flow)], env=_env(tmp_path),
                          cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     stop = threading.Event()
     written = [0]

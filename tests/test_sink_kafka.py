@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -14,13 +13,14 @@ import uuid
 import psycopg
 import pytest
 
-from operators.wire import decode
 from sinks.base import PermanentSinkError
+from tests import WORKER
 from tests.apiserver import ROOT, current_lsn, flow_file, wait_streaming
 from tests.flows import drain, flow_spec, source_part
 from tests.kafka_broker import consume_all, kafka_broker  # noqa: F401 - fixture
-from wallaby.checkpoints import open_store
-from wallaby.options import WIRE_FORMATS
+from wallaby.core.options import WIRE_FORMATS
+from wallaby.state.checkpoints import open_store
+from wallaby.wire import decode
 
 
 def _env(tmp_path) -> dict[str, str]:
@@ -40,7 +40,7 @@ def _flow(tmp_path, dsn: str, bootstrap: str, topic: str, **opts) -> dict:
 def _run(tmp_path, flow: dict, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
     path = tmp_path / "kf.json"
     path.write_text(json.dumps(flow))
-    out = subprocess.run([sys.executable, "-m", "wallaby.worker", "-flow-file", str(path), "-max-empty-reads", "2",
+    out = subprocess.run([*WORKER, "-flow-file", str(path), "-max-empty-reads", "2",
                           *extra], env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=240)
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
@@ -93,8 +93,8 @@ def test_changes_arrive_keyed_and_in_order(tmp_path, orders, kafka_broker, fmt):
 
 
 def test_size_caps_and_oversize_policy(tmp_path, orders, kafka_broker):  # noqa: F811
-    from sinks.kafka import KafkaWriter
-    from wallaby.spec import parse_flow
+    from sinks.kafka.writer import KafkaWriter
+    from wallaby.core.spec import parse_flow
 
     with psycopg.connect(orders, autocommit=True) as c:
         c.execute("ALTER TABLE orders REPLICA IDENTITY FULL")
@@ -138,7 +138,7 @@ def test_broker_down_mid_stream_loses_nothing(tmp_path, orders, kafka_broker):  
     path = tmp_path / "kf.json"
     path.write_text(json.dumps(flow))
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
-    worker = subprocess.Popen([sys.executable, "-m", "wallaby.worker", "-flow-file", str(path)], env=_env(tmp_path),
+    worker = subprocess.Popen([*WORKER, "-flow-file", str(path)], env=_env(tmp_path),
                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     stop = threading.Event()
     written = [0]
@@ -171,7 +171,7 @@ def test_broker_down_mid_stream_loses_nothing(tmp_path, orders, kafka_broker):  
             if cp is not None and cp.confirmed_lsn >= target:
                 break
             if worker.poll() is not None:  # an epoch that could not be delivered stops the worker: restart it
-                worker = subprocess.Popen([sys.executable, "-m", "wallaby.worker", "-flow-file", str(path)],
+                worker = subprocess.Popen([*WORKER, "-flow-file", str(path)],
                                           env=_env(tmp_path), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
             time.sleep(0.5)
         store.close()
@@ -220,7 +220,7 @@ def test_a_success_without_an_offset_is_not_a_delivery(acks, offset, counted):
     from types import SimpleNamespace
 
     from sinks.base import TransientSinkError
-    from sinks.kafka import KafkaWriter
+    from sinks.kafka.writer import KafkaWriter
 
     w = KafkaWriter.__new__(KafkaWriter)  # no broker needed: only the delivery bookkeeping
     w.name, w.topic, w.failed, w.permanent, w.in_flight, w.stats = "bus", "t", [], [], 1, {"messages": 1}

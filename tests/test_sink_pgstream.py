@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 
 import psycopg
 
-from operators.wire import decode
-from sinks import pgstream
+from sinks.pgstream import writer as pgstream
+from tests import WORKER
 from tests.apiserver import ROOT, flow_file, make_server
+from wallaby.wire import decode
 
 
 def _flow(tmp_path, dsn: str, fmt: str = "json") -> dict:
@@ -28,7 +28,7 @@ def _run(tmp_path, flow: dict) -> None:
     path.write_text(json.dumps(flow))
     env = {k: v for k, v in os.environ.items() if not k.startswith("WALLABY_")}
     env.update(WALLABY_CHECKPOINT_PATH=str(tmp_path / "store.db"), WALLABY_EPOCH_INTERVAL="300ms")
-    out = subprocess.run([sys.executable, "-m", "wallaby.worker", "-flow-file", str(path), "-max-empty-reads", "2"],
+    out = subprocess.run([*WORKER, "-flow-file", str(path), "-max-empty-reads", "2"],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
 

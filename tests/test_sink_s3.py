@@ -10,7 +10,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,16 +23,17 @@ from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from operators.wire import decode, segment_of
-from operators.wire.formats import CONTENT_TYPES
 from sinks.base import PermanentSinkError, TransientSinkError
-from sinks.s3 import S3Writer, make_client, make_sink, parse_object_name, state_key
+from sinks.s3.writer import S3Writer, make_client, make_sink, parse_object_name, state_key
+from tests import WORKER
 from tests.apiserver import wait_streaming
 from tests.flows import drain, flow_spec, source_part
 from tests.s3_server import s3_server  # noqa: F401 - fixture
-from wallaby.changes import ChangeBatch, Event, Position, TableChanges
-from wallaby.destination_options import S3DestinationOptions
-from wallaby.options import WIRE_FORMATS
+from wallaby.core.changes import ChangeBatch, Event, Position, TableChanges
+from wallaby.core.destination_options import S3DestinationOptions
+from wallaby.core.options import WIRE_FORMATS
+from wallaby.wire import decode, segment_of
+from wallaby.wire.formats import CONTENT_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOW = "t"
@@ -402,7 +402,7 @@ def test_worker_killed_at_random_moments_writes_every_change_once(s3_server, buc
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WALLABY_", "AWS_"))}
     env.update({"WALLABY_CHECKPOINT_PATH": str(tmp_path / "store.db"), "WALLABY_EPOCH_INTERVAL": "300ms",
                 "PYTHONPATH": str(ROOT), "AWS_EC2_METADATA_DISABLED": "true"})
-    cmd = [sys.executable, "-m", "wallaby.worker", "-flow-file", str(path)]
+    cmd = [*WORKER, "-flow-file", str(path)]
     stop = threading.Event()
     written = [0]
 

@@ -7,11 +7,11 @@ import time
 import psycopg
 import pytest
 
-from sources.setup import prepare_source
+from sources.postgres.setup import prepare_source
 from tests.flows import drain, flow_spec, rows_of, slot_confirmed, source_part
-from wallaby.changes import Event, Position
-from wallaby.errors import SourceError
-from wallaby.localpg import LocalPostgres
+from wallaby.control.localpg import LocalPostgres
+from wallaby.core.changes import Event, Position
+from wallaby.core.errors import SourceError
 
 
 @pytest.fixture
@@ -147,9 +147,9 @@ def test_reader_keeps_the_walsender_alive_while_nobody_takes_batches(db):
 
 def test_batches_are_capped_by_bytes_as_well_as_rows(db, monkeypatch):
     """Wide rows make a batch of batch_size rows huge: a batch is also taken at MAX_BATCH_BYTES of messages."""
-    import sources.batcher
+    import sources.postgres.batcher
 
-    monkeypatch.setattr(sources.batcher, "MAX_BATCH_BYTES", 100_000)
+    monkeypatch.setattr(sources.postgres.batcher, "MAX_BATCH_BYTES", 100_000)
     spec = flow_spec(db, source={"publication_tables": "public.items", "batch_size": "10000"})
     part = source_part(spec)
     sql(db, "INSERT INTO items SELECT g, repeat(md5(g::text), 320), g FROM generate_series(1, 300) g")  # ~10 KB
@@ -174,7 +174,7 @@ def test_start_lsn_skips_earlier_changes(db):
     with psycopg.connect(db) as c:
         lsn = c.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
     sql(db, "INSERT INTO items VALUES (2, 'b', 2)")
-    from wallaby.changes import parse_lsn
+    from wallaby.core.changes import parse_lsn
 
     part = source_part(spec, start_lsn=parse_lsn(lsn))
     rows = rows_of(drain(part, until_rows=1))
@@ -225,7 +225,7 @@ def test_unreachable_host(db):
 def test_missing_database_is_named_and_permanent(pg, db):
     """libpq gives no SQLSTATE for a failure while connecting; the server's catalog says the database is missing
     (3D000), which no retry cures: not "check that the server is running"."""
-    from wallaby.errors import TerminalSourceError, is_transient
+    from wallaby.core.errors import TerminalSourceError, is_transient
 
     spec = flow_spec(pg.dsn("no_such_db", password="s3cret-pw"))
     with pytest.raises(TerminalSourceError) as err:

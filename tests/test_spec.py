@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.usage_facts import OPTION_SECTIONS, USAGE_MD, facts_from, load_facts
-from wallaby.destination_options import (
+from wallaby.core.destination_options import (
     DESTINATION_OPTIONS,
     ClickHouseDestinationOptions,
     DuckDBDestinationOptions,
@@ -23,7 +23,7 @@ from wallaby.destination_options import (
     SnowflakeDestinationOptions,
     SnowpipeDestinationOptions,
 )
-from wallaby.errors import (
+from wallaby.core.errors import (
     ConfigError,
     FieldProblem,
     SourceError,
@@ -34,7 +34,7 @@ from wallaby.errors import (
     is_transient,
     redact_dsn,
 )
-from wallaby.options import (
+from wallaby.core.options import (
     SOURCE_OPTIONS,
     PostgresSourceOptions,
     choice,
@@ -47,7 +47,7 @@ from wallaby.options import (
     rds_region_from_host,
     validate_options,
 )
-from wallaby.spec import DDLPolicy, FlowSpec, load_flow, parse_flow, slug
+from wallaby.core.spec import DDLPolicy, FlowSpec, load_flow, parse_flow, slug
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "flows" / "postgres_to_duckdb.json"

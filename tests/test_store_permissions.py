@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from wallaby.sqldb import SQLiteDatabase, open_database
+from wallaby.state.sqldb import SQLiteDatabase, open_database
 
 
 def _mode(p) -> int:

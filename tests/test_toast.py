@@ -18,8 +18,8 @@ import pytest
 
 from operators.toast import Rehydrator, key_texts
 from tests.flows import drain, flow_spec, rows_of, source_part
-from wallaby.changes import META_FIELDS, ChangeBatch, Column, Position, TableChanges, TableSchema
-from wallaby.errors import SourceError
+from wallaby.core.changes import META_FIELDS, ChangeBatch, Column, Position, TableChanges, TableSchema
+from wallaby.core.errors import SourceError
 
 BIG = "🦘" * 300_000  # > 1 MB of UTF-8
 
@@ -38,7 +38,7 @@ def docs(pgdb):
 
 
 def prepared(dsn: str, tmp_path, **source) -> object:
-    from sources.setup import prepare_source
+    from sources.postgres.setup import prepare_source
 
     spec = flow_spec(dsn, duckdb_path=tmp_path / "toast.duckdb", source={"publication_tables": "public.docs", **source})
     prepare_source(spec.source_options(), spec.id)
@@ -344,7 +344,7 @@ def test_cache_survives_a_restart_through_bytewax_recovery(docs, tmp_path, monke
 
 def test_full_reselect_decodes_every_type_exactly_as_the_source(pgdb):
     """The tricky table's row reselected whole equals, Arrow type and value, what the source decoded."""
-    from sources.setup import prepare_source
+    from sources.postgres.setup import prepare_source
     from tests.test_tricky_table import ROW1, SCHEMA, insert
 
     with psycopg.connect(pgdb, autocommit=True) as c:

@@ -99,7 +99,7 @@ def test_tricky_table_equals_postgres_value_for_value(tricky, tmp_path):
     path = tmp_path / "tricky.duckdb"
     spec = flow_spec(tricky, duckdb_path=path,
                      source={"publication_tables": "public.tricky,public.composite,public.nokey"})
-    from sources.setup import prepare_source
+    from sources.postgres.setup import prepare_source
 
     prepare_source(spec.source_options(), spec.id)
     with psycopg.connect(tricky, autocommit=True) as c:
@@ -170,7 +170,7 @@ def test_interval_components(tricky, tmp_path):
     """Intervals keep months, days and microseconds apart (no 30-day months)."""
     path = tmp_path / "iv.duckdb"
     spec = flow_spec(tricky, duckdb_path=path, source={"publication_tables": "public.tricky"})
-    from sources.setup import prepare_source
+    from sources.postgres.setup import prepare_source
 
     prepare_source(spec.source_options(), spec.id)
     with psycopg.connect(tricky, autocommit=True) as c:

@@ -17,17 +17,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from operators.wire import decode, encode
-from operators.wire.avrofmt import encode_avro_records
-from operators.wire.formats import HEADER_KEY, _avro_names, avro_schema, encode_avro, encode_proto, header_of
-from operators.wire.model import WireColumn, WireSegment, segment_of, type_text
-from operators.wire.protofmt import encode_proto_records
-from operators.wire.values import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, US_PER_DAY
 from tests.builders import Stream, col, dele, ins, load, table, upd
 from tests.test_tricky_table import tricky  # noqa: F401 - fixture
 from tests.test_wire_formats import tricky_batches  # noqa: F401 - fixture
 from tests.test_wire_json import EDGE_DAYS, EDGE_F, EDGE_TIME, EDGE_US, SEGMENTS, realistic_segment
-from wallaby.changes import ChangeBatch, TableChanges
+from wallaby.core.changes import ChangeBatch, TableChanges
+from wallaby.wire import decode, encode
+from wallaby.wire.avrofmt import encode_avro_records
+from wallaby.wire.formats import HEADER_KEY, _avro_names, avro_schema, encode_avro, encode_proto, header_of
+from wallaby.wire.model import WireColumn, WireSegment, segment_of, type_text
+from wallaby.wire.protofmt import encode_proto_records
+from wallaby.wire.values import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, US_PER_DAY
 
 # -- the references: the encoders as they were (one Record per change, converted value by value) --------
 

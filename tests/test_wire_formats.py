@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from operators.wire import decode, encode
-from operators.wire.model import normalized
-from operators.wire.values import civil_from_days, days_from_civil, from_json, to_json
 from tests.flows import drain, flow_spec, source_part
 from tests.test_tricky_table import ROW1, ROW2, ROW3, insert, tricky  # noqa: F401 - fixture
-from wallaby.changes import Event, TableChanges
-from wallaby.options import WIRE_FORMATS
+from wallaby.core.changes import Event, TableChanges
+from wallaby.core.options import WIRE_FORMATS
+from wallaby.wire import decode, encode
+from wallaby.wire.model import normalized
+from wallaby.wire.values import civil_from_days, days_from_civil, from_json, to_json
 
 
 @pytest.fixture

@@ -16,15 +16,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from operators.wire import decode, encode, record_json
-from operators.wire.formats import encode_json, header_of
-from operators.wire.jsonfmt import json_column, json_records
-from operators.wire.model import Record, WireColumn, WireSegment, canonical, segment_of
-from operators.wire.values import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, US_PER_DAY, timestamp_text, to_json
 from tests.builders import Stream, col, dele, ins, load, numeric_typmod, table, table_changes, upd
 from tests.test_tricky_table import tricky  # noqa: F401 - fixture
 from tests.test_wire_formats import tricky_batches  # noqa: F401 - fixture
-from wallaby.changes import ChangeBatch, TableChanges, format_lsn
+from wallaby.core.changes import ChangeBatch, TableChanges, format_lsn
+from wallaby.wire import decode, encode, record_json
+from wallaby.wire.formats import encode_json, header_of
+from wallaby.wire.jsonfmt import json_column, json_records
+from wallaby.wire.model import Record, WireColumn, WireSegment, canonical, segment_of
+from wallaby.wire.values import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, US_PER_DAY, timestamp_text, to_json
 
 # -- the reference: the json encoder as it was (one Record per change, to_json per value) -------------
 

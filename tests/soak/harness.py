@@ -3,8 +3,9 @@ every destination, services that can be taken down (S3 behind a gate), and the r
 
 What counts as a change: every row change (insert, update, delete) the publication sends, identified by its
 position ``(commit LSN, ordinal)``, read back from an *audit* slot created next to the flow's own slot before the
-load starts (``pg_logical_slot_peek_binary_changes``, pgoutput protocol 1, decoded with ``sources.pgoutput``; the
-ordinal counts the transaction's changes from 1, as the batcher does). Destinations are compared with that list:
+load starts (``pg_logical_slot_peek_binary_changes``, pgoutput protocol 1, decoded with
+``sources.postgres.pgoutput``; the ordinal counts the transaction's changes from 1, as the batcher does).
+Destinations are compared with that list:
 
 - DuckDB ``write_mode=target``: the table equals the Postgres table (rows missing, different or left behind are
   *lost*, extra copies of a key *duplicated*);
@@ -199,7 +200,7 @@ def create_audit_slot(dsn: str, slot: str) -> None:
 
 def audit(dsn: str, slot: str, publication: str) -> list[Change]:
     """Every row change the publication sent since the audit slot was created (the slot is only peeked)."""
-    from sources.pgoutput import Begin, Commit, Decoder, Delete, Insert, LogicalMessage, Truncate, Update
+    from sources.postgres.pgoutput import Begin, Commit, Decoder, Delete, Insert, LogicalMessage, Truncate, Update
 
     with psycopg.connect(dsn, autocommit=True) as c:
         rows = c.execute("SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, 'proto_version', '1',"
@@ -526,7 +527,7 @@ class KafkaTopic:
     def refresh(self, timeout: float = 90) -> Counter:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-        from operators.wire import decode
+        from wallaby.wire import decode
 
         deadline = time.monotonic() + timeout
         if self._consumer is None:
@@ -592,7 +593,7 @@ class S3Prefix:
         a reader slower than the writer would otherwise never finish)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from operators.wire import decode
+        from wallaby.wire import decode
 
         new = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):

@@ -42,7 +42,7 @@ from tests.soak.harness import (
     sql,
     wait_streaming,
 )
-from wallaby.localpg import LocalPostgres
+from wallaby.control.localpg import LocalPostgres
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(900)]
 

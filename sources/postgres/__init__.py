@@ -1,0 +1,1 @@
+"""The Postgres source: the replication protocol, pgoutput decoding, batching, set-up and DDL capture."""

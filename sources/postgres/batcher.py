@@ -1,0 +1,369 @@
+"""From pgoutput messages to Arrow-backed ChangeBatches. No I/O.
+
+Rows are kept as the decoder's raw value lists, grouped into *runs* (one table,
+one schema version, contiguous in WAL order per table); a run becomes one Arrow
+record batch when the batch is taken: the lists are transposed with ``zip``
+(in C) and each column is decoded by ``sources.postgres.pgtypes`` in one call.
+
+Positions: BEGIN names the transaction's final commit LSN; every change inside
+gets the next ordinal (from 1). Changes at or below ``skip_to`` (the last
+position emitted before a restart) are dropped, so a resumed stream emits each
+change exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from sources.postgres import pgtypes
+from sources.postgres.pgoutput import (
+    Begin,
+    Commit,
+    DecodeError,
+    Decoder,
+    LogicalMessage,
+    Origin,
+    Relation,
+    StreamAbort,
+    StreamCommit,
+    StreamStart,
+    StreamStop,
+    Truncate,
+    TypeInfo,
+)
+from sources.postgres.tuples import parse_tuples, skip_tuple
+from wallaby.core import settings
+from wallaby.core.changes import (
+    BEFORE_PREFIX,
+    META_FIELDS,
+    OP_DDL,
+    OP_DELETE,
+    OP_INSERT,
+    OP_MESSAGE,
+    OP_TRUNCATE,
+    OP_UPDATE,
+    WAL_COL,
+    ZERO,
+    ChangeBatch,
+    Event,
+    Position,
+    TableChanges,
+    TableSchema,
+)
+
+log = logging.getLogger("wallaby.source")
+
+_U32 = struct.Struct(">I")
+
+# A batch is taken at ``batch_size`` changes or once its row messages reach this many bytes,
+# whichever comes first: wide rows (or big TOASTed values) would otherwise make one batch of
+# batch_size rows hundreds of MB, held several times over (messages, parsed buffer, decoded
+# columns, a batch queued ahead). 3 MiB is ~13k narrow rows (batch_size decides there) or
+# ~600 rows of 5 KB. Measured (`make bench`, 1M wide changes into DuckDB): peak RSS 521 -> 414 MB
+# from 8 to 4 MiB at the same rate; 200k: 465 -> 407 MB (2 MiB: 368 MB, but the source alone slows).
+# 300k wide changes, 3 runs each: 357-382 MB at 4 MiB, 348-360 MB at 3 MiB.
+# WALLABY_SOURCE_BATCH_BYTES overrides it.
+MAX_BATCH_BYTES = settings.on_import().source_batch_bytes
+
+
+@dataclass
+class TableState:
+    """What the batcher knows of a relation: its schema and each column's decoder."""
+
+    schema: TableSchema
+    types: list[pgtypes.ColumnType]
+
+
+def ddl_payload(content: bytes) -> dict:
+    """A captured DDL message (JSON from the event trigger) as a ddl event's payload."""
+    import orjson
+
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return {"kind": "statement", "ddl": content.decode("utf-8", "replace"), "table": ""}
+    data.setdefault("kind", "statement")
+    data.setdefault("table", data.get("object_identity") or "")
+    return data
+
+
+def describe_drift(p: dict) -> str:
+    parts = [f"added {', '.join(p['added'])}" if p["added"] else "",
+             f"dropped {', '.join(p['dropped'])}" if p["dropped"] else "",
+             f"retyped {', '.join(p['retyped'])}" if p["retyped"] else ""]
+    return f"schema drift of {p['table']}: " + ("; ".join(x for x in parts if x) or "replica identity or keys")
+
+
+# Resolves a Relation message (and the Type messages seen so far) to a TableState.
+Resolver = Callable[[Relation, dict[int, TypeInfo], TableState | None], TableState]
+
+
+@dataclass
+class _Run:
+    """Rows of one table version, each ``(op, lsn, ordinal, commit_ts, xid, after, before)``."""
+
+    state: TableState
+    rows: list = field(default_factory=list)
+    has_before: bool = False
+
+
+class Batcher:
+    def __init__(self, flow_id: str, batch_size: int, resolve: Resolver, skip_to: Position = ZERO,
+                 proto_version: int = 1, ddl_prefix: str | None = None,
+                 known: dict[int, TableSchema] | None = None, drift: bool = True, keep_wal: bool = False):
+        self.flow_id = flow_id
+        self.ddl_prefix = ddl_prefix  # logical messages with this prefix are captured DDL (sources/ddl_capture.py)
+        # Last shape seen of each relation, kept by the caller across reconnects: a Relation message that
+        # differs from it is schema drift.
+        self.known: dict[int, TableSchema] = known if known is not None else {}
+        self.drift = drift  # off when an event trigger captures the DDL itself
+        self.keep_wal = keep_wal  # add each change's raw pgoutput message (the __wal column)
+        self.current_raw = b""
+        self.batch_size = batch_size
+        self.resolve = resolve
+        self.skip_to = skip_to
+        self.decoder = Decoder(proto_version)
+        self.tables: dict[int, TableState] = {}
+        self.types: dict[int, TypeInfo] = {}
+        self.segments: list[_Run | Event] = []
+        self.open_runs: dict[int, _Run] = {}
+        self.rows = 0  # changes held, not yet taken
+        self.bytes = 0  # size of the messages of the changes held
+        self.max_bytes = MAX_BATCH_BYTES
+        # transaction context
+        self.in_txn = False
+        self.lsn = 0
+        self.ordinal = 0
+        self.commit_ts = 0
+        self.xid = 0
+        self.skipping = False
+        self.skip_ordinal = 0
+        self.last_commit_end = 0  # end LSN of the last COMMIT seen
+        # position of the last change held or taken (kept as ints: no object per row)
+        self.last_lsn, self.last_ordinal = skip_to.lsn, skip_to.ordinal
+
+    # -- feeding ------------------------------------------------------------------------
+    def feed(self, payload: bytes) -> None:
+        if payload[0] == 73 and not self.decoder.in_stream:  # 'I': the hot path, no message object
+            self.ordinal += 1
+            if self.skipping or self.ordinal <= self.skip_ordinal:
+                return
+            relid = _U32.unpack_from(payload, 1)[0]
+            run = self.open_runs.get(relid) or self._run_for(relid)
+            run.rows.append((OP_INSERT, self.lsn, self.ordinal, self.commit_ts, self.xid, (payload, 6), None))
+            self.rows += 1
+            self.bytes += len(payload)
+            self.last_lsn = self.lsn
+            self.last_ordinal = self.ordinal
+            return
+        kind = payload[0]
+        if kind == 85 or kind == 68 or kind == 73:  # 'U', 'D', 'I' (in a stream)
+            self._row(payload)
+            return
+        self.current_raw = payload  # for events that keep their raw message (keep_wal)
+        msg = self.decoder.decode(payload)
+        t = type(msg)
+        if t is Begin:
+            self.in_txn = True
+            self.lsn, self.commit_ts, self.xid = msg.final_lsn, msg.commit_ts, msg.xid
+            self.ordinal = 0
+            skip = self.skip_to
+            self.skipping = msg.final_lsn < skip.lsn
+            self.skip_ordinal = skip.ordinal if msg.final_lsn == skip.lsn else 0
+        elif t is Commit:
+            self.in_txn = False
+            self.skipping = False
+            self.last_commit_end = msg.end_lsn
+        elif t is Relation:
+            self._relation(msg)
+        elif t is TypeInfo:
+            self.types[msg.oid] = msg
+        elif t is Truncate:
+            self._truncate(msg)
+        elif t is LogicalMessage:
+            self._message(msg)
+        elif t is Origin:
+            pass
+        elif t in (StreamStart, StreamStop, StreamCommit, StreamAbort):
+            # We start replication with streaming off; a server that streams anyway is a bug to report.
+            raise RuntimeError(f"unexpected streamed-transaction message {t.__name__}: streaming is off")
+
+    def _next_ordinal(self) -> bool:
+        """Advance the ordinal; False when this change was already emitted before a restart."""
+        self.ordinal += 1
+        return not self.skipping and self.ordinal > self.skip_ordinal
+
+    def _relation(self, msg: Relation) -> None:
+        old = self.tables.get(msg.relid)
+        state = self.resolve(msg, self.types, old)
+        if old is not None and old.schema.same_shape(state.schema):
+            return
+        self.tables[msg.relid] = state
+        self.open_runs.pop(msg.relid, None)  # a new shape starts a new run
+        before = self.known.get(msg.relid)
+        self.known[msg.relid] = state.schema
+        if self.drift and before is not None and not before.same_shape(state.schema):
+            self._drift(before, state.schema)
+
+    def _drift(self, before: TableSchema, after: TableSchema) -> None:
+        """A ``ddl`` event for a changed relation. It takes no ordinal (a Relation message is not a change and is
+        sent again after any reconnect), so it shares the position of the change before it."""
+        old = {c.name: c for c in before.columns}
+        new = {c.name: c for c in after.columns}
+        payload = {
+            "kind": "drift", "table": after.qualified,
+            "added": [n for n in new if n not in old], "dropped": [n for n in old if n not in new],
+            "retyped": [n for n in new if n in old and (new[n].type_name, new[n].typmod)
+                        != (old[n].type_name, old[n].typmod)],
+            "ddl": "",
+        }
+        payload["ddl"] = describe_drift(payload)
+        if self.skipping:
+            return
+        pos = Position(self.lsn, self.ordinal)
+        self.segments.append(Event(OP_DDL, pos, self.commit_ts, self.xid, (after,), payload))
+        self.rows += 1
+
+    def _run_for(self, relid: int) -> _Run:
+        run = self.open_runs.get(relid)
+        if run is None:
+            state = self.tables.get(relid)
+            if state is None:
+                raise RuntimeError(f"change for relation {relid} before its Relation message")
+            run = _Run(state)
+            self.open_runs[relid] = run
+            self.segments.append(run)
+        return run
+
+    def _add(self, relid: int, row: tuple, has_before: bool) -> None:
+        run = self.open_runs.get(relid)
+        if run is None:
+            run = self._run_for(relid)
+        run.rows.append(row)
+        if has_before:
+            run.has_before = True
+        self.rows += 1
+        self.last_lsn = self.lsn
+        self.last_ordinal = self.ordinal
+
+    def _row(self, payload: bytes) -> None:
+        """An update or delete (or an insert inside a stream): keep the raw images, parsed per batch."""
+        if not self._next_ordinal():
+            return
+        self.bytes += len(payload)
+        kind = payload[0]
+        pos = 5 if self.decoder.in_stream else 1
+        relid = _U32.unpack_from(payload, pos)[0]
+        pos += 4
+        tag = payload[pos]
+        old = None
+        if tag == 75 or tag == 79:  # 'K' old key, 'O' old row
+            old = (payload, pos + 1)
+            if kind == 68:  # 'D'
+                self._add(relid, (OP_DELETE, self.lsn, self.ordinal, self.commit_ts, self.xid, None, old), True)
+                return
+            pos = skip_tuple(payload, pos + 1)
+            tag = payload[pos]
+        if tag != 78:  # 'N'
+            raise DecodeError(f"{chr(kind)}: expected a new tuple at offset {pos}")
+        op = OP_UPDATE if kind == 85 else OP_INSERT
+        self._add(relid, (op, self.lsn, self.ordinal, self.commit_ts, self.xid, (payload, pos + 1), old),
+                  old is not None)
+
+    def _event(self, op: str, relids: list[int], payload: dict) -> None:
+        if not self._next_ordinal():
+            return
+        for r in relids:
+            self.open_runs.pop(r, None)
+        tables = tuple(self.tables[r].schema for r in relids if r in self.tables)
+        pos = Position(self.lsn, self.ordinal)
+        if self.keep_wal:
+            payload = {**payload, "wal": bytes(self.current_raw)}
+        self.segments.append(Event(op, pos, self.commit_ts, self.xid, tables, payload))
+        self.rows += 1
+        self.last_lsn, self.last_ordinal = pos.lsn, pos.ordinal
+
+    def _truncate(self, msg: Truncate) -> None:
+        self._event(OP_TRUNCATE, msg.relids, {"cascade": msg.cascade, "restart_identity": msg.restart_identity})
+
+    def _message(self, msg: LogicalMessage) -> None:
+        if not msg.transactional:
+            return  # non-transactional messages have no place in the commit order
+        if self.ddl_prefix is not None and msg.prefix == self.ddl_prefix:
+            self._event(OP_DDL, [], ddl_payload(msg.content))
+            return
+        self._event(OP_MESSAGE, [], {"prefix": msg.prefix, "content": msg.content})
+
+    # -- taking ---------------------------------------------------------------------------
+    def full(self) -> bool:
+        return self.rows >= self.batch_size or self.bytes >= self.max_bytes
+
+    def take(self) -> ChangeBatch | None:
+        """Everything held, as one ChangeBatch (None when nothing is held)."""
+        if not self.rows:
+            return None
+        segments = [s if isinstance(s, Event) else _build(s, self.keep_wal)
+                    for s in self.segments if isinstance(s, Event) or s.rows]
+        batch = ChangeBatch(self.flow_id, segments, Position(self.last_lsn, self.last_ordinal))
+        self.segments = []
+        self.open_runs = {}
+        self.rows = 0
+        self.bytes = 0
+        return batch
+
+
+def _build(run: _Run, keep_wal: bool = False) -> TableChanges:
+    state = run.state
+    cols = state.schema.columns
+    ncols = len(cols)
+    ops, lsns, ords, ts, xids, afters, befores = zip(*run.rows, strict=True)
+    n = len(ops)
+    after = parse_tuples(list(afters), ncols)
+
+    unchanged: list | None = None
+    for i, mask in enumerate(after.unchanged):
+        if mask is None:
+            continue
+        if unchanged is None:
+            unchanged = [None] * n
+        name = cols[i].name
+        for r in np.flatnonzero(mask).tolist():
+            if unchanged[r] is None:
+                unchanged[r] = [name]
+            else:
+                unchanged[r].append(name)
+
+    arrays: list[pa.Array] = [_decode(after.values[i], state.types[i], state.schema, i) for i in range(ncols)]
+    fields = [pa.field(cols[i].name, arrays[i].type) for i in range(ncols)]
+    arrays += [
+        pa.array(ops, pa.string()),
+        pa.array(lsns, pa.uint64()),
+        pa.array(ords, pa.uint64()),
+        pa.array(ts, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        pa.array(xids, pa.uint32()),
+        pa.array(unchanged if unchanged is not None else [None] * n, pa.list_(pa.string())),
+    ]
+    fields += list(META_FIELDS)
+    if run.has_before:
+        before = parse_tuples(list(befores), ncols)
+        for i in range(ncols):
+            arr = _decode(before.values[i], state.types[i], state.schema, i)
+            arrays.append(arr)
+            fields.append(pa.field(BEFORE_PREFIX + cols[i].name, arr.type))
+    if keep_wal:  # the message a row came from: its after image's, else its before image's
+        arrays.append(pa.array([bytes((a or b)[0]) for a, b in zip(afters, befores, strict=True)], pa.binary()))
+        fields.append(pa.field(WAL_COL, pa.binary()))
+    return TableChanges(state.schema, pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields)))
+
+
+def _decode(raw: pa.Array, ctype: pgtypes.ColumnType, table: TableSchema, i: int) -> pa.Array:
+    try:
+        return pgtypes.decode_column(ctype, raw)
+    except (ValueError, pa.ArrowInvalid) as exc:
+        raise DecodeError(f"{table.qualified}.{table.columns[i].name} ({ctype.type_name}): {exc}") from exc

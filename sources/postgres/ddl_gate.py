@@ -1,0 +1,70 @@
+"""The DDL gate: what a flow does when a ``ddl`` change reaches it (``config.ddl``).
+
+Every ``ddl`` event (a statement captured by the event trigger, or schema drift
+seen in a Relation message) is recorded in the flow store's DDL events, keyed by
+its position and statement, so a replay meets the same record again. Then:
+
+| policy | new event is stored as | the source |
+|---|---|---|
+| ``gate=false`` | ``applied`` | passes it on |
+| ``gate=true, auto_approve=true, auto_apply=true`` | ``approved`` | passes it on |
+| ``gate=true, auto_approve=false`` | ``pending`` (signals: :func:`wallaby.core.telemetry.ddl_gated`) | holds |
+
+A held flow emits nothing at or after the event and confirms nothing past the
+DDL's transaction; it closes its replication stream (WAL is kept by the slot)
+and looks at the record every ``WALLABY_DDL_POLL`` seconds (2): ``approved``
+(with ``auto_apply=true``) or ``applied`` -> the stream is opened again from
+before the DDL's transaction and the event is passed on; ``approved`` with
+``auto_apply=false`` keeps holding until someone applies it and marks it
+``applied``; ``rejected`` -> the event is dropped (not given to the
+destinations) and the data after it flows.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from wallaby.core import settings
+from wallaby.core.changes import Event, format_lsn
+from wallaby.core.spec import DDLPolicy
+from wallaby.core.telemetry import ddl_gated
+from wallaby.state.flowstore import FlowStore
+
+log = logging.getLogger("wallaby.ddl")
+
+PASS, HOLD, DROP = "pass", "hold", "drop"
+POLL_SECONDS = settings.on_import().ddl_poll  # WALLABY_DDL_POLL
+
+
+class DDLGate:
+    def __init__(self, flow_id: str, policy: DDLPolicy, flows: FlowStore | None):
+        self.flow_id = flow_id
+        self.policy = policy
+        self.flows = flows
+
+    def decide(self, ev: Event) -> str:
+        table = ev.payload.get("table") or (ev.tables[0].qualified if ev.tables else "")
+        statement = ev.payload.get("ddl") or ""
+        if self.flows is None:  # no store to record in (an embedded run): the gate cannot hold
+            return PASS
+        record = self.flows.find_ddl(self.flow_id, str(ev.position), statement)
+        if record is None:
+            if not self.policy.gate:
+                status = "applied"
+            else:
+                status = "approved" if self.policy.auto_approve else "pending"
+            plan = orjson.dumps({k: v for k, v in ev.payload.items() if k != "ddl"}).decode()
+            record = self.flows.add_ddl(self.flow_id, table, statement, format_lsn(ev.position.lsn), status, plan,
+                                        str(ev.position))
+            if status == "pending":
+                ddl_gated(self.flow_id, table, statement, record.id)
+            else:
+                log.info("ddl: flow=%s table=%s statement=%s (%s)", self.flow_id, table or "-",
+                         " ".join(statement.split()), status, extra={"flow": self.flow_id})
+        if record.status == "rejected":
+            return DROP
+        if record.status == "applied" or (record.status == "approved" and self.policy.auto_apply):
+            return PASS
+        return HOLD

@@ -1,0 +1,478 @@
+"""The Postgres logical replication source: a bytewax ``FixedPartitionedSource``.
+
+One partition is one replication slot. Its snapshot state is
+``{"position": [lsn, ordinal], "covered": lsn, "shapes": [...], "source": {...}}``: the position of
+the last change it emitted, the end LSN up to which every change has been emitted, the relation
+shapes emitted so far (what schema drift is judged against), and the source they were read from
+(judged at start like every stored position, :mod:`wallaby.core.identity`).
+
+When the slot may advance (docs/ARCHITECTURE.md): bytewax calls
+``next_batch`` again after ``snapshot()`` of epoch k only once every sink has
+finished epoch k and (with recovery on) the recovery store holds it. So the
+``covered`` LSN of the last snapshot is confirmed to Postgres at the start of
+the following ``next_batch``, after it is written to the checkpoint store (so the
+store is never behind the slot: a slot confirmed further was advanced by someone else).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from sources.postgres import pgtypes
+from sources.postgres.batcher import Batcher, TableState
+from sources.postgres.connection import connect, is_transient, server_name
+from sources.postgres.ddl_gate import DROP, HOLD, POLL_SECONDS, DDLGate
+from sources.postgres.pgoutput import DecodeError, Relation, TypeInfo
+from sources.postgres.reader import StreamReader, drain
+from sources.postgres.replication import ReplicationStream, StreamClosed
+from sources.postgres.setup import prepare_source, proto_version_for
+from wallaby.core.changes import (
+    OP_DDL,
+    ZERO,
+    ChangeBatch,
+    Column,
+    Event,
+    Position,
+    TableChanges,
+    TableSchema,
+    format_lsn,
+)
+from wallaby.core.errors import SourceError
+from wallaby.core.identity import DISCARD, SourceCheck, SourceIdentity
+from wallaby.core.runtime import STOP, tune_gc, tune_memory
+from wallaby.core.spec import DDLPolicy
+from wallaby.state.checkpoints import Checkpoint, CheckpointStore
+
+log = logging.getLogger("wallaby.source")
+
+# Reconnect backoff after the walsender goes away: first wait, cap.
+BACKOFF_FIRST = 0.2
+BACKOFF_MAX = 30.0
+# How long an idle partition sleeps between polls. Short enough that a new
+# change is picked up within a few ms, long enough not to spin a core.
+IDLE_POLL = 0.005
+# Batches (or covered-LSN updates) one next_batch takes from the reader at most.
+DRAIN_ITEMS = 4
+# PostgresSource(resume=...): take the checkpoint store's position as it is (no start-up check ran).
+READ_CHECKPOINT = object()
+
+
+class TypeResolver:
+    """Builds TableStates from Relation messages, looking up unknown type OIDs in pg_type."""
+
+    def __init__(self, dsn: str, resolve_types: bool, flow_id: str):
+        self.dsn = dsn
+        self.enabled = resolve_types
+        self.flow_id = flow_id
+        self.known: dict[int, pgtypes.PgType] = dict(pgtypes.BUILTIN_TYPES)
+        self.utf8_valid = False  # set from the replication connection: text needs no UTF-8 validation
+        self._conn: psycopg.Connection | None = None
+
+    def _meta(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.dsn, application_name=f"wallaby-types:{self.flow_id}")
+        return self._conn
+
+    def __call__(self, rel: Relation, types: dict[int, TypeInfo], old: TableState | None) -> TableState:
+        ndims: dict[str, int] = {}
+        if self.enabled:
+            unknown = {c.type_oid for c in rel.columns if c.type_oid not in self.known}
+            try:
+                if unknown:
+                    self.known.update(pgtypes.resolve_types(self._meta(), unknown))
+                if any(self.known.get(c.type_oid) and self.known[c.type_oid].elem_oid for c in rel.columns):
+                    rows = self._meta().execute(
+                        "SELECT attname, attndims FROM pg_attribute WHERE attrelid = %s AND attnum > 0",
+                        (rel.relid,),
+                    ).fetchall()
+                    ndims = {name: max(int(d), 1) for name, d in rows}
+            except psycopg.Error as exc:
+                self._conn = None
+                raise SourceError(f"could not resolve column types of {rel.namespace}.{rel.name}: {exc}",
+                                  server=server_name(self.dsn)) from exc
+        for oid, t in types.items():  # Type messages name custom types even without resolve_types
+            self.known.setdefault(oid, pgtypes.PgType(oid=oid, name=t.name, schema=t.namespace, kind="b",
+                                                      base_oid=0, elem_oid=0, extension=None))
+        columns, ctypes = [], []
+        for c in rel.columns:
+            ct = pgtypes.column_type(c.type_oid, c.typmod, self.known, ndims.get(c.name, 1))
+            # built-in text-like types and enums/domains (their text is stored validated); not extension types,
+            # whose output functions may write any bytes
+            if self.utf8_valid and ct.family == "text" and ct.extension is None and not ct.type_name.startswith("oid:"):
+                ct = dataclasses.replace(ct, utf8_valid=True)
+            ctypes.append(ct)
+            columns.append(Column(name=c.name, type_oid=c.type_oid, type_name=ct.type_name, typmod=ct.typmod,
+                                  key=c.key, arrow_type=ct.arrow_type, base_type=ct.base_type,
+                                  extension=ct.extension))
+        version = 1 if old is None else old.schema.version + 1
+        schema = TableSchema(rel.relid, rel.namespace, rel.name, tuple(columns), rel.replica_identity, version)
+        if old is not None and old.schema.same_shape(schema):
+            return old
+        return TableState(schema, ctypes)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+class PostgresSource(FixedPartitionedSource):
+    """Reads one flow's replication slot. Items are ``(flow_id, ChangeBatch)``."""
+
+    def __init__(self, flow_id: str, options: Any, *, start_lsn: int | None = None,
+                 max_empty_reads: int | None = None, checkpoints: CheckpointStore | None = None,
+                 prepared: bool = False, stop_at_lsn: int | None = None, generation: int | None = None,
+                 ddl_policy: Any = None, keep_wal: bool = False, source_check: SourceCheck | None = None,
+                 resume: Checkpoint | object | None = READ_CHECKPOINT):
+        self.flow_id = flow_id
+        # the source as found at start: stored positions are judged against it, and written with it
+        self.source_check = source_check
+        # where to resume without recovery state: a checkpoint vetted at start (dataflows.positions), None for
+        # the slot's own position, or READ_CHECKPOINT to take the store's as it is
+        self.resume = resume
+        self.keep_wal = keep_wal  # a destination wants raw pgoutput messages (payload_mode=wal)
+        self.ddl_policy = ddl_policy  # the flow's effective config.ddl (None: gate off)
+        self.generation = generation  # the worker's generation in the flow store: fenced when it is no longer
+        self.stop_at_lsn = stop_at_lsn  # stop once every change below this LSN is emitted (bench, run-once)
+        self.opts = options
+        self.start_lsn = start_lsn
+        self.max_empty_reads = max_empty_reads
+        self.checkpoints = checkpoints
+        self.prepared = prepared
+
+    def list_parts(self) -> list[str]:
+        return [self.opts.slot]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _PostgresPartition:
+        tune_gc()
+        tune_memory()
+        return _PostgresPartition(self, resume_state)
+
+
+class _PostgresPartition(StatefulSourcePartition):
+    def __init__(self, src: PostgresSource, resume_state: Any):
+        self.src = src
+        self.opts = opts = src.opts
+        self.flow_id = src.flow_id
+        self._fence()
+        self.server = server_name(opts.dsn)
+        if opts.aws_rds_iam:
+            from sources.postgres.rds_iam import register
+
+            register(opts, self.flow_id)
+        plan = prepare_source(opts, self.flow_id) if not src.prepared else None
+        version = plan.server_version if plan else _server_version(opts.dsn)
+        self.proto_version = proto_version_for(version)
+
+        # Where to resume: bytewax's recovery state, else the checkpoint store.
+        position, covered = ZERO, 0
+        check = src.source_check
+        if resume_state and check is not None and check.judge(
+                SourceIdentity.from_json(resume_state.get("source")), int(resume_state.get("covered", 0)),
+                "the bytewax recovery store") == DISCARD:
+            resume_state = None
+        if resume_state:
+            position = Position.from_state(resume_state["position"])
+            covered = int(resume_state.get("covered", 0))
+        else:
+            cp = src.checkpoints.get(self.flow_id, opts.slot) if src.resume is READ_CHECKPOINT and \
+                src.checkpoints is not None else src.resume
+            if isinstance(cp, Checkpoint):
+                position, covered = cp.position, cp.confirmed_lsn
+        if src.start_lsn is not None:
+            slot_confirmed = (plan.confirmed_flush if plan else None) or _slot_confirmed(opts.dsn, opts.slot)
+            if slot_confirmed is not None and src.start_lsn < slot_confirmed:
+                raise SourceError(
+                    f"cannot replay from {format_lsn(src.start_lsn)}: slot {opts.slot!r} on {self.server} has"
+                    f" confirmed up to {format_lsn(slot_confirmed)} and no longer retains the changes before it",
+                    server=self.server)
+            position, covered = Position(src.start_lsn, 0), src.start_lsn
+        self.position = position  # last change emitted
+        self.covered = covered  # every change below this end LSN has been emitted
+        self.confirmed = covered  # what we told the server (at least what it already has)
+        self.to_confirm: int | None = None
+        self.snapshot_position = position
+        self.resets_cleared = False
+
+        self.resolver = TypeResolver(opts.dsn, opts.resolve_types, self.flow_id)
+        # Relation shapes as of what was emitted (schema drift is judged against them): kept across reconnects and
+        # in the snapshot, so a drift read but not emitted (read ahead, a reconnect, a held DDL, a restart) is
+        # found again when its Relation message comes again.
+        self.shapes: dict[int, TableSchema] = shapes_from_state(resume_state.get("shapes") if resume_state else None)
+        flows = src.checkpoints.flows() if src.checkpoints is not None and hasattr(src.checkpoints, "flows") else None
+        self.gate = DDLGate(self.flow_id, src.ddl_policy or DDLPolicy(gate=False), flows)
+        self.held: Event | None = None  # a ddl event the gate holds the flow at
+        self.held_check = 0.0
+        self.reader: StreamReader | None = None  # reads and decodes the stream on its own thread
+        self.backoff = BACKOFF_FIRST
+        self.reconnect_at = 0.0
+        self.empty_reads = 0
+        self.last_empty = time.monotonic()
+        self.done = False  # max-empty-reads reached: drain, confirm, stop
+        self.done_snapshotted = False
+        self.next_wake: datetime | None = None
+        log.info("source %s: resuming at %s (covered %s)", opts.slot, position, format_lsn(covered),
+                 extra={"flow": self.flow_id})
+
+    # -- connection -----------------------------------------------------------------------
+    def _open(self) -> None:
+        batcher = Batcher(self.flow_id, self.opts.batch_size, self.resolver, self.position, self.proto_version,
+                          ddl_prefix=self.opts.ddl_message_prefix, known=dict(self.shapes),
+                          drift=not self.opts.capture_ddl, keep_wal=self.src.keep_wal)
+        stream = ReplicationStream(self.opts.dsn, self.opts.slot, self.opts.publication, self.proto_version,
+                                   self.covered, self.flow_id)
+        self.resolver.utf8_valid = stream.utf8_valid  # before the reader resolves any Relation message
+        self.reader = StreamReader(stream, batcher, covered=self.covered, confirmed=self.confirmed,
+                                   status_interval=self.opts.status_interval, batch_timeout=self.opts.batch_timeout,
+                                   stop_at_lsn=self.src.stop_at_lsn, name=self.opts.slot)
+        self.reader.start()
+        log.info("source %s: streaming from %s (protocol %d)", self.opts.slot, format_lsn(self.covered),
+                 self.proto_version, extra={"flow": self.flow_id})
+
+    def _stop_reader(self) -> None:
+        """Stop reading: what the reader built but was not emitted is read again from ``covered``."""
+        if self.reader is not None:
+            self.reader.stop()
+            self.reader = None
+
+    def _lost(self, exc: Exception) -> None:
+        """The stream broke: drop what was not emitted; it will be sent again from `covered`."""
+        self._stop_reader()
+        self.reconnect_at = time.monotonic() + self.backoff
+        log.warning("source %s: %s; reconnecting in %.1fs", self.opts.slot, exc, self.backoff,
+                    extra={"flow": self.flow_id})
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+
+    def _ensure_stream(self) -> bool:
+        if self.reader is not None:
+            return True
+        if time.monotonic() < self.reconnect_at:
+            return False
+        try:
+            self._open()
+            return True
+        except SourceError as exc:
+            if getattr(exc, "transient", False):
+                self._lost(exc)
+                return False
+            raise
+        except psycopg.Error as exc:
+            if is_transient(exc):
+                self._lost(exc)
+                return False
+            raise
+
+    # -- status -------------------------------------------------------------------------
+    def _fence(self) -> None:
+        """Stop here if a newer worker of this flow took over (before the slot or the checkpoint moves)."""
+        if self.src.generation is not None and self.src.checkpoints is not None:
+            self.src.checkpoints.flows().check_generation(self.flow_id, self.src.generation)
+
+    def _confirm(self, lsn: int) -> None:
+        self._fence()
+        if lsn <= self.confirmed:
+            return
+        check = self.src.source_check
+        if self.src.checkpoints is not None:  # first: the store is never behind the slot
+            self.src.checkpoints.put(Checkpoint(self.flow_id, self.opts.slot, lsn, self.snapshot_position,
+                                                time.time(), check.current if check else None),
+                                     generation=self.src.generation)
+            if check is not None and check.reset and not self.resets_cleared:
+                self.src.checkpoints.clear_resets(self.flow_id, check.reset)  # in effect: every writer took it
+                self.resets_cleared = True
+        self.confirmed = lsn
+        if self.reader is not None:
+            self.reader.confirmed = lsn  # the reader reports it to the server at once
+
+    # -- bytewax ------------------------------------------------------------------------
+    def next_batch(self) -> list[tuple[str, ChangeBatch]]:
+        if self.to_confirm is not None:  # the epoch of the last snapshot is durable
+            self._confirm(self.to_confirm)
+            self.to_confirm = None
+            if self.done and self.done_snapshotted:
+                self.close()
+                raise StopIteration()
+        if STOP.is_set() and not self.done:
+            log.info("source %s: stop requested, stopping after the final checkpoint", self.opts.slot,
+                     extra={"flow": self.flow_id})
+            self.done = True
+        if self.done:
+            self._pause(0.05)
+            return []
+        if self.held is not None and not self._release():
+            return []
+        if not self._ensure_stream():
+            self._pause(max(0.0, self.reconnect_at - time.monotonic()))
+            return []
+        before = self.position
+        out: list[tuple[str, ChangeBatch]] = []
+        reader = self.reader
+        assert reader is not None
+
+        def on_batch(batch: ChangeBatch, covered: int) -> None:
+            out.append((self.flow_id, batch))
+            self.position = batch.position
+            self.covered = max(self.covered, covered)
+
+        def on_covered(covered: int) -> None:
+            self.covered = max(self.covered, covered)
+
+        err = drain(reader, DRAIN_ITEMS, IDLE_POLL, on_batch, on_covered)
+        if any(isinstance(s, Event) and s.op == OP_DDL for _, b in out for s in b.segments):
+            out = self._gate(out, before)
+        for _, b in out:
+            self._note_shapes(b.segments)
+        if err is not None and self.reader is not None:
+            if isinstance(err, StreamClosed):
+                self._lost(err)
+            elif isinstance(err, DecodeError):
+                raise SourceError(f"cannot decode the replication stream of slot {self.opts.slot!r}: {err}",
+                                  server=self.server) from err
+            else:
+                raise err
+        elif out:
+            self.backoff = BACKOFF_FIRST
+        self._after_drain(out)
+        return out
+
+    def _after_drain(self, out: list[tuple[str, ChangeBatch]]) -> None:
+        now = time.monotonic()
+        if self.src.stop_at_lsn is not None and self.covered >= self.src.stop_at_lsn and not self.done:
+            log.info("source %s: reached %s, stopping after the final checkpoint", self.opts.slot,
+                     format_lsn(self.src.stop_at_lsn), extra={"flow": self.flow_id})
+            self.done = True
+        self._pause(0)
+        if out or self.reader is None:
+            self.empty_reads = 0
+            return
+        idle_since = max(self.reader.last_activity, self.last_empty)
+        if now - idle_since < self.opts.batch_timeout or self.reader.received > self.reader.covered:
+            return  # data came lately, or the server reported WAL not read yet (a long transaction being decoded)
+        # An empty read: a whole batch_timeout with no WAL data, and everything the server reported is covered.
+        self.last_empty = now
+        if self.opts.emit_empty:
+            out.append((self.flow_id, ChangeBatch(self.flow_id, [], self.position)))
+        if self.src.max_empty_reads is not None:
+            self.empty_reads += 1
+            if self.empty_reads >= self.src.max_empty_reads and not self.reader.holding:
+                log.info("source %s: %d empty reads, stopping after the final checkpoint", self.opts.slot,
+                         self.empty_reads, extra={"flow": self.flow_id})
+                self.done = True
+
+    # -- DDL gate ---------------------------------------------------------------------------
+    def _gate(self, out: list[tuple[str, ChangeBatch]], before: Position) -> list[tuple[str, ChangeBatch]]:
+        """Apply the DDL gate to the batches of one pump: drop rejected DDL; cut at a held one."""
+        emitted: list[tuple[str, ChangeBatch]] = []
+        last = before
+        for key, batch in out:
+            kept: list = []
+            for seg in batch.segments:
+                if isinstance(seg, Event) and seg.op == OP_DDL:
+                    decision = self.gate.decide(seg)
+                    if decision == HOLD:
+                        if kept:
+                            emitted.append((key, ChangeBatch(self.flow_id, kept, _last_position(kept))))
+                            last = _last_position(kept)
+                        self._hold(seg, last)
+                        return emitted
+                    if decision == DROP:
+                        self._note_shapes([seg])  # decided: the new shape is the baseline from here on
+                        log.info("source %s: DDL at %s rejected: not passed on", self.opts.slot, seg.position,
+                                 extra={"flow": self.flow_id})
+                        continue
+                kept.append(seg)
+            if kept:
+                emitted.append((key, ChangeBatch(self.flow_id, kept, batch.position)))
+            last = batch.position
+        return emitted
+
+    def _note_shapes(self, segments: list) -> None:
+        for seg in segments:
+            if isinstance(seg, TableChanges):
+                self.shapes[seg.table.relid] = seg.table
+            else:
+                for t in seg.tables:
+                    self.shapes[t.relid] = t
+
+    def _hold(self, ev: Event, last: Position) -> None:
+        """Stop before ``ev``: emitted up to ``last``; the DDL's transaction is read again on release."""
+        self.held, self.held_check = ev, time.monotonic()
+        self.position = last
+        self.covered = min(self.covered, ev.position.lsn)  # below the DDL's commit: all emitted
+        self._stop_reader()
+        log.warning("source %s: holding at %s for a DDL awaiting approval", self.opts.slot, ev.position,
+                    extra={"flow": self.flow_id})
+
+    def _release(self) -> bool:
+        """While held: look at the DDL's record now and then; True once the flow may go on."""
+        now = time.monotonic()
+        if now - self.held_check < POLL_SECONDS:
+            self._pause(POLL_SECONDS - (now - self.held_check))
+            return False
+        self.held_check = now
+        assert self.held is not None
+        if self.gate.decide(self.held) == HOLD:
+            self._pause(POLL_SECONDS)
+            return False
+        log.info("source %s: DDL at %s decided; streaming again", self.opts.slot, self.held.position,
+                 extra={"flow": self.flow_id})
+        self.held = None
+        return True
+
+    def _pause(self, seconds: float) -> None:
+        self.next_wake = datetime.now(UTC) + timedelta(seconds=seconds) if seconds > 0 else None
+
+    def next_awake(self) -> datetime | None:
+        return self.next_wake
+
+    def snapshot(self) -> dict:
+        self.to_confirm = self.covered
+        self.snapshot_position = self.position
+        if self.done:
+            self.done_snapshotted = True
+        check = self.src.source_check
+        return {"position": self.position.to_state(), "covered": self.covered, "shapes": shapes_to_state(self.shapes),
+                "source": check.current.to_json() if check else None}
+
+    def close(self) -> None:
+        self._stop_reader()
+        self.resolver.close()
+
+
+def shapes_to_state(shapes: dict[int, TableSchema]) -> list:
+    """Relation shapes for a snapshot: what schema drift is judged by (names, types, keys)."""
+    return [[t.relid, t.schema, t.name, t.replica_identity, t.version,
+             [[c.name, c.type_oid, c.type_name, c.typmod, c.key] for c in t.columns]] for t in shapes.values()]
+
+
+def shapes_from_state(state: list | None) -> dict[int, TableSchema]:
+    out: dict[int, TableSchema] = {}
+    for relid, schema, name, ri, version, cols in state or []:
+        out[relid] = TableSchema(relid, schema, name, tuple(Column(n, oid, tn, mod, key) for n, oid, tn, mod, key
+                                                             in cols), ri, version)
+    return out
+
+
+def _last_position(segments: list) -> Position:
+    s = segments[-1]
+    return s.position if isinstance(s, Event) else s.last
+
+
+def _server_version(dsn: str) -> int:
+    with connect(dsn) as conn:
+        return conn.info.server_version
+
+
+def _slot_confirmed(dsn: str, slot: str) -> int | None:
+    from wallaby.core.changes import parse_lsn
+
+    with connect(dsn) as conn:
+        row = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                           (slot,)).fetchone()
+    return parse_lsn(row[0]) if row and row[0] else None

@@ -1,0 +1,214 @@
+"""``wallaby-worker``: run one flow in its own process.
+
+    wallaby-worker -flow-file examples/flows/quickstart.json | -flow-id ID [-generation N]
+                   [-max-empty-reads N] [-start-lsn X/Y] [-recovery-dir DIR] [-epoch-interval 2s]
+                   [-reset-position]
+
+``-flow-id`` reads the flow from the flow store (the database the
+``WALLABY_CHECKPOINT_*`` / ``WALLABY_POSTGRES_DSN`` variables name, shared with the
+API server) and runs it at a new worker generation, which fences off any older
+worker of the flow. SIGTERM stops gracefully: the epoch in flight is finished
+and checkpointed.
+
+Flags take one dash or two (``-flow-id X``, ``--flow-id=X``).
+
+Exit status (``wallaby.core.errors.exit_status``; the API server acts on it):
+
+====  ==========================================================================
+0     clean stop (SIGTERM, ``-max-empty-reads``)
+1     permanent failure: retrying cannot help (credentials, permissions, a
+      missing database, bucket or topic, a 4xx answer, an incompatible schema,
+      an error of unknown kind: a bug repeats). Not restarted: the flow FAILS.
+2     bad flow spec or flag (``ConfigError``, every problem listed)
+3     fenced off by a newer worker of the flow
+75    transient failure (EX_TEMPFAIL): the source or a destination is away or
+      busy (connection refused or lost, broker unavailable, 5xx, throttled,
+      timeouts; a network error nobody mapped). Restarted with back-off.
+130   interrupted (SIGINT)
+====  ==========================================================================
+
+A failure is reported as one line on stderr, ``wallaby-worker: <cause>``: the
+root cause (the error a sink, the source or a step raised, found on the
+exception chain under bytewax's ``BytewaxRuntimeError`` wrappers), naming the
+destination and what it tried (brokers, bucket and endpoint, URL, path, DSN)
+or the field, never a password. ``ConfigError`` keeps one line per problem. The
+Rust panic report bytewax writes to stderr on the way is filtered out
+(``wallaby.control.panicfilter``); ``WALLABY_DEBUG=1`` shows it and the Python traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+from wallaby.core import logs, settings
+from wallaby.core.changes import parse_lsn
+from wallaby.core.errors import ConfigError, WallabyError, exit_status, redact_dsn
+from wallaby.core.options import parse_duration
+
+log = logging.getLogger("wallaby.worker")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wallaby-worker", description="Run one wallaby flow in this process.")
+    p.add_argument("-flow-file", "--flow-file", dest="flow_file", help="flow JSON file")
+    p.add_argument("-flow-id", "--flow-id", dest="flow_id", help="id of a flow in the flow store")
+    p.add_argument("-max-empty-reads", "--max-empty-reads", dest="max_empty_reads", type=int, default=None,
+                   help="stop cleanly after N empty polls (one poll = batch_timeout with no WAL data, everything the"
+                        " server reported read)")
+    p.add_argument("-start-lsn", "--start-lsn", dest="start_lsn", default=None,
+                   help="start from this LSN (X/Y); the slot must still retain it")
+    p.add_argument("-recovery-dir", "--recovery-dir", dest="recovery_dir", default=None,
+                   help="the flow's bytewax recovery store for this run (created if missing); default: one store per"
+                        " flow under $WALLABY_RECOVERY_DIR, else recovery/ beside the checkpoint store")
+    p.add_argument("-reset-position", "--reset-position", dest="reset_position", action="store_true",
+                   help="discard every stored position of the flow (checkpoint, recovery store, each destination's"
+                        " high-water) and start at the slot's position; for a flow moved to another source on purpose")
+    p.add_argument("-epoch-interval", "--epoch-interval", dest="epoch_interval",
+                   default=settings.on_import().epoch_interval,  # WALLABY_EPOCH_INTERVAL, checked by the preflight
+                   help="how often destinations commit and the slot advances (default 2s)")
+    p.add_argument("-generation", "--generation", dest="generation", type=int, default=None,
+                   help="with -flow-id: run at this generation of the flow (set by the API server; default: claim a"
+                        " new one, which fences off any older worker of the flow)")
+    p.add_argument("-mode", "--mode", dest="mode", default="stream", choices=["stream"],
+                   help="stream (backfill comes in a later version)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from bytewax.recovery import RecoveryConfig
+    from bytewax.run import cli_main
+
+    from dataflows.flow import build_flow, check_buildable, stored_flow
+    from dataflows.positions import RECOVERY_MIN_FREE, lock_recovery, open_recovery, prepare_start, recovery_store_error
+    from dataflows.preflight import preflight
+    from wallaby.core.runtime import install_stop_handler
+    from wallaby.core.spec import load_flow
+    from wallaby.state.checkpoints import open_store
+
+    if bool(args.flow_file) == bool(args.flow_id):
+        raise ConfigError("wallaby-worker", [_problem("-flow-file", "give one of -flow-file FILE or -flow-id ID")])
+    checkpoints = open_store()
+    generation = None
+    if args.flow_id:
+        spec, generation = stored_flow(checkpoints, args.flow_id, args.generation)
+    else:
+        spec = load_flow(args.flow_file)
+    logs.setup(spec.id)
+    install_stop_handler()
+    check_buildable(spec)
+    start_lsn = None
+    if args.start_lsn:
+        try:
+            start_lsn = parse_lsn(args.start_lsn)
+        except ValueError as exc:
+            raise ConfigError("wallaby-worker", [_problem("-start-lsn", str(exc))]) from None
+    epoch = parse_duration(args.epoch_interval)
+    preflight(spec)  # every check that needs nothing created, before prepare_start creates anything
+    rdir = recovery_dir(spec.id, args.recovery_dir, checkpoints)
+    held = lock_recovery(rdir, spec.id)  # noqa: F841 - one worker of a flow at a time on its recovery store
+    start = prepare_start(spec, checkpoints, reset_all=args.reset_position, start_lsn=start_lsn, recovery_dir=rdir)
+    plan = start.plan
+    if generation is not None:
+        log.info("flow %s: worker generation %d", spec.id, generation)
+    log.info("flow %s: source ready (server %d, pgoutput protocol %d)", spec.id, plan.server_version,
+             plan.proto_version)
+    flow = build_flow(spec, start_lsn=start_lsn, max_empty_reads=args.max_empty_reads, checkpoints=checkpoints,
+                      generation=generation, start=start)
+    open_recovery(rdir, start.check, start.keep_recovery)
+    log.info("flow %s: recovery store %s", spec.id, rdir)
+    recovery = RecoveryConfig(str(rdir))
+    try:
+        cli_main(flow, epoch_interval=timedelta(seconds=epoch), recovery_config=recovery)
+    except Exception as exc:
+        if shutil.disk_usage(rdir).free < RECOVERY_MIN_FREE:  # bytewax's SQLite writes failed for want of space
+            raise recovery_store_error(rdir) from exc
+        raise
+    finally:
+        checkpoints.close()
+    log.info("flow %s: stopped", spec.id)
+    return 0
+
+
+def recovery_dir(flow_id: str, given: str | None, checkpoints) -> Path:
+    """The flow's bytewax recovery store: ``given`` (``-recovery-dir``, this run), else
+    ``$WALLABY_RECOVERY_DIR/<flow>``, else ``recovery/<flow>`` beside a SQLite checkpoint store (``~/.wallaby``
+    for a Postgres one). One store per flow: a store holds one flow's positions."""
+    if given:
+        return Path(given).expanduser()
+    parent = os.environ.get("WALLABY_RECOVERY_DIR")
+    if parent:
+        base = Path(parent).expanduser()
+    else:
+        store = getattr(checkpoints.db, "path", None)
+        base = (Path(store).expanduser().parent if store and store != ":memory:" else Path("~/.wallaby").expanduser())
+        base = base / "recovery"
+    return base / quote(flow_id, safe="")
+
+
+def _problem(field: str, message: str):
+    from wallaby.core.errors import FieldProblem
+
+    return FieldProblem(field, message)
+
+
+def _root_cause(exc: BaseException) -> tuple[BaseException, str]:
+    """The error that ended the worker, and its one-line report (``ConfigError``: one line per problem).
+
+    bytewax 0.21.1 re-raises a Python exception of a step (a sink's ``build_part``/``snapshot``, a source's
+    ``next_batch``, a map) as ``BytewaxRuntimeError("(src/outputs.rs:323:54): error init StatefulSink")`` with
+    the original as its ``__cause__``, two wrappers deep for a step inside a batch; one of ``write_batch`` comes
+    back as itself. So the cause is the first of our errors (``WallabyError``) on the chain of causes and contexts;
+    without one, the first exception that is not such a wrapper (a bug, a driver error nobody mapped), reported
+    with its type; with nothing but wrappers, the outermost, without its Rust source location."""
+    import re
+
+    wrapper = getattr(sys.modules.get("bytewax.errors"), "BytewaxRuntimeError", ())
+    chain: list[BaseException] = []
+    while exc is not None and all(exc is not seen for seen in chain):
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    cause = next((e for e in chain if isinstance(e, WallabyError)), None) or \
+        next((e for e in chain if not isinstance(e, wrapper)), chain[0])
+    if isinstance(cause, WallabyError):
+        text = str(cause)
+    elif isinstance(cause, wrapper):
+        text = "the dataflow failed: " + re.sub(r"^\(src/[^)]*\.rs:\d+:\d+\):\s*", "", str(cause))
+    else:
+        text = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+    if not isinstance(cause, ConfigError):
+        text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    return cause, redact_dsn(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the flow; on failure print one line (the root cause) and exit with its status (module docstring)."""
+    from wallaby.control.panicfilter import filtered_stderr
+
+    args = _parser().parse_args(argv)
+    debug = bool(os.environ.get("WALLABY_DEBUG"))
+    failure: BaseException | None = None
+    with filtered_stderr(enabled=not debug):
+        try:
+            return run(args)
+        except KeyboardInterrupt:
+            return 130
+        except Exception as exc:
+            failure = exc
+    if debug:
+        import traceback
+
+        traceback.print_exception(failure)
+    cause, line = _root_cause(failure)
+    print(f"wallaby-worker: {line}", file=sys.stderr, flush=True)
+    return exit_status(cause)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

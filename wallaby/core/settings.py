@@ -1,0 +1,249 @@
+"""Process settings: every ``WALLABY_*`` variable that tunes a process, parsed in one typed place.
+
+:func:`load` reads them from an environment (``os.environ`` by default) and
+returns a frozen :class:`Settings`; a bad value is a :class:`SettingsError`
+(a :class:`~wallaby.core.errors.ConfigError`: exit status 2) naming every bad
+variable and the format it takes, on one line::
+
+    WALLABY_DDL_POLL: '2x' is not a duration (use seconds like 2.5 or 2s, 500ms, 1m)
+
+Formats: a *duration* is seconds (``2.5``) or a number with a unit (``500ms``,
+``2s``, ``1m``, ``1h``, Go's ``1m30s``); a *byte size* is a number of bytes
+(``3145728``) or a number with a unit (``512KB``, ``3MiB``, ``1GB``: KB, MB,
+GB, TB are powers of 1000, KiB, MiB, GiB, TiB of 1024, as DuckDB reads them);
+a *count* is a whole number. An empty value counts as not set.
+
+Variables of features this version does not have (``WALLABY_DBOS_*``: DBOS
+scheduling, ``WALLABY_K8S_*``: Kubernetes job dispatch) are refused when set,
+never accepted and ignored. ``wallaby-worker`` and ``bytewax.run`` of
+``dataflows.flow:flow`` load the settings strictly in
+:func:`dataflows.preflight.preflight`, the API server in
+:class:`wallaby.control.api.manager.FlowManager`, each before anything runs; module-level
+constants read them with :func:`on_import`, which never raises.
+
+Not here: the flow store and checkpoint store (``WALLABY_CHECKPOINT_*``,
+``WALLABY_POSTGRES_DSN``: :mod:`wallaby.state.sqldb`), the API server's own settings
+(``WALLABY_GRPC_*``, ``WALLABY_API_TOKEN``: :mod:`wallaby.control.api.server`), the
+wire format and DDL defaults of a flow (``WALLABY_WIRE_*``, ``WALLABY_DDL_GATE``
+/ ``_AUTO_APPROVE`` / ``_AUTO_APPLY``: :mod:`wallaby.core.spec`), and the inputs of
+``dataflows.flow:flow`` (``WALLABY_FLOW_*``, ``WALLABY_START_LSN``,
+``WALLABY_MAX_EMPTY_READS``), which each parse with the helpers below.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from wallaby.core.errors import ConfigError, FieldProblem
+from wallaby.core.options import parse_duration
+
+DURATION_FORMAT = "use seconds like 2.5 or 2s, 500ms, 1m"
+BYTES_FORMAT = "use a number of bytes, or a size like 512KB, 3MiB, 1GB"
+COUNT_FORMAT = "use a whole number"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+# Prefixes of the variables of features this version does not have (USAGE.md "DBOS Scheduling" and the
+# Kubernetes dispatcher): refused when set.
+UNAVAILABLE_PREFIXES = {"WALLABY_DBOS_": "DBOS scheduling", "WALLABY_K8S_": "Kubernetes job dispatch"}
+
+
+class SettingsError(ConfigError):
+    """Bad process settings. ``str()`` is one line: every problem, separated by ``; ``."""
+
+    def __init__(self, problems: list[FieldProblem]):
+        super().__init__("environment", problems)
+
+    def __str__(self) -> str:
+        return "; ".join(str(p) for p in self.problems)
+
+
+# -- parsers: text -> value, or ValueError with the message shown after "NAME: " ----------------------
+
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]i?b?|b)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+               "t": 1000**4, "tb": 1000**4, "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2,
+               "gi": 1024**3, "gib": 1024**3, "ti": 1024**4, "tib": 1024**4}
+
+
+def parse_byte_size(text: str) -> int:
+    """Bytes from ``'3145728'``, ``'512KB'``, ``'3MiB'``, ``'1.5GB'`` (KB = 1000, KiB = 1024, as DuckDB)."""
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"{text!r} is not a byte size ({BYTES_FORMAT})")
+    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+
+
+def duration(minimum: float = 0.0, *, strict: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = parse_duration(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a duration ({DURATION_FORMAT})") from None
+        if value < minimum or (strict and value == minimum):
+            raise ValueError(f"{text!r} must be {'more than' if strict else 'at least'} {minimum:g} seconds")
+        return value
+
+    return parse
+
+
+def byte_size(minimum: int = 0) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = parse_byte_size(text)
+        if value < minimum:
+            raise ValueError(f"{text!r} must be at least {minimum} bytes")
+        return value
+
+    return parse
+
+
+def count(minimum: int = 0) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"\s*\+?\d+\s*", text):
+            raise ValueError(f"{text!r} is not a whole number ({COUNT_FORMAT}, at least {minimum})")
+        value = int(text)
+        if value < minimum:
+            raise ValueError(f"{text!r} must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def path(text: str) -> str:
+    return text.strip()
+
+
+def log_level(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_LEVELS:
+        raise ValueError(f"{text!r} is not a log level (use one of {', '.join(LOG_LEVELS)})")
+    return value
+
+
+# -- the settings -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The process settings, with the defaults used when a variable is not set (see :data:`VARIABLES`)."""
+
+    epoch_interval: float = 2.0
+    recovery_dir: str | None = None
+    log_level: str = "info"
+    source_batch_bytes: int = 3 << 20
+    ddl_poll: float = 2.0
+    toast_cache_bytes: int = 256 << 20
+    duckdb_memory_limit: int = 64 * 1000**2  # DuckDB's "64MB"
+    duckdb_max_tx_bytes: int = 32 << 20
+    duckdb_buffer_bytes: int = 8 << 20
+    duckdb_checkpoint_threshold: int = 1000**3  # DuckDB's "1GB"
+    duckdb_threads: int = 1
+    duckdb_lock_wait: float = 60.0
+    kafka_delivery_timeout: float = 120.0
+    spool_dir: str = "~/.wallaby/spool"
+    spool_drain_timeout: float = 5.0
+    worker_max_restarts: int = 3
+    worker_stop_timeout: float = 60.0
+    worker_log_dir: str = "~/.wallaby/logs"
+    run_once_empty_reads: int = 1
+
+
+# variable -> (Settings field, parser). What each does is documented where it is used and in docs/.
+VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "WALLABY_EPOCH_INTERVAL": ("epoch_interval", duration(0, strict=True)),  # wallaby-worker -epoch-interval
+    "WALLABY_RECOVERY_DIR": ("recovery_dir", path),  # wallaby-worker -recovery-dir
+    "WALLABY_LOG_LEVEL": ("log_level", log_level),  # wallaby/logs.py
+    "WALLABY_SOURCE_BATCH_BYTES": ("source_batch_bytes", byte_size(1)),  # sources/batcher.py
+    "WALLABY_DDL_POLL": ("ddl_poll", duration(0, strict=True)),  # sources/ddl_gate.py
+    "WALLABY_TOAST_CACHE_BYTES": ("toast_cache_bytes", byte_size(0)),  # operators/toast.py
+    "WALLABY_DUCKDB_MEMORY_LIMIT": ("duckdb_memory_limit", byte_size(1)),  # sinks/duckdb.py
+    "WALLABY_DUCKDB_MAX_TX_BYTES": ("duckdb_max_tx_bytes", byte_size(0)),  # 0: one transaction per epoch
+    "WALLABY_DUCKDB_BUFFER_BYTES": ("duckdb_buffer_bytes", byte_size(0)),  # 0: the default
+    "WALLABY_DUCKDB_CHECKPOINT_THRESHOLD": ("duckdb_checkpoint_threshold", byte_size(1)),
+    "WALLABY_DUCKDB_THREADS": ("duckdb_threads", count(0)),  # 0: DuckDB's default (one per core)
+    "WALLABY_DUCKDB_LOCK_WAIT": ("duckdb_lock_wait", duration(0)),
+    "WALLABY_KAFKA_DELIVERY_TIMEOUT": ("kafka_delivery_timeout", duration(0, strict=True)),  # sinks/kafka.py
+    "WALLABY_SPOOL_DIR": ("spool_dir", path),  # sinks/spool.py
+    "WALLABY_SPOOL_DRAIN_TIMEOUT": ("spool_drain_timeout", duration(0)),
+    "WALLABY_WORKER_MAX_RESTARTS": ("worker_max_restarts", count(0)),  # wallaby/api/manager.py
+    "WALLABY_WORKER_STOP_TIMEOUT": ("worker_stop_timeout", duration(0)),  # wallaby/api/dispatch.py
+    "WALLABY_WORKER_LOG_DIR": ("worker_log_dir", path),
+    "WALLABY_RUN_ONCE_EMPTY_READS": ("run_once_empty_reads", count(1)),
+}
+
+
+def unavailable_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The set variables of features this version does not have (``WALLABY_DBOS_*``, ``WALLABY_K8S_*``)."""
+    env = os.environ if environ is None else environ
+    return sorted(k for k, v in env.items() if k.startswith(tuple(UNAVAILABLE_PREFIXES)) and v.strip())
+
+
+def load(environ: Mapping[str, str] | None = None, *, strict: bool = True) -> Settings:
+    """The settings of ``environ`` (default ``os.environ``), or one :class:`SettingsError` naming every bad
+    variable and every variable of a feature this version does not have. ``strict=False`` never raises: a bad
+    value gives its default (for module-level constants, computed on import, before an entry point has checked
+    the settings with :func:`load` and refused to start)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    problems: list[FieldProblem] = []
+    for var, (field, parse) in VARIABLES.items():
+        raw = env.get(var)
+        if raw is None or not raw.strip():
+            continue
+        try:
+            values[field] = parse(raw)
+        except ValueError as exc:
+            problems.append(FieldProblem(var, str(exc)))
+    unavailable = unavailable_variables(env)
+    if unavailable:
+        features = " and ".join(f for p, f in UNAVAILABLE_PREFIXES.items() if any(v.startswith(p) for v in unavailable))
+        verb = "are" if " and " in features else "is"
+        problems.append(FieldProblem(", ".join(unavailable), f"not available in this version of wallaby ({features}"
+                                                             f" {verb} not built; workers run as local processes of"
+                                                             " the API server): unset them"))
+    if problems and strict:
+        raise SettingsError(problems)
+    return Settings(**values)
+
+
+def current() -> Settings:
+    """The settings of this process's environment (read again at each call: cheap, and follows the
+    environment)."""
+    return load()
+
+
+def on_import() -> Settings:
+    """The settings for a module-level constant: :func:`load` with ``strict=False``. Every entry point loads the
+    settings strictly before it runs anything (``dataflows.preflight``, the API server's ``FlowManager``), so a bad
+    value never runs with its default."""
+    return load(strict=False)
+
+
+def log_level_or_default(environ: Mapping[str, str] | None = None) -> str:
+    """``WALLABY_LOG_LEVEL`` if valid, else ``info`` (logging is set up before the settings are checked; a bad
+    value is reported by :func:`load`)."""
+    raw = (os.environ if environ is None else environ).get("WALLABY_LOG_LEVEL") or ""
+    try:
+        return log_level(raw) if raw.strip() else Settings.log_level
+    except ValueError:
+        return Settings.log_level
+
+
+def env_value(name: str, parse: Callable[[str], Any], environ: Mapping[str, str] | None = None) -> Any:
+    """One variable parsed with ``parse`` (None when not set), or a :class:`SettingsError` naming it: for the
+    entry points' own inputs (``WALLABY_MAX_EMPTY_READS``, ...)."""
+    raw = (os.environ if environ is None else environ).get(name)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise SettingsError([FieldProblem(name, str(exc))]) from None
+
+
+__all__ = ["BYTES_FORMAT", "DURATION_FORMAT", "VARIABLES", "Settings", "SettingsError", "byte_size", "count",
+           "current", "duration", "env_value", "load", "log_level_or_default", "on_import", "parse_byte_size",
+           "path"]
