@@ -8,7 +8,11 @@ keepalives, builds ChangeBatches and hands them to the partition through a short
 queue. Destinations release the GIL while they wait on I/O or run native code, so the two
 overlap.
 
-What stays with the partition (sources/postgres.py): what has been *emitted* to bytewax,
+The reader is the thin, waiting layer: it reads chunks, waits on the socket and on the
+queue, and sends. What to hand over, what is covered and when to report what is decided by
+the I/O-free :class:`~sources.postgres.protocol.ReplicationProtocol` it feeds each chunk to.
+
+What stays with the partition (sources/postgres/source.py): what has been *emitted* to bytewax,
 snapshots, the confirm rule, the checkpoint store, the DDL gate. The reader only sends
 the flush LSN the partition has set in :attr:`StreamReader.confirmed`; it never decides
 what may be confirmed. Everything the reader built but the partition did not take is
@@ -31,7 +35,7 @@ import time
 from collections.abc import Callable
 
 from sources.postgres.batcher import Batcher
-from sources.postgres.pgoutput import decode_copy_data
+from sources.postgres.protocol import Item, ReplicationProtocol, Status
 from sources.postgres.replication import ReplicationStream
 from wallaby.core.changes import ChangeBatch
 
@@ -42,13 +46,10 @@ log = logging.getLogger("wallaby.source")
 QUEUE_BATCHES = 2
 # How long the reader waits on an idle socket before it looks at its flags again.
 IDLE_WAIT = 0.005
-# While the queue is full, how often the reader wakes, and at least how often it then sends a status
-# update: it reads nothing meanwhile (so it sees no keepalive request), and the walsender ends a
-# connection that has not answered for wal_sender_timeout (60s by default, settable per connection).
+# While the queue is full, how often the reader wakes to send a status update if one is due
+# (protocol.FULL_STATUS_EVERY: it reads nothing meanwhile, and the walsender ends a connection that
+# has not answered for wal_sender_timeout).
 FULL_WAIT = 0.05
-FULL_STATUS_EVERY = 0.5
-
-Item = tuple[str, object, int]
 
 
 class StreamReader(threading.Thread):
@@ -58,19 +59,10 @@ class StreamReader(threading.Thread):
         self.stream = stream
         self.batcher = batcher
         self.queue: queue.Queue[Item] = queue.Queue(maxsize=QUEUE_BATCHES)
-        self.covered = covered  # every change below this end LSN has been read and is held or handed over
-        self.handed = covered  # the covered LSN of the last item put on the queue
-        self.confirmed = confirmed  # set by the partition: the flush LSN to report
-        self.received = covered  # server WAL end seen in keepalives
-        self.status_interval = status_interval
-        self.batch_timeout = batch_timeout
-        self.stop_at_lsn = stop_at_lsn
-        self.sent_confirmed = -1
-        self.last_status = 0.0
-        # last time the server sent WAL data (read by the partition; keepalives do not count: a checkpoint store in
-        # the source's own cluster writes WAL every epoch, and its keepalives would keep an idle flow "active")
-        self.last_activity = time.monotonic()
-        self.first_held_at: float | None = None
+        # every decision (what to hand over, what is covered, when and what to report) is the protocol's
+        self.core = ReplicationProtocol(batcher, covered=covered, confirmed=confirmed,
+                                        status_interval=status_interval, batch_timeout=batch_timeout,
+                                        stop_at_lsn=stop_at_lsn, now=time.monotonic())
         self._halt = threading.Event()
 
     # -- seen from the partition -------------------------------------------------------------
@@ -78,6 +70,30 @@ class StreamReader(threading.Thread):
     def holding(self) -> bool:
         """Changes read but not yet handed over (an open transaction or a batch being filled)."""
         return bool(self.batcher.rows) or not self.queue.empty()
+
+    @property
+    def covered(self) -> int:
+        """Every change below this end LSN has been read and is held or handed over."""
+        return self.core.covered
+
+    @property
+    def received(self) -> int:
+        """The server's WAL end, as its keepalives last reported it."""
+        return self.core.received
+
+    @property
+    def last_activity(self) -> float:
+        """When the server last sent WAL data (``time.monotonic()``; keepalives do not count)."""
+        return self.core.last_activity
+
+    @property
+    def confirmed(self) -> int:
+        """The flush LSN to report: set by the partition, sent to the server at once."""
+        return self.core.confirmed
+
+    @confirmed.setter
+    def confirmed(self, lsn: int) -> None:
+        self.core.confirmed = lsn
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop reading; report the last confirmed LSN to the server; close the connection."""
@@ -92,7 +108,7 @@ class StreamReader(threading.Thread):
         try:
             while not self._halt.is_set():
                 self._pump()
-            self._status_if_behind()
+            self._send(self.core.status_if_behind())
         except BaseException as exc:  # handed to the partition, raised there in stream order
             self._put(("error", exc, 0), final=True)
         finally:
@@ -107,77 +123,27 @@ class StreamReader(threading.Thread):
                 self.queue.put(item, timeout=FULL_WAIT)
                 return True
             except queue.Full:
-                if not final and time.monotonic() - self.last_status >= min(self.status_interval, FULL_STATUS_EVERY):
-                    self._send_status()
+                if not final:
+                    self._send(self.core.status_while_full(time.monotonic()))
 
-    def _send_status(self, reply: bool = False) -> None:
-        confirmed = self.confirmed
-        self.stream.send_status(self.received, confirmed, confirmed, reply)
-        self.sent_confirmed = confirmed
-        self.last_status = time.monotonic()
-
-    def _status_if_behind(self) -> None:
-        if self.confirmed > self.sent_confirmed:
-            self._send_status()
-
-    def _take(self) -> bool:
-        batch = self.batcher.take()
-        self.first_held_at = None
-        if batch is None:
-            return True
-        # Every COMMIT seen so far is fully in this batch or before it (an open transaction is not).
-        self.covered = max(self.covered, self.batcher.last_commit_end)
-        self.handed = self.covered
-        return self._put(("batch", batch, self.covered))
+    def _send(self, status: Status | None) -> None:
+        if status is not None:
+            self.stream.send_status(status.written, status.flushed, status.applied, status.reply)
+            self.core.sent(status, time.monotonic())
 
     def _pump(self) -> None:
-        stream, batcher = self.stream, self.batcher
+        stream = self.stream
         now = time.monotonic()
         msgs = stream.read()
-        if not msgs and not batcher.rows:
-            self._status_if_behind()
+        if not msgs and not self.batcher.rows:
+            self._send(self.core.status_if_behind())
             if stream.wait_readable(IDLE_WAIT):
                 msgs = stream.read()
-        reply = data = False
-        for raw in msgs:
-            kind = raw[0]
-            if kind == 119:  # 'w' XLogData
-                data = True
-                batcher.feed(bytes(raw[25:]))
-                if batcher.rows and self.first_held_at is None:
-                    self.first_held_at = now
-                if batcher.full() and not self._take():
-                    return
-            elif kind == 107:  # 'k' keepalive (rare: the shared framing decoder is fine here)
-                ka = decode_copy_data(bytes(raw))
-                end = ka.end_lsn
-                if end > self.received:
-                    self.received = end
-                if ka.reply_requested:
-                    reply = True
-                # Idle: nothing open, nothing held, every commit handed over -> WAL up to here is covered.
-                if not batcher.in_txn and not batcher.rows and end > self.covered:
-                    self.covered = end
-        if data:
-            self.last_activity = now
-        held_too_long = self.first_held_at is not None and now - self.first_held_at >= self.batch_timeout
-        if batcher.rows and (held_too_long or not msgs) and (held_too_long or not batcher.in_txn):
-            # Caught up with the stream (or batch_timeout passed): hand over what we hold.
-            if not self._take():
+        for out in self.core.pump(msgs, now):
+            if type(out) is Status:
+                self._send(out)
+            elif not self._put(out):
                 return
-        if not batcher.in_txn and not batcher.rows:
-            self.covered = max(self.covered, batcher.last_commit_end)
-            if self.covered > self.handed:
-                self.handed = self.covered
-                if not self._put(("covered", None, self.covered)):
-                    return
-        stopping_soon = (self.stop_at_lsn is not None and not msgs and self.covered < self.stop_at_lsn
-                         and now - self.last_status >= 0.05)
-        if reply or stopping_soon or now - self.last_status >= self.status_interval:
-            # Ask for a reply so an idle server tells us its WAL end: that lets the slot advance.
-            self._send_status(reply=not reply)
-        else:
-            self._status_if_behind()
 
 
 def drain(reader: StreamReader, limit: int, wait: float,

@@ -3,8 +3,13 @@
 psycopg 3 has no replication API; we speak the walsender protocol with the
 connection's ``pgconn``: ``get_copy_data(async_=1)`` for what has arrived,
 ``consume_input`` only when the socket is readable, ``put_copy_data`` +
-``flush`` for standby status updates. Nothing here ever blocks waiting for the
-server, so bytewax's ``next_batch`` can call :meth:`ReplicationStream.read`.
+``flush`` for standby status updates. Reading never blocks waiting for the
+server; sending waits for the socket only while libpq cannot take or push out a
+status update, and at most :data:`SEND_TIMEOUT`.
+
+This is the only place that touches the socket: what to send and when is decided
+by the I/O-free :mod:`sources.postgres.protocol`, and the reader thread
+(:mod:`sources.postgres.reader`) carries its decisions out through this class.
 """
 
 from __future__ import annotations
@@ -27,6 +32,12 @@ log = logging.getLogger("wallaby.source")
 # Upper bound of CopyData messages one read() returns: keeps a single
 # next_batch call short (~10-20 ms) so bytewax can interleave epochs and sinks.
 READ_CHUNK = 20_000
+# How long send_status waits for libpq to take and push out one status update (34 bytes) while
+# the socket takes nothing. Not measured: a socket that accepts no bytes for this long is a
+# connection gone (the walsender reads replies even while it waits to write), and well inside
+# wal_sender_timeout (60s by default), after which the server gives up on us anyway. The cure is a
+# reconnect (StreamClosed), not a longer wait: the reader reads nothing while it waits here.
+SEND_TIMEOUT = 10.0
 
 
 class StreamClosed(Exception):
@@ -41,9 +52,10 @@ class ReplicationStream:
     def __init__(self, dsn: str, slot: str, publication: str, proto_version: int, start_lsn: int,
                  flow_id: str, messages: bool = True):
         self.dsn = dsn
-        self.server = server_name(dsn)
         self.slot = slot
-        self.conn = connect(dsn, replication=True, application_name=f"wallaby:{flow_id}")
+        self.server = server_name(dsn)
+        self.send_timeout = SEND_TIMEOUT
+        self.conn: psycopg.Connection | None = connect(dsn, replication=True, application_name=f"wallaby:{flow_id}")
         self.pgconn = self.conn.pgconn
         opts = [f"proto_version {quote_literal(str(proto_version))}",
                 f"publication_names {quote_literal(quote_ident(publication))}"]
@@ -103,18 +115,66 @@ class ReplicationStream:
         except psycopg.OperationalError as exc:
             raise StreamClosed(f"lost the replication connection to {self.server}: {exc}") from None
 
+    @classmethod
+    def over(cls, pgconn: pq.abc.PGconn, server: str) -> ReplicationStream:
+        """A stream over a ``pgconn`` already in COPY BOTH, with no connection of its own to close.
+
+        What tests use to drive libpq's return codes through :meth:`send_status` without a server."""
+        self = cls.__new__(cls)
+        self.dsn = self.slot = ""
+        self.server = server
+        self.send_timeout = SEND_TIMEOUT
+        self.conn = None
+        self.pgconn = pgconn
+        self.sock = pgconn.socket
+        self.utf8_valid = False
+        return self
+
     def send_status(self, written: int, flushed: int, applied: int, reply: bool = False) -> None:
+        """Send one Standby Status Update and flush it out; :class:`StreamClosed` when libpq cannot.
+
+        libpq's socket is non-blocking: ``put_copy_data`` returns 1 when the message is queued, 0 when its
+        output buffer is full (wait until the socket is writable, then try again), -1 on error; ``flush``
+        returns 0 when everything is sent, 1 when data remains (wait writable, flush again), -1 on error
+        (psycopg raises OperationalError for the -1s). The waiting is bounded by ``send_timeout``.
+        """
+        pgconn = self.pgconn
+        msg = standby_status(written, flushed, applied, now_pg_us(), reply)
+        deadline: float | None = None
         try:
-            self.pgconn.put_copy_data(standby_status(written, flushed, applied, now_pg_us(), reply))
-            self.pgconn.flush()
+            while (rv := pgconn.put_copy_data(msg)) != 1:
+                if rv < 0:
+                    raise StreamClosed(self._send_failed(pgconn.get_error_message()))
+                deadline = self._wait_writable(deadline, "queue")
+            while (rv := pgconn.flush()) != 0:
+                if rv < 0:
+                    raise StreamClosed(self._send_failed(pgconn.get_error_message()))
+                deadline = self._wait_writable(deadline, "flush")
         except psycopg.OperationalError as exc:
             raise StreamClosed(f"lost the replication connection to {self.server}: {exc}") from None
+
+    def _send_failed(self, why: str) -> str:
+        why = why.strip()
+        return f"cannot send a status update to {self.server}{': ' + why if why else ''}"
+
+    def _wait_writable(self, deadline: float | None, what: str) -> float:
+        """Wait until the socket takes data again, or raise StreamClosed once ``send_timeout`` has passed."""
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + self.send_timeout
+        if now >= deadline:
+            raise StreamClosed(self._send_failed(f"libpq could not {what} it for {self.send_timeout:g}s"
+                                                 " (the connection takes no data)"))
+        select.select([], [self.sock], [], deadline - now)
+        return deadline
 
     def wait_readable(self, timeout: float) -> bool:
         readable, _, _ = select.select([self.sock], [], [], timeout)
         return bool(readable)
 
     def close(self) -> None:
+        if self.conn is None:
+            return
         try:
             self.conn.close()
         except Exception:
