@@ -43,8 +43,10 @@ bench: setup
 proto: setup
 	$(PY) -m grpc_tools.protoc -I proto --python_out=. --pyi_out=. --grpc_python_out=. proto/wallaby/v1/*.proto
 
+# ruff, then the layer contract of .importlinter (docs/ARCHITECTURE.md "Layers").
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf .cache/test-pg .cache/quickstart data

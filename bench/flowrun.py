@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 
+from dataflows.buildable import sink_factory
 from sinks.base import Writer, WriterSink
 from wallaby.core.changes import ChangeBatch, parse_lsn
 
@@ -105,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.sink == "null":
         sink = WriterSink("out", lambda _state: counter)
     else:
-        from dataflows.flow import sink_factory
         from operators.metadata import with_metadata
 
         opts = spec.destination_options(0)

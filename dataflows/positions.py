@@ -25,7 +25,6 @@ The checkpoint of the flow's slot:
 from __future__ import annotations
 
 import errno
-import importlib
 import logging
 import shutil
 from dataclasses import dataclass, replace
@@ -35,6 +34,7 @@ from sources.postgres.connection import server_name
 from sources.postgres.identity import SourceFacts, read_source
 from sources.postgres.setup import SourcePlan, prepare_source
 from sources.postgres.source_state import owner_problem
+from wallaby.core import registry
 from wallaby.core.changes import format_lsn
 from wallaby.core.errors import LocalStoreError, TerminalSourceError
 from wallaby.core.identity import DISCARD, RESET_HINT, PositionMismatchError, SourceCheck, SourceIdentity
@@ -42,10 +42,9 @@ from wallaby.state.checkpoints import ALL, Checkpoint, Checkpoints
 
 log = logging.getLogger("wallaby.positions")
 
-# A destination type's module (sinks.<type>) may define stored_position(name, flow_id, options) ->
+# A destination's plugin (wallaby.core.registry) may have stored_position(name, flow_id, options) ->
 # (Position, SourceIdentity | None, where) | None: its high-water, read without creating anything; and
 # discard_position(name, flow_id, options), which forgets it (a reset).
-_SINK_MODULES = {"bufstream": "kafka"}
 
 
 @dataclass
@@ -127,8 +126,8 @@ def vet_checkpoint(cp: Checkpoint | None, check: SourceCheck, facts: SourceFacts
 def check_destinations(spec, check: SourceCheck) -> None:
     """Every destination's stored high-water judged against the source (raises on the first mismatch)."""
     for i, dest in enumerate(spec.destinations):
-        module = sink_module(dest.type)
-        reader = getattr(module, "stored_position", None)
+        plugin = registry.plugin(dest.type)
+        reader = plugin.stored_position if plugin is not None else None
         if reader is None:
             continue
         try:
@@ -142,21 +141,8 @@ def check_destinations(spec, check: SourceCheck) -> None:
             where = f"{where} (destination {dest.name!r})"
             if check.judge(identity, position.lsn, where, reset_as=dest.name) == DISCARD:
                 # now, not when the writer opens: bytewax builds a sink only once something reaches it
-                module.discard_position(dest.name, spec.id, spec.destination_options(i))
+                plugin.discard_position(dest.name, spec.id, spec.destination_options(i))
                 log.warning("flow %s: discarded the stored position in %s", spec.id, where, extra={"flow": spec.id})
-
-
-def sink_module(dest_type: str):
-    """The module of a destination type (``sinks.<type>``; bufstream: ``sinks.kafka.writer``), or None when this build
-    has no such destination."""
-    package = f"sinks.{_SINK_MODULES.get(dest_type, dest_type)}"
-    module_name = f"{package}.writer"
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name in (package, module_name):
-            return None
-        raise
 
 
 RECOVERY_SOURCE_FILE = "wallaby-source.json"

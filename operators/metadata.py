@@ -42,6 +42,7 @@ from wallaby.core.changes import (
     TableChanges,
     TableSchema,
 )
+from wallaby.core.errors import PermanentSinkError
 
 
 class MetadataError(ValueError):
@@ -155,14 +156,12 @@ class MetadataRewriter:
 
 
 class MetadataWriter:
-    """A destination's writer behind the rewrite (a :class:`sinks.base.Writer` itself)."""
+    """A destination's writer behind the rewrite (a :class:`sinks.base.Writer`; operators do not import sinks)."""
 
     def __init__(self, name: str, inner: Any, rewriter: MetadataRewriter):
         self.name, self.inner, self.rewriter = name, inner, rewriter
 
     def write(self, batch: ChangeBatch) -> None:
-        from sinks.base import PermanentSinkError
-
         try:
             batch = self.rewriter.rewrite(batch)
         except MetadataError as exc:

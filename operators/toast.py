@@ -52,6 +52,7 @@ from psycopg import pq
 
 from sources.postgres import pgtypes
 from sources.postgres.connection import connect, is_transient, quote_ident, server_name
+from sources.postgres.rds_iam import register
 from wallaby.core import changes as ch
 from wallaby.core import settings
 from wallaby.core.changes import ChangeBatch, Event, TableChanges, TableSchema
@@ -524,7 +525,6 @@ def toast_step(changes: Stream, spec: Any) -> Stream:
 
     def build(state: Any) -> _ToastLogic:
         if opts.aws_rds_iam:  # this worker process may not hold the source partition that registered it
-            from sources.postgres.rds_iam import register
 
             register(opts, spec.id)
         return _ToastLogic(Rehydrator(opts.dsn, opts.toast_fetch, opts.toast_cache_size, spec.id, state))

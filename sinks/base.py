@@ -101,6 +101,51 @@ def trusted_high_water(source: SourceCheck | None, name: str, stored: Position, 
     return ZERO if source.judge(identity, stored.lsn, where, reset_as=name) == DISCARD else stored
 
 
+class HighWater:
+    """The replay contract of a positioned writer (DuckDB, S3, pgstream, the spool), written once.
+
+    ``stored``: the high-water the destination holds durably, judged once against the flow's source
+    (:meth:`judged`, through :func:`trusted_high_water`); ``taken``: the last position the writer has taken
+    (written or buffered; durable once :meth:`settle` is called after a commit). A batch at or below ``taken`` is a
+    replay: everything in it is already held, skip it (:meth:`replayed`); a batch's segments are judged alike
+    (:meth:`holds`, ``seg.since(taken)``)."""
+
+    __slots__ = ("stored", "taken")
+
+    def __init__(self, stored: Position = ZERO):
+        self.stored = stored
+        self.taken = stored
+
+    @classmethod
+    def judged(cls, source: SourceCheck | None, name: str, stored: Position, identity: SourceIdentity | None,
+               where: str) -> HighWater:
+        """The high-water ``stored`` with ``identity`` in ``where``, as :func:`trusted_high_water` judges it."""
+        return cls(trusted_high_water(source, name, stored, identity, where))
+
+    def holds(self, position: Position) -> bool:
+        """Whether the change at ``position`` is already taken."""
+        return position <= self.taken
+
+    def replayed(self, batch: ChangeBatch) -> bool:
+        """Whether ``batch`` is a replay: every change in it is at or below the high-water."""
+        return batch.position <= self.taken
+
+    def advance(self, position: Position) -> None:
+        """Everything up to ``position`` is taken (never moves back)."""
+        if position > self.taken:
+            self.taken = position
+
+    @property
+    def pending(self) -> bool:
+        """Whether positions were taken past the stored high-water (a commit has something to store)."""
+        return self.taken > self.stored
+
+    def settle(self) -> Position:
+        """What was taken is now stored durably; returns it."""
+        self.stored = self.taken
+        return self.stored
+
+
 def source_json(source: SourceCheck | None) -> str | None:
     """The identity a writer stores beside its high-water (None: unknown)."""
     return source.current.to_json() if source is not None else None

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sinks.base import Writer, trusted_high_water
+from sinks.base import HighWater, Writer
 from wallaby.core import settings
 from wallaby.core.changes import ZERO, ChangeBatch, Position
 from wallaby.core.identity import SourceCheck, SourceIdentity
@@ -63,11 +63,16 @@ class Spool:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path, self.cursor_path = self.dir / "spool.log", self.dir / "cursor"
         self.lock = threading.Lock()
-        self.high = Position(0, 0)  # the last position appended
+        self.hw = HighWater()  # taken: the last position appended
         self._recover()
         if source is not None:
             self._judge(source, name)
         self._file = open(self.log_path, "ab")  # noqa: SIM115 - kept open for appends
+
+    @property
+    def high(self) -> Position:
+        """The last position appended."""
+        return self.hw.taken
 
     def _judge(self, source: SourceCheck, name: str) -> None:
         """Spooled batches of another source are refused; a reset empties the spool; then the flow's source is
@@ -75,12 +80,13 @@ class Spool:
         path = self.dir / "source.json"
         stored = SourceIdentity.from_json(path.read_text()) if path.exists() else None
         if self.high > ZERO and self.cursor() < self.log_path.stat().st_size:
-            if trusted_high_water(source, name, self.high, stored, f"the spool {self.dir}") == ZERO:
+            judged = HighWater.judged(source, name, self.high, stored, f"the spool {self.dir}")
+            if judged.taken == ZERO:
                 with open(self.log_path, "r+b") as f:
                     f.truncate(0)
                     os.fsync(f.fileno())
                 self._set_cursor(0)
-                self.high = ZERO
+                self.hw = judged
         tmp = path.with_suffix(".tmp")
         tmp.write_text(source.current.to_json())
         tmp.replace(path)
@@ -97,19 +103,19 @@ class Spool:
                     break
                 offset += _HEAD.size + length
                 good = offset
-                self.high = max(self.high, Position(lsn, ordinal))
+                self.hw.advance(Position(lsn, ordinal))
             if good < size:
                 log.warning("spool %s: cutting a torn record at offset %d", self.dir, good)
                 f.truncate(good)
 
     def append(self, batch: ChangeBatch) -> bool:
         """Append (not yet durable: see :meth:`sync`). False when the batch is already spooled (a replay)."""
-        if batch.position <= self.high:
+        if self.hw.replayed(batch):
             return False
         body = b"".join(_LEN.pack(len(p.data)) + p.data for p in encode(batch, "arrow"))
         with self.lock:
             self._file.write(_HEAD.pack(len(body), batch.position.lsn, batch.position.ordinal) + body)
-        self.high = batch.position
+        self.hw.advance(batch.position)
         return True
 
     def sync(self) -> None:

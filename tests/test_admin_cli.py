@@ -114,8 +114,8 @@ def test_admin_publication_slot_and_ddl_commands(tmp_path, pgdb):
 
         # DDL events (captured by the change-semantics operators; here put in the store directly).
         store = open_store(server.env)
-        ev = store.flows().add_ddl("adm", "public.orders", "ALTER TABLE orders ADD c int", "0/16B6C50")
-        ev2 = store.flows().add_ddl("adm", "public.orders", "ALTER TABLE orders DROP note", "0/16B6D00")
+        ev = store.flow_store.add_ddl("adm", "public.orders", "ALTER TABLE orders ADD c int", "0/16B6C50")
+        ev2 = store.flow_store.add_ddl("adm", "public.orders", "ALTER TABLE orders DROP note", "0/16B6D00")
         store.close()
         listed = server.admin("ddl", "list", "-status", "pending", "-flow-id", "adm").stdout
         assert "ALTER TABLE orders ADD c int" in listed and "0/16B6C50" in listed

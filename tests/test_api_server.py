@@ -174,8 +174,8 @@ def test_status_codes_and_field_names(tmp_path, pgdb):
         from wallaby.state.checkpoints import open_store
 
         store = open_store(server.env)
-        assert store.flows().get("sec").spec["source"]["options"]["dsn"] == secret_dsn
-        assert store.flows().get("sec").spec["parallelism"] == 2
+        assert store.flow_store.get("sec").spec["source"]["options"]["dsn"] == secret_dsn
+        assert store.flow_store.get("sec").spec["parallelism"] == 2
         store.close()
         assert "hunter2" not in server.log_path.read_text()
     finally:
@@ -320,7 +320,7 @@ def test_bytewax_run_with_a_stored_flow(tmp_path, pgdb):
     env = server_env(tmp_path)
     spec = load_flow(flow_file(tmp_path, pgdb, "bw", duck=tmp_path / "bw.duckdb"))
     store = open_store(env)
-    store.flows().create(spec.id, spec.name, spec.model_dump(mode="json"))
+    store.flow_store.create(spec.id, spec.name, spec.model_dump(mode="json"))
     env.update(WALLABY_FLOW_ID="bw", WALLABY_MAX_EMPTY_READS="2")
     run = [sys.executable, "-m", "bytewax.run", "dataflows.flow:flow"]
     out = subprocess.run(run, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -329,5 +329,5 @@ def test_bytewax_run_with_a_stored_flow(tmp_path, pgdb):
     out = subprocess.run(run, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert duck_rows(tmp_path / "bw.duckdb") == pg_rows(pgdb)
-    assert store.flows().get("bw").generation == 2  # each run claimed a generation
+    assert store.flow_store.get("bw").generation == 2  # each run claimed a generation
     store.close()

@@ -135,7 +135,7 @@ def test_gate_holds_the_flow_until_decided(tmp_path, pgdb, decision):
     path.write_text(json.dumps(data))
     spec = load_flow(path)
     store = open_store({"WALLABY_CHECKPOINT_PATH": str(tmp_path / "store.db")})
-    store.flows().create(spec.id, spec.name, spec.model_dump(mode="json"))
+    store.flow_store.create(spec.id, spec.name, spec.model_dump(mode="json"))
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
     worker = _worker(tmp_path, "gated", log)
     try:
@@ -145,9 +145,9 @@ def test_gate_holds_the_flow_until_decided(tmp_path, pgdb, decision):
             c.execute("ALTER TABLE orders ADD COLUMN qty int")
             c.execute("INSERT INTO orders VALUES (2, 'after', 7)")
         deadline = time.monotonic() + 60
-        while not store.flows().list_ddl("pending", "gated") and time.monotonic() < deadline:
+        while not store.flow_store.list_ddl("pending", "gated") and time.monotonic() < deadline:
             time.sleep(0.2)
-        [event] = store.flows().list_ddl("pending", "gated")
+        [event] = store.flow_store.list_ddl("pending", "gated")
         assert "ADD COLUMN qty" in event.ddl and event.table == "public.orders"
         time.sleep(2)  # held: epochs keep completing, but nothing past the DDL is confirmed
         cp = store.get("gated", "gated_slot")
@@ -155,7 +155,7 @@ def test_gate_holds_the_flow_until_decided(tmp_path, pgdb, decision):
         text = (tmp_path / "worker.log").read_text()
         assert "ddl gate:" in text and "ADD COLUMN qty" in text
 
-        store.flows().set_ddl_status(event.id, decision)
+        store.flow_store.set_ddl_status(event.id, decision)
         target = current_lsn(pgdb)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -171,7 +171,7 @@ def test_gate_holds_the_flow_until_decided(tmp_path, pgdb, decision):
             worker.kill()
         log.close()
     assert duck_rows(tmp_path / "g.duckdb") == [(1, "before"), (2, "after")]
-    assert len(store.flows().list_ddl(flow_id="gated")) == 1  # the replay met the same record
+    assert len(store.flow_store.list_ddl(flow_id="gated")) == 1  # the replay met the same record
     store.close()
 
 

@@ -44,7 +44,7 @@ def test_second_worker_fences_the_first(tmp_path, pgdb):
     env = _env(tmp_path)
     store = open_store(env)
     flow = load_flow(path)
-    store.flows().create(flow.id, flow.name, flow.model_dump(mode="json"))
+    store.flow_store.create(flow.id, flow.name, flow.model_dump(mode="json"))
 
     stop = threading.Event()
     written = [0]
@@ -62,7 +62,7 @@ def test_second_worker_fences_the_first(tmp_path, pgdb):
     t = threading.Thread(target=writer)
     try:
         wait_streaming(pgdb, "fence_slot")
-        assert store.flows().get("fence").generation == 1
+        assert store.flow_store.get("fence").generation == 1
         t.start()
         deadline = time.monotonic() + 30
         while not store.list("fence") and time.monotonic() < deadline:
@@ -72,7 +72,7 @@ def test_second_worker_fences_the_first(tmp_path, pgdb):
         b = _worker(env, "fence", log_b)  # claims generation 2
         assert a.wait(60) == 3, (tmp_path / "a.log").read_text()[-3000:]
         assert "fenced off" in (tmp_path / "a.log").read_text()
-        assert store.flows().get("fence").generation == 2
+        assert store.flow_store.get("fence").generation == 2
         # A fenced worker cannot write a checkpoint, even if it tried.
         cp = store.get("fence", "fence_slot")
         with pytest.raises(FencedError):

@@ -60,7 +60,7 @@ def test_lifecycle_and_generations(db):
 
 def test_fenced_checkpoint_is_not_written(db):
     cps = Checkpoints(db, own_db=False)
-    flows = cps.flows()
+    flows = cps.flow_store
     flows.create("f", "f", {})
     gen = flows.claim("f")
     cps.put(Checkpoint("f", "s", 100, Position(90, 1), 1.0), generation=gen)

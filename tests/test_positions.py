@@ -341,11 +341,11 @@ def test_writers_store_judge_and_reset_their_high_water(tmp_path, pgdb, bucket, 
     """DuckDB, S3, pgstream and the spool: the high-water is stored with the source; another source is refused
     by name; a reset of that destination discards it."""
     from sinks.duckdb.writer import DuckDBWriter
+    from sinks.pgstream.options import PGStreamDestinationOptions
     from sinks.pgstream.writer import PGStreamWriter
     from sinks.s3.writer import S3Writer
     from sinks.spool import Spool
     from tests.test_sink_s3 import options as s3_options
-    from wallaby.core.destination_options import PGStreamDestinationOptions
 
     a, b = _check("111"), _check("222")
     makers = {

@@ -19,8 +19,11 @@ import boto3
 import psycopg
 import pytest
 
-from dataflows.flow import check_buildable
-from dataflows.preflight import check_duckdb_path, check_grpc_endpoint, check_http_url, preflight
+from dataflows.buildable import check_buildable
+from dataflows.preflight import preflight
+from sinks.duckdb.checks import check_duckdb_path
+from sinks.grpc.checks import check_grpc_endpoint
+from sinks.http.checks import check_http_url
 from tests import SERVER, WORKER
 from tests.kafka_broker import kafka_broker  # noqa: F401 - fixture
 from tests.s3_server import s3_server  # noqa: F401 - fixture

@@ -28,13 +28,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from dataflows.flow import check_buildable
+from dataflows.buildable import check_buildable
 from sinks.base import PermanentSinkError, WriterSink
 from sinks.duckdb.types import duckdb_type, numeric_precision_scale
 from sinks.duckdb.writer import DuckDBOptions, DuckDBWriter, _safe_dsn, duckdb_sink
 from tests.builders import Stream, col, dele, evolve, ins, load, numeric_typmod, table, table_changes, upd
+from wallaby.core import registry
 from wallaby.core.changes import OP_DDL, ChangeBatch, Position
-from wallaby.core.destination_options import DESTINATION_OPTIONS
 from wallaby.core.errors import ConfigError
 from wallaby.core.spec import parse_flow
 
@@ -766,8 +766,8 @@ def test_type_mappings_text_and_file(tmp_path):
 
 def test_option_defaults():
     o = DuckDBOptions(dsn="./data/warehouse.duckdb")
-    # One model: the flow spec's (wallaby.core.destination_options), which also holds the metadata options.
-    assert DuckDBOptions is DESTINATION_OPTIONS["duckdb"]
+    # One model: the flow spec's (sinks.duckdb.options), which also holds the metadata options.
+    assert DuckDBOptions is registry.plugin("duckdb").options
     assert o.model_dump(by_alias=True).items() >= {
         "dsn": "./data/warehouse.duckdb",
         "schema": None,

@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from sinks.base import PermanentSinkError, TransientSinkError
+from sinks.http.options import HTTPDestinationOptions
 from sinks.http.writer import RETRY_AFTER_CAP, HTTPWriter, idempotency_key, make_sink, retry_after_seconds, safe_url
 from tests import WORKER
 from tests.apiserver import ROOT, pg_rows, wait_streaming
@@ -31,7 +32,6 @@ from tests.conftest import _drop_database
 from tests.flows import drain, flow_spec, source_part
 from tests.http_receiver import Receiver, receiver  # noqa: F401 - fixture
 from wallaby.core.changes import ChangeBatch, Event, Position, parse_lsn
-from wallaby.core.destination_options import HTTPDestinationOptions
 from wallaby.core.options import WIRE_FORMATS
 from wallaby.wire import decode, record_json, segment_of
 from wallaby.wire.formats import CONTENT_TYPES

@@ -24,13 +24,13 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from sinks.base import PermanentSinkError, TransientSinkError
+from sinks.s3.options import S3DestinationOptions
 from sinks.s3.writer import S3Writer, make_client, make_sink, parse_object_name, state_key
 from tests import WORKER
 from tests.apiserver import wait_streaming
 from tests.flows import drain, flow_spec, source_part
 from tests.s3_server import s3_server  # noqa: F401 - fixture
 from wallaby.core.changes import ChangeBatch, Event, Position, TableChanges
-from wallaby.core.destination_options import S3DestinationOptions
 from wallaby.core.options import WIRE_FORMATS
 from wallaby.wire import decode, segment_of
 from wallaby.wire.formats import CONTENT_TYPES

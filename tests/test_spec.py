@@ -9,20 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from sinks.clickhouse.options import ClickHouseDestinationOptions
+from sinks.duckdb.options import DuckDBDestinationOptions
+from sinks.ducklake.options import DuckLakeDestinationOptions
+from sinks.grpc.options import GRPCDestinationOptions
+from sinks.http.options import HTTPDestinationOptions
+from sinks.kafka.options import KafkaDestinationOptions
+from sinks.pgstream.options import PGStreamDestinationOptions
+from sinks.s3.options import S3DestinationOptions
+from sinks.snowflake.options import SnowflakeDestinationOptions
+from sinks.snowpipe.options import SnowpipeDestinationOptions
+from sinks.sql.options import parse_type_mappings
 from tests.usage_facts import OPTION_SECTIONS, USAGE_MD, facts_from, load_facts
-from wallaby.core.destination_options import (
-    DESTINATION_OPTIONS,
-    ClickHouseDestinationOptions,
-    DuckDBDestinationOptions,
-    DuckLakeDestinationOptions,
-    GRPCDestinationOptions,
-    HTTPDestinationOptions,
-    KafkaDestinationOptions,
-    PGStreamDestinationOptions,
-    S3DestinationOptions,
-    SnowflakeDestinationOptions,
-    SnowpipeDestinationOptions,
-)
+from wallaby.core import registry
 from wallaby.core.errors import (
     ConfigError,
     FieldProblem,
@@ -43,11 +42,12 @@ from wallaby.core.options import (
     parse_duration,
     parse_headers,
     parse_int,
-    parse_type_mappings,
     rds_region_from_host,
     validate_options,
 )
 from wallaby.core.spec import DDLPolicy, FlowSpec, load_flow, parse_flow, slug
+
+DESTINATION_OPTIONS = registry.options_models()
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "flows" / "postgres_to_duckdb.json"

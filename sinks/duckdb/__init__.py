@@ -1,1 +1,41 @@
-"""The duckdb destination."""
+"""The duckdb destination: its options (:mod:`.options`), preflight check (:mod:`.checks`) and sink
+(:mod:`.writer`), registered as ``PLUGIN`` (entry point ``wallaby.destinations``). Importing this package does
+not import duckdb: the writer is imported when a sink is built or a stored position read."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from sinks.duckdb.checks import check_duckdb_path
+from sinks.duckdb.options import DuckDBDestinationOptions
+from wallaby.core.registry import Plugin
+
+if TYPE_CHECKING:
+    from sinks.base import WriterSink
+    from wallaby.core.changes import Position
+    from wallaby.core.identity import SourceCheck, SourceIdentity
+
+
+def _writer() -> ModuleType:
+    from sinks.duckdb import writer  # the duckdb driver: imported when a sink is built, not with the plugin
+
+    return writer
+
+
+def make_sink(name: str, flow_id: str, options: DuckDBDestinationOptions,
+              source: SourceCheck | None = None) -> WriterSink:
+    return _writer().make_sink(name, flow_id, options, source)
+
+
+def stored_position(name: str, flow_id: str,
+                    options: DuckDBDestinationOptions) -> tuple[Position, SourceIdentity | None, str] | None:
+    return _writer().stored_position(name, flow_id, options)
+
+
+def discard_position(name: str, flow_id: str, options: DuckDBDestinationOptions) -> None:
+    _writer().discard_position(name, flow_id, options)
+
+
+PLUGIN = Plugin(name="duckdb", options=DuckDBDestinationOptions, make_sink=make_sink,
+                stored_position=stored_position, discard_position=discard_position, checks=(check_duckdb_path,))

@@ -1,7 +1,7 @@
 """DuckDB destination: apply a flow's changes to tables in a DuckDB file.
 
 Options are :class:`DuckDBOptions` (spec/USAGE.md, "DuckDB Destination": the flow spec's own model,
-``wallaby.core.destination_options.DuckDBDestinationOptions``); the bytewax sink is
+``sinks.duckdb.options.DuckDBDestinationOptions``); the bytewax sink is
 :func:`duckdb_sink`, the writer :class:`DuckDBWriter`.
 
 Tables
@@ -72,7 +72,7 @@ Apply, ``write_mode=append``
     with ``__op='truncate'`` and NULL columns. Unchanged TOAST values are NULL
     (add the TOAST rehydration operator to fill them).
 
-Code: the options are in wallaby/destination_options.py, the merge of an epoch's segments into one Arrow table in
+Code: the options are in sinks/duckdb/options.py, the merge of an epoch's segments into one Arrow table in
 sinks/duckdb_merge.py, the apply SQL below in sinks/duckdb_apply.py, type mapping and widening in
 sinks/duckdb_types.py; this module is the writer (buffering, transactions, tables, schema evolution).
 
@@ -91,7 +91,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -99,10 +98,12 @@ from typing import Any, NoReturn
 import duckdb
 import pyarrow as pa
 
-from sinks.base import PermanentSinkError, Writer, WriterSink, source_json, trusted_high_water
+from sinks.base import HighWater, PermanentSinkError, Writer, WriterSink, source_json
 from sinks.duckdb.apply import APPEND_COLS, ApplyError, DestTable, apply_append, apply_keyed, apply_keyless, q
 from sinks.duckdb.merge import TruncateMark, merge_pending
+from sinks.duckdb.options import DuckDBDestinationOptions as DuckDBOptions
 from sinks.duckdb.types import canonical_type, duckdb_type, widens
+from sinks.retry import Steps, retry
 from wallaby.core.changes import (
     OP_DDL,
     OP_MESSAGE,
@@ -115,7 +116,6 @@ from wallaby.core.changes import (
     TableChanges,
     TableSchema,
 )
-from wallaby.core.destination_options import DuckDBDestinationOptions as DuckDBOptions
 from wallaby.core.identity import SourceCheck, SourceIdentity
 from wallaby.core.runtime import release_memory
 from wallaby.core.settings import on_import as settings_on_import
@@ -157,20 +157,17 @@ DUCKDB_THREADS = _SETTINGS.duckdb_threads
 # A DuckDB file is open in one process at a time. When a flow's worker is replaced (restart, takeover), the new one
 # waits this long for the old one to let go of the file.
 DUCKDB_LOCK_WAIT = _SETTINGS.duckdb_lock_wait
+_LOCK_STEPS = Steps(0.1, 2.0, 2.0)  # the waits while the file is held: 0.1 s doubling to 2 s
 
 
 def _connect(dsn: str, config: dict) -> duckdb.DuckDBPyConnection:
-    deadline = time.monotonic() + DUCKDB_LOCK_WAIT
-    delay = 0.1
-    while True:
-        try:
-            return duckdb.connect(dsn, config=config)
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() + delay > deadline:
-                raise
-            log.info("DuckDB %s is held by another process; waiting", _safe_dsn(dsn))
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+    """A connection to ``dsn``, waiting up to :data:`DUCKDB_LOCK_WAIT` (0.1 s doubling to 2 s) while another process
+    holds the file's lock."""
+    return retry(lambda: duckdb.connect(dsn, config=config), policy=_LOCK_STEPS,
+                 retryable=lambda exc: isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower(),
+                 deadline=DUCKDB_LOCK_WAIT,
+                 on_retry=lambda exc, attempt, delay: log.info("DuckDB %s is held by another process; waiting",
+                                                               _safe_dsn(dsn)))
 
 
 STATE_TABLE = "main.__wallaby_state"
@@ -182,13 +179,13 @@ def duckdb_sink(name: str, flow_id: str, options: DuckDBOptions, source: SourceC
     return WriterSink(name, lambda resume_state: DuckDBWriter(name, flow_id, options, resume_state, source=source))
 
 
-def make_sink(name: str, flow_id: str, options: Any, source: SourceCheck | None = None) -> WriterSink:
+def make_sink(name: str, flow_id: str, options: DuckDBOptions, source: SourceCheck | None = None) -> WriterSink:
     """The destination of a flow spec: its validated :class:`DuckDBOptions` (the metadata options are applied by
-    operators.metadata; the staging options are refused by dataflows.flow.check_buildable until they exist)."""
+    operators.metadata; the staging options are refused by dataflows.buildable.check_buildable until they exist)."""
     return duckdb_sink(name, flow_id, options, source)
 
 
-def discard_position(name: str, flow_id: str, options: Any) -> None:
+def discard_position(name: str, flow_id: str, options: DuckDBOptions) -> None:
     """Forget the high-water destination ``name`` holds for ``flow_id`` (a reset asked for by the user)."""
     con = _connect(str(Path(options.dsn).expanduser()), {})
     try:
@@ -197,7 +194,8 @@ def discard_position(name: str, flow_id: str, options: Any) -> None:
         con.close()
 
 
-def stored_position(name: str, flow_id: str, options: Any) -> tuple[Position, SourceIdentity | None, str] | None:
+def stored_position(name: str, flow_id: str,
+                    options: DuckDBOptions) -> tuple[Position, SourceIdentity | None, str] | None:
     """The high-water destination ``name`` holds for ``flow_id``, the source it came from and where it is, read
     without creating or locking anything (None: no file, no state, or the file is in use: the writer checks at open)."""
     dsn = options.dsn
@@ -314,12 +312,12 @@ class DuckDBWriter(Writer):
                 [flow_id, name]).fetchone()
         except duckdb.Error as exc:
             raise PermanentSinkError(name, f"cannot open DuckDB {self._dsn_shown}: {self._clean(exc)}") from None
-        self._stored = trusted_high_water(source, name, Position(int(row[0]), int(row[1])) if row else ZERO,
-                                          SourceIdentity.from_json(row[2]) if row else None,
-                                          f"DuckDB {self._dsn_shown} (destination {name!r})")
-        if row is not None and self._stored == ZERO:  # discarded by a reset: gone for good, even if nothing comes
+        # taken: everything at or below is in DuckDB (or buffered for this epoch); stored: committed
+        self._hw = HighWater.judged(source, name, Position(int(row[0]), int(row[1])) if row else ZERO,
+                                    SourceIdentity.from_json(row[2]) if row else None,
+                                    f"DuckDB {self._dsn_shown} (destination {name!r})")
+        if row is not None and self._hw.stored == ZERO:  # discarded by a reset: gone for good, even if nothing comes
             self._con.execute(f"DELETE FROM {STATE_TABLE} WHERE flow_id = ? AND destination = ?", [flow_id, name])
-        self._high = self._stored  # everything at or below is in DuckDB (or buffered for this epoch)
         if resume_state and row is None:
             log.info(
                 "destination %r: bytewax resume state %s but no high-water in DuckDB; applying what comes",
@@ -337,12 +335,12 @@ class DuckDBWriter(Writer):
     @property
     def high_water(self) -> Position:
         """The position of the last change this writer has taken (committed or buffered)."""
-        return self._high
+        return self._hw.taken
 
     def write(self, batch: ChangeBatch) -> None:
         self._check_usable()
-        hw = self._high
-        if batch.position <= hw:  # a replay: everything in it is already applied (or buffered)
+        hw = self._hw.taken
+        if self._hw.replayed(batch):  # a replay: everything in it is already applied (or buffered)
             self.stats["skipped_rows"] += len(batch)
             return
         for seg in batch.segments:
@@ -350,7 +348,7 @@ class DuckDBWriter(Writer):
                 self._take_rows(seg, hw)
             elif seg.position > hw:
                 self._take_event(seg)
-        self._high = batch.position
+        self._hw.advance(batch.position)
         if self._buffered_rows >= self.max_buffer_rows or self._buffered_bytes >= self.max_buffer_bytes:
             applied = self._buffered_bytes
             self._apply_pending()
@@ -365,23 +363,24 @@ class DuckDBWriter(Writer):
         self._check_usable()
         if self._pending:
             self._apply_pending()
-        if self._high > self._stored:
+        if self._hw.pending:
             self._begin()
             where = "flow_id = ? AND destination = ?"
             self._run(None, f"DELETE FROM {STATE_TABLE} WHERE {where}", [self.flow_id, self.name])
             self._run(
                 None,
                 f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?, now(), ?)",
-                [self.flow_id, self.name, self._high.lsn, self._high.ordinal, source_json(self.source)],
+                [self.flow_id, self.name, self._hw.taken.lsn, self._hw.taken.ordinal, source_json(self.source)],
             )
         if self._tx:
             self._run(None, "COMMIT")
             self._tx = False
             self._tx_bytes = 0
-            self._stored = self._high
-        if self._stored == ZERO:
+            self._hw.settle()
+        stored = self._hw.stored
+        if stored == ZERO:
             return None
-        return {"lsn": self._stored.lsn, "ordinal": self._stored.ordinal}
+        return {"lsn": stored.lsn, "ordinal": stored.ordinal}
 
     def close(self) -> None:
         con = getattr(self, "_con", None)

@@ -30,9 +30,12 @@ import grpc
 import orjson
 
 from sinks.base import PermanentSinkError, TransientSinkError, Writer, WriterSink
-from sinks.retry import Backoff
-from wallaby.core.changes import ChangeBatch
+from sinks.grpc.options import GRPCDestinationOptions
+from sinks.retry import Backoff, retry
+from wallaby.core.changes import ChangeBatch, format_lsn
 from wallaby.core.errors import redact_dsn
+from wallaby.core.identity import SourceCheck
+from wallaby.v1 import ingest_pb2, ingest_pb2_grpc, types_pb2
 from wallaby.wire import encode
 from wallaby.wire.jsonfmt import json_records
 
@@ -42,9 +45,12 @@ TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLI
                              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED})
 
 
+def _transient_rpc(exc: Exception) -> bool:
+    return isinstance(exc, grpc.RpcError) and exc.code() in TRANSIENT_CODES
+
+
 class GRPCWriter(Writer):
-    def __init__(self, name: str, flow_id: str, options: Any):
-        from wallaby.v1 import ingest_pb2_grpc
+    def __init__(self, name: str, flow_id: str, options: GRPCDestinationOptions):
 
         self.name = name
         self.flow_id = flow_id
@@ -76,7 +82,6 @@ class GRPCWriter(Writer):
         return grpc.secure_channel(o.endpoint, grpc.ssl_channel_credentials(root), options=opts)
 
     def _request(self, payload):
-        from wallaby.v1 import ingest_pb2, types_pb2
 
         if self.options.payload_mode == "record_json":
             seg = payload.segment
@@ -84,7 +89,6 @@ class GRPCWriter(Writer):
             fmt = types_pb2.WIRE_FORMAT_JSON
         else:
             data, fmt = payload.data, types_pb2.WireFormat.Value("WIRE_FORMAT_" + payload.format.upper())
-        from wallaby.core.changes import format_lsn
 
         cp = types_pb2.Checkpoint(lsn=format_lsn(payload.last.lsn), metadata={
             "ordinal": str(payload.last.ordinal), "first": str(payload.first), "table": payload.table})
@@ -96,30 +100,26 @@ class GRPCWriter(Writer):
             self._send(self._request(payload), payload)
 
     def _send(self, request, payload) -> None:
-        attempt = 0
-        while True:
-            try:
-                resp = self.stub.IngestBatch(request, metadata=self.metadata, timeout=self.options.timeout)
-            except grpc.RpcError as exc:
-                code = exc.code()
-                detail = redact_dsn(exc.details() or "")
-                if code not in TRANSIENT_CODES:
-                    raise PermanentSinkError(self.name, f"{self.options.endpoint} refused the batch of {payload.table}"
-                                                        f" at {payload.first}: {code.name}: {detail}") from None
-                if attempt >= self.options.max_retries:
-                    raise TransientSinkError(self.name, f"{self.options.endpoint}: {code.name}: {detail} (after"
-                                                        f" {attempt} retries)") from None
-                delay = self.backoff.delay(attempt)
-                log.warning("destination %s: %s: %s; retrying in %.2fs", self.name, code.name, detail, delay,
-                            extra={"flow": self.flow_id})
-                self.backoff.sleep(delay)
-                attempt += 1
-                continue
-            if not resp.accepted:
-                raise PermanentSinkError(self.name, f"{self.options.endpoint} did not accept the batch of"
-                                                    f" {payload.table} at {payload.first}: {resp.message}")
-            self.sent += payload.rows
-            return
+        def log_retry(exc: Exception, attempt: int, delay: float) -> None:
+            log.warning("destination %s: %s: %s; retrying in %.2fs", self.name, exc.code().name,
+                        redact_dsn(exc.details() or ""), delay, extra={"flow": self.flow_id})
+
+        try:
+            resp = retry(lambda: self.stub.IngestBatch(request, metadata=self.metadata, timeout=self.options.timeout),
+                         policy=self.backoff, retryable=_transient_rpc,
+                         attempts=self.options.max_retries + 1, on_retry=log_retry, sleep=self.backoff.sleep)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            detail = redact_dsn(exc.details() or "")
+            if code not in TRANSIENT_CODES:
+                raise PermanentSinkError(self.name, f"{self.options.endpoint} refused the batch of {payload.table}"
+                                                    f" at {payload.first}: {code.name}: {detail}") from None
+            raise TransientSinkError(self.name, f"{self.options.endpoint}: {code.name}: {detail} (after"
+                                                f" {self.options.max_retries} retries)") from None
+        if not resp.accepted:
+            raise PermanentSinkError(self.name, f"{self.options.endpoint} did not accept the batch of"
+                                                f" {payload.table} at {payload.first}: {resp.message}")
+        self.sent += payload.rows
 
     def commit(self) -> Any:
         return {"sent": self.sent}
@@ -128,6 +128,7 @@ class GRPCWriter(Writer):
         self.channel.close()
 
 
-def make_sink(name: str, flow_id: str, options: Any, source: Any = None) -> WriterSink:
+def make_sink(name: str, flow_id: str, options: GRPCDestinationOptions,
+              source: SourceCheck | None = None) -> WriterSink:
     # no high-water of its own (at least once, positions in every record): ``source`` is not needed
     return WriterSink(name, lambda resume_state: GRPCWriter(name, flow_id, options))

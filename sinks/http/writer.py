@@ -69,9 +69,11 @@ import urllib3
 from urllib3.util import parse_url
 
 from sinks.base import PermanentSinkError, TransientSinkError, Writer, WriterSink
-from sinks.retry import Backoff
+from sinks.http.options import HTTPDestinationOptions
+from sinks.retry import Backoff, retry
 from wallaby.core.changes import LSN_COL, ORD_COL, WAL_COL, ChangeBatch, Event, Position, TableChanges, parse_lsn
-from wallaby.core.errors import redact_dsn
+from wallaby.core.errors import TransientError, redact_dsn
+from wallaby.core.identity import SourceCheck
 from wallaby.wire import WireSegment, encode, segment_of
 from wallaby.wire.jsonfmt import first_json_record, json_records
 from wallaby.wire.model import row_keys
@@ -133,7 +135,7 @@ class _Request:
 
 
 class HTTPWriter(Writer):
-    def __init__(self, name: str, flow_id: str, options: Any, resume_state: Any = None):
+    def __init__(self, name: str, flow_id: str, options: HTTPDestinationOptions, resume_state: Any = None):
         self.name, self.flow_id, self.options = name, flow_id, options
         u = parse_url(options.url)
         self.display_url = safe_url(options.url)
@@ -221,34 +223,37 @@ class HTTPWriter(Writer):
 
     def _send(self, req: _Request) -> None:
         headers = self._headers(req)
-        attempt = 0
-        while True:
-            retry_after = None
-            try:
-                resp = self.pool.request(self.options.method, self.url, body=req.body, headers=headers,
-                                         retries=False, redirect=False, preload_content=True)
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                problem = _describe(exc, self.options.timeout)
-            else:
-                status = resp.status
-                if 200 <= status < 300:
-                    return
-                if status not in RETRY_STATUSES and status < 500:
-                    body = resp.data[:4 * BODY_EXCERPT].decode("utf-8", "replace")[:BODY_EXCERPT]
-                    raise PermanentSinkError(self.name, f"{self.display_url} refused the changes of"
-                                                        f" {req.table or 'an event'} at {req.first}: HTTP {status}"
-                                                        f" {resp.reason or ''}{_REDIRECT if status < 400 else ''}:"
-                                                        f" {redact_dsn(body)!r}")
-                problem = f"HTTP {status} {resp.reason or ''}".rstrip()
-                retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
-            if attempt >= self.options.max_retries:
-                raise TransientSinkError(self.name, f"{self.display_url}: {problem} (after {attempt} retries)",
-                                         retry_after=retry_after) from None
-            delay = self.backoff.delay(attempt, retry_after)
-            log.warning("destination %s: %s: %s; retry %d/%d in %.2fs", self.name, self.display_url, problem,
+
+        def log_retry(exc: Exception, attempt: int, delay: float) -> None:
+            log.warning("destination %s: %s: %s; retry %d/%d in %.2fs", self.name, self.display_url, exc,
                         attempt + 1, self.options.max_retries, delay, extra={"flow": self.flow_id})
-            self.backoff.sleep(delay)
-            attempt += 1
+
+        try:
+            retry(lambda: self._request_once(req, headers), policy=self.backoff,
+                  retryable=lambda exc: isinstance(exc, _Retryable), attempts=self.options.max_retries + 1,
+                  on_retry=log_retry, sleep=self.backoff.sleep)
+        except _Retryable as exc:
+            raise TransientSinkError(self.name, f"{self.display_url}: {exc} (after {self.options.max_retries}"
+                                                " retries)", retry_after=exc.retry_after) from None
+
+    def _request_once(self, req: _Request, headers: dict[str, str]) -> None:
+        """One request: returns on 2xx, raises :class:`PermanentSinkError` or :class:`_Retryable`."""
+        try:
+            resp = self.pool.request(self.options.method, self.url, body=req.body, headers=headers,
+                                     retries=False, redirect=False, preload_content=True)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _Retryable(_describe(exc, self.options.timeout)) from None
+        status = resp.status
+        if 200 <= status < 300:
+            return
+        if status not in RETRY_STATUSES and status < 500:
+            body = resp.data[:4 * BODY_EXCERPT].decode("utf-8", "replace")[:BODY_EXCERPT]
+            raise PermanentSinkError(self.name, f"{self.display_url} refused the changes of"
+                                                f" {req.table or 'an event'} at {req.first}: HTTP {status}"
+                                                f" {resp.reason or ''}{_REDIRECT if status < 400 else ''}:"
+                                                f" {redact_dsn(body)!r}")
+        raise _Retryable(f"HTTP {status} {resp.reason or ''}".rstrip(),
+                         retry_after_seconds(resp.headers.get("Retry-After")))
 
     def commit(self) -> Any:
         return {"delivered": self.delivered, "requests": self.requests,
@@ -256,6 +261,14 @@ class HTTPWriter(Writer):
 
     def close(self) -> None:
         self.pool.clear()
+
+
+class _Retryable(TransientError):
+    """A request worth sending again: what went wrong (the text) and the server's Retry-After, if any."""
+
+    def __init__(self, problem: str, retry_after: float | None = None):
+        super().__init__(problem)
+        self.retry_after = retry_after
 
 
 def _describe(exc: BaseException, timeout: float) -> str:
@@ -266,7 +279,8 @@ def _describe(exc: BaseException, timeout: float) -> str:
     return redact_dsn(f"connection failed: {type(exc).__name__}: {reason}")
 
 
-def make_sink(name: str, flow_id: str, options: Any, source: Any = None) -> WriterSink:
+def make_sink(name: str, flow_id: str, options: HTTPDestinationOptions,
+              source: SourceCheck | None = None) -> WriterSink:
     # no high-water of its own (at least once, positions in every record): ``source`` is not needed
-    """The destination of a flow spec (``wallaby.core.destination_options.HTTPDestinationOptions``)."""
+    """The destination of a flow spec (``sinks.http.options.HTTPDestinationOptions``)."""
     return WriterSink(name, lambda resume_state: HTTPWriter(name, flow_id, options, resume_state))

@@ -41,9 +41,12 @@ import orjson
 import pyarrow as pa
 
 from sinks.base import PermanentSinkError, TransientSinkError, Writer, WriterSink
+from sinks.kafka.options import KafkaDestinationOptions
+from sinks.retry import Steps, retry
 from wallaby.core import settings
 from wallaby.core.changes import ChangeBatch, Event, TableChanges
 from wallaby.core.errors import redact_dsn
+from wallaby.core.identity import SourceCheck
 from wallaby.wire import WirePayload, encode_segment, segment_of
 from wallaby.wire.model import row_keys
 
@@ -88,9 +91,19 @@ def kafka_error(name: str, err: Any, what: str) -> PermanentSinkError | Transien
     return TransientSinkError(name, text) if kafka_transient(err) else PermanentSinkError(name, text)
 
 
+_TOPIC_STEPS = Steps(0.5)  # the wait between two looks at a topic's metadata
+
+
+class _TopicNotReady(Exception):
+    """The topic has no partitions yet (``err``: the transient ``KafkaError`` the brokers answered, or None)."""
+
+    def __init__(self, err: Any):
+        super().__init__(err)
+        self.err = err
+
 
 class KafkaWriter(Writer):
-    def __init__(self, name: str, flow_id: str, options: Any):
+    def __init__(self, name: str, flow_id: str, options: KafkaDestinationOptions):
         from confluent_kafka import KafkaException, Producer
 
         self.name, self.flow_id, self.options = name, flow_id, options
@@ -122,13 +135,12 @@ class KafkaWriter(Writer):
 
     def _partition_count(self) -> int:
         """The topic's partitions. A topic the brokers create on first use answers "unknown" or "no leader" for
-        a moment: asked again for up to 30 s."""
-        import time
-
+        a moment: asked again every 0.5 s until more than 30 s have passed."""
         from confluent_kafka import KafkaError, KafkaException
 
-        deadline = time.monotonic() + 30
-        while True:
+        what = f"topic {self.topic!r} is not usable on brokers {self._brokers}"
+
+        def ask() -> int:
             try:
                 md = self.producer.list_topics(self.topic, timeout=30)
             except KafkaException as exc:  # no broker answered (transport, timeout) or one refused us (auth)
@@ -138,17 +150,22 @@ class KafkaWriter(Writer):
             if topic is not None and topic.error is None and topic.partitions:
                 return len(topic.partitions)
             err = topic.error if topic is not None else None
-            what = f"topic {self.topic!r} is not usable on brokers {self._brokers}"
             if err is not None and not kafka_transient(err):  # not authorized, invalid name
                 raise kafka_error(self.name, err, what)
-            if time.monotonic() > deadline:
-                if err is not None and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    raise PermanentSinkError(self.name, f"{what}: it does not exist and the brokers do not create"
-                                                        " it (create it, or enable auto.create.topics.enable)")
-                if err is not None:
-                    raise kafka_error(self.name, err, what + " (for 30 s)")
-                raise TransientSinkError(self.name, f"{what}: no partitions (for 30 s)")
-            time.sleep(0.5)
+            raise _TopicNotReady(err)
+
+        try:
+            # a wait starts only if it ends within deadline: asked again while at most 30 s have passed
+            return retry(ask, policy=_TOPIC_STEPS, retryable=lambda exc: isinstance(exc, _TopicNotReady),
+                         deadline=30 + _TOPIC_STEPS.first)
+        except _TopicNotReady as exc:
+            err = exc.err
+            if err is not None and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise PermanentSinkError(self.name, f"{what}: it does not exist and the brokers do not create"
+                                                    " it (create it, or enable auto.create.topics.enable)") from None
+            if err is not None:
+                raise kafka_error(self.name, err, what + " (for 30 s)") from None
+            raise TransientSinkError(self.name, f"{what}: no partitions (for 30 s)") from None
 
     # -- splitting ------------------------------------------------------------------------------
     def _payloads(self, seg: TableChanges) -> list[tuple[int, WirePayload, Any]]:
@@ -258,6 +275,7 @@ class KafkaWriter(Writer):
         self.producer.flush(5)
 
 
-def make_sink(name: str, flow_id: str, options: Any, source: Any = None) -> WriterSink:
+def make_sink(name: str, flow_id: str, options: KafkaDestinationOptions,
+              source: SourceCheck | None = None) -> WriterSink:
     # no high-water of its own (at least once, positions in every record): ``source`` is not needed
     return WriterSink(name, lambda resume_state: KafkaWriter(name, flow_id, options))

@@ -36,7 +36,8 @@ from typing import Any
 
 import psycopg
 
-from sinks.base import PermanentSinkError, TransientSinkError, Writer, WriterSink, source_json, trusted_high_water
+from sinks.base import HighWater, PermanentSinkError, TransientSinkError, Writer, WriterSink, source_json
+from sinks.pgstream.options import PGStreamDestinationOptions
 from wallaby.core.changes import ZERO, ChangeBatch, Position, format_lsn
 from wallaby.core.errors import is_transient, redact_dsn
 from wallaby.core.identity import SourceCheck, SourceIdentity
@@ -92,7 +93,7 @@ def _lock_stream(conn: psycopg.Connection, stream: str, mode: str) -> None:
 
 
 class PGStreamWriter(Writer):
-    def __init__(self, name: str, flow_id: str, options: Any, source: SourceCheck | None = None):
+    def __init__(self, name: str, flow_id: str, options: PGStreamDestinationOptions, source: SourceCheck | None = None):
         self.name, self.flow_id, self.options = name, flow_id, options
         self.source = source
         self.stream = options.stream or name
@@ -105,25 +106,25 @@ class PGStreamWriter(Writer):
                 " WHERE stream = %s AND flow_id = %s AND destination = %s", (self.stream, flow_id, name)).fetchone()
         except psycopg.Error as exc:
             raise _pg_error(name, exc, f"cannot open the stream tables in {self._shown}") from None
-        self.high = trusted_high_water(source, name, Position(int(row[0]), int(row[1])) if row else ZERO,
-                                       SourceIdentity.from_json(row[2]) if row else None,
-                                       f"stream {self.stream!r} in {self._shown} (destination {name!r})")
-        if row is not None and self.high == ZERO:  # discarded by a reset: gone for good, even if nothing comes
+        # stored: the epochs committed to the stream; taken: through the pending payloads
+        self.hw = HighWater.judged(source, name, Position(int(row[0]), int(row[1])) if row else ZERO,
+                                   SourceIdentity.from_json(row[2]) if row else None,
+                                   f"stream {self.stream!r} in {self._shown} (destination {name!r})")
+        if row is not None and self.hw.stored == ZERO:  # discarded by a reset: gone for good, even if nothing comes
             self.conn.execute("DELETE FROM wallaby.stream_state WHERE stream = %s AND flow_id = %s"
                               " AND destination = %s", (self.stream, flow_id, name))
         self.pending: list = []
-        self.pending_high = self.high
 
     def write(self, batch: ChangeBatch) -> None:
-        later = batch.since(self.pending_high)
-        if later is None:
+        if self.hw.replayed(batch):
             return  # a replay of what the stream holds
+        later = batch.since(self.hw.taken)
         self.pending.extend(encode(later, self.options.format))
-        self.pending_high = batch.position
+        self.hw.advance(batch.position)
 
     def commit(self) -> Any:
-        if self.pending_high == self.high:
-            return {"position": self.high.to_state()}
+        if not self.hw.pending:
+            return {"position": self.hw.stored.to_state()}
         try:
             with self.conn.transaction():
                 _lock_stream(self.conn, self.stream, "SHARE")
@@ -144,24 +145,25 @@ class PGStreamWriter(Writer):
                     " source) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (stream, flow_id, destination) DO UPDATE"
                     " SET position_lsn = excluded.position_lsn, position_ordinal = excluded.position_ordinal,"
                     " source = excluded.source, updated_at = now()",
-                    (self.stream, self.flow_id, self.name, self.pending_high.lsn, self.pending_high.ordinal,
+                    (self.stream, self.flow_id, self.name, self.hw.taken.lsn, self.hw.taken.ordinal,
                      source_json(self.source)))
         except psycopg.Error as exc:
             raise _pg_error(self.name, exc, f"cannot write the epoch to stream {self.stream!r} in"
                                             f" {self._shown}") from None
-        self.high = self.pending_high
+        self.hw.settle()
         self.pending = []
-        return {"position": self.high.to_state()}
+        return {"position": self.hw.stored.to_state()}
 
     def close(self) -> None:
         self.conn.close()
 
 
-def make_sink(name: str, flow_id: str, options: Any, source: SourceCheck | None = None) -> WriterSink:
+def make_sink(name: str, flow_id: str, options: PGStreamDestinationOptions,
+              source: SourceCheck | None = None) -> WriterSink:
     return WriterSink(name, lambda resume_state: PGStreamWriter(name, flow_id, options, source))
 
 
-def discard_position(name: str, flow_id: str, options: Any) -> None:
+def discard_position(name: str, flow_id: str, options: PGStreamDestinationOptions) -> None:
     """Forget the high-water destination ``name`` holds for ``flow_id`` (a reset asked for by the user)."""
     with psycopg.connect(options.dsn, autocommit=True, connect_timeout=10,
                          application_name=f"wallaby-reset:{flow_id}") as conn:
@@ -169,7 +171,8 @@ def discard_position(name: str, flow_id: str, options: Any) -> None:
                      (options.stream or name, flow_id, name))
 
 
-def stored_position(name: str, flow_id: str, options: Any) -> tuple[Position, SourceIdentity | None, str] | None:
+def stored_position(name: str, flow_id: str,
+                    options: PGStreamDestinationOptions) -> tuple[Position, SourceIdentity | None, str] | None:
     """The high-water destination ``name`` holds for ``flow_id`` and its source, read without creating anything
     (None: no stream table or no row)."""
     with psycopg.connect(options.dsn, autocommit=True, connect_timeout=10,

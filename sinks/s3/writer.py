@@ -59,13 +59,14 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, Inc
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from sinks.base import (
+    HighWater,
     PermanentSinkError,
     SinkError,
     TransientSinkError,
     Writer,
     WriterSink,
-    trusted_high_water,
 )
+from sinks.s3.options import S3DestinationOptions
 from wallaby.core.changes import (
     BEFORE_PREFIX,
     LSN_COL,
@@ -126,7 +127,7 @@ def _esc(text: str) -> str:
     return quote(text, safe="")
 
 
-def make_client(options: Any, **config: Any) -> Any:
+def make_client(options: S3DestinationOptions, **config: Any) -> Any:
     """The boto3 S3 client the options describe (no request is made); ``config`` overrides botocore ``Config``
     settings (the preflight's short timeouts)."""
     s3_cfg: dict[str, Any] = {"addressing_style": "path" if options.force_path_style else "auto"}
@@ -224,8 +225,8 @@ def partition_dirs(seg: TableChanges, partition_by: list[str]) -> list[str]:
 class S3Writer(Writer):
     """Uploads each batch's objects; ``commit`` waits for them and stores the high-water (module docstring)."""
 
-    def __init__(self, name: str, flow_id: str, options: Any, resume_state: Any = None, *, client: Any = None,
-                 source: SourceCheck | None = None):
+    def __init__(self, name: str, flow_id: str, options: S3DestinationOptions, resume_state: Any = None, *,
+                 client: Any = None, source: SourceCheck | None = None):
         self.name = name
         self.flow_id = flow_id
         self.options = options
@@ -244,14 +245,13 @@ class S3Writer(Writer):
         self._failed: str | None = None
         self.source = source  # the flow's source: the stored high-water is judged against it, and stored with it
         stored, identity = self._read_state()
-        self._stored = trusted_high_water(source, name, stored, identity,
-                                          f"s3://{self.bucket}/{self.state_key} (destination {name!r})")
-        self._high = self._stored
-        if stored != ZERO and self._stored == ZERO:  # discarded by a reset: gone for good, even if nothing comes
+        self._hw = HighWater.judged(source, name, stored, identity,
+                                    f"s3://{self.bucket}/{self.state_key} (destination {name!r})")
+        if stored != ZERO and self._hw.stored == ZERO:  # discarded by a reset: gone for good, even if nothing comes
             self._s3(f"deleting the state object {self.state_key}", "delete_object", Key=self.state_key)
         # objects of a crashed epoch are only this source's when the high-water was kept
-        self._skip, self._skip_max = self._find_orphans() if self._stored == stored else (set(), ZERO)
-        if resume_state and self._stored == ZERO:
+        self._skip, self._skip_max = self._find_orphans() if self._hw.stored == stored else (set(), ZERO)
+        if resume_state and self._hw.stored == ZERO:
             log.info("destination %r: bytewax resume state %s but no state object at %s; writing what comes",
                      name, resume_state, self.state_key, extra=self.extra)
 
@@ -259,23 +259,23 @@ class S3Writer(Writer):
 
     @property
     def high_water(self) -> Position:
-        return self._high
+        return self._hw.taken
 
     def write(self, batch: ChangeBatch) -> None:
         self._check_usable()
-        if batch.position <= self._high:
+        if self._hw.replayed(batch):
             self.stats["skipped_changes"] += len(batch)
             return
         for seg in batch.segments:
             if isinstance(seg, Event):
-                if seg.position <= self._high or (seg.position.lsn, seg.position.ordinal) in self._skip:
+                if self._hw.holds(seg.position) or (seg.position.lsn, seg.position.ordinal) in self._skip:
                     self.stats["skipped_changes"] += 1
                     continue
                 self._submit(f"{self.base}{EVENTS_DIR}/", seg)
             elif len(seg):
                 self._write_rows(seg)
-        self._high = max(self._high, batch.position)
-        if self._skip and self._high >= self._skip_max:
+        self._hw.advance(batch.position)
+        if self._skip and self._hw.taken >= self._skip_max:
             self._skip, self._skip_max = set(), ZERO
         while len(self._in_flight) > MAX_IN_FLIGHT:
             self._wait(self._in_flight.popleft())
@@ -288,15 +288,17 @@ class S3Writer(Writer):
 
     def commit(self) -> dict[str, int] | None:
         self.flush()
-        if self._high > self._stored:
-            body = orjson.dumps({"flow_id": self.flow_id, "destination": self.name, "lsn": self._high.lsn,
-                                 "ordinal": self._high.ordinal, "position": str(self._high),
+        if self._hw.pending:
+            high = self._hw.taken
+            body = orjson.dumps({"flow_id": self.flow_id, "destination": self.name, "lsn": high.lsn,
+                                 "ordinal": high.ordinal, "position": str(high),
                                  "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                  "source": self.source.current.to_json() if self.source else None})
             self._s3(f"writing the state object {self.state_key}", "put_object", Key=self.state_key, Body=body,
                      ContentType="application/json")
-            self._stored = self._high
-        return None if self._stored == ZERO else {"lsn": self._stored.lsn, "ordinal": self._stored.ordinal}
+            self._hw.settle()
+        stored = self._hw.stored
+        return None if stored == ZERO else {"lsn": stored.lsn, "ordinal": stored.ordinal}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -305,7 +307,7 @@ class S3Writer(Writer):
 
     def _write_rows(self, seg: TableChanges) -> None:
         n = len(seg)
-        later = seg.since(self._high)
+        later = seg.since(self._hw.taken)
         if later is not None and self._skip:
             pos = zip(later.rows.column(LSN_COL).to_pylist(), later.rows.column(ORD_COL).to_pylist(), strict=True)
             keep = [(lsn, o) not in self._skip for lsn, o in pos]
@@ -414,7 +416,7 @@ class S3Writer(Writer):
                         continue
                     parsed = parse_object_name(key)
                     if (parsed and parsed[0] == self.flow_id and parsed[3] == ext and parsed[4] == self.gzip
-                            and parsed[2] > self._stored):
+                            and parsed[2] > self._hw.stored):
                         orphans.append(key)
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, f"listing s3://{self.bucket}/{self.base}") from None
@@ -429,7 +431,7 @@ class S3Writer(Writer):
             skip.update((r.lsn, r.ordinal) for r in seg.records)
         top = Position(*max(skip)) if skip else ZERO
         log.info("destination %r: s3://%s/%s at %s; high-water %s, %d object(s) of a crashed epoch above it"
-                 " holding %d change(s)", self.name, self.bucket, self.base, self.endpoint, self._stored,
+                 " holding %d change(s)", self.name, self.bucket, self.base, self.endpoint, self._hw.stored,
                  len(orphans), len(skip), extra=self.extra)
         return skip, top
 
@@ -461,17 +463,18 @@ def _code(exc: ClientError) -> tuple[str, int]:
     return str(err.get("Code", "")), int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
-def make_sink(name: str, flow_id: str, options: Any, source: SourceCheck | None = None) -> WriterSink:
-    """The destination of a flow spec (``wallaby.core.destination_options.S3DestinationOptions``)."""
+def make_sink(name: str, flow_id: str, options: S3DestinationOptions, source: SourceCheck | None = None) -> WriterSink:
+    """The destination of a flow spec (``sinks.s3.options.S3DestinationOptions``)."""
     return WriterSink(name, lambda resume_state: S3Writer(name, flow_id, options, resume_state, source=source))
 
 
-def discard_position(name: str, flow_id: str, options: Any) -> None:
+def discard_position(name: str, flow_id: str, options: S3DestinationOptions) -> None:
     """Forget the high-water destination ``name`` holds for ``flow_id`` (a reset asked for by the user)."""
     make_client(options).delete_object(Bucket=options.bucket, Key=state_key(options.prefix, flow_id, name))
 
 
-def stored_position(name: str, flow_id: str, options: Any) -> tuple[Position, SourceIdentity | None, str] | None:
+def stored_position(name: str, flow_id: str,
+                    options: S3DestinationOptions) -> tuple[Position, SourceIdentity | None, str] | None:
     """The high-water destination ``name`` holds for ``flow_id`` and its source (None: no state object).
     Reading it is the preflight's check that the bucket is there and readable, too."""
     client = make_client(options)

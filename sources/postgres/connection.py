@@ -13,6 +13,7 @@ import psycopg
 from psycopg import conninfo, pq
 
 from sources.postgres.pgtypes import SESSION_SETTINGS, libpq_options
+from sources.postgres.rds_iam import password_for
 from wallaby.core.errors import TRANSIENT_SQLSTATES as TRANSIENT_SQLSTATES
 from wallaby.core.errors import SourceError, TerminalSourceError, TransientSourceError, redact_dsn
 from wallaby.core.errors import is_transient as is_transient  # the one classifier, by SQLSTATE for psycopg errors
@@ -127,7 +128,6 @@ def _params(dsn: str, replication: bool, application_name: str) -> dict:
     params.setdefault("connect_timeout", "10")
     if replication:
         params["replication"] = "database"
-    from sources.postgres.rds_iam import password_for
 
     token = password_for(dsn)
     if token is not None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import psycopg
 
 from sources.postgres.connection import connect, quote_ident, quote_literal, server_name, simple_query
+from sources.postgres.ddl_capture import install_ddl_capture
+from sources.postgres.rds_iam import register
 from sources.postgres.source_state import (
     ensure_state,
     ensure_state_table,
@@ -22,6 +24,7 @@ from sources.postgres.source_state import (
     read_slot_rows,
     slot_id_of,
 )
+from wallaby.core.changes import parse_lsn
 from wallaby.core.errors import SourceError, TerminalSourceError, TransientSourceError, is_transient
 
 log = logging.getLogger("wallaby.source")
@@ -54,7 +57,6 @@ def proto_version_for(server_version: int) -> int:
 def _lsn(text: str | None) -> int | None:
     if not text:
         return None
-    from wallaby.core.changes import parse_lsn
 
     return parse_lsn(text)
 
@@ -143,7 +145,6 @@ def prepare_source(opts, flow_id: str, system_id: str | None = None) -> SourcePl
     (a session advisory lock), so the same flow started twice at once does not race on the publication.
     ``system_id``: the server's, when the caller has read it already (else it is asked for)."""
     if getattr(opts, "aws_rds_iam", False):
-        from sources.postgres.rds_iam import register
 
         register(opts, flow_id)
     server = server_name(opts.dsn)
@@ -204,7 +205,6 @@ def _prepare(conn: psycopg.Connection, opts, flow_id: str, server: str, system_i
 
     # -- creation ---------------------------------------------------------------------
     if opts.capture_ddl:  # first: it is the one step that needs a superuser, and it checks that up front
-        from sources.postgres.ddl_capture import install_ddl_capture
 
         install_ddl_capture(conn, opts, flow_id)
     if not pub_exists:

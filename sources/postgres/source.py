@@ -30,6 +30,7 @@ from sources.postgres.batcher import Batcher, TableState
 from sources.postgres.connection import connect, is_transient, server_name
 from sources.postgres.ddl_gate import DROP, HOLD, POLL_SECONDS, DDLGate
 from sources.postgres.pgoutput import DecodeError, Relation, TypeInfo
+from sources.postgres.rds_iam import register
 from sources.postgres.reader import StreamReader, drain
 from sources.postgres.replication import ReplicationStream, StreamClosed
 from sources.postgres.setup import prepare_source, proto_version_for
@@ -43,12 +44,14 @@ from wallaby.core.changes import (
     TableChanges,
     TableSchema,
     format_lsn,
+    parse_lsn,
 )
 from wallaby.core.errors import SourceError
 from wallaby.core.identity import DISCARD, SourceCheck, SourceIdentity
 from wallaby.core.runtime import STOP, tune_gc, tune_memory
 from wallaby.core.spec import DDLPolicy
 from wallaby.state.checkpoints import Checkpoint, CheckpointStore
+from wallaby.state.flowstore import FlowStore
 
 log = logging.getLogger("wallaby.source")
 
@@ -129,8 +132,10 @@ class PostgresSource(FixedPartitionedSource):
                  max_empty_reads: int | None = None, checkpoints: CheckpointStore | None = None,
                  prepared: bool = False, stop_at_lsn: int | None = None, generation: int | None = None,
                  ddl_policy: Any = None, keep_wal: bool = False, source_check: SourceCheck | None = None,
-                 resume: Checkpoint | object | None = READ_CHECKPOINT):
+                 resume: Checkpoint | object | None = READ_CHECKPOINT, flows: FlowStore | None = None):
         self.flow_id = flow_id
+        # the flow store: the DDL gate's events and the generation fence (None: no gate events, no fence)
+        self.flows = flows
         # the source as found at start: stored positions are judged against it, and written with it
         self.source_check = source_check
         # where to resume without recovery state: a checkpoint vetted at start (dataflows.positions), None for
@@ -163,7 +168,6 @@ class _PostgresPartition(StatefulSourcePartition):
         self._fence()
         self.server = server_name(opts.dsn)
         if opts.aws_rds_iam:
-            from sources.postgres.rds_iam import register
 
             register(opts, self.flow_id)
         plan = prepare_source(opts, self.flow_id) if not src.prepared else None
@@ -205,8 +209,7 @@ class _PostgresPartition(StatefulSourcePartition):
         # in the snapshot, so a drift read but not emitted (read ahead, a reconnect, a held DDL, a restart) is
         # found again when its Relation message comes again.
         self.shapes: dict[int, TableSchema] = shapes_from_state(resume_state.get("shapes") if resume_state else None)
-        flows = src.checkpoints.flows() if src.checkpoints is not None and hasattr(src.checkpoints, "flows") else None
-        self.gate = DDLGate(self.flow_id, src.ddl_policy or DDLPolicy(gate=False), flows)
+        self.gate = DDLGate(self.flow_id, src.ddl_policy or DDLPolicy(gate=False), src.flows)
         self.held: Event | None = None  # a ddl event the gate holds the flow at
         self.held_check = 0.0
         self.reader: StreamReader | None = None  # reads and decodes the stream on its own thread
@@ -271,8 +274,8 @@ class _PostgresPartition(StatefulSourcePartition):
     # -- status -------------------------------------------------------------------------
     def _fence(self) -> None:
         """Stop here if a newer worker of this flow took over (before the slot or the checkpoint moves)."""
-        if self.src.generation is not None and self.src.checkpoints is not None:
-            self.src.checkpoints.flows().check_generation(self.flow_id, self.src.generation)
+        if self.src.generation is not None and self.src.flows is not None:
+            self.src.flows.check_generation(self.flow_id, self.src.generation)
 
     def _confirm(self, lsn: int) -> None:
         self._fence()
@@ -470,7 +473,6 @@ def _server_version(dsn: str) -> int:
 
 
 def _slot_confirmed(dsn: str, slot: str) -> int | None:
-    from wallaby.core.changes import parse_lsn
 
     with connect(dsn) as conn:
         row = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",

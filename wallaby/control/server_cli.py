@@ -23,8 +23,12 @@ import signal
 import sys
 import threading
 
+from wallaby.control.api.manager import FlowManager
+from wallaby.control.api.server import APIServer, ServerSettings
 from wallaby.core import logs
 from wallaby.core.errors import ConfigError, WallabyError, redact_dsn
+from wallaby.core.spec import default_wire_format
+from wallaby.state.checkpoints import open_store
 
 log = logging.getLogger("wallaby.api")
 
@@ -72,10 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             os.environ[var] = value
     logs.setup(None)
-    from wallaby.control.api.manager import FlowManager
-    from wallaby.control.api.server import APIServer, ServerSettings
-    from wallaby.core.spec import default_wire_format
-    from wallaby.state.checkpoints import open_store
 
     try:
         settings = ServerSettings.from_env(os.environ)

@@ -47,10 +47,17 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
+from dataflows.flow import build_flow, check_buildable, stored_flow
+from dataflows.positions import RECOVERY_MIN_FREE, lock_recovery, open_recovery, prepare_start, recovery_store_error
+from dataflows.preflight import preflight
+from wallaby.control.panicfilter import filtered_stderr
 from wallaby.core import logs, settings
 from wallaby.core.changes import parse_lsn
-from wallaby.core.errors import ConfigError, WallabyError, exit_status, redact_dsn
+from wallaby.core.errors import ConfigError, FieldProblem, WallabyError, exit_status, redact_dsn
 from wallaby.core.options import parse_duration
+from wallaby.core.runtime import install_stop_handler
+from wallaby.core.spec import load_flow
+from wallaby.state.checkpoints import open_store
 
 log = logging.getLogger("wallaby.worker")
 
@@ -85,12 +92,6 @@ def run(args: argparse.Namespace) -> int:
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
-    from dataflows.flow import build_flow, check_buildable, stored_flow
-    from dataflows.positions import RECOVERY_MIN_FREE, lock_recovery, open_recovery, prepare_start, recovery_store_error
-    from dataflows.preflight import preflight
-    from wallaby.core.runtime import install_stop_handler
-    from wallaby.core.spec import load_flow
-    from wallaby.state.checkpoints import open_store
 
     if bool(args.flow_file) == bool(args.flow_id):
         raise ConfigError("wallaby-worker", [_problem("-flow-file", "give one of -flow-file FILE or -flow-id ID")])
@@ -153,7 +154,6 @@ def recovery_dir(flow_id: str, given: str | None, checkpoints) -> Path:
 
 
 def _problem(field: str, message: str):
-    from wallaby.core.errors import FieldProblem
 
     return FieldProblem(field, message)
 
@@ -189,7 +189,6 @@ def _root_cause(exc: BaseException) -> tuple[BaseException, str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the flow; on failure print one line (the root cause) and exit with its status (module docstring)."""
-    from wallaby.control.panicfilter import filtered_stderr
 
     args = _parser().parse_args(argv)
     debug = bool(os.environ.get("WALLABY_DEBUG"))

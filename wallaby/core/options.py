@@ -1,4 +1,4 @@
-"""Connector options: the parsing helpers every connector shares, and one model per connector.
+"""Connector options: the parsing helpers every connector shares, and the source's model.
 
 Options arrive as strings (the gRPC API's ``map<string, string>``) or as
 native JSON values; the annotated types below (:data:`Bool`, :data:`Int`,
@@ -10,7 +10,10 @@ Every name and default is the one USAGE.md promises ("Postgres Source
 Options", "Backfill + Replay", one section per destination, "Destination
 Metadata + Append/Soft Delete", "Destination Type Mappings");
 tests/test_spec.py checks each of them (by tests/data/usage_facts.json,
-made from USAGE.md by tests/usage_facts.py).
+made from USAGE.md by tests/usage_facts.py). The options every destination
+has are in :mod:`wallaby.core.destination_options`; each destination's own
+model is beside its sink (``sinks/<name>/options.py``, the type mappings in
+``sinks/sql/options.py``), found through :mod:`wallaby.core.registry`.
 
 :func:`validate_options` turns pydantic's errors into :class:`FieldProblem`\\ s
 (unknown option with a did-you-mean, wrong type, missing required option) so
@@ -20,7 +23,6 @@ that a flow reports every problem at once; no message echoes a DSN or a secret.
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
@@ -146,48 +148,6 @@ def parse_headers(v: Any) -> dict[str, str]:
         if not sep or not key.strip():
             raise ValueError(f"expected a comma-separated list of Key:Value, item {i} is not Key:Value")
         out[key.strip()] = value.strip()
-    return out
-
-
-def _unquote(s: str) -> str:
-    s = s.strip()
-    if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"":
-        return s[1:-1]
-    return s
-
-
-def parse_type_mappings(v: Any) -> dict[str, str]:
-    """A map ``source type -> destination type``: a JSON object, JSON text, or a flat YAML map.
-
-    YAML keys may hold ``:`` (``ext:postgis.geometry: GEOGRAPHY``): a key ends at the last ``": "``.
-    """
-    if isinstance(v, str):
-        text = v.strip()
-        if text.startswith(("{", "[")):
-            try:
-                v = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-        else:
-            parsed: dict[str, str] = {}
-            for n, line in enumerate(text.splitlines(), 1):
-                line = line.split(" #", 1)[0].rstrip()
-                if not line.strip() or line.lstrip().startswith(("#", "---")):
-                    continue
-                key, sep, value = line.rpartition(": ")
-                if not sep and line.endswith(":"):
-                    key, sep, value = line[:-1], ":", ""
-                if not sep or not _unquote(key) or not _unquote(value):
-                    raise ValueError(f"line {n}: expected 'source_type: destination_type'")
-                parsed[_unquote(key)] = _unquote(value)
-            v = parsed
-    if not isinstance(v, Mapping):
-        raise ValueError(f"expected a map of source type to destination type, got {_kind(v)}")
-    out = {}
-    for key, value in v.items():
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"type {str(key)!r}: expected a destination type name, got {_shown(value)}")
-        out[str(key).strip()] = value.strip()
     return out
 
 
@@ -328,7 +288,6 @@ SlotName = Annotated[str, BeforeValidator(_slot_name)]
 PostgresDsn = Annotated[str, BeforeValidator(_postgres_dsn)]
 HttpUrl = Annotated[str, BeforeValidator(_http_url)]
 Headers = Annotated[dict[str, str], BeforeValidator(parse_headers)]
-TypeMappings = Annotated[dict[str, str], BeforeValidator(parse_type_mappings)]
 WireFormat = choice(*WIRE_FORMATS)
 PayloadMode = choice("wire", "record_json", "wal", aliases={"raw": "record_json", "record": "record_json"})
 

@@ -9,7 +9,8 @@ values)::
      "config": {"ack_policy": "all", "ddl": {"gate": true}}}
 
 :func:`parse_flow` / :func:`load_flow` collect *every* problem (of the flow,
-and of each endpoint's options through the models of :mod:`wallaby.core.options`)
+and of each endpoint's options through the models of :mod:`wallaby.core.options` and, per destination type,
+of :mod:`wallaby.core.registry`)
 into one :class:`~wallaby.core.errors.ConfigError` before anything connects; no
 message shows a password. ``spec.source_options()`` and
 ``spec.destination_options(i)`` give the validated, typed options;
@@ -29,8 +30,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
-from wallaby.core import secrets
-from wallaby.core.destination_options import DESTINATION_OPTIONS
+from wallaby.core import registry, secrets
 from wallaby.core.errors import MASK, ConfigError, FieldProblem, redact_dsn
 from wallaby.core.options import (
     SECRET_OPTIONS,
@@ -192,7 +192,7 @@ class FlowSpec(BaseModel):
         if i not in self._destination_options:
             d = self.destinations[i]
             self._destination_options[i] = secrets.parse_options(  # ${env:...}/${file:...} resolved here
-                DESTINATION_OPTIONS[d.type], d.options, what=self._what(), path=f"destinations[{i}].options",
+                registry.options_models()[d.type], d.options, what=self._what(), path=f"destinations[{i}].options",
                 context=self._context(d))
         return self._destination_options[i]
 
@@ -264,7 +264,7 @@ def _what(name: Any, origin: str | None) -> str:
     return f"{what} ({origin})" if origin else what
 
 
-def _endpoint_problems(ep: Any, path: str, registry: dict[str, type[Options]], kind: str,
+def _endpoint_problems(ep: Any, path: str, models: Mapping[str, type[Options]], kind: str,
                        flow_id: Any) -> tuple[Options | None, list[FieldProblem]]:
     """The options model of one endpoint, or the problems with its type and options."""
     if not isinstance(ep, Mapping):
@@ -272,10 +272,10 @@ def _endpoint_problems(ep: Any, path: str, registry: dict[str, type[Options]], k
     etype = ep.get("type")
     if not isinstance(etype, str) or not etype.strip():
         return None, []
-    model = registry.get(etype.strip().lower())
+    model = models.get(etype.strip().lower())
     if model is None:
-        known = ", ".join(sorted(registry))
-        hint = did_you_mean(etype.strip(), sorted(registry)) or f" (known: {known})"
+        known = ", ".join(sorted(models))
+        hint = did_you_mean(etype.strip(), sorted(models)) or f" (known: {known})"
         return None, [FieldProblem(f"{path}.type", f"unknown {kind} type {etype.strip()!r}{hint}")]
     options = ep.get("options")
     if options is None:
@@ -294,7 +294,7 @@ def _inherit_format(dests: Any, wire_format: Any) -> Any:
     out = []
     for d in dests:
         if isinstance(d, Mapping) and isinstance(d.get("type"), str):
-            model = DESTINATION_OPTIONS.get(d["type"].strip().lower())
+            model = registry.options_models().get(d["type"].strip().lower())
             opts = d.get("options") if isinstance(d.get("options"), Mapping) else {}
             if model is not None and "format" in model.model_fields and "format" not in opts:
                 d = {**d, "options": {**opts, "format": wire_format.strip().lower()}}
@@ -354,9 +354,10 @@ def parse_flow(data: Mapping[str, Any] | str | bytes, origin: str | None = None)
     problems += found
     dests = raw.get("destinations") if isinstance(raw.get("destinations"), list) else []
     dest_opts: dict[int, Options] = {}
+    dest_models = registry.options_models()
     seen: dict[str, int] = {}
     for i, d in enumerate(dests):
-        opts, found = _endpoint_problems(d, f"destinations[{i}]", DESTINATION_OPTIONS, "destination", flow_id)
+        opts, found = _endpoint_problems(d, f"destinations[{i}]", dest_models, "destination", flow_id)
         problems += found
         if opts is not None:
             dest_opts[i] = opts
@@ -399,7 +400,7 @@ def load_flow(path: str | Path) -> FlowSpec:
 
 
 __all__ = [
-    "DDL_ENV_DEFAULTS", "DESTINATION_OPTIONS", "ENV_WIRE_FORMAT", "SECRET_OPTIONS", "SOURCE_OPTIONS",
+    "DDL_ENV_DEFAULTS", "ENV_WIRE_FORMAT", "SECRET_OPTIONS", "SOURCE_OPTIONS",
     "DDLPolicy", "Endpoint", "FlowConfig", "FlowSpec",
     "default_wire_format", "join_path", "load_flow", "parse_flow", "redact_option", "slug",
 ]

@@ -30,6 +30,7 @@ from typing import Protocol
 from wallaby.core.changes import Position, format_lsn
 from wallaby.core.errors import FencedError
 from wallaby.core.identity import SourceIdentity
+from wallaby.state.flowstore import FlowStore
 from wallaby.state.sqldb import PostgresDatabase, SQLDatabase, SQLiteDatabase, default_sqlite_path, open_database
 
 
@@ -100,7 +101,7 @@ class Checkpoints:
     def __init__(self, db: SQLDatabase, own_db: bool = True):
         self.db = db
         self._own_db = own_db
-        self._flows = None
+        self._flows: FlowStore | None = None
         self._resets_read: dict[str, float] = {}  # flow -> when resets() read its requests
         db.migrate("checkpoints", MIGRATIONS)
 
@@ -117,14 +118,15 @@ class Checkpoints:
             self.db.run(_SQL_UPSERT, params)
             return
         with self.db.transaction():
-            self.flows().check_generation(cp.flow_id, generation, lock=True)
+            self.flow_store.check_generation(cp.flow_id, generation, lock=True)
             self.db.run(_SQL_UPSERT, params)
 
-    def flows(self):
-        """The flow store in the same database (for the generation fence)."""
+    @property
+    def flow_store(self) -> FlowStore:
+        """The flow store in the same database: the generation fence of :meth:`put`, and the flows and DDL events
+        the API server and a flow's DDL gate read (made on first use, so a store only of checkpoints has no flow
+        tables)."""
         if self._flows is None:
-            from wallaby.state.flowstore import FlowStore
-
             self._flows = FlowStore(self.db, own_db=False)
         return self._flows
 

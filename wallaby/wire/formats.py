@@ -28,6 +28,7 @@ from wallaby.core.changes import (
     TableChanges,
     parse_lsn,
 )
+from wallaby.v1 import data_pb2 as d
 from wallaby.wire import avrofmt
 from wallaby.wire.avrofmt import _avro_names, avro_schema
 from wallaby.wire.jsonfmt import json_records, record_json
@@ -282,7 +283,6 @@ def _from_pb(pv, t: pa.DataType) -> Any:
 
 
 def decode_proto(data: bytes) -> WireSegment:
-    from wallaby.v1 import data_pb2 as d
 
     msg = d.RecordBatch.FromString(data)
     cols = [WireColumn(c.name, c.pg_type, parse_type(c.arrow_type), c.key) for c in msg.columns]

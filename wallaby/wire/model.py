@@ -38,6 +38,7 @@ from wallaby.core.changes import (
     XID_COL,
     Column,
     Event,
+    Position,
     TableChanges,
     TableSchema,
 )
@@ -108,7 +109,6 @@ class WireSegment:
 
     def to_segment(self) -> TableChanges | Event:
         """Back into the change model (what a receiving wallaby applies)."""
-        from wallaby.core.changes import Position
 
         if self.is_event:
             r = self.records[0]

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wallaby.core.changes import BEFORE_PREFIX, LSN_COL, OP_COL, ORD_COL, TS_COL, UNCHANGED_COL, XID_COL
+from wallaby.v1 import data_pb2 as d
 from wallaby.wire.model import WireColumn, WireSegment, plain_type, type_text
 
 # -- byte columns ------------------------------------------------------------------------------------
@@ -218,7 +219,6 @@ _NULL = b"\x08\x01"  # Value{null_value: true}
 
 
 def _pb_value(v: Any, t: pa.DataType):
-    from wallaby.v1 import data_pb2 as d
 
     if v is None:
         return d.Value(null_value=True)
@@ -333,7 +333,6 @@ def proto_records(cols: list[WireColumn], rows: pa.RecordBatch, has_before: bool
 
 def encode_proto_records(seg: WireSegment) -> bytes:
     """The RecordBatch built message by message from the segment's records."""
-    from wallaby.v1 import data_pb2 as d
 
     cols, keys = seg.columns, [c for c in seg.columns if c.key]
 
@@ -353,7 +352,6 @@ def encode_proto_records(seg: WireSegment) -> bytes:
 
 
 def _column_infos(cols: list[WireColumn]) -> list:
-    from wallaby.v1 import data_pb2 as d
 
     return [d.ColumnInfo(name=c.name, pg_type=c.pg_type, arrow_type=type_text(c.arrow_type), key=c.key)
             for c in cols]
@@ -364,7 +362,6 @@ def encode_proto(seg: WireSegment) -> bytes:
         assert seg._rows is not None
         records = proto_records(seg.columns, seg._rows, seg.has_before)
         if records is not None:
-            from wallaby.v1 import data_pb2 as d
 
             # The fields before and after ``records`` (6), serialized in field order around it.
             head = d.RecordBatch(flow_id=seg.flow_id, table=seg.table, schema_version=seg.schema_version,

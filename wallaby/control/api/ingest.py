@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from dataflows.buildable import check_buildable, sink_factory
 from sinks.base import SinkError, TransientSinkError, Writer
 from wallaby.control.api.manager import FlowManager
 from wallaby.core.changes import ChangeBatch, Position
@@ -40,7 +41,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._lock = threading.Lock()
 
     def _writer(self, flow: FlowSpec, i: int, version: str) -> Writer:
-        from dataflows.flow import check_buildable, sink_factory
 
         dest = flow.destinations[i]
         key = (flow.id, dest.name)

@@ -32,11 +32,26 @@ import threading
 import time
 from collections.abc import Mapping
 
+from dataflows.preflight import preflight
+from wallaby.control.api import sourceops
 from wallaby.control.api.convert import check_wire_format
 from wallaby.control.api.dispatch import LocalDispatcher, WorkerExit
 from wallaby.core import settings
 from wallaby.core.changes import format_lsn
-from wallaby.core.errors import EXIT_CONFIG, EXIT_FENCED, EXIT_OK, EXIT_TRANSIENT, FencedError, IllegalStateError
+from wallaby.core.errors import (
+    EXIT_CONFIG,
+    EXIT_FENCED,
+    EXIT_OK,
+    EXIT_TRANSIENT,
+    ConfigError,
+    FencedError,
+    FieldProblem,
+    IllegalStateError,
+    SourceError,
+    TransientSinkError,
+)
+from wallaby.core.options import SOURCE_OPTIONS, did_you_mean
+from wallaby.core.secrets import UnresolvedReference, parse_options
 from wallaby.core.spec import FlowSpec
 from wallaby.state.checkpoints import Checkpoint, Checkpoints
 from wallaby.state.flowstore import FAILED, PAUSED, RUNNING, STOPPING, FlowStore, StoredFlow
@@ -54,7 +69,7 @@ class FlowManager:
         # variable of a feature this version does not have, refuses to start (exit 2, one line).
         self.max_restarts = settings.load(self.env).worker_max_restarts
         self.checkpoints = checkpoints
-        self.store: FlowStore = checkpoints.flows()
+        self.store: FlowStore = checkpoints.flow_store
         self.dispatcher = dispatcher or LocalDispatcher(self.worker_exited)
         self._restarts: dict[str, list[float]] = {}
         self._flow_locks: dict[str, threading.RLock] = {}
@@ -70,9 +85,6 @@ class FlowManager:
         destinations that can be checked for free, type_mappings keys and metadata column names against the source):
         a flow it refuses is refused at create. When the source or a destination does not answer, the flow is
         accepted and the worker checks again before it creates anything."""
-        from dataflows.preflight import preflight
-        from wallaby.core.errors import SourceError, TransientSinkError
-        from wallaby.core.secrets import UnresolvedReference
 
         try:
             preflight(spec, environ=self.env)
@@ -160,8 +172,6 @@ class FlowManager:
         discards every destination's high-water; with one, the next worker discards that destination's high-water
         (:meth:`Checkpoints.request_reset`; the worker clears the request once its first epoch is confirmed).
         Refused while a worker of the flow runs. Returns the checkpoint rows deleted and the resets now pending."""
-        from wallaby.core.errors import ConfigError, FieldProblem
-        from wallaby.core.options import did_you_mean
 
         with self._lock(flow_id):
             flow = self.store.get(flow_id)  # NOT_FOUND for an unknown flow
@@ -257,9 +267,6 @@ class FlowManager:
         log.error("flow %s: failed: %s", flow.id, reason, extra={"flow": flow.id})
 
     def _drop_slot(self, flow: StoredFlow) -> str:
-        from wallaby.control.api import sourceops
-        from wallaby.core.options import SOURCE_OPTIONS
-        from wallaby.core.secrets import parse_options
 
         src = flow.spec["source"]
         try:

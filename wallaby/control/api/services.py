@@ -14,11 +14,20 @@ from typing import Any
 
 import grpc
 
+from sources.postgres.rds_iam import register
 from wallaby.control.api import sourceops
 from wallaby.control.api.convert import _ts, parse_api_flow, stored_to_flow
 from wallaby.control.api.manager import FlowManager
 from wallaby.core.changes import format_lsn
-from wallaby.core.errors import ConfigError, FieldProblem, WallabyError, grpc_status_name, redact_dsn
+from wallaby.core.errors import (
+    ConfigError,
+    FieldProblem,
+    IllegalStateError,
+    NotFoundError,
+    WallabyError,
+    grpc_status_name,
+    redact_dsn,
+)
 from wallaby.core.options import SOURCE_OPTIONS
 from wallaby.core.secrets import parse_options
 from wallaby.state.flowstore import DDL_STATUSES, DDLEvent, StoredFlow
@@ -238,7 +247,6 @@ def _id(request) -> str:
 
 
 def _illegal(message: str) -> WallabyError:
-    from wallaby.core.errors import IllegalStateError
 
     return IllegalStateError(message)
 
@@ -248,7 +256,6 @@ def _source_options(flow: StoredFlow):
     opts = parse_options(SOURCE_OPTIONS[src["type"]], src["options"], what=f"flow {flow.id!r}",  # ${env:...} resolved
                          path="source.options", context={"endpoint_name": src["name"], "flow_id": flow.id})
     if opts.aws_rds_iam:
-        from sources.postgres.rds_iam import register
 
         register(opts, flow.id)
     return opts
@@ -279,7 +286,6 @@ class CheckpointServicer(checkpoint_pb2_grpc.CheckpointServiceServicer):
         cps = self.m.checkpoints.list(flow_id)
         if not cps:
             self.m.store.get(flow_id)  # NOT_FOUND for an unknown flow
-            from wallaby.core.errors import NotFoundError
 
             raise NotFoundError(f"flow {flow_id!r} has no checkpoint yet (its worker has not confirmed anything)")
         return self._out(flow_id, cps)

@@ -1,0 +1,84 @@
+"""What this build can run: a destination type's sink, and options validated but not implemented yet.
+
+One module that both the dataflow (:mod:`dataflows.flow`) and the preflight (:mod:`dataflows.preflight`) import,
+so neither imports the other: :func:`check_buildable` refuses, by name, what this version cannot do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sinks.base import WriterSink
+from wallaby.core import registry
+from wallaby.core.errors import ConfigError, FieldProblem
+from wallaby.core.spec import FlowSpec
+
+# A destination type's sink is its plugin's make_sink(name, flow_id, validated options, source=...) -> bytewax sink
+# (wallaby.core.registry; bufstream is the kafka plugin).
+
+
+def sink_factory(dest_type: str) -> Callable[..., WriterSink] | None:
+    """The sink factory of a destination type, or None when this build has no sink for it (or no such type)."""
+    plugin = registry.plugin(dest_type)
+    return plugin.make_sink if plugin is not None else None
+
+
+def available_destinations() -> list[str]:
+    """The destination types this build has a sink for (aliases included)."""
+    return sorted(t for t in registry.names() if sink_factory(t) is not None)
+
+
+# Options the spec validates (USAGE.md names them) that this build does not implement yet, per endpoint type:
+# refused by name when set to anything but their default, never accepted and ignored. option -> why.
+_BACKFILL = "backfill (snapshot) mode comes in a later version; this version streams from the slot"
+_STAGING = "staging loads come with backfill in a later version; changes are applied to the target tables"
+UNBUILT_SOURCE_OPTIONS: dict[str, dict[str, str]] = {
+    "postgres": dict.fromkeys(("snapshot_workers", "parallel_tables", "partition_column", "partition_count",
+                               "snapshot_consistent", "snapshot_state_backend", "snapshot_state_schema",
+                               "snapshot_state_table", "snapshot_state_path"), _BACKFILL),
+}
+UNBUILT_DESTINATION_OPTIONS: dict[str, dict[str, str]] = {
+    "duckdb": dict.fromkeys(("batch_mode", "batch_resolution", "staging_schema", "staging_table",
+                             "staging_suffix"), _STAGING),
+}
+
+
+def _unbuilt_options(opts: Any, unbuilt: dict[str, str], path: str) -> list[FieldProblem]:
+    """The options of ``unbuilt`` that ``opts`` sets to something else than their default."""
+    problems = []
+    fields = type(opts).model_fields
+    for name, why in unbuilt.items():
+        if name not in opts.model_fields_set or name not in fields:
+            continue
+        value, default = getattr(opts, name), fields[name].get_default(call_default_factory=True)
+        if value == default:
+            continue
+        fix = "remove it" if default is None else f"remove it or set it to {default!r} (the default)"
+        problems.append(FieldProblem(f"{path}.{name}", f"{name}={value!r} is not available in this version of"
+                                                       f" wallaby ({why}); {fix}"))
+    return problems
+
+
+def check_buildable(spec: FlowSpec) -> None:
+    """Refuse, before anything is connected to, what this build cannot do yet: destination types without a sink,
+    and options that are validated but not implemented (:data:`UNBUILT_SOURCE_OPTIONS`,
+    :data:`UNBUILT_DESTINATION_OPTIONS`), each by name."""
+    missing = [i for i, d in enumerate(spec.destinations) if sink_factory(d.type) is None]
+    problems = [
+        FieldProblem(f"destinations[{i}].type",
+                     f"destination type {spec.destinations[i].type!r} is not available in this version of wallaby"
+                     f" (available: {', '.join(available_destinations())})")
+        for i in missing
+    ]
+    if spec.source.type != "postgres":
+        problems.append(FieldProblem("source.type", "only 'postgres' sources are supported"))
+    else:
+        problems += _unbuilt_options(spec.source_options(), UNBUILT_SOURCE_OPTIONS.get(spec.source.type, {}),
+                                     "source.options")
+    for i, d in enumerate(spec.destinations):
+        if i not in missing and d.type in UNBUILT_DESTINATION_OPTIONS:
+            problems += _unbuilt_options(spec.destination_options(i), UNBUILT_DESTINATION_OPTIONS[d.type],
+                                         f"destinations[{i}].options")
+    if problems:
+        raise ConfigError(f"flow {spec.name or spec.id!r}", problems)

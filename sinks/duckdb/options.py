@@ -1,0 +1,18 @@
+"""USAGE.md "DuckDB Destination": the options of a DuckDB destination."""
+
+from __future__ import annotations
+
+from sinks.sql.options import TableWriterOptions
+from wallaby.core.options import Bool, RequiredText
+
+
+class DuckDBDestinationOptions(TableWriterOptions):
+    """The one model of a DuckDB destination's options, the flow spec's and the sink's
+    (``sinks.duckdb.writer.DuckDBOptions`` is this class). ``batch_mode=staging``, ``batch_resolution`` and
+    ``staging_*`` are validated here and refused by ``dataflows.flow.check_buildable`` until staging loads exist."""
+
+    dsn: RequiredText
+    drop_columns: Bool = False  # not in USAGE.md: follow a source DROP COLUMN (docs/ddl.md)
+
+
+__all__ = ["DuckDBDestinationOptions"]

@@ -1,0 +1,9 @@
+"""The ducklake destination: its options (:mod:`.options`) are validated, so a flow file can be checked, but this
+version has no sink for it (``make_sink=None``: refused by ``dataflows.flow.check_buildable``)."""
+
+from __future__ import annotations
+
+from sinks.ducklake.options import DuckLakeDestinationOptions
+from wallaby.core.registry import Plugin
+
+PLUGIN = Plugin(name="ducklake", options=DuckLakeDestinationOptions, make_sink=None)
