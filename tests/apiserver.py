@@ -141,6 +141,9 @@ def server_env(tmp: Path, store: str | None = None, **extra: str) -> dict[str, s
     env.update({
         "WALLABY_GRPC_LISTEN": f"127.0.0.1:{free_port()}",
         "WALLABY_WORKER_LOG_DIR": str(tmp / "worker-logs"),
+        # the test's own recovery stores: with a Postgres store the default is ~/.wallaby/recovery, shared by every
+        # run on the machine (two runs at once met each other's flow "orders" there)
+        "WALLABY_RECOVERY_DIR": str(tmp / "recovery"),
         "WALLABY_EPOCH_INTERVAL": "300ms",
         "WALLABY_WORKER_STOP_TIMEOUT": "60",
         "PYTHONPATH": str(ROOT),

@@ -60,7 +60,7 @@ class Plugin:
     name: str
     options: type[DestinationOptions]
     # None: this version validates the destination's options but has no sink for it (refused by
-    # dataflows.flow.check_buildable as "not available in this version").
+    # dataflows.buildable.check_buildable as "not available in this version").
     make_sink: SinkMaker | None
     aliases: tuple[str, ...] = ()
     stored_position: StoredPosition | None = None
