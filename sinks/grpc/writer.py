@@ -51,7 +51,6 @@ def _transient_rpc(exc: Exception) -> bool:
 
 class GRPCWriter(Writer):
     def __init__(self, name: str, flow_id: str, options: GRPCDestinationOptions):
-
         self.name = name
         self.flow_id = flow_id
         self.options = options
@@ -82,7 +81,6 @@ class GRPCWriter(Writer):
         return grpc.secure_channel(o.endpoint, grpc.ssl_channel_credentials(root), options=opts)
 
     def _request(self, payload):
-
         if self.options.payload_mode == "record_json":
             seg = payload.segment
             data = orjson.dumps(json_records(seg))

@@ -145,7 +145,6 @@ def prepare_source(opts, flow_id: str, system_id: str | None = None) -> SourcePl
     (a session advisory lock), so the same flow started twice at once does not race on the publication.
     ``system_id``: the server's, when the caller has read it already (else it is asked for)."""
     if getattr(opts, "aws_rds_iam", False):
-
         register(opts, flow_id)
     server = server_name(opts.dsn)
     with connect(opts.dsn, application_name=f"wallaby-setup:{flow_id}") as conn:

@@ -168,7 +168,6 @@ class _PostgresPartition(StatefulSourcePartition):
         self._fence()
         self.server = server_name(opts.dsn)
         if opts.aws_rds_iam:
-
             register(opts, self.flow_id)
         plan = prepare_source(opts, self.flow_id) if not src.prepared else None
         version = plan.server_version if plan else _server_version(opts.dsn)
@@ -473,7 +472,6 @@ def _server_version(dsn: str) -> int:
 
 
 def _slot_confirmed(dsn: str, slot: str) -> int | None:
-
     with connect(dsn) as conn:
         row = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
                            (slot,)).fetchone()

@@ -92,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
-
     if bool(args.flow_file) == bool(args.flow_id):
         raise ConfigError("wallaby-worker", [_problem("-flow-file", "give one of -flow-file FILE or -flow-id ID")])
     checkpoints = open_store()
@@ -154,7 +153,6 @@ def recovery_dir(flow_id: str, given: str | None, checkpoints) -> Path:
 
 
 def _problem(field: str, message: str):
-
     return FieldProblem(field, message)
 
 

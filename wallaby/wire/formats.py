@@ -283,7 +283,6 @@ def _from_pb(pv, t: pa.DataType) -> Any:
 
 
 def decode_proto(data: bytes) -> WireSegment:
-
     msg = d.RecordBatch.FromString(data)
     cols = [WireColumn(c.name, c.pg_type, parse_type(c.arrow_type), c.key) for c in msg.columns]
     keys = [c for c in cols if c.key]

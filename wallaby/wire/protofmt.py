@@ -219,7 +219,6 @@ _NULL = b"\x08\x01"  # Value{null_value: true}
 
 
 def _pb_value(v: Any, t: pa.DataType):
-
     if v is None:
         return d.Value(null_value=True)
     if pa.types.is_boolean(t):
@@ -352,7 +351,6 @@ def encode_proto_records(seg: WireSegment) -> bytes:
 
 
 def _column_infos(cols: list[WireColumn]) -> list:
-
     return [d.ColumnInfo(name=c.name, pg_type=c.pg_type, arrow_type=type_text(c.arrow_type), key=c.key)
             for c in cols]
 
@@ -362,7 +360,6 @@ def encode_proto(seg: WireSegment) -> bytes:
         assert seg._rows is not None
         records = proto_records(seg.columns, seg._rows, seg.has_before)
         if records is not None:
-
             # The fields before and after ``records`` (6), serialized in field order around it.
             head = d.RecordBatch(flow_id=seg.flow_id, table=seg.table, schema_version=seg.schema_version,
                                  replica_identity=seg.replica_identity, columns=_column_infos(seg.columns))

@@ -41,7 +41,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._lock = threading.Lock()
 
     def _writer(self, flow: FlowSpec, i: int, version: str) -> Writer:
-
         dest = flow.destinations[i]
         key = (flow.id, dest.name)
         cached = self._writers.get(key)

@@ -267,7 +267,6 @@ class FlowManager:
         log.error("flow %s: failed: %s", flow.id, reason, extra={"flow": flow.id})
 
     def _drop_slot(self, flow: StoredFlow) -> str:
-
         src = flow.spec["source"]
         try:
             opts = parse_options(SOURCE_OPTIONS[src["type"]], src["options"], what=f"flow {flow.id!r}",

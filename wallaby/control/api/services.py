@@ -247,7 +247,6 @@ def _id(request) -> str:
 
 
 def _illegal(message: str) -> WallabyError:
-
     return IllegalStateError(message)
 
 
@@ -256,7 +255,6 @@ def _source_options(flow: StoredFlow):
     opts = parse_options(SOURCE_OPTIONS[src["type"]], src["options"], what=f"flow {flow.id!r}",  # ${env:...} resolved
                          path="source.options", context={"endpoint_name": src["name"], "flow_id": flow.id})
     if opts.aws_rds_iam:
-
         register(opts, flow.id)
     return opts
 
