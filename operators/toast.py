@@ -384,7 +384,7 @@ class Rehydrator:
                 self.cache.pop(t.relid, old_key)
             if op_ == ch.OP_DELETE or new_key is None:
                 continue
-            if op_ in (ch.OP_INSERT, ch.OP_LOAD):
+            if op_ in (ch.OP_INSERT, ch.OP_READ):
                 self.cache.put(t.relid, new_key, {c: (sigs[c], values[c][r]) for c in toast})
                 continue
             if op_ != ch.OP_UPDATE:

@@ -26,8 +26,8 @@ from wallaby.core.changes import (
     META_FIELDS,
     OP_DELETE,
     OP_INSERT,
-    OP_LOAD,
     OP_MESSAGE,
+    OP_READ,
     OP_TRUNCATE,
     OP_UPDATE,
     ChangeBatch,
@@ -140,8 +140,8 @@ def ins(**after: Any) -> Change:
     return Change(OP_INSERT, after=after)
 
 
-def load(**after: Any) -> Change:
-    return Change(OP_LOAD, after=after)
+def read(**after: Any) -> Change:
+    return Change(OP_READ, after=after)
 
 
 def upd(after: dict[str, Any], before: dict[str, Any] | None = None, unchanged: list[str] | None = None) -> Change:

@@ -32,7 +32,7 @@ from dataflows.buildable import check_buildable
 from sinks.base import PermanentSinkError, WriterSink
 from sinks.duckdb.types import duckdb_type, numeric_precision_scale
 from sinks.duckdb.writer import DuckDBOptions, DuckDBWriter, _safe_dsn, duckdb_sink
-from tests.builders import Stream, col, dele, evolve, ins, load, numeric_typmod, table, table_changes, upd
+from tests.builders import Stream, col, dele, evolve, ins, numeric_typmod, read, table, table_changes, upd
 from wallaby.core import registry
 from wallaby.core.changes import OP_DDL, ChangeBatch, Position
 from wallaby.core.errors import ConfigError
@@ -204,7 +204,7 @@ def test_table_option_sends_every_table_to_one_table():
 def test_load_op_upserts():
     w, s = make(), Stream()
     apply(w, s.batch(s.rows(USERS, ins(id=1, name="a", big="A"))))
-    apply(w, s.batch(s.rows(USERS, load(id=1, name="loaded", big="L"), load(id=2, name="b", big="B"))))
+    apply(w, s.batch(s.rows(USERS, read(id=1, name="loaded", big="L"), read(id=2, name="b", big="B"))))
     assert users(w) == [(1, "loaded", "L"), (2, "b", "B")]
 
 

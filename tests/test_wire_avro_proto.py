@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.builders import Stream, col, dele, ins, load, table, upd
+from tests.builders import Stream, col, dele, ins, read, table, upd
 from tests.test_tricky_table import tricky  # noqa: F401 - fixture
 from tests.test_wire_formats import tricky_batches  # noqa: F401 - fixture
 from tests.test_wire_json import EDGE_DAYS, EDGE_F, EDGE_TIME, EDGE_US, SEGMENTS, realistic_segment
@@ -168,7 +168,7 @@ def _extra_segments() -> dict[str, TableChanges]:
         # records larger than an Avro block, and blocks of a few records
         "big_values": s.rows(wide, *[ins(id=i, big="é" * rnd.choice([10, 9000, 20000]), by=bytes(rnd.randrange(9000)))
                                      for i in range(40)]),
-        "loads": s.rows(loads, *[load(k=f"k{i}", ts=rnd.choice(EDGE_US), v=rnd.choice(EDGE_F)) for i in range(50)]),
+        "loads": s.rows(loads, *[read(k=f"k{i}", ts=rnd.choice(EDGE_US), v=rnd.choice(EDGE_F)) for i in range(50)]),
         "deletes_only": s.rows(loads, *[dele(k=f"k{i}", ts=i) for i in range(5)], dele()),
         "unchanged_only": s.rows(wide, *[upd({"id": i}, unchanged=["big", "by"][: i % 3]) for i in range(9)]),
         "zero_positions": TableChanges(wide, _zeroed(s.rows(wide, ins(id=0, big="", by=b""), ins(id=1)).rows)),
@@ -250,7 +250,7 @@ def _column_segments(t: pa.DataType, values: list[Any], key: bool) -> list[Table
         elif k == 3:
             changes.append(upd({"id": i, "v": v}, before={"id": -i}))
         else:
-            changes.append(load(id=i, v=v))
+            changes.append(read(id=i, v=v))
     seg = Stream().rows(tbl, *changes)
     out = [seg, Stream().rows(tbl, *[ins(id=i, v=v) for i, v in enumerate(values)])]
     if len(seg) > 2:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.builders import Stream, col, dele, ins, load, numeric_typmod, table, table_changes, upd
+from tests.builders import Stream, col, dele, ins, numeric_typmod, read, table, table_changes, upd
 from tests.test_tricky_table import tricky  # noqa: F401 - fixture
 from tests.test_wire_formats import tricky_batches  # noqa: F401 - fixture
 from wallaby.core.changes import ChangeBatch, TableChanges, format_lsn
@@ -168,7 +168,7 @@ def every_changes(rnd: random.Random, n: int) -> list:
         elif kind == 5:
             changes.append(dele())  # no before image at all
         elif kind == 6:
-            changes.append(load(**row))
+            changes.append(read(**row))
         else:
             changes.append(ins(**row))
     return changes

@@ -129,7 +129,7 @@ def apply_keyed(
 
     # 2. resolve unchanged TOAST values and target-only columns per row identity
     toast = [c for c in names if c in unchanged and c not in keys]
-    aggs = [f"bool_or(s.{OP_COL} IN ('insert', 'load')) AS __ins"]
+    aggs = [f"bool_or(s.{OP_COL} IN ('insert', 'read')) AS __ins"]
     aggs += [
         f"arg_max({{'v': s.{q(c)}}}, s.{SEQ_COL}) FILTER (WHERE NOT {unch(c, 's.')}) AS {q('__r.' + c)}"
         for c in toast
@@ -152,7 +152,7 @@ def apply_keyed(
             )
             SELECT {SEQ_COL}, coalesce(__prev, {SEQ_COL}) AS __anc FROM pp WHERE __kind = 0
             UNION ALL
-            SELECT {SEQ_COL}, {SEQ_COL} FROM __wallaby_src WHERE {OP_COL} IN ('insert', 'load')"""
+            SELECT {SEQ_COL}, {SEQ_COL} FROM __wallaby_src WHERE {OP_COL} IN ('insert', 'read')"""
         )
         for _ in range(64):
             moved = con.execute(
@@ -229,7 +229,7 @@ def apply_keyless(
         return f"CAST({expr} AS {T[c]})"
 
     ops = set(pc.unique(src.column(OP_COL)).to_pylist())
-    if ops <= {"insert", "load"}:
+    if ops <= {"insert", "read"}:
         sel = ", ".join(cast(q(c), c) for c in names)
         con.execute(f"INSERT INTO {qt} ({cols}) SELECT {sel} FROM __wallaby_src")
         return

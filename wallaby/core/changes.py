@@ -10,7 +10,7 @@ Row segments are Arrow record batches with these columns:
 
 - the *after* image: one column per table column, under the column's own name
   (NULL for deletes, and for unchanged TOAST values, see ``__unchanged``);
-- ``__op`` (string): ``insert``, ``update``, ``delete`` or ``load``;
+- ``__op`` (string): ``insert``, ``update``, ``delete`` or ``read`` (a backfill snapshot's row);
 - ``__lsn`` (uint64): commit LSN of the transaction;
 - ``__ord`` (uint64): ordinal of the change inside its transaction (from 1);
 - ``__ts`` (timestamp[us, UTC]): commit timestamp;
@@ -41,7 +41,7 @@ OP_UPDATE = "update"
 OP_DELETE = "delete"
 OP_TRUNCATE = "truncate"
 OP_DDL = "ddl"
-OP_LOAD = "load"
+OP_READ = "read"  # a row of a backfill snapshot (Debezium's "r"): an insert that may meet its key already there
 OP_MESSAGE = "message"
 
 OP_COL = "__op"
