@@ -31,17 +31,16 @@ def available_destinations() -> list[str]:
 
 # Options the spec validates (USAGE.md names them) that this build does not implement yet, per endpoint type:
 # refused by name when set to anything but their default, never accepted and ignored. option -> why.
-_BACKFILL = "backfill (snapshot) mode comes in a later version; this version streams from the slot"
-_STAGING = "staging loads come with backfill in a later version; changes are applied to the target tables"
+_PARTITION_COLUMN = ("backfill splits a table by ranges of its heap blocks, which reads each block once whatever the"
+                     " keys; key ranges over a column come in a later version")
+_SNAPSHOT_STATE = ("a backfill resumes from the worker's recovery store in this version; snapshot state tables and"
+                   " files come in a later version")
 UNBUILT_SOURCE_OPTIONS: dict[str, dict[str, str]] = {
-    "postgres": dict.fromkeys(("snapshot_workers", "parallel_tables", "partition_column", "partition_count",
-                               "snapshot_consistent", "snapshot_state_backend", "snapshot_state_schema",
-                               "snapshot_state_table", "snapshot_state_path"), _BACKFILL),
+    "postgres": {"partition_column": _PARTITION_COLUMN,
+                 **dict.fromkeys(("snapshot_state_backend", "snapshot_state_schema", "snapshot_state_table",
+                                  "snapshot_state_path"), _SNAPSHOT_STATE)},
 }
-UNBUILT_DESTINATION_OPTIONS: dict[str, dict[str, str]] = {
-    "duckdb": dict.fromkeys(("batch_mode", "batch_resolution", "staging_schema", "staging_table",
-                             "staging_suffix"), _STAGING),
-}
+UNBUILT_DESTINATION_OPTIONS: dict[str, dict[str, str]] = {}  # duckdb's staging options exist since backfill
 
 
 def _unbuilt_options(opts: Any, unbuilt: dict[str, str], path: str) -> list[FieldProblem]:

@@ -19,7 +19,7 @@ import os
 import sys
 
 from bytewax import operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 
 from dataflows.buildable import check_buildable, sink_factory
 from dataflows.positions import Start, prepare_start
@@ -30,6 +30,7 @@ from sinks.fanout import fanout_sink
 from sources.postgres.source import PostgresSource
 from wallaby.core.changes import parse_lsn
 from wallaby.core.errors import ConfigError, FieldProblem, NotFoundError, WallabyError, exit_status
+from wallaby.core.identity import SourceCheck
 from wallaby.core.options import did_you_mean
 from wallaby.core.settings import count, env_value
 from wallaby.core.spec import FlowSpec, load_flow, parse_flow
@@ -59,6 +60,13 @@ def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads:
     changes = op.input("source", flow, source)
     if source_opts.toast_fetch != "off":
         changes = toast_step(changes, spec)
+    output_destinations(spec, changes, source_check)
+    return flow
+
+
+def output_destinations(spec: FlowSpec, changes: Stream, source_check: SourceCheck | None) -> None:
+    """Every destination of ``spec`` behind one bytewax output step (metadata rewrite per destination; fan-out
+    with the flow's ``parallelism`` and ``ack_policy``): the streaming and the backfill dataflows end alike."""
     makers = {}
     for i, dest in enumerate(spec.destinations):
         opts = spec.destination_options(i)
@@ -67,7 +75,6 @@ def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads:
     primary = spec.config.primary_destination if spec.config.ack_policy == "primary" else None
     op.output("destinations", changes, fanout_sink(spec.id, makers, parallelism=spec.parallelism, primary=primary,
                                                    source=source_check))
-    return flow
 
 
 def stored_flow(checkpoints: Checkpoints, flow_id: str, generation: int | None = None,

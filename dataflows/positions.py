@@ -66,8 +66,9 @@ def read_check(spec, reset: frozenset[str] = frozenset()) -> tuple[SourceCheck, 
 
 
 def prepare_start(spec, checkpoints: Checkpoints | None, *, reset_all: bool = False,
-                  start_lsn: int | None = None, recovery_dir: Path | None = None) -> Start:
-    """Judge every stored position of ``spec``'s flow against its source, then prepare the source."""
+                  start_lsn: int | None = None, recovery_dir: Path | None = None, export: bool = False) -> Start:
+    """Judge every stored position of ``spec``'s flow against its source, then prepare the source (``export``: a
+    slot created now comes with its exported snapshot, ``start.plan.snapshot``: a backfill reads in it)."""
     opts = spec.source_options()
     reset = (checkpoints.resets(spec.id) if checkpoints is not None else frozenset()) | (
         frozenset({ALL}) if reset_all else frozenset())
@@ -82,7 +83,7 @@ def prepare_start(spec, checkpoints: Checkpoints | None, *, reset_all: bool = Fa
         checkpoint = vet_checkpoint(checkpoints.get(spec.id, opts.slot), check, facts, checkpoints.db.describe())
     keep_recovery = vet_recovery(recovery_dir, check, facts) if recovery_dir is not None else True
     check_destinations(spec, check)
-    plan = prepare_source(opts, spec.id, check.current.system_id)
+    plan = prepare_source(opts, spec.id, check.current.system_id, export=export)
     check.current = replace(check.current, slot_id=plan.slot_id)
     return Start(check=check, plan=plan, checkpoint=checkpoint, facts=facts, keep_recovery=keep_recovery)
 

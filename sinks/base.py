@@ -127,8 +127,9 @@ class HighWater:
         return position <= self.taken
 
     def replayed(self, batch: ChangeBatch) -> bool:
-        """Whether ``batch`` is a replay: every change in it is at or below the high-water."""
-        return batch.position <= self.taken
+        """Whether ``batch`` is a replay: every change in it is at or below the high-water. A backfill's batch
+        (``batch.snapshot``) never is: its rows are outside the stream's order (idempotent in target mode)."""
+        return not batch.snapshot and batch.position <= self.taken
 
     def advance(self, position: Position) -> None:
         """Everything up to ``position`` is taken (never moves back)."""

@@ -101,13 +101,14 @@ def test_duckdb_takes_the_sizes_it_is_given():
 
 
 # Variables read outside wallaby/settings.py on purpose (see its docstring): stores, the API server's own settings,
-# a flow's defaults, the inputs of dataflows.flow:flow, and WALLABY_DEBUG (the worker's traceback switch).
+# a flow's defaults, the inputs of dataflows.flow:flow and dataflows.backfill:flow, and WALLABY_DEBUG (the worker's
+# traceback switch).
 ELSEWHERE = {"WALLABY_CHECKPOINT_BACKEND", "WALLABY_CHECKPOINT_PATH", "WALLABY_CHECKPOINT_DSN", "WALLABY_POSTGRES_DSN",
              "WALLABY_GRPC_LISTEN", "WALLABY_GRPC_REFLECTION", "WALLABY_GRPC_TLS_CERT", "WALLABY_GRPC_TLS_KEY",
              "WALLABY_API_TOKEN", "WALLABY_API_INSECURE", "WALLABY_ADMIN_ADDR", "WALLABY_WIRE_FORMAT",
              "WALLABY_WIRE_ENFORCE", "WALLABY_DDL_GATE", "WALLABY_DDL_AUTO_APPROVE", "WALLABY_DDL_AUTO_APPLY",
              "WALLABY_FLOW_FILE", "WALLABY_FLOW_ID", "WALLABY_FLOW_GENERATION", "WALLABY_START_LSN",
-             "WALLABY_MAX_EMPTY_READS", "WALLABY_DEBUG"}
+             "WALLABY_MAX_EMPTY_READS", "WALLABY_BACKFILL_TABLES", "WALLABY_DEBUG"}
 
 
 def test_every_variable_the_code_reads_is_a_setting_or_known_to_live_elsewhere():

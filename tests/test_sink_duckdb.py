@@ -35,7 +35,6 @@ from sinks.duckdb.writer import DuckDBOptions, DuckDBWriter, _safe_dsn, duckdb_s
 from tests.builders import Stream, col, dele, evolve, ins, numeric_typmod, read, table, table_changes, upd
 from wallaby.core import registry
 from wallaby.core.changes import OP_DDL, ChangeBatch, Position
-from wallaby.core.errors import ConfigError
 from wallaby.core.spec import parse_flow
 
 EXAMPLES = int(os.environ.get("WALLABY_HYPOTHESIS_EXAMPLES", "100"))
@@ -834,17 +833,13 @@ def test_bad_options_name_the_field(options, field):
     assert field in str(err.value)
 
 
-def test_staging_is_a_clear_error():
-    # Validated by the options (USAGE.md names them), refused by name before anything is built or created.
+def test_staging_options_are_buildable():
+    # Validated by the options (USAGE.md names them) and built (tests/test_staging.py): no longer refused.
     spec = parse_flow({"name": "f", "source": {"type": "postgres", "options": {
         "dsn": "postgresql://u@127.0.0.1:1/db", "slot": "s", "publication": "p"}},
         "destinations": [{"name": "d", "type": "duckdb", "options": {
             "dsn": ":memory:", "batch_mode": "staging", "staging_suffix": "_x", "batch_resolution": "none"}}]})
-    with pytest.raises(ConfigError) as err:
-        check_buildable(spec)
-    assert [p.path for p in err.value.problems] == ["destinations[0].options.batch_mode",
-                                                     "destinations[0].options.staging_suffix"]
-    assert "staging loads come with backfill" in str(err.value) and "not available in this version" in str(err.value)
+    check_buildable(spec)
 
 
 def test_writer_accepts_an_options_dict_and_reports_open_errors(tmp_path):

@@ -1,6 +1,7 @@
-"""The duckdb destination: its options (:mod:`.options`), preflight check (:mod:`.checks`) and sink
-(:mod:`.writer`), registered as ``PLUGIN`` (entry point ``wallaby.destinations``). Importing this package does
-not import duckdb: the writer is imported when a sink is built or a stored position read."""
+"""The duckdb destination: its options (:mod:`.options`), preflight check (:mod:`.checks`), sink
+(:mod:`.writer`) and staging resolution (:mod:`.staging`), registered as ``PLUGIN`` (entry point
+``wallaby.destinations``). Importing this package does not import duckdb: the writer is imported when a sink is
+built or a stored position read, the staging module when staging tables are resolved."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from wallaby.core.registry import Plugin
 
 if TYPE_CHECKING:
     from sinks.base import WriterSink
+    from sinks.duckdb.staging import ResolvedTable
     from wallaby.core.changes import Position
     from wallaby.core.identity import SourceCheck, SourceIdentity
 
@@ -33,9 +35,18 @@ def stored_position(name: str, flow_id: str,
     return _writer().stored_position(name, flow_id, options)
 
 
+def resolve_staging(name: str, flow_id: str, options: DuckDBDestinationOptions, tables: list[str] | None = None,
+                    schemas: list[str] | None = None) -> list[ResolvedTable]:
+    # the duckdb driver (through the writer): loaded when staging tables are resolved, not with the plugin
+    from sinks.duckdb import staging
+
+    return staging.resolve_staging(name, flow_id, options, tables=tables, schemas=schemas)
+
+
 def discard_position(name: str, flow_id: str, options: DuckDBDestinationOptions) -> None:
     _writer().discard_position(name, flow_id, options)
 
 
 PLUGIN = Plugin(name="duckdb", options=DuckDBDestinationOptions, make_sink=make_sink,
-                stored_position=stored_position, discard_position=discard_position, checks=(check_duckdb_path,))
+                stored_position=stored_position, discard_position=discard_position, checks=(check_duckdb_path,),
+                resolve_staging=resolve_staging)

@@ -8,8 +8,8 @@ from wallaby.core.options import Bool, RequiredText
 
 class DuckDBDestinationOptions(TableWriterOptions):
     """The one model of a DuckDB destination's options, the flow spec's and the sink's
-    (``sinks.duckdb.writer.DuckDBOptions`` is this class). ``batch_mode=staging``, ``batch_resolution`` and
-    ``staging_*`` are validated here and refused by ``dataflows.flow.check_buildable`` until staging loads exist."""
+    (``sinks.duckdb.writer.DuckDBOptions`` is this class). ``batch_mode=staging`` lands a backfill's rows in
+    staging tables (``staging_*``), resolved into the targets by ``batch_resolution`` (sinks/duckdb/staging.py)."""
 
     dsn: RequiredText
     drop_columns: Bool = False  # not in USAGE.md: follow a source DROP COLUMN (docs/ddl.md)

@@ -81,6 +81,19 @@ Types: every value is ``CAST`` to its DuckDB column type in SQL. Postgres
 DuckDB's ``-infinity`` (MIN + 1); ``+infinity`` is the same bit pattern in both.
 Inside arrays they are not translated.
 
+Staging (``batch_mode=staging``, backfill loads)
+    Rows of op ``read`` (a backfill snapshot, ``wallaby.core.changes.OP_READ``) go to the target table's
+    staging table instead of the target: ``<staging_schema or the target's schema>.<staging_table or the
+    target table's name + staging_suffix>`` (:func:`staging_dest`). A staging table gets the target's
+    columns (same type mapping and schema evolution; in ``write_mode=append`` the append columns too), is
+    created when first needed and is append-only: rows as read, no key matching. ``staging_table`` is one
+    literal name, so it holds the rows of one target table: a flow whose reads land in two target tables with
+    it set fails, naming ``staging_table`` (set ``table`` too, or leave ``staging_table`` unset). Streaming
+    changes (insert, update, delete, truncate) go to the target in every ``batch_mode``; a truncate does not
+    touch the staging table. :mod:`sinks.duckdb.staging` resolves staged rows into the targets
+    (``batch_resolution``). The high-water is the same as without staging: staged rows are committed in the
+    same transactions as everything else.
+
 Events: truncate empties the table (target mode); ddl and logical messages are
 ignored by this sink. Errors are :class:`~sinks.base.PermanentSinkError`
 naming the destination and table; the DSN is shown only when it is a plain path.
@@ -97,6 +110,7 @@ from typing import Any, NoReturn
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sinks.base import HighWater, PermanentSinkError, Writer, WriterSink, source_json
 from sinks.duckdb.apply import APPEND_COLS, ApplyError, DestTable, apply_append, apply_keyed, apply_keyless, q
@@ -104,9 +118,12 @@ from sinks.duckdb.merge import TruncateMark, merge_pending
 from sinks.duckdb.options import DuckDBDestinationOptions as DuckDBOptions
 from sinks.duckdb.types import canonical_type, duckdb_type, widens
 from sinks.retry import Steps, retry
+from sinks.sql.options import TableWriterOptions
 from wallaby.core.changes import (
+    OP_COL,
     OP_DDL,
     OP_MESSAGE,
+    OP_READ,
     OP_TRUNCATE,
     ZERO,
     ChangeBatch,
@@ -174,6 +191,18 @@ STATE_TABLE = "main.__wallaby_state"
 META_TABLE = "main.__wallaby_meta"
 
 
+def target_dest(options: TableWriterOptions, schema: str, name: str) -> tuple[str, str]:
+    """The DuckDB table (schema, name) a source table ``schema.name`` lands in (the ``schema`` and ``table``
+    options)."""
+    return (options.schema_name or schema, options.table or name)
+
+
+def staging_dest(options: TableWriterOptions, target: tuple[str, str]) -> tuple[str, str]:
+    """The staging table of the target table ``target`` (``batch_mode=staging``): ``staging_schema`` (else the
+    target's schema) . ``staging_table`` (else the target's name + ``staging_suffix``)."""
+    return (options.staging_schema or target[0], options.staging_table or target[1] + options.staging_suffix)
+
+
 def duckdb_sink(name: str, flow_id: str, options: DuckDBOptions, source: SourceCheck | None = None) -> WriterSink:
     """A bytewax sink writing ``flow_id``'s changes to DuckDB as destination ``name``."""
     return WriterSink(name, lambda resume_state: DuckDBWriter(name, flow_id, options, resume_state, source=source))
@@ -181,7 +210,7 @@ def duckdb_sink(name: str, flow_id: str, options: DuckDBOptions, source: SourceC
 
 def make_sink(name: str, flow_id: str, options: DuckDBOptions, source: SourceCheck | None = None) -> WriterSink:
     """The destination of a flow spec: its validated :class:`DuckDBOptions` (the metadata options are applied by
-    operators.metadata; the staging options are refused by dataflows.buildable.check_buildable until they exist)."""
+    operators.metadata; ``batch_mode=staging`` sends read rows to staging tables, see the module docstring)."""
     return duckdb_sink(name, flow_id, options, source)
 
 
@@ -239,6 +268,7 @@ class _Pending:
     truncate: bool = False  # target mode: empty the table before applying items
     items: list[TableChanges | TruncateMark] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)  # drop_columns: source columns to drop after the apply
+    staging: bool = False  # a staging table (batch_mode=staging): read rows appended as they are
 
 
 # --------------------------------------------------------------------------- writer
@@ -268,6 +298,8 @@ class DuckDBWriter(Writer):
         self.max_buffer_rows = max_buffer_rows
         self.max_buffer_bytes = max_buffer_bytes
         self._append = options.write_mode == "append"
+        self._staging = options.batch_mode == "staging"
+        self._staged_for: dict[tuple[str, str], tuple[str, str]] = {}  # staging table -> its target table
         self._mappings = options.mappings()
         self._dsn_shown = _safe_dsn(options.dsn)
         self._pending: dict[tuple[str, str], _Pending] = {}
@@ -339,7 +371,7 @@ class DuckDBWriter(Writer):
 
     def write(self, batch: ChangeBatch) -> None:
         self._check_usable()
-        hw = self._hw.taken
+        hw = ZERO if batch.snapshot else self._hw.taken  # a backfill's rows are outside the stream's order
         if self._hw.replayed(batch):  # a replay: everything in it is already applied (or buffered)
             self.stats["skipped_rows"] += len(batch)
             return
@@ -348,7 +380,8 @@ class DuckDBWriter(Writer):
                 self._take_rows(seg, hw)
             elif seg.position > hw:
                 self._take_event(seg)
-        self._hw.advance(batch.position)
+        if not batch.snapshot:
+            self._hw.advance(batch.position)
         if self._buffered_rows >= self.max_buffer_rows or self._buffered_bytes >= self.max_buffer_bytes:
             applied = self._buffered_bytes
             self._apply_pending()
@@ -394,16 +427,49 @@ class DuckDBWriter(Writer):
     # ------------------------------------------------------------------ buffering
 
     def _dest(self, table: TableSchema) -> tuple[str, str]:
-        return (self.options.schema_name or table.schema, self.options.table or table.name)
+        return target_dest(self.options, table.schema, table.name)
 
-    def _pending_for(self, table: TableSchema) -> _Pending:
+    def _pending_for(self, table: TableSchema, staging: bool = False) -> _Pending:
         dest = self._dest(table)
+        if staging:
+            dest = self._staging_for(table, dest)
         p = self._pending.get(dest)
         if p is None:
-            p = self._pending[dest] = _Pending(dest, table)
+            p = self._pending[dest] = _Pending(dest, table, staging=staging)
+        elif p.staging != staging:
+            self._fail(f"{dest[0]}.{dest[1]}", "the table is both the target of a source table and a staging table"
+                                               " (staging_schema / staging_table / staging_suffix); rename one")
         elif table.version >= p.table.version or table.relid != p.table.relid:
             p.table = table
         return p
+
+    def _staging_for(self, table: TableSchema, target: tuple[str, str]) -> tuple[str, str]:
+        """The staging table of ``target``; a staging table holds the rows of one target table."""
+        dest = staging_dest(self.options, target)
+        where = f"{dest[0]}.{dest[1]}"
+        if dest == target:
+            self._fail(where, "the staging table of this target table is the target table itself; set"
+                              " staging_schema, staging_table or staging_suffix so that they differ")
+        other = self._staged_for.setdefault(dest, target)
+        if other != target:
+            self._fail(where, f"staging_table={self.options.staging_table!r} would hold the read rows of two target"
+                              f" tables ({other[0]}.{other[1]} and {target[0]}.{target[1]}): staging_table names"
+                              " the staging table of a flow with one target table; leave it unset (each target"
+                              " gets <name><staging_suffix>) or set table")
+        return dest
+
+    @staticmethod
+    def _split_reads(seg: TableChanges) -> tuple[TableChanges | None, TableChanges | None]:
+        """(the read rows of ``seg``, its other rows), either None when empty."""
+        ops = seg.rows.column(OP_COL)
+        reads = pc.equal(ops, OP_READ)
+        n = pc.sum(reads).as_py() or 0
+        if n == 0:
+            return None, seg
+        if n == len(seg):
+            return seg, None
+        return (TableChanges(seg.table, seg.rows.filter(reads)),
+                TableChanges(seg.table, seg.rows.filter(pc.invert(reads))))
 
     def _take_rows(self, seg: TableChanges, hw: Position) -> None:
         n = len(seg)
@@ -415,9 +481,18 @@ class DuckDBWriter(Writer):
             if later is None:
                 return
             seg, n = later, len(later)
-        p = self._pending_for(seg.table)
+        if self._staging:  # read rows (a backfill) go to the staging table, the rest to the target
+            reads, rest = self._split_reads(seg)
+            if reads is not None:
+                self._buffer(self._pending_for(reads.table, staging=True), reads)
+            if rest is not None:
+                self._buffer(self._pending_for(rest.table), rest)
+            return
+        self._buffer(self._pending_for(seg.table), seg)
+
+    def _buffer(self, p: _Pending, seg: TableChanges) -> None:
         p.items.append(seg)
-        self._buffered_rows += n
+        self._buffered_rows += len(seg)
         self._buffered_bytes += seg.rows.nbytes
 
     def _take_event(self, ev: Event) -> None:
@@ -557,6 +632,8 @@ class DuckDBWriter(Writer):
         table = p.table
         if self._append:
             apply_append(self._con, qt, src, columns, dest)
+        elif p.staging:  # read rows only: appended as they are (apply_keyless inserts when nothing else is there)
+            apply_keyless(self._con, qt, src, columns, dest)
         elif table.replica_identity != "f" and table.key_names:
             apply_keyed(self._con, qt, src, columns, dest, table.key_names)
         else:
@@ -691,4 +768,4 @@ class DuckDBWriter(Writer):
         self._meta_seen[key] = (t.version, cols_json)
 
 
-__all__ = ["DuckDBOptions", "DuckDBWriter", "duckdb_sink"]
+__all__ = ["DuckDBOptions", "DuckDBWriter", "duckdb_sink", "staging_dest", "target_dest"]

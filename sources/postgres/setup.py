@@ -41,6 +41,7 @@ class SourcePlan:
     confirmed_flush: int | None = None
     restart_lsn: int | None = None
     slot_id: str | None = None  # the slot's identity (source-state table); None with ensure_state=false
+    snapshot: ExportedSnapshot | None = None  # prepare_source(export=True) and the slot was created now
 
 
 def proto_version_for(server_version: int) -> int:
@@ -140,19 +141,21 @@ def _setup_lock(conn: psycopg.Connection, slot: str, server: str) -> None:
         conn.execute("RESET lock_timeout")
 
 
-def prepare_source(opts, flow_id: str, system_id: str | None = None) -> SourcePlan:
+def prepare_source(opts, flow_id: str, system_id: str | None = None, *, export: bool = False) -> SourcePlan:
     """Validate, then create what is missing (publication, slot, state table). The set-up of a slot is serialized
     (a session advisory lock), so the same flow started twice at once does not race on the publication.
-    ``system_id``: the server's, when the caller has read it already (else it is asked for)."""
+    ``system_id``: the server's, when the caller has read it already (else it is asked for). ``export``: a slot
+    created now is created with an exported snapshot (``plan.snapshot``, for a backfill)."""
     if getattr(opts, "aws_rds_iam", False):
         register(opts, flow_id)
     server = server_name(opts.dsn)
     with connect(opts.dsn, application_name=f"wallaby-setup:{flow_id}") as conn:
         _setup_lock(conn, opts.slot, server)  # released when the connection closes
-        return _prepare(conn, opts, flow_id, server, system_id)
+        return _prepare(conn, opts, flow_id, server, system_id, export)
 
 
-def _prepare(conn: psycopg.Connection, opts, flow_id: str, server: str, system_id: str | None) -> SourcePlan:
+def _prepare(conn: psycopg.Connection, opts, flow_id: str, server: str, system_id: str | None,
+             export: bool = False) -> SourcePlan:
     version = conn.info.server_version
     if opts.validate_replication:
         validate_replication(conn, server)
@@ -219,8 +222,10 @@ def _prepare(conn: psycopg.Connection, opts, flow_id: str, server: str, system_i
 
     layout = ensure_state_table(conn, opts) if opts.ensure_state else None  # DDL: before the slot exists
     if slot is None:
-        consistent = create_slot(opts.dsn, opts.slot, flow_id)
+        exported: list[ExportedSnapshot] | None = [] if export else None
+        consistent = create_slot(opts.dsn, opts.slot, flow_id, exported)
         plan.slot_created = consistent is not None
+        plan.snapshot = exported[0] if exported else None
         plan.slot_id = new_slot_id(consistent)
     else:
         plan.slot_id = slot_id_of(rows, owner) or new_slot_id(None)
@@ -284,21 +289,42 @@ def sync_publication(conn: psycopg.Connection, publication: str, tables: list[st
             log.info("publication %s: dropped %s", publication, t, extra={"flow": flow_id})
 
 
-def create_slot(dsn: str, slot: str, flow_id: str) -> int | None:
-    """Create the slot; its consistent point (None: it was created meanwhile by someone else)."""
-    with connect(dsn, replication=True, application_name=f"wallaby-setup:{flow_id}") as rconn:
-        try:
-            rows = simple_query(rconn,
-                                f"CREATE_REPLICATION_SLOT {quote_ident(slot)} LOGICAL pgoutput (SNAPSHOT 'nothing')")
-        except psycopg.errors.DuplicateObject:
-            return None
-        except psycopg.Error as exc:
-            kind = TransientSourceError if is_transient(exc) else TerminalSourceError
-            raise kind(f"could not create replication slot {slot!r} in {server_name(dsn)}: {exc}",
-                       server=server_name(dsn), sqlstate=getattr(exc, "sqlstate", None)) from None
+@dataclass
+class ExportedSnapshot:
+    """The snapshot a slot was created with (``SNAPSHOT 'export'``): the database exactly as of the slot's
+    consistent point. It can be imported (``SET TRANSACTION SNAPSHOT``) while ``conn``, the replication connection
+    that created the slot, stays open and idle: :meth:`close` it once every reader has imported it."""
+
+    name: str
+    lsn: int
+    conn: psycopg.Connection
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def create_slot(dsn: str, slot: str, flow_id: str, export: list[ExportedSnapshot] | None = None) -> int | None:
+    """Create the slot; its consistent point (None: it was created meanwhile by someone else). With ``export`` (a
+    list), the slot is created with an exported snapshot, appended to it with the connection that holds it open."""
+    rconn = connect(dsn, replication=True, application_name=f"wallaby-setup:{flow_id}")
+    mode = "export" if export is not None else "nothing"
+    try:
+        rows = simple_query(rconn, f"CREATE_REPLICATION_SLOT {quote_ident(slot)} LOGICAL pgoutput (SNAPSHOT '{mode}')")
+    except psycopg.errors.DuplicateObject:
+        rconn.close()
+        return None
+    except psycopg.Error as exc:
+        rconn.close()
+        kind = TransientSourceError if is_transient(exc) else TerminalSourceError
+        raise kind(f"could not create replication slot {slot!r} in {server_name(dsn)}: {exc}",
+                   server=server_name(dsn), sqlstate=getattr(exc, "sqlstate", None)) from None
     consistent = _lsn(rows[0][1]) if rows else None
-    log.info("created replication slot %s (consistent point %s)", slot, rows[0][1] if rows else "?",
-             extra={"flow": flow_id})
+    log.info("created replication slot %s (consistent point %s%s)", slot, rows[0][1] if rows else "?",
+             f", snapshot {rows[0][2]}" if export is not None and rows else "", extra={"flow": flow_id})
+    if export is not None and rows and rows[0][2] and consistent is not None:
+        export.append(ExportedSnapshot(rows[0][2], consistent, rconn))
+    else:
+        rconn.close()
     return consistent
 
 

@@ -6,6 +6,7 @@
     wallaby-admin flow update -file FLOW.json
     wallaby-admin flow start|pause|resume|stop|delete|run-once -flow-id ID
     wallaby-admin flow cleanup -flow-id ID [-drop-slot] [-drop-publication] [-drop-source-state]  (none: all three)
+    wallaby-admin flow resolve-staging -flow-id ID [-tables s.t1,s.t2 | -schemas a,b] [-dest NAME]  (flow not running)
     wallaby-admin publication list -flow-id ID
     wallaby-admin publication sync -flow-id ID [-schemas a,b] [-tables s.t1,s.t2] [-mode add|sync] [-pause] [-resume]
     wallaby-admin slot list|get -flow-id ID
@@ -122,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd(flow, "cleanup", "drop a flow's slot, publication and/or source state")
     for name in ("drop-slot", "drop-publication", "drop-source-state"):
         _flag(c, name, dest=name.replace("-", "_"), action="store_true")
+    c = cmd(flow, "resolve-staging", "move the rows a backfill staged (batch_mode=staging) into their target tables"
+                                     " by batch_resolution (append or replace); the flow must not be running")
+    _flag(c, "tables", default="", help="comma-separated schema.table names (default: every staged table)")
+    _flag(c, "schemas", default="", help="comma-separated schemas whose tables are resolved")
+    _flag(c, "dest", default="", help="only this destination (default: every destination that stages loads)")
 
     pub = group("publication", "list and change the tables of a flow's publication")
     cmd(pub, "list", "list the publication's tables")
@@ -341,6 +347,14 @@ def _reset_text(resp: checkpoint_pb2.ResetCheckpointResponse) -> str:
     return "\n".join(lines)
 
 
+def _staging_text(resp: flow_pb2.ResolveStagingResponse, flow_id: str) -> str:
+    if not resp.tables:
+        return f"flow {resp.flow_id or flow_id}: nothing staged"
+    rows = [(t.destination, t.table, t.staging_table, t.resolution if t.staged else "nothing staged",
+             t.rows if t.staged else "") for t in resp.tables]
+    return table(("DESTINATION", "TABLE", "STAGING_TABLE", "RESOLUTION", "ROWS"), rows)
+
+
 def _render(resp: Message, args: argparse.Namespace) -> str:
     """The table text of a response (the JSON is generic)."""
     key = (args.group, args.cmd)
@@ -356,6 +370,8 @@ def _render(resp: Message, args: argparse.Namespace) -> str:
         return f"flow {args.flow_id}: {'run dispatched' if resp.dispatched else 'run not dispatched'}"
     if key == ("flow", "cleanup"):
         return f"flow {args.flow_id}: {'cleaned up' if resp.cleaned else 'nothing cleaned'}"
+    if key == ("flow", "resolve-staging"):
+        return _staging_text(resp, args.flow_id)
     if args.group == "flow":
         return f"flow {resp.id or resp.name}: {_short(types_pb2.FlowState, resp.state)} (generation {resp.generation})"
     if key == ("publication", "list"):
@@ -422,6 +438,11 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Message]:
         chosen = {k: getattr(args, k) for k in ("drop_slot", "drop_publication", "drop_source_state")}
         return "flow", "CleanupFlow", flow_pb2.CleanupFlowRequest(
             flow_id=fid, **(chosen if any(chosen.values()) else {}))
+    if key == ("flow", "resolve-staging"):
+        if args.tables.strip() and args.schemas.strip():
+            raise UsageError("flow resolve-staging: give -tables or -schemas, not both")
+        return "flow", "ResolveStaging", flow_pb2.ResolveStagingRequest(
+            flow_id=fid, tables=_csv(args.tables), schemas=_csv(args.schemas), destination=args.dest.strip())
     if key == ("publication", "sync"):
         if args.snapshot:
             raise UsageError("publication sync -snapshot: backfill snapshots are not available in this version")

@@ -47,15 +47,21 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
+from bytewax.recovery import RecoveryConfig
+from bytewax.run import cli_main
+
+from dataflows.backfill import prepare_backfill
 from dataflows.flow import build_flow, check_buildable, stored_flow
 from dataflows.positions import RECOVERY_MIN_FREE, lock_recovery, open_recovery, prepare_start, recovery_store_error
 from dataflows.preflight import preflight
+from dataflows.staging import resolve_flow_staging
 from wallaby.control.panicfilter import filtered_stderr
+from wallaby.control.progress import TerminalProgress
 from wallaby.core import logs, settings
 from wallaby.core.changes import parse_lsn
 from wallaby.core.errors import ConfigError, FieldProblem, WallabyError, exit_status, redact_dsn
 from wallaby.core.options import parse_duration
-from wallaby.core.runtime import install_stop_handler
+from wallaby.core.runtime import STOP, install_stop_handler
 from wallaby.core.spec import load_flow
 from wallaby.state.checkpoints import open_store
 
@@ -83,15 +89,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-generation", "--generation", dest="generation", type=int, default=None,
                    help="with -flow-id: run at this generation of the flow (set by the API server; default: claim a"
                         " new one, which fences off any older worker of the flow)")
-    p.add_argument("-mode", "--mode", dest="mode", default="stream", choices=["stream"],
-                   help="stream (backfill comes in a later version)")
+    p.add_argument("-mode", "--mode", dest="mode", default="stream", choices=["stream", "backfill"],
+                   help="stream (default): the changes of the slot; backfill: what the tables hold now, through the"
+                        " same destinations, then exit")
+    p.add_argument("-tables", "--tables", dest="tables", default=None,
+                   help="backfill: the tables (schema.table,...); default: every table of the flow's publication")
+    p.add_argument("-snapshot-workers", "--snapshot-workers", dest="snapshot_workers", type=int, default=None,
+                   help="backfill: parts read at once (default: the source option snapshot_workers, 1)")
+    p.add_argument("-partition-count", "--partition-count", dest="partition_count", type=int, default=None,
+                   help="backfill: parts per table, ranges of its heap blocks (default: the source option"
+                        " partition_count, 1)")
+    p.add_argument("-partition-column", "--partition-column", dest="partition_column", default=None,
+                   help="backfill: not available in this version (tables are split by heap block ranges)")
+    p.add_argument("-resolve-staging", "--resolve-staging", dest="resolve_staging", action="store_true",
+                   help="resolve staged tables (batch_mode=staging) into their targets by batch_resolution: after"
+                        " the backfill with -mode backfill, else now (the -tables given, default all) and exit")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from bytewax.recovery import RecoveryConfig
-    from bytewax.run import cli_main
-
     if bool(args.flow_file) == bool(args.flow_id):
         raise ConfigError("wallaby-worker", [_problem("-flow-file", "give one of -flow-file FILE or -flow-id ID")])
     checkpoints = open_store()
@@ -103,6 +119,20 @@ def run(args: argparse.Namespace) -> int:
     logs.setup(spec.id)
     install_stop_handler()
     check_buildable(spec)
+    if args.mode == "backfill":
+        return run_backfill(args, spec, checkpoints)
+    if args.resolve_staging:
+        checkpoints.close()
+        _resolve_staging(spec, _tables(args))
+        return 0
+    backfill_only = [f for f, v in (("-snapshot-workers", args.snapshot_workers),
+                                    ("-partition-count", args.partition_count),
+                                    ("-partition-column", args.partition_column)) if v is not None]
+    if args.tables is not None:
+        backfill_only.insert(0, "-tables")
+    if backfill_only:
+        raise ConfigError("wallaby-worker", [_problem(f, "applies to -mode backfill (-tables: or -resolve-staging)")
+                                             for f in backfill_only])
     start_lsn = None
     if args.start_lsn:
         try:
@@ -134,6 +164,68 @@ def run(args: argparse.Namespace) -> int:
         checkpoints.close()
     log.info("flow %s: stopped", spec.id)
     return 0
+
+
+def run_backfill(args: argparse.Namespace, spec, checkpoints) -> int:
+    """``-mode backfill``: read the tables' parts into the flow's destinations, then exit 0. Killed, it resumes
+    from its own recovery store (``<flow>.backfill`` beside the stream's) with the same parts; finished, the
+    store is removed, so the next backfill reads everything again."""
+    problems = []
+    if args.partition_column is not None:
+        problems.append(_problem("-partition-column", "not available in this version: a backfill splits a table by"
+                                 " ranges of its heap blocks (each block read once whatever the keys); leave it out"))
+    if args.start_lsn:
+        problems.append(_problem("-start-lsn", "applies to -mode stream"))
+    for flag, value in (("-snapshot-workers", args.snapshot_workers), ("-partition-count", args.partition_count)):
+        if value is not None and value < 1:
+            problems.append(_problem(flag, f"must be at least 1, got {value}"))
+    if problems:
+        raise ConfigError("wallaby-worker", problems)
+    opts = spec.source_options()
+    workers = args.snapshot_workers or opts.snapshot_workers
+    epoch = parse_duration(args.epoch_interval)
+    rdir = Path(args.recovery_dir).expanduser() if args.recovery_dir else \
+        recovery_dir(f"{spec.id}.backfill", None, checkpoints)
+    held = lock_recovery(rdir, spec.id)  # noqa: F841 - one backfill of a flow at a time
+    tables = _tables(args)
+    progress = TerminalProgress(spec.id) if sys.stderr.isatty() else None
+    flow, snapshot, parts = prepare_backfill(spec, checkpoints, tables, args.partition_count,
+                                             reset_all=args.reset_position, recovery_dir=rdir, progress=progress)
+    log.info("flow %s: backfill recovery store %s", spec.id, rdir)
+    try:
+        cli_main(flow, workers_per_process=workers, epoch_interval=timedelta(seconds=epoch),
+                 recovery_config=RecoveryConfig(str(rdir)))
+    except Exception as exc:
+        if shutil.disk_usage(rdir).free < RECOVERY_MIN_FREE:
+            raise recovery_store_error(rdir) from exc
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+        snapshot.close()
+        checkpoints.close()
+    if STOP.is_set():
+        log.info("flow %s: backfill stopped; run it again to resume", spec.id)
+        return 0
+    shutil.rmtree(rdir, ignore_errors=True)  # done: the next backfill starts over
+    log.info("flow %s: backfill done (%d parts of %d tables)", spec.id, len(parts), len({p.table for p in parts}))
+    if args.resolve_staging:
+        _resolve_staging(spec, sorted({p.table for p in parts}))
+    return 0
+
+
+def _tables(args: argparse.Namespace) -> list[str] | None:
+    return [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
+
+
+def _resolve_staging(spec, tables: list[str] | None) -> None:
+    for r in resolve_flow_staging(spec, tables=tables):
+        if r.staged:
+            log.info("flow %s: destination %s: %s resolved into %s (%s, %d rows)", spec.id, r.destination,
+                     r.staging_table, r.table, r.resolution, r.rows, extra={"flow": spec.id})
+        else:
+            log.info("flow %s: destination %s: nothing staged for %s", spec.id, r.destination, r.table,
+                     extra={"flow": spec.id})
 
 
 def recovery_dir(flow_id: str, given: str | None, checkpoints) -> Path:

@@ -227,12 +227,15 @@ class ChangeBatch:
     """What one bytewax item carries: ordered segments of one flow's changes.
 
     ``position`` is the position of the last change in the batch (what a sink
-    records as its high-water mark once the batch is durable).
+    records as its high-water mark once the batch is durable). A ``snapshot``
+    batch holds rows of a backfill (op ``read``, all at the snapshot's LSN): it
+    is outside the stream's order, so no high-water skips it or moves for it.
     """
 
     flow_id: str
     segments: list[Segment]
     position: Position
+    snapshot: bool = False
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.segments)
@@ -249,7 +252,7 @@ class ChangeBatch:
                     kept.append(later)
             elif s.position > pos:
                 kept.append(s)
-        return ChangeBatch(self.flow_id, kept, self.position)
+        return ChangeBatch(self.flow_id, kept, self.position, self.snapshot)
 
     def tables(self) -> list[TableSchema]:
         seen: dict[tuple[int, int], TableSchema] = {}

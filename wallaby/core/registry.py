@@ -51,6 +51,10 @@ DiscardPosition = Callable[[str, str, Any], None]
 # A free preflight check: (index in the flow's destinations, the destination Endpoint, its typed options) ->
 # problems (raise TransientSinkError for "could not ask"). Never creates anything.
 DestinationCheck = Callable[[int, Any, Any], list[FieldProblem]]
+# resolve_staging(name, flow_id, options, tables=None, schemas=None) -> what was resolved, one record per table
+# (the duckdb plugin's are sinks.duckdb.staging.ResolvedTable: destination, table, staging_table, rows, resolution,
+# staged): move the rows a backfill staged (batch_mode=staging) into the target tables by batch_resolution.
+ResolveStaging = Callable[..., list[Any]]
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class Plugin:
     stored_position: StoredPosition | None = None
     discard_position: DiscardPosition | None = None
     checks: tuple[DestinationCheck, ...] = ()
+    # None: the destination has no staging tables (dataflows.staging.resolve_flow_staging skips it).
+    resolve_staging: ResolveStaging | None = None
 
     def __post_init__(self) -> None:
         if (self.stored_position is None) != (self.discard_position is None):
@@ -157,5 +163,5 @@ def options_models() -> dict[str, type[DestinationOptions]]:
     return {t: p.options for t, p in sorted(_registry().items())}
 
 
-__all__ = ["GROUP", "DestinationCheck", "DiscardPosition", "Plugin", "RegistryError", "SinkMaker", "StoredPosition",
-           "names", "options_models", "plugin", "plugins"]
+__all__ = ["GROUP", "DestinationCheck", "DiscardPosition", "Plugin", "RegistryError", "ResolveStaging", "SinkMaker",
+           "StoredPosition", "names", "options_models", "plugin", "plugins"]

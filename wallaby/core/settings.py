@@ -27,7 +27,8 @@ Not here: the flow store and checkpoint store (``WALLABY_CHECKPOINT_*``,
 wire format and DDL defaults of a flow (``WALLABY_WIRE_*``, ``WALLABY_DDL_GATE``
 / ``_AUTO_APPROVE`` / ``_AUTO_APPLY``: :mod:`wallaby.core.spec`), and the inputs of
 ``dataflows.flow:flow`` (``WALLABY_FLOW_*``, ``WALLABY_START_LSN``,
-``WALLABY_MAX_EMPTY_READS``), which each parse with the helpers below.
+``WALLABY_MAX_EMPTY_READS``) and of ``dataflows.backfill:flow`` (``WALLABY_BACKFILL_TABLES``), which each parse
+with the helpers below.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ class Settings:
     worker_stop_timeout: float = 60.0
     worker_log_dir: str = "~/.wallaby/logs"
     run_once_empty_reads: int = 1
+    backfill_chunk_blocks: int = 1024
 
 
 # variable -> (Settings field, parser). What each does is documented where it is used and in docs/.
@@ -172,6 +174,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WALLABY_WORKER_STOP_TIMEOUT": ("worker_stop_timeout", duration(0)),  # wallaby/api/dispatch.py
     "WALLABY_WORKER_LOG_DIR": ("worker_log_dir", path),
     "WALLABY_RUN_ONCE_EMPTY_READS": ("run_once_empty_reads", count(1)),
+    "WALLABY_BACKFILL_CHUNK_BLOCKS": ("backfill_chunk_blocks", count(1)),  # sources/postgres/snapshot.py
 }
 
 

@@ -386,3 +386,39 @@ class ScrapePublicationTablesResponse(_message.Message):
     applied: bool
     flow_id: str
     def __init__(self, discovered_tables: _Optional[_Iterable[str]] = ..., missing_tables: _Optional[_Iterable[str]] = ..., applied: _Optional[bool] = ..., flow_id: _Optional[str] = ...) -> None: ...
+
+class ResolveStagingRequest(_message.Message):
+    __slots__ = ("flow_id", "tables", "schemas", "destination")
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    SCHEMAS_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    tables: _containers.RepeatedScalarFieldContainer[str]
+    schemas: _containers.RepeatedScalarFieldContainer[str]
+    destination: str
+    def __init__(self, flow_id: _Optional[str] = ..., tables: _Optional[_Iterable[str]] = ..., schemas: _Optional[_Iterable[str]] = ..., destination: _Optional[str] = ...) -> None: ...
+
+class ResolvedStagingTable(_message.Message):
+    __slots__ = ("destination", "table", "rows", "resolution", "staging_table", "staged")
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    STAGING_TABLE_FIELD_NUMBER: _ClassVar[int]
+    STAGED_FIELD_NUMBER: _ClassVar[int]
+    destination: str
+    table: str
+    rows: int
+    resolution: str
+    staging_table: str
+    staged: bool
+    def __init__(self, destination: _Optional[str] = ..., table: _Optional[str] = ..., rows: _Optional[int] = ..., resolution: _Optional[str] = ..., staging_table: _Optional[str] = ..., staged: _Optional[bool] = ...) -> None: ...
+
+class ResolveStagingResponse(_message.Message):
+    __slots__ = ("flow_id", "tables")
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    tables: _containers.RepeatedCompositeFieldContainer[ResolvedStagingTable]
+    def __init__(self, flow_id: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[ResolvedStagingTable, _Mapping]]] = ...) -> None: ...

@@ -136,6 +136,11 @@ class FlowServiceStub:
                 request_serializer=wallaby_dot_v1_dot_flow__pb2.ScrapePublicationTablesRequest.SerializeToString,
                 response_deserializer=wallaby_dot_v1_dot_flow__pb2.ScrapePublicationTablesResponse.FromString,
                 _registered_method=True)
+        self.ResolveStaging = channel.unary_unary(
+                '/wallaby.v1.FlowService/ResolveStaging',
+                request_serializer=wallaby_dot_v1_dot_flow__pb2.ResolveStagingRequest.SerializeToString,
+                response_deserializer=wallaby_dot_v1_dot_flow__pb2.ResolveStagingResponse.FromString,
+                _registered_method=True)
 
 
 class FlowServiceServicer:
@@ -266,6 +271,14 @@ class FlowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveStaging(self, request, context):
+        """Moves the rows a backfill staged (DuckDB batch_mode=staging) into their target tables by batch_resolution.
+        Refused while the flow's worker runs (it holds the destinations).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -368,6 +381,11 @@ def add_FlowServiceServicer_to_server(servicer, server):
                     servicer.ScrapePublicationTables,
                     request_deserializer=wallaby_dot_v1_dot_flow__pb2.ScrapePublicationTablesRequest.FromString,
                     response_serializer=wallaby_dot_v1_dot_flow__pb2.ScrapePublicationTablesResponse.SerializeToString,
+            ),
+            'ResolveStaging': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveStaging,
+                    request_deserializer=wallaby_dot_v1_dot_flow__pb2.ResolveStagingRequest.FromString,
+                    response_serializer=wallaby_dot_v1_dot_flow__pb2.ResolveStagingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -911,6 +929,33 @@ class FlowService:
             '/wallaby.v1.FlowService/ScrapePublicationTables',
             wallaby_dot_v1_dot_flow__pb2.ScrapePublicationTablesRequest.SerializeToString,
             wallaby_dot_v1_dot_flow__pb2.ScrapePublicationTablesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveStaging(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallaby.v1.FlowService/ResolveStaging',
+            wallaby_dot_v1_dot_flow__pb2.ResolveStagingRequest.SerializeToString,
+            wallaby_dot_v1_dot_flow__pb2.ResolveStagingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,6 +33,7 @@ import time
 from collections.abc import Mapping
 
 from dataflows.preflight import preflight
+from dataflows.staging import resolve_flow_staging
 from wallaby.control.api import sourceops
 from wallaby.control.api.convert import check_wire_format
 from wallaby.control.api.dispatch import LocalDispatcher, WorkerExit
@@ -200,6 +201,24 @@ class FlowManager:
             log.warning("flow %s: reset of destination %r asked for; the next worker discards its high-water",
                         flow_id, destination, extra={"flow": flow_id})
         return deleted, pending
+
+    def resolve_staging(self, flow_id: str, tables: list[str] | None = None, schemas: list[str] | None = None,
+                        destination: str | None = None) -> list:
+        """Move the rows a backfill staged into the flow's target tables (:func:`dataflows.staging.
+        resolve_flow_staging`). Refused while a worker of the flow runs: it holds the DuckDB file."""
+        with self._lock(flow_id):
+            flow = self.store.get(flow_id)  # NOT_FOUND for an unknown flow
+            if flow.state in (RUNNING, STOPPING) or self.dispatcher.running(flow_id):
+                what = flow.state if flow.state in (RUNNING, STOPPING) else "running a worker (run-once)"
+                raise IllegalStateError(f"cannot resolve the staging tables of flow {flow_id!r}: it is {what} and"
+                                        " its worker holds the destinations; stop or pause the flow first")
+            spec = FlowSpec.model_validate(flow.spec)
+            done = resolve_flow_staging(spec, tables=tables, schemas=schemas, dest=destination)
+        log.info("flow %s: staging resolved: %s", flow_id, ", ".join(
+            f"{r.destination}:{r.table} ({r.resolution}, {r.rows} rows)" if r.staged
+            else f"{r.destination}:{r.table} (nothing staged)" for r in done) or "nothing staged",
+            extra={"flow": flow_id})
+        return done
 
     def _launch(self, flow_id: str) -> StoredFlow:
         gen = self.store.claim(flow_id)  # fences off any older worker of this flow, wherever it runs

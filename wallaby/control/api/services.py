@@ -234,6 +234,16 @@ class FlowServicer(flow_pb2_grpc.FlowServiceServicer):
         return flow_pb2.SyncPublicationTablesResponse(added=added, removed=removed, publication=pub, flow_id=flow_id)
 
     @rpc
+    def ResolveStaging(self, request, context):
+        flow_id = _id(request)
+        done = self.m.resolve_staging(flow_id, list(request.tables), list(request.schemas),
+                                      request.destination or None)
+        return flow_pb2.ResolveStagingResponse(flow_id=flow_id, tables=[
+            flow_pb2.ResolvedStagingTable(destination=r.destination, table=r.table, rows=r.rows,
+                                          resolution=r.resolution, staging_table=r.staging_table, staged=r.staged)
+            for r in done])
+
+    @rpc
     def ScrapePublicationTables(self, request, context):
         dsn, pub, flow_id = self._target(request, "publication")
         found, missing, applied = sourceops.scrape_tables(dsn, pub, list(request.schemas), request.apply, flow_id)

@@ -1,0 +1,252 @@
+"""The backfill dataflow: what the flow's tables already hold, read in parts, through the flow's destinations.
+
+``wallaby-worker -mode backfill [-tables s.t,...] [-snapshot-workers N] [-partition-count K]`` builds it (so does
+``python -m bytewax.run dataflows.backfill:flow`` with ``WALLABY_FLOW_FILE`` / ``WALLABY_FLOW_ID`` and
+``WALLABY_BACKFILL_TABLES``). Its input partitions are the (table, part) pairs of
+:mod:`sources.postgres.snapshot`; its rows are changes of op ``read`` and go through the same metadata rewrite,
+wire formats and destinations as streamed changes (:func:`dataflows.flow.output_destinations`).
+
+The hand-off to streaming (docs/ARCHITECTURE.md "Backfill"): before anything is read, the flow's publication and
+slot are made to exist (the same preparation as streaming, so the slot's consistent point C comes first); then one
+snapshot S (``pg_export_snapshot()`` in a REPEATABLE READ transaction held open for the run, at WAL position L >= C)
+is imported by every part (``snapshot_consistent=true``). Every change committed after C is in the slot, every row
+as of S in the backfill: nothing falls between. Changes committed between C and S are in both; streaming applies
+them after the backfill, so a keyed table in target mode passes through older values for a moment and ends equal
+to the source (a row's last change wins). Keyless tables and append mode see those changes twice: backfill them
+before their writers start, or land them in staging and resolve with ``replace``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+
+from dataflows.buildable import check_buildable
+from dataflows.flow import output_destinations, stored_flow
+from dataflows.positions import RECOVERY_SOURCE_FILE, Start, open_recovery, prepare_start
+from dataflows.preflight import preflight
+from sources.postgres.connection import connect, server_name
+from sources.postgres.snapshot import Part, plan_parts, publication_tables, relation_blocks, split_table
+from sources.postgres.snapshot_source import Progress, SnapshotSource
+from wallaby.core.changes import parse_lsn
+from wallaby.core.errors import ConfigError, FieldProblem, SourceError, WallabyError, exit_status
+from wallaby.core.identity import SourceCheck, SourceIdentity
+from wallaby.core.options import did_you_mean
+from wallaby.core.spec import FlowSpec, load_flow
+from wallaby.state.checkpoints import open_store
+
+log = logging.getLogger("wallaby.backfill")
+
+# Destinations a backfill can write to now. S3 and pgstream name their objects / stream rows by stream position
+# (exactly-once by position), which a snapshot's rows do not have: they come with backfill's own positions later.
+BACKFILL_DESTINATIONS = ("duckdb", "kafka", "bufstream", "http", "grpc")
+
+
+@dataclass
+class Snapshot:
+    """The snapshot a backfill reads (None name: each part reads its own), and the connection that holds it."""
+
+    name: str | None
+    lsn: int
+    ts_us: int
+    conn: psycopg.Connection | None = None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+def export_snapshot(dsn: str, flow_id: str, consistent: bool) -> Snapshot:
+    """One snapshot for every part (``pg_export_snapshot()`` in a REPEATABLE READ transaction kept open until
+    :meth:`Snapshot.close`), or with ``consistent=False`` just the current WAL position and time."""
+    conn = connect(dsn, application_name=f"wallaby-backfill:{flow_id}")
+    try:
+        if consistent:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            name, lsn, ts = conn.execute("SELECT pg_export_snapshot(), pg_current_wal_lsn()::text,"
+                                         " (extract(epoch FROM now()) * 1000000)::bigint").fetchone()
+            return Snapshot(name, parse_lsn(lsn), int(ts), conn)
+        lsn, ts = conn.execute("SELECT pg_current_wal_lsn()::text,"
+                               " (extract(epoch FROM now()) * 1000000)::bigint").fetchone()
+        conn.close()
+        return Snapshot(None, parse_lsn(lsn), int(ts))
+    except psycopg.Error as exc:
+        conn.close()
+        raise SourceError(f"could not take the backfill's snapshot: {exc}", server=server_name(dsn)) from None
+
+
+def _now_us(dsn: str) -> int:
+    with connect(dsn) as conn:
+        return int(conn.execute("SELECT (extract(epoch FROM now()) * 1000000)::bigint").fetchone()[0])
+
+
+def check_backfill(spec: FlowSpec) -> None:
+    """What a backfill of ``spec`` cannot do in this version, refused by name before anything is created."""
+    problems = []
+    for i, dest in enumerate(spec.destinations):
+        if dest.type not in BACKFILL_DESTINATIONS:
+            problems.append(FieldProblem(f"destinations[{i}].type", f"a backfill into {dest.type!r} is not available"
+                                         f" in this version (backfill writes to: {', '.join(BACKFILL_DESTINATIONS)});"
+                                         " stream into it, or backfill with a flow of the other destinations"))
+    if spec.config.ack_policy == "primary":
+        problems.append(FieldProblem("config.ack_policy", "a backfill writes every destination at once; use"
+                                     " ack_policy=all for the backfill run"))
+    if problems:
+        raise ConfigError(f"flow {spec.name or spec.id!r} (backfill)", problems)
+
+
+def backfill_tables(spec: FlowSpec, conn: psycopg.Connection, tables: list[str] | None) -> list[str]:
+    """The tables to backfill: ``tables`` (each must be in the flow's publication) or all the publication's."""
+    opts = spec.source_options()
+    published = publication_tables(conn, opts.publication)
+    if not tables:
+        if not published:
+            raise ConfigError("backfill", [FieldProblem("-tables", f"publication {opts.publication!r} has no tables"
+                                                                    " to backfill")])
+        return published
+    wanted = [".".join(split_table(t.strip())) for t in tables if t.strip()]
+    outside = [t for t in wanted if t not in published]
+    if outside:
+        raise ConfigError("backfill", [FieldProblem(
+            "-tables", f"{t} is not in the flow's publication {opts.publication!r}"
+            f"{did_you_mean(t, published) or ' (published: ' + (', '.join(published) or 'none') + ')'};"
+            " add it (wallaby-admin publication sync) or leave it out") for t in outside])
+    return list(dict.fromkeys(wanted))
+
+
+def plan(spec: FlowSpec, tables: list[str] | None, count: int | None) -> list[Part]:
+    """Every part of every table to backfill (``count`` parts per table, default the source's
+    ``partition_count``)."""
+    opts = spec.source_options()
+    per_table = count or opts.partition_count
+    with connect(opts.dsn, application_name=f"wallaby-backfill:{spec.id}") as conn:
+        names = backfill_tables(spec, conn, tables)
+        return [p for t in names for p in plan_parts(conn, t, per_table)]
+
+
+def table_blocks(dsn: str, tables: set[str]) -> dict[str, int]:
+    """Each table's size in heap blocks now (what its progress counts to)."""
+    with connect(dsn) as conn:
+        return {t: relation_blocks(conn, t) for t in sorted(tables)}
+
+
+def build_backfill(spec: FlowSpec, parts: list[Part], snapshot: Snapshot, start: Start | None = None,
+                   progress: Progress | None = None) -> Dataflow:
+    """The backfill dataflow of ``spec`` over ``parts``, reading ``snapshot``; ``progress`` is told how far
+    each table is (default: structured log lines)."""
+    check_buildable(spec)
+    check_backfill(spec)
+    opts = spec.source_options()
+    progress = progress or Progress(spec.id)
+    progress.plan(parts, table_blocks(opts.dsn, {p.table for p in parts}))
+    flow = Dataflow(f"wallaby-backfill-{spec.id}")
+    source = SnapshotSource(spec.id, opts.dsn, opts.publication, parts, snapshot=snapshot.name,
+                            snapshot_lsn=snapshot.lsn, snapshot_ts=snapshot.ts_us, progress=progress)
+    rows = op.input("snapshot", flow, source)
+    output_destinations(spec, rows, start.check if start is not None else None)
+    return flow
+
+
+PLAN_FILE = "wallaby-backfill-plan.json"
+
+
+def _same_source(rdir: Path, check: SourceCheck) -> bool:
+    """Whether the recovery store ``rdir`` was written reading this source (same cluster and database)."""
+    try:
+        stored = SourceIdentity.from_json((rdir / RECOVERY_SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return stored is not None and (stored.system_id, stored.database) == (check.current.system_id,
+                                                                          check.current.database)
+
+
+def _load_plan(rdir: Path) -> list[Part] | None:
+    try:
+        return [Part(**p) for p in json.loads((rdir / PLAN_FILE).read_text())]
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _save_plan(rdir: Path, parts: list[Part]) -> None:
+    tmp = rdir / (PLAN_FILE + ".tmp")
+    tmp.write_text(json.dumps([dataclasses.asdict(p) for p in parts]))
+    tmp.replace(rdir / PLAN_FILE)
+
+
+def prepare_backfill(spec: FlowSpec, checkpoints, tables: list[str] | None, count: int | None, *,
+                     reset_all: bool = False, recovery_dir: Path | None = None,
+                     progress: Progress | None = None) -> tuple[Dataflow, Snapshot, list[Part]]:
+    """Preflight, the flow's source prepared (publication, slot: before the snapshot), the snapshot, the plan.
+    With ``recovery_dir`` (the backfill's bytewax recovery store), an unfinished backfill of this source found there
+    resumes with the parts it planned first (a part's resume point is a block of its own range)."""
+    preflight(spec)
+    check_backfill(spec)
+    opts = spec.source_options()
+    start = prepare_start(spec, checkpoints, reset_all=reset_all, export=opts.snapshot_consistent)
+    stored = None
+    if recovery_dir is not None:
+        keep = not reset_all and _same_source(recovery_dir, start.check)
+        open_recovery(recovery_dir, start.check, keep)
+        stored = _load_plan(recovery_dir) if keep else None
+    if start.plan.snapshot is not None:  # the slot was created now, in this snapshot: the hand-off is exact
+        exported = start.plan.snapshot
+        snapshot = Snapshot(exported.name, exported.lsn, _now_us(opts.dsn), exported.conn)
+    else:
+        snapshot = export_snapshot(opts.dsn, spec.id, opts.snapshot_consistent)
+    try:
+        if stored:
+            parts = stored
+            log.info("flow %s: resuming an unfinished backfill (%s)", spec.id,
+                     ", ".join(sorted({p.table for p in parts})), extra={"flow": spec.id})
+        else:
+            parts = plan(spec, tables, count)
+            if recovery_dir is not None:
+                _save_plan(recovery_dir, parts)
+        log.info("flow %s: backfill of %d tables in %d parts from snapshot %s at %s", spec.id,
+                 len({p.table for p in parts}), len(parts), snapshot.name or "(one per part)",
+                 f"{snapshot.lsn >> 32:X}/{snapshot.lsn & 0xFFFFFFFF:X}", extra={"flow": spec.id})
+        return build_backfill(spec, parts, snapshot, start, progress), snapshot, parts
+    except BaseException:
+        snapshot.close()
+        raise
+
+
+def flow_from_env() -> Dataflow:
+    """The backfill dataflow for ``WALLABY_FLOW_FILE`` or ``WALLABY_FLOW_ID`` and ``WALLABY_BACKFILL_TABLES``
+    (comma-separated; default: the publication's tables)."""
+    path = os.environ.get("WALLABY_FLOW_FILE")
+    flow_id = os.environ.get("WALLABY_FLOW_ID")
+    checkpoints = open_store()
+    if path:
+        spec = load_flow(path)
+    elif flow_id:
+        spec, _ = stored_flow(checkpoints, flow_id, None, "WALLABY_FLOW_ID")
+    else:
+        raise ConfigError("dataflows.backfill", [FieldProblem(
+            "WALLABY_FLOW_FILE", "set WALLABY_FLOW_FILE to a flow JSON file (or WALLABY_FLOW_ID to a stored flow)")])
+    tables = [t for t in os.environ.get("WALLABY_BACKFILL_TABLES", "").split(",") if t.strip()] or None
+    flow, _snapshot, _parts = prepare_backfill(spec, checkpoints, tables, None)
+    return flow  # the snapshot's connection stays open as long as this process runs
+
+
+def __getattr__(name: str) -> Dataflow:
+    if name == "flow":
+        try:
+            value = flow_from_env()
+        except WallabyError as exc:
+            print(f"dataflows.backfill: {exc}", file=sys.stderr)
+            raise SystemExit(exit_status(exc)) from None
+        globals()["flow"] = value
+        return value
+    raise AttributeError(name)
+
+

@@ -1,0 +1,254 @@
+"""Resolve a DuckDB destination's staging tables (``batch_mode=staging``) into their target tables.
+
+The writer (:mod:`sinks.duckdb.writer`, "Staging") appends a backfill's read rows to
+``<staging_schema or the target's schema>.<staging_table or the target's name + staging_suffix>``.
+:func:`resolve_staging` moves them, one transaction per target table, by ``batch_resolution``:
+
+- ``append``: ``INSERT INTO target SELECT ... FROM staging`` (the target is created from the staging table when
+  absent), then the staging table is dropped;
+- ``replace``: the target's rows are replaced by the staging table's: ``DELETE FROM target`` and the insert in
+  the same transaction (another connection sees the old rows or the new ones, never an empty or half table; the
+  target keeps its column types, and its columns the staging table lacks hold NULL), then the staging table is
+  dropped;
+- ``none``: refused (a ConfigError naming ``batch_resolution``); the rows stay staged.
+
+Columns the staging table has and the target lacks are added to the target first. The wallaby meta table
+(``main.__wallaby_meta``) follows: the staging table's row of a source table becomes the target's (when its
+schema version is not older than the target's), with the target's DuckDB types.
+
+Which tables: the flow's, found in the meta table (each source table the writer recorded, mapped through the
+``schema``/``table``/``staging_*`` options); without a meta table (``meta_table_enabled=false``) by name: an
+existing target table whose staging table exists, or a ``<name><staging_suffix>`` table in the same schema when
+``staging_schema`` and ``staging_table`` are unset. ``tables`` (``schema.table``, the source's or the target's
+name) and ``schemas`` (a source or target schema) select some; a selected table with nothing staged is reported
+with ``staged=False``, a name that matches none of the flow's tables is a ConfigError.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from sinks.duckdb.apply import q
+from sinks.duckdb.options import DuckDBDestinationOptions
+from sinks.duckdb.writer import META_TABLE, _connect, _safe_dsn, staging_dest, target_dest
+from wallaby.core.errors import ConfigError, FieldProblem, PermanentSinkError, TransientSinkError
+from wallaby.core.options import did_you_mean
+
+log = logging.getLogger("wallaby.sinks.duckdb")
+
+
+@dataclass(frozen=True)
+class ResolvedTable:
+    """What resolving one target table did."""
+
+    destination: str
+    table: str  # the target, schema.table
+    staging_table: str  # schema.table
+    rows: int  # rows moved from the staging table
+    resolution: str  # append | replace
+    staged: bool = True  # False: nothing was staged for this table (rows 0, nothing changed)
+
+
+@dataclass
+class _Candidate:
+    target: tuple[str, str]
+    staging: tuple[str, str]
+    sources: set[str] = field(default_factory=set)  # source tables (schema.table) that land in the target
+
+    @property
+    def names(self) -> set[str]:
+        return {*self.sources, _name(self.target)}
+
+    @property
+    def schemas(self) -> set[str]:
+        return {s.split(".", 1)[0] for s in self.sources} | {self.target[0]}
+
+
+def _name(t: tuple[str, str]) -> str:
+    return f"{t[0]}.{t[1]}"
+
+
+def _existing(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str]]:
+    rows = con.execute("SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database()"
+                       " AND NOT temporary").fetchall()
+    return {(r[0], r[1]) for r in rows}
+
+
+def _candidates(con: duckdb.DuckDBPyConnection, flow_id: str, options: DuckDBDestinationOptions,
+                existing: set[tuple[str, str]]) -> dict[tuple[str, str], _Candidate]:
+    """Target table -> its candidate (see the module docstring)."""
+    out: dict[tuple[str, str], _Candidate] = {}
+    if options.meta_table_enabled and ("main", "__wallaby_meta") in existing:
+        rows = con.execute(f"SELECT DISTINCT source_schema, source_table FROM {META_TABLE} WHERE flow_id = ?",
+                           [flow_id]).fetchall()
+        for schema, name in rows:
+            target = target_dest(options, schema, name)
+            c = out.setdefault(target, _Candidate(target, staging_dest(options, target)))
+            c.sources.add(f"{schema}.{name}")
+        return {t: c for t, c in out.items() if c.staging != t}
+    suffix = options.staging_suffix
+    for schema, name in sorted(existing):
+        if name.startswith("__wallaby_"):
+            continue
+        staging = staging_dest(options, (schema, name))
+        if staging in existing and staging != (schema, name):
+            out.setdefault((schema, name), _Candidate((schema, name), staging))
+        if (options.staging_schema is None and options.staging_table is None and name.endswith(suffix)
+                and len(name) > len(suffix)):
+            target = (schema, options.table or name[: -len(suffix)])
+            if staging_dest(options, target) == (schema, name) and target != (schema, name):
+                out.setdefault(target, _Candidate(target, (schema, name)))
+    return out
+
+
+def _select(cands: dict[tuple[str, str], _Candidate], existing: set[tuple[str, str]], tables: list[str] | None,
+            schemas: list[str] | None, what: str) -> list[tuple[_Candidate, bool]]:
+    """(candidate, staged) of the selected target tables; ConfigError for names matching none."""
+    if not tables and not schemas:
+        return [(c, True) for _, c in sorted(cands.items()) if c.staging in existing]
+    chosen: dict[tuple[str, str], _Candidate] = {}
+    problems = []
+    known = sorted({n for c in cands.values() for n in c.names})
+    for t in tables or []:
+        if "." not in t.strip(".") or not t.strip():
+            problems.append(FieldProblem("tables", f"{t!r}: expected schema.table"))
+            continue
+        hits = [c for c in cands.values() if t in c.names]
+        if not hits:
+            problems.append(FieldProblem("tables", f"{t!r} is not a table of this flow in this destination"
+                                                   f"{did_you_mean(t, known)} (known: {', '.join(known) or 'none'})"))
+        chosen.update((c.target, c) for c in hits)
+    known_schemas = sorted({s for c in cands.values() for s in c.schemas})
+    for s in schemas or []:
+        hits = [c for c in cands.values() if s in c.schemas]
+        if not hits:
+            problems.append(FieldProblem("schemas", f"{s!r} holds no table of this flow in this destination"
+                                                    f"{did_you_mean(s, known_schemas)}"
+                                                    f" (known: {', '.join(known_schemas) or 'none'})"))
+        chosen.update((c.target, c) for c in hits)
+    if problems:
+        raise ConfigError(what, problems)
+    return [(c, c.staging in existing) for _, c in sorted(chosen.items())]
+
+
+def _columns(con: duckdb.DuckDBPyConnection, t: tuple[str, str]) -> dict[str, str]:
+    rows = con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database()"
+                       " AND schema_name = ? AND table_name = ? ORDER BY column_index", list(t)).fetchall()
+    return dict(rows)
+
+
+def _move_meta(con: duckdb.DuckDBPyConnection, flow_id: str, c: _Candidate) -> None:
+    """The staging table's meta rows become the target's (see the module docstring)."""
+    types = _columns(con, c.target)
+    rows = con.execute(f"SELECT source_schema, source_table, schema_version, write_mode, columns_json FROM"
+                       f" {META_TABLE} WHERE flow_id = ? AND dest_schema = ? AND dest_table = ?",
+                       [flow_id, *c.staging]).fetchall()
+    where = "flow_id = ? AND source_schema = ? AND source_table = ? AND dest_schema = ? AND dest_table = ?"
+    for schema, name, version, mode, cols_json in rows:
+        args = [flow_id, schema, name, *c.target]
+        have = con.execute(f"SELECT schema_version FROM {META_TABLE} WHERE {where}", args).fetchone()
+        if have is not None and have[0] is not None and version is not None and version < have[0]:
+            continue
+        cols = json.loads(cols_json)
+        for col in cols:
+            col["duckdb_type"] = types.get(col["name"])
+        con.execute(f"DELETE FROM {META_TABLE} WHERE {where}", args)
+        con.execute(f"INSERT INTO {META_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
+                    [*args, version, mode, json.dumps(cols)])
+    con.execute(f"DELETE FROM {META_TABLE} WHERE flow_id = ? AND dest_schema = ? AND dest_table = ?",
+                [flow_id, *c.staging])
+
+
+def _resolve(con: duckdb.DuckDBPyConnection, flow_id: str, c: _Candidate, mode: str, meta: bool) -> int:
+    """Move ``c``'s staging table into its target in one transaction; the rows moved."""
+    qt, qs = f"{q(c.target[0])}.{q(c.target[1])}", f"{q(c.staging[0])}.{q(c.staging[1])}"
+    con.execute("BEGIN TRANSACTION")
+    try:
+        rows = int(con.execute(f"SELECT count(*) FROM {qs}").fetchone()[0])
+        staged = _columns(con, c.staging)
+        target = _columns(con, c.target)
+        if not target:
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {q(c.target[0])}")
+            con.execute(f"CREATE TABLE {qt} AS SELECT * FROM {qs}")
+        else:
+            for name, dtype in staged.items():
+                if name not in target:
+                    con.execute(f"ALTER TABLE {qt} ADD COLUMN {q(name)} {dtype}")
+            if mode == "replace":
+                con.execute(f"DELETE FROM {qt}")
+            cols = ", ".join(q(n) for n in staged)
+            con.execute(f"INSERT INTO {qt} ({cols}) SELECT {cols} FROM {qs}")
+        con.execute(f"DROP TABLE {qs}")
+        if meta:
+            _move_meta(con, flow_id, c)
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        raise
+    return rows
+
+
+def resolve_staging(name: str, flow_id: str, options: DuckDBDestinationOptions, tables: list[str] | None = None,
+                    schemas: list[str] | None = None) -> list[ResolvedTable]:
+    """Resolve destination ``name``'s staging tables of ``flow_id`` by ``batch_resolution`` (the module docstring):
+    every staged table, or those ``tables`` / ``schemas`` select. Opens the DuckDB file itself, waiting for its lock
+    like the writer. ConfigError for ``batch_mode`` not staging, ``batch_resolution=none`` and unknown names;
+    PermanentSinkError when DuckDB refuses (that table's transaction is rolled back)."""
+    if not isinstance(options, DuckDBDestinationOptions):
+        options = DuckDBDestinationOptions.model_validate(options)
+    what = f"destination {name!r}"
+    if options.batch_mode != "staging":
+        raise ConfigError(what, [FieldProblem("batch_mode", f"batch_mode={options.batch_mode!r}: this destination"
+                                                            " stages nothing (batch_mode='staging' stages loads)")])
+    if options.batch_resolution == "none":
+        raise ConfigError(what, [FieldProblem("batch_resolution", "batch_resolution='none': staged rows are kept in"
+                                                                  " their staging tables and never resolved; set"
+                                                                  " batch_resolution to 'append' or 'replace' to"
+                                                                  " resolve them")])
+    dsn, shown = options.dsn, _safe_dsn(options.dsn)
+    if dsn == ":memory:" or (not dsn.startswith(("md:", "motherduck:")) and not Path(dsn).expanduser().exists()):
+        existing: set[tuple[str, str]] = set()
+        cands: dict[tuple[str, str], _Candidate] = {}
+        _select(cands, existing, tables, schemas, what)  # names are unknown: nothing was written
+        return []
+    try:
+        con = _connect(str(Path(dsn).expanduser()) if not dsn.startswith(("md:", "motherduck:")) else dsn, {})
+    except duckdb.Error as exc:
+        text = str(exc).replace(dsn, shown) if shown != dsn else str(exc)
+        if isinstance(exc, duckdb.IOException) and "lock" in text.lower():
+            raise TransientSinkError(name, f"DuckDB {shown} is held by another process (a running worker of the"
+                                           f" flow?): {text}") from None
+        raise PermanentSinkError(name, f"cannot open DuckDB {shown}: {text}") from None
+    out: list[ResolvedTable] = []
+    current = ""
+    try:
+        existing = _existing(con)
+        cands = _candidates(con, flow_id, options, existing)
+        meta = options.meta_table_enabled and ("main", "__wallaby_meta") in existing
+        for c, staged in _select(cands, existing, tables, schemas, what):
+            current = _name(c.target)
+            if not staged:
+                out.append(ResolvedTable(name, current, _name(c.staging), 0, options.batch_resolution, staged=False))
+                continue
+            rows = _resolve(con, flow_id, c, options.batch_resolution, meta)
+            log.info("destination %r: %s resolved into %s (%s, %d rows)", name, _name(c.staging), current,
+                     options.batch_resolution, rows, extra={"flow": flow_id})
+            out.append(ResolvedTable(name, current, _name(c.staging), rows, options.batch_resolution))
+    except duckdb.Error as exc:
+        text = str(exc).replace(dsn, shown) if shown != dsn else str(exc)
+        where = f", table {current}" if current else ""
+        raise PermanentSinkError(name, f"DuckDB {shown}{where}: cannot resolve staging: {text}") from None
+    finally:
+        con.close()
+    return out
+
+
+__all__ = ["ResolvedTable", "resolve_staging"]

@@ -1,0 +1,146 @@
+"""The backfill's bytewax input: one partition per table part (:class:`~sources.postgres.snapshot.Part`).
+
+bytewax spreads the parts over its workers (``-snapshot-workers N`` / ``bytewax.run -w N``); each part reads its
+blocks chunk by chunk (:class:`~sources.postgres.snapshot.PartReader`) and ends (``StopIteration``) when its last
+block is read, so the dataflow ends when every part has. A part's state is the block it has reached: with the
+worker's recovery store, a run killed at any moment resumes every unfinished part from the block of the last epoch
+its destinations committed, and a finished part is not read again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from sources.postgres.snapshot import Part, PartReader
+from wallaby.core.changes import ChangeBatch
+from wallaby.core.runtime import tune_gc, tune_memory
+
+log = logging.getLogger("wallaby.backfill")
+
+# A table's progress is logged at most this often (seconds) when no terminal shows it.
+PROGRESS_LOG_EVERY = 10.0
+
+
+@dataclass
+class TableProgress:
+    """How far the backfill of one table is (its parts together)."""
+
+    table: str
+    parts: int
+    blocks: int = 0  # blocks to read (as planned; the open end of the last part counts as read when done)
+    read_blocks: int = 0
+    rows: int = 0
+    parts_done: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def rate(self) -> float:
+        return self.rows / max(time.monotonic() - self.started, 1e-9)
+
+
+class Progress:
+    """The backfill's progress, per table, fed by the parts (bytewax worker threads of one process). This one logs
+    (a structured line per table at most every :data:`PROGRESS_LOG_EVERY` seconds, and when a table is done);
+    ``wallaby-worker`` on a terminal shows bars instead (:mod:`wallaby.control.progress`)."""
+
+    def __init__(self, flow_id: str):
+        self.flow_id = flow_id
+        self.tables: dict[str, TableProgress] = {}
+        self.lock = threading.Lock()
+        self._logged: dict[str, float] = {}
+
+    def plan(self, parts: list[Part], blocks: dict[str, int]) -> None:
+        with self.lock:
+            for p in parts:
+                t = self.tables.setdefault(p.table, TableProgress(p.table, p.count, blocks.get(p.table, 0)))
+                t.parts = p.count
+
+    def advance(self, part: Part, blocks: int, rows: int, done: bool) -> None:
+        with self.lock:
+            t = self.tables.setdefault(part.table, TableProgress(part.table, part.count))
+            t.read_blocks += blocks
+            t.rows += rows
+            t.parts_done += int(done)
+            self.changed(t)
+
+    def changed(self, t: TableProgress) -> None:
+        now = time.monotonic()
+        finished = t.parts_done >= t.parts
+        if finished or now - self._logged.get(t.table, t.started) >= PROGRESS_LOG_EVERY:
+            self._logged[t.table] = now
+            log.info("backfill %s: %d rows (%.0f rows/s), %d of %d parts done%s", t.table, t.rows, t.rate,
+                     t.parts_done, t.parts, "" if finished else f", block {t.read_blocks} of ~{t.blocks}",
+                     extra={"flow": self.flow_id})
+
+    def close(self) -> None:
+        """Nothing to do for logs; a terminal's bars stop here."""
+
+
+class SnapshotSource(FixedPartitionedSource):
+    """Reads the parts of a backfill. Items are ``(flow_id, ChangeBatch)`` of op ``read`` rows."""
+
+    def __init__(self, flow_id: str, dsn: str, publication: str, parts: list[Part], *, snapshot: str | None,
+                 snapshot_lsn: int, snapshot_ts: int, progress: Progress | None = None):
+        self.flow_id, self.dsn, self.publication = flow_id, dsn, publication
+        self.parts = {p.key: p for p in parts}
+        self.snapshot, self.snapshot_lsn, self.snapshot_ts = snapshot, snapshot_lsn, snapshot_ts
+        self.progress = progress or Progress(flow_id)
+
+    def list_parts(self) -> list[str]:
+        return list(self.parts)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _PartPartition:
+        tune_gc()
+        tune_memory()
+        return _PartPartition(self, self.parts[for_part], resume_state)
+
+
+class _PartPartition(StatefulSourcePartition):
+    def __init__(self, src: SnapshotSource, part: Part, resume_state: Any):
+        self.src, self.part = src, part
+        state = resume_state or {}
+        self.done = bool(state.get("done", False))
+        self.rows = int(state.get("rows", 0))
+        self.reader: PartReader | None = None
+        if self.done:
+            src.progress.advance(part, 0, 0, True)
+        else:
+            self.reader = PartReader(src.dsn, part, src.publication, snapshot=src.snapshot,
+                                     snapshot_lsn=src.snapshot_lsn, snapshot_ts=src.snapshot_ts, flow_id=src.flow_id,
+                                     next_block=state.get("next"))
+            if state:
+                log.info("backfill %s: resuming at block %d (%d rows read before)", part.key,
+                         self.reader.next_block, self.rows, extra={"flow": src.flow_id})
+        self.started = time.monotonic()
+
+    def next_batch(self) -> list[tuple[str, ChangeBatch]]:
+        if self.done or self.reader is None:
+            raise StopIteration()
+        before = self.reader.next_block
+        chunk = self.reader.read()
+        self.done = chunk.done
+        out: list[tuple[str, ChangeBatch]] = []
+        rows = len(chunk.changes) if chunk.changes is not None else 0
+        if rows:
+            self.rows += rows
+            out.append((self.src.flow_id, self.reader.batch(self.src.flow_id, chunk.changes)))
+        self.src.progress.advance(self.part, max(chunk.next_block - before, 0), rows, self.done)
+        if self.done:
+            log.info("backfill %s: read %d rows in %.1fs", self.part.key, self.rows, time.monotonic() - self.started,
+                     extra={"flow": self.src.flow_id})
+            self.reader.close()
+        return out
+
+    def snapshot(self) -> dict:
+        return {"next": self.reader.next_block if self.reader is not None else None, "done": self.done,
+                "rows": self.rows}
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()

@@ -1,0 +1,256 @@
+"""Backfill (dataflows/backfill.py, sources/postgres/snapshot.py) against a real Postgres and DuckDB.
+
+- the snapshot path gives exactly the values the streaming path gives (the tricky-type table through both);
+- parts split a table by heap blocks and read every row once in total;
+- ``wallaby-worker -mode backfill`` then streaming ends equal to the source while the table is written all along.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from sources.postgres.snapshot import PartReader, plan_parts
+from tests import WORKER
+from tests.flows import drain, flow_spec, source_part
+from tests.test_tricky_table import (
+    ROW1,
+    ROW2,
+    ROW3,
+    insert,
+    tricky,  # noqa: F401 - fixture
+)
+from wallaby.core.changes import OP_READ, TableChanges
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _read_all(dsn: str, table: str, publication: str, count: int, **kw) -> list[TableChanges]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        parts = plan_parts(conn, table, count)
+    out = []
+    for part in parts:
+        reader = PartReader(dsn, part, publication, snapshot=None, snapshot_lsn=1, snapshot_ts=0, flow_id="t", **kw)
+        try:
+            while True:
+                chunk = reader.read()
+                if chunk.changes is not None:
+                    out.append(chunk.changes)
+                if chunk.done:
+                    break
+        finally:
+            reader.close()
+    return out
+
+
+def _by_id(t: pa.Table) -> pa.Table:
+    return t.take(pc.sort_indices(t.column("id")))
+
+
+def test_snapshot_values_equal_the_streaming_path(tricky):  # noqa: F811 - the fixture
+    """Every type of the tricky table, row for row: the snapshot's Arrow values and types are the stream's."""
+    spec = flow_spec(tricky, source={"publication_tables": "public.tricky"})
+    part = source_part(spec)  # creates the publication and slot
+    try:
+        with psycopg.connect(tricky, autocommit=True) as conn:
+            for row in (ROW1, ROW2, ROW3):
+                insert(conn, row)
+        streamed = [s for b in drain(part, until_rows=3) for s in b.segments if isinstance(s, TableChanges)]
+    finally:
+        part.close()
+    snap = _read_all(tricky, "public.tricky", "wallaby_t", 1)
+    assert sum(len(s) for s in snap) == 3
+    assert snap[0].table.same_shape(streamed[0].table)
+    want = _by_id(pa.Table.from_batches([s.after() for s in streamed]))
+    got = _by_id(pa.Table.from_batches([s.after() for s in snap]))
+    for name in want.column_names:
+        a, b = got.column(name).combine_chunks(), want.column(name).combine_chunks()
+        assert a.type == b.type, name
+        if pa.types.is_floating(a.type):  # NaN != NaN: compare where they are, then the rest
+            assert pc.is_nan(a).equals(pc.is_nan(b)), name
+            a, b = pc.if_else(pc.is_nan(a), 0.0, a), pc.if_else(pc.is_nan(b), 0.0, b)
+        assert a.equals(b), (name, a, b)
+    assert set(snap[0].rows.column("__op").to_pylist()) == {OP_READ}
+
+
+@pytest.mark.parametrize("count", [1, 3, 7])
+def test_parts_read_every_row_once(pgdb, count):
+    with psycopg.connect(pgdb, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, v text)")
+        conn.execute("INSERT INTO t SELECT g, repeat('x', g % 200) FROM generate_series(1, 20000) g")
+        conn.execute("DELETE FROM t WHERE id % 7 = 0")
+        conn.execute("CREATE PUBLICATION p FOR TABLE t")
+        conn.execute("CREATE TABLE empty_t (id int PRIMARY KEY)")
+        conn.execute("ALTER PUBLICATION p ADD TABLE empty_t")
+    ids = [i for s in _read_all(pgdb, "public.t", "p", count, chunk_blocks=16) for i in s.rows.column("id").to_pylist()]
+    assert len(ids) == len(set(ids)) == 20000 - 20000 // 7
+    assert _read_all(pgdb, "public.empty_t", "p", count) == []
+
+
+def _flow(tmp_path: Path, dsn: str, duck_path: Path) -> Path:
+    flow = {"id": "bf", "name": "bf",
+            "source": {"name": "pg", "type": "postgres",
+                       "options": {"dsn": dsn, "slot": "wallaby_bf", "publication": "wallaby_bf",
+                                   "publication_tables": "public.acct,public.keyless_t", "batch_timeout": "50ms"}},
+            "destinations": [{"name": "duck", "type": "duckdb", "options": {"dsn": str(duck_path)}}]}
+    path = tmp_path / "bf.json"
+    path.write_text(json.dumps(flow))
+    return path
+
+
+def _env(tmp_path: Path) -> dict:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALLABY_")}
+    env.update(WALLABY_CHECKPOINT_PATH=str(tmp_path / "store.db"), WALLABY_RECOVERY_DIR=str(tmp_path / "recovery"),
+               WALLABY_EPOCH_INTERVAL="300ms")
+    return env
+
+
+def _worker(tmp_path: Path, flow: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*WORKER, "-flow-file", str(flow), *extra], env=_env(tmp_path), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_backfill_then_stream_ends_equal_under_writes(pgdb, tmp_path):
+    """Rows that exist before the flow does arrive by the backfill; writes all through it arrive by the stream;
+    the end is the source, row for row."""
+    with psycopg.connect(pgdb, autocommit=True) as conn:
+        conn.execute("CREATE TABLE acct (id int PRIMARY KEY, bal bigint NOT NULL, note text)")
+        conn.execute("INSERT INTO acct SELECT g, g * 10, 'n' || g FROM generate_series(1, 30000) g")
+        conn.execute("CREATE TABLE keyless_t (a int, b text)")
+        conn.execute("INSERT INTO keyless_t SELECT g, 'k' FROM generate_series(1, 100) g")
+    duck_path = tmp_path / "bf.duckdb"
+    flow = _flow(tmp_path, pgdb, duck_path)
+    stop = threading.Event()
+
+    def write() -> None:
+        rnd = random.Random(7)
+        with psycopg.connect(pgdb, autocommit=True) as conn:
+            next_id = 30001
+            while not stop.is_set():
+                k = rnd.randint(1, next_id - 1)
+                what = rnd.random()
+                if what < 0.5:
+                    conn.execute("UPDATE acct SET bal = bal + 1, note = %s WHERE id = %s", (f"u{rnd.random()}", k))
+                elif what < 0.7:
+                    conn.execute("DELETE FROM acct WHERE id = %s", (k,))
+                else:
+                    conn.execute("INSERT INTO acct VALUES (%s, 0, 'new')", (next_id,))
+                    next_id += 1
+                time.sleep(0.001)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        out = _worker(tmp_path, flow, "-mode", "backfill", "-tables", "public.acct", "-partition-count", "3",
+                      "-snapshot-workers", "2")
+    finally:
+        time.sleep(0.5)
+        stop.set()
+        writer.join()
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "backfill done" in out.stderr
+    assert not (tmp_path / "recovery" / "bf.backfill").exists()  # finished: the next backfill starts over
+    with duckdb.connect(str(duck_path), read_only=True) as d:  # the rows that were there came by the backfill
+        assert d.execute("SELECT count(*) FROM public.acct WHERE id <= 30000").fetchone()[0] > 25000
+    out = _worker(tmp_path, flow, "-max-empty-reads", "2")
+    assert out.returncode == 0, out.stderr[-4000:]
+    with psycopg.connect(pgdb) as conn:
+        want = conn.execute("SELECT id, bal, note FROM acct ORDER BY id").fetchall()
+    with duckdb.connect(str(duck_path), read_only=True) as d:
+        got = d.execute("SELECT id, bal, note FROM public.acct ORDER BY id").fetchall()
+    assert got == want
+    with duckdb.connect(str(duck_path), read_only=True) as d:  # keyless_t was not asked for
+        assert d.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'keyless_t'"
+                         ).fetchone()[0] == 0
+
+
+def test_backfill_refuses_what_it_cannot_do(pgdb, tmp_path):
+    with psycopg.connect(pgdb, autocommit=True) as conn:
+        conn.execute("CREATE TABLE acct (id int PRIMARY KEY)")
+        conn.execute("CREATE TABLE keyless_t (a int)")
+        conn.execute("CREATE TABLE other (id int PRIMARY KEY)")
+    flow = _flow(tmp_path, pgdb, tmp_path / "x.duckdb")
+    out = _worker(tmp_path, flow, "-mode", "backfill", "-tables", "public.other")
+    assert out.returncode == 2, out.stderr
+    assert "public.other is not in the flow's publication" in out.stderr
+    out = _worker(tmp_path, flow, "-mode", "backfill", "-partition-column", "id")
+    assert out.returncode == 2 and "-partition-column" in out.stderr
+    out = _worker(tmp_path, flow, "-tables", "public.acct")
+    assert out.returncode == 2 and "-tables: applies to -mode backfill" in out.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_resumes_and_holds_every_row_once(pgdb, tmp_path):
+    """A backfill killed -9 five times at random moments, then run to its end: every row once, nothing lost;
+    the runs after a kill resume the parts (finished ones are not read again)."""
+    with psycopg.connect(pgdb, autocommit=True) as conn:
+        conn.execute("CREATE TABLE acct (id int PRIMARY KEY, bal bigint NOT NULL, note text)")
+        conn.execute("INSERT INTO acct SELECT g, g * 10, repeat('n', g % 50) FROM generate_series(1, 300000) g")
+        conn.execute("CREATE TABLE keyless_t (a int)")
+    duck_path = tmp_path / "bf.duckdb"
+    flow = _flow(tmp_path, pgdb, duck_path)
+    env = {**_env(tmp_path), "WALLABY_BACKFILL_CHUNK_BLOCKS": "16"}
+    cmd = [*WORKER, "-flow-file", str(flow), "-mode", "backfill", "-tables", "public.acct", "-partition-count", "3"]
+    rnd = random.Random(11)
+    logs = []
+    for _ in range(5):
+        log_path = tmp_path / f"run{len(logs)}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 120
+            while "in 3 parts from snapshot" not in log_path.read_text() and proc.poll() is None \
+                    and time.monotonic() < deadline:  # planned: the reading starts; kill somewhere in it
+                time.sleep(0.05)
+            time.sleep(rnd.uniform(0.2, 2.0))
+            proc.kill()
+            proc.wait(timeout=30)
+        logs.append(log_path.read_text())
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert any("resuming an unfinished backfill" in text for text in [*logs[1:], out.stderr])
+    with psycopg.connect(pgdb) as conn:
+        want = conn.execute("SELECT id, bal, note FROM acct ORDER BY id").fetchall()
+    with duckdb.connect(str(duck_path), read_only=True) as d:
+        got = d.execute("SELECT id, bal, note FROM public.acct ORDER BY id").fetchall()
+    assert len(got) == len(want) and got == want
+
+
+def test_backfill_into_staging_resolved_by_the_worker(pgdb, tmp_path):
+    """batch_mode=staging: the backfill lands in public.acct_staging, not in the target; -resolve-staging replaces
+    the target with it."""
+    with psycopg.connect(pgdb, autocommit=True) as conn:
+        conn.execute("CREATE TABLE acct (id int PRIMARY KEY, bal bigint NOT NULL, note text)")
+        conn.execute("INSERT INTO acct SELECT g, g, 'x' FROM generate_series(1, 5000) g")
+        conn.execute("CREATE TABLE keyless_t (a int)")
+    duck_path = tmp_path / "st.duckdb"
+    flow = _flow(tmp_path, pgdb, duck_path)
+    data = json.loads(flow.read_text())
+    data["destinations"][0]["options"].update(batch_mode="staging", batch_resolution="replace")
+    flow.write_text(json.dumps(data))
+    out = _worker(tmp_path, flow, "-mode", "backfill", "-tables", "public.acct")
+    assert out.returncode == 0, out.stderr[-4000:]
+    with duckdb.connect(str(duck_path), read_only=True) as d:
+        assert d.execute("SELECT count(*) FROM public.acct_staging").fetchone()[0] == 5000
+        assert d.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'acct'").fetchone()[0] \
+            == 0
+    out = _worker(tmp_path, flow, "-resolve-staging", "-tables", "public.acct")
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "resolved into public.acct (replace, 5000 rows)" in out.stderr
+    with psycopg.connect(pgdb) as conn:
+        want = conn.execute("SELECT id, bal, note FROM acct ORDER BY id").fetchall()
+    with duckdb.connect(str(duck_path), read_only=True) as d:
+        assert d.execute("SELECT id, bal, note FROM public.acct ORDER BY id").fetchall() == want
+        assert d.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'acct_staging'"
+                         ).fetchone()[0] == 0
