@@ -27,18 +27,41 @@ Targets: source alone >= 1.5x, end to end >= 1.0x, peak RSS < 400 MB. Two legs a
 targets: no client reads a slot faster than the walsender decodes it (2.), and no leg into DuckDB is faster than
 ``duckdb_bulk_load`` (4.).
 
-    python -m bench.run [--changes 1000000] [--profiles narrow,wide] [--batch-size 10000]
+The ``backfill`` leg group (``--legs backfill`` runs it alone; part of the default run) reads one generated
+narrow table (bench/backfill_readers.py's, ``--backfill-rows`` / ``BENCH_BACKFILL_ROWS``, default 2,000,000
+rows, vacuumed and read once untimed first so every leg finds it in memory), each leg in its own process:
+
+1. ``copy_binary``: ``COPY narrow TO STDOUT (FORMAT binary)`` through psycopg, discarded: the server's raw read
+   rate, the baseline (timed around the read only);
+2. ``duckdb_postgres_ext``: DuckDB's postgres extension (the ``duckdb-extension-postgres-scanner`` wheel)
+   ``CREATE TABLE t AS SELECT * FROM pg.public.narrow`` into a DuckDB file, then CHECKPOINT;
+3. ``wallaby_backfill_<K>part(s)``: ``wallaby-worker -mode backfill -partition-count K -snapshot-workers K``
+   into a DuckDB file (K = 1, 2, 4), the worker as shipped (preflight, slot, snapshot, recovery store);
+4. ``debezium_embedded``: skipped unless a JDK and pydbzengine are both present (and not measured yet).
+
+The headline rate of 2. and 3. is from process start to exit (what an operator waits for; the same for both);
+beside it the rate without start-up: for wallaby the read phase from its log (from the plan to the last row read,
+the ``backfill <table>: N rows (R rows/s), K of K parts done`` line of logger wallaby.backfill), for DuckDB the
+statements alone. Peak RSS is the process's (``ru_maxrss``, and the sampled tree). Targets: backfill into DuckDB
+>= 1.0x DuckDB's postgres extension, peak RSS < 500 MB, 2 parts >= 1.5x one part.
+
+    python -m bench.run [--changes 1000000] [--profiles narrow,wide] [--batch-size 10000] [--legs a,b,backfill]
+                        [--backfill-rows 2000000] [--dsn DSN (backfill only)] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import orjson

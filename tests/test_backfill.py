@@ -12,6 +12,7 @@ import random
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import duckdb
@@ -23,6 +24,7 @@ import pytest
 from sources.postgres.snapshot import PartReader, plan_parts
 from tests import WORKER
 from tests.flows import drain, flow_spec, source_part
+from tests.kafka_broker import consume_all, kafka_broker  # noqa: F401 - fixture
 from tests.test_tricky_table import (
     ROW1,
     ROW2,
@@ -31,6 +33,7 @@ from tests.test_tricky_table import (
     tricky,  # noqa: F401 - fixture
 )
 from wallaby.core.changes import OP_READ, TableChanges
+from wallaby.wire import decode
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -254,3 +257,71 @@ def test_backfill_into_staging_resolved_by_the_worker(pgdb, tmp_path):
         assert d.execute("SELECT id, bal, note FROM public.acct ORDER BY id").fetchall() == want
         assert d.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'acct_staging'"
                          ).fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("fmt", ["json", "avro"])
+def test_backfill_into_kafka_then_stream(pgdb, tmp_path, kafka_broker, fmt):  # noqa: F811 - the fixture
+    """Into Kafka: every row once as op read, keyed like streamed changes, then the stream's changes after them."""
+    with psycopg.connect(pgdb, autocommit=True) as conn:
+        conn.execute("CREATE TABLE acct (id int PRIMARY KEY, bal bigint NOT NULL, note text)")
+        conn.execute("INSERT INTO acct SELECT g, g, 'x' FROM generate_series(1, 3000) g")
+        conn.execute("CREATE TABLE keyless_t (a int)")
+    flow = _flow(tmp_path, pgdb, tmp_path / "unused.duckdb")
+    topic = f"bf-{fmt}-{uuid.uuid4().hex[:6]}"
+    data = json.loads(flow.read_text())
+    data["destinations"] = [{"name": "bus", "type": "kafka",
+                             "options": {"brokers": kafka_broker.bootstrap, "topic": topic, "format": fmt}}]
+    flow.write_text(json.dumps(data))
+    out = _worker(tmp_path, flow, "-mode", "backfill", "-partition-count", "2")
+    assert out.returncode == 0, out.stderr[-4000:]
+    with psycopg.connect(pgdb, autocommit=True) as conn:
+        conn.execute("UPDATE acct SET bal = -1 WHERE id <= 10")
+    out = _worker(tmp_path, flow, "-max-empty-reads", "2")
+    assert out.returncode == 0, out.stderr[-4000:]
+    records = []
+    for m in consume_all(kafka_broker.bootstrap, topic, timeout=60):
+        seg = decode(m.value, dict(m.headers)["wallaby-format"].decode())
+        records += [(seg.table, r.op, r.key[0], r.after[1], m.partition) for r in seg.records]  # (id), (id, bal, note)
+    reads = [r for r in records if r[1] == OP_READ]
+    assert sorted(r[2] for r in reads) == list(range(1, 3001))
+    updates = [r for r in records if r[1] == "update"]
+    assert sorted(r[2] for r in updates) == list(range(1, 11)) and {r[3] for r in updates} == {-1}
+    partition_of = {r[2]: r[4] for r in reads}
+    assert all(partition_of[r[2]] == r[4] for r in updates)  # one key, one partition: the update follows its read
+
+
+def test_a_slot_created_by_the_backfill_meets_it_exactly(pgdb, tmp_path):
+    """The backfill creates the slot with its exported snapshot: a keyless table inserted into all through the
+    backfill ends with every row exactly once (no change both read and streamed)."""
+    with psycopg.connect(pgdb, autocommit=True) as conn:
+        conn.execute("CREATE TABLE acct (id int PRIMARY KEY)")
+        conn.execute("CREATE TABLE keyless_t (a int, b text)")
+        conn.execute("INSERT INTO keyless_t SELECT g, 'old' FROM generate_series(1, 20000) g")
+    duck_path = tmp_path / "k.duckdb"
+    flow = _flow(tmp_path, pgdb, duck_path)
+    stop = threading.Event()
+
+    def write() -> None:
+        with psycopg.connect(pgdb, autocommit=True) as conn:
+            n = 100000
+            while not stop.is_set():
+                conn.execute("INSERT INTO keyless_t VALUES (%s, 'new')", (n,))
+                n += 1
+                time.sleep(0.002)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        out = _worker(tmp_path, flow, "-mode", "backfill", "-tables", "public.keyless_t")
+    finally:
+        stop.set()
+        writer.join()
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "snapshot 0" in out.stderr  # the slot was created with its snapshot ("created replication slot ...")
+    out = _worker(tmp_path, flow, "-max-empty-reads", "2")
+    assert out.returncode == 0, out.stderr[-4000:]
+    with psycopg.connect(pgdb) as conn:
+        want = conn.execute("SELECT a, b FROM keyless_t ORDER BY a").fetchall()
+    with duckdb.connect(str(duck_path), read_only=True) as d:
+        got = d.execute("SELECT a, b FROM public.keyless_t ORDER BY a").fetchall()
+    assert got == want
