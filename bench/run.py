@@ -61,6 +61,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -340,44 +341,380 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
     return {"changes": changes, "wal_mb": wal_bytes / 1e6, "legs": results}
 
 
+# -- the backfill leg group -----------------------------------------------------------------------------------
+
+BACKFILL = "backfill"  # the --legs name of the group
+BACKFILL_TABLE = "narrow"  # bench/backfill_readers.py's generated table
+BACKFILL_PARTS = (1, 2, 4)
+BACKFILL_PUBLICATION = "bench_backfill"
+BACKFILL_TARGETS = {"x_duckdb_postgres_ext": 1.0, "peak_rss_mb": 500.0, "x_one_part": 1.5}
+_PROGRESS_DONE = re.compile(r"^backfill (\S+): (\d+) rows \((\d+) rows/s\), (\d+) of (\d+) parts done$")
+
+
+def backfill_leg_name(parts: int) -> str:
+    return f"wallaby_backfill_{parts}part" + ("s" if parts > 1 else "")
+
+
+def run_rusage(cmd: list[str], env: dict | None = None, timeout: float = 1800,
+               watch: Callable[[str], str | None] | None = None) -> dict:
+    """Run a command: wall-clock start, seconds, peak RSS bytes (the higher of the sampled process tree and the
+    process's own ``ru_maxrss``), stdout, stderr. ``watch`` is given the stderr so far every second; a message
+    back ends the process (a run gone wrong, told before its timeout)."""
+    started = time.time()
+    t0 = time.perf_counter()
+    watched = t0
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=ROOT)
+        rss = PeakRSS(p.pid)
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            rss.sample()
+            wrong = None
+            if watch is not None and time.perf_counter() - watched > 1:
+                watched = time.perf_counter()
+                err.seek(0)
+                wrong = watch(err.read().decode(errors="replace"))
+            if wrong or time.perf_counter() - t0 > timeout:
+                p.kill()
+                os.wait4(p.pid, 0)
+                p.returncode = -9
+                raise RuntimeError(f"{' '.join(cmd[:3])}: {wrong}" if wrong else
+                                   f"{' '.join(cmd[:3])} did not finish in {timeout:.0f}s")
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode(errors="replace")
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:5])} failed ({p.returncode}): {stderr[-3000:]}")
+    return {"started": started, "seconds": elapsed, "peak_rss": max(rss.peak, usage.ru_maxrss * 1024),
+            "stdout": stdout, "stderr": stderr}
+
+
+def generate_backfill_table(dsn: str, rows: int) -> dict:
+    """bench/backfill_readers.py's narrow table (dropped first), vacuumed (hint bits set, visibility map full)."""
+    from bench.backfill_readers import NARROW_DDL, NARROW_FILL
+
+    t0 = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for (slot,) in c.execute("SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
+                                 " AND slot_name LIKE 'bench_backfill%' AND NOT active").fetchall():
+            c.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        c.execute(f"DROP PUBLICATION IF EXISTS {BACKFILL_PUBLICATION}")
+        c.execute(f"DROP TABLE IF EXISTS {BACKFILL_TABLE}")
+        c.execute(NARROW_DDL)
+        c.execute(NARROW_FILL, (rows,))
+        c.execute(f"VACUUM (FREEZE, ANALYZE) {BACKFILL_TABLE}")
+        c.execute(f"CREATE PUBLICATION {BACKFILL_PUBLICATION} FOR TABLE {BACKFILL_TABLE}")
+        size = c.execute("SELECT pg_relation_size(%s)", (BACKFILL_TABLE,)).fetchone()[0]
+    return {"seconds": time.perf_counter() - t0, "table_mb": size / 2**20}
+
+
+def _reader_child(name: str, dsn: str, rows: int) -> dict:
+    """One of bench/backfill_readers.py's readers in a child process: its own timing (around the read, imports
+    left out) and the process's whole."""
+    run = run_rusage([sys.executable, "-m", "bench.backfill_readers", "--child", name, "--dsn", dsn,
+                      "--table", BACKFILL_TABLE], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                     timeout=60 + rows / 10_000)
+    info = orjson.loads(run["stdout"].strip().splitlines()[-1])
+    return {"rows": info["rows"], "read_seconds": info["seconds"], "process_seconds": run["seconds"],
+            "peak_rss_mb": max(run["peak_rss"] / 2**20, info["peak_rss_mb"])}
+
+
+def backfill_copy_binary(dsn: str, rows: int) -> dict:
+    r = _reader_child("copy_binary", dsn, rows)
+    return {**r, "seconds": r["read_seconds"]}  # the server's rate: the read alone
+
+
+def duckdb_ext_missing() -> str | None:
+    """Why DuckDB's postgres extension cannot be loaded without a download (None: it can)."""
+    if importlib.util.find_spec("duckdb_extension_postgres_scanner") is None:
+        import duckdb
+
+        return (f"the duckdb-extension-postgres-scanner wheel is not installed (pip install"
+                f" duckdb-extension-postgres-scanner=={duckdb.__version__}; not a dev dependency of pyproject.toml)")
+    from bench.backfill_readers import postgres_extension
+
+    try:
+        postgres_extension()
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
+def backfill_duckdb_ext(dsn: str, rows: int) -> dict:
+    missing = duckdb_ext_missing()
+    if missing:
+        return {"skipped": missing}
+    r = _reader_child("duckdb_ctas", dsn, rows)
+    # headline: process start to exit, as wallaby's; without start-up: LOAD, ATTACH, CTAS, CHECKPOINT
+    return {**r, "seconds": r["process_seconds"], "seconds_without_startup": r["read_seconds"]}
+
+
+def debezium_missing() -> str:
+    """Why the Debezium embedded leg does not run."""
+    java = shutil.which("java")
+    has_pydbz = importlib.util.find_spec("pydbzengine") is not None
+    if not has_pydbz and not java:
+        return "neither a JDK (java) nor pydbzengine is installed"
+    if not has_pydbz:
+        return f"pydbzengine is not installed (a JDK is: {java})"
+    if not java:
+        return "pydbzengine is installed but there is no JDK (java) on PATH"
+    return "a JDK and pydbzengine are present, but this bench does not measure Debezium embedded yet"
+
+
+def _log_time(ts: str) -> float:
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+
+
+def worker_phases(stderr: str, started: float, seconds: float) -> dict:
+    """The phases of a ``wallaby-worker -mode backfill`` run, from its JSON log lines: start-up (process start to
+    the plan), read (the plan to the last row read: rows / the rate of the last progress line, the table's whole),
+    finish (the rest: the last commit, bytewax's shutdown)."""
+    planned = done = None
+    rows = rate = 0
+    for line in stderr.splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if rec.get("logger") != "wallaby.backfill":
+            continue
+        msg = rec.get("msg", "")
+        if planned is None and " parts from snapshot " in msg:
+            planned = _log_time(rec["ts"])
+        m = _PROGRESS_DONE.match(msg)
+        if m and m.group(4) == m.group(5):
+            rows, rate, done = int(m.group(2)), int(m.group(3)), _log_time(rec["ts"])
+    if planned is None or done is None:
+        raise RuntimeError(f"no plan / final progress line in the worker's log: {stderr[-2000:]}")
+    read = rows / rate if rate > 0 else max(done - planned, 1e-3)
+    startup = max(planned - started, 0.0)
+    return {"rows_logged": rows, "startup_seconds": startup, "read_seconds": read,
+            "finish_seconds": max(seconds - startup - read, 0.0)}
+
+
+def _read_too_much(rows: int) -> Callable[[str], str | None]:
+    """A watch for a backfill's log: a progress line counting more rows than the table holds (a part reading its
+    blocks again) ends the run at once rather than at its timeout."""
+
+    def watch(stderr: str) -> str | None:
+        for line in stderr.splitlines()[-50:]:
+            if '"wallaby.backfill"' in line and (m := re.search(r"backfill \S+: (\d+) rows \(", line)):
+                if int(m.group(1)) > rows:
+                    return (f"the backfill read {int(m.group(1)):,} rows of a {rows:,}-row table (parts reading"
+                            " their blocks again?); stopped")
+        return None
+
+    return watch
+
+
+def backfill_wallaby(dsn: str, parts: int, tmp: Path, rows: int) -> dict:
+    """``wallaby-worker -mode backfill`` of the table into a new DuckDB file, ``parts`` parts read at once."""
+    import duckdb
+
+    leg_dir = tmp / f"wallaby-{parts}"
+    leg_dir.mkdir()
+    duck = leg_dir / "backfill.duckdb"
+    flow_id = f"bench_backfill_{parts}"
+    flow = {"id": flow_id, "name": flow_id,
+            "source": {"name": "pg", "type": "postgres",
+                       "options": {"dsn": dsn, "slot": flow_id, "publication": BACKFILL_PUBLICATION}},
+            "destinations": [{"name": "duck", "type": "duckdb", "options": {"dsn": str(duck)}}]}
+    flow_file = leg_dir / "flow.json"
+    flow_file.write_bytes(orjson.dumps(flow))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALLABY_")}
+    env.update(PYTHONPATH=str(ROOT), WALLABY_CHECKPOINT_PATH=str(leg_dir / "store.db"),
+               WALLABY_RECOVERY_DIR=str(leg_dir / "recovery"))
+    try:
+        run = run_rusage([sys.executable, "-m", "wallaby.control.worker", "-flow-file", str(flow_file),
+                          "-mode", "backfill", "-tables", f"public.{BACKFILL_TABLE}", "-partition-count", str(parts),
+                          "-snapshot-workers", str(parts)], env=env, timeout=60 + rows / 10_000,
+                         watch=_read_too_much(rows))
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as c:  # the slot the backfill made for the stream after it
+            c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                      " WHERE slot_name = %s AND NOT active", (flow_id,))
+    with duckdb.connect(str(duck), read_only=True) as d:
+        landed = d.execute(f"SELECT count(*) FROM public.{BACKFILL_TABLE}").fetchone()[0]
+    if landed != rows:
+        raise RuntimeError(f"{backfill_leg_name(parts)}: {landed} rows in DuckDB, expected {rows}")
+    phases = worker_phases(run["stderr"], run["started"], run["seconds"])
+    if phases["rows_logged"] != rows:  # rows read twice (or missed) that DuckDB's keyed apply folded away
+        raise RuntimeError(f"{backfill_leg_name(parts)}: the worker read {phases['rows_logged']} rows, expected {rows}")
+    shutil.rmtree(leg_dir, ignore_errors=True)
+    return {"rows": landed, "seconds": run["seconds"], "seconds_without_startup": phases["read_seconds"],
+            **phases, "peak_rss_mb": run["peak_rss"] / 2**20, "parts": parts, "snapshot_workers": parts}
+
+
+def bench_backfill(dsn: str, rows: int) -> dict:
+    """The backfill leg group on the database ``dsn``."""
+    gen = generate_backfill_table(dsn, rows)
+    print(f"[backfill] generated {rows:,} rows ({gen['table_mb']:.0f} MB table) in {gen['seconds']:.1f}s",
+          flush=True)
+    _reader_child("copy_binary", dsn, rows)  # warm: every leg finds the table in memory
+    legs: dict[str, dict] = {"copy_binary": backfill_copy_binary(dsn, rows)}
+    legs["duckdb_postgres_ext"] = backfill_duckdb_ext(dsn, rows)
+    with tempfile.TemporaryDirectory(prefix="wallaby-bench-backfill-") as tmp:
+        for k in BACKFILL_PARTS:
+            name = backfill_leg_name(k)
+            try:  # a failing leg is reported in its row; the others still run
+                legs[name] = backfill_wallaby(dsn, k, Path(tmp), rows)
+                print(f"[backfill] {name}: {legs[name]['seconds']:.1f}s", flush=True)
+            except RuntimeError as exc:
+                legs[name] = {"error": " ".join(str(exc).split())[:600]}
+                print(f"[backfill] {name} failed: {legs[name]['error']}", flush=True)
+    legs["debezium_embedded"] = {"skipped": debezium_missing()}
+    for name, r in legs.items():
+        if "skipped" in r or "error" in r:
+            continue
+        if r["rows"] != rows:
+            raise RuntimeError(f"{name}: read {r['rows']} rows, expected {rows}")
+    base = rows / legs["copy_binary"]["seconds"]
+    for r in legs.values():
+        if "skipped" in r or "error" in r:
+            continue
+        r["rows_per_s"] = rows / r["seconds"]
+        r["ratio_to_copy_binary"] = r["rows_per_s"] / base
+        if "seconds_without_startup" in r:
+            r["rows_per_s_without_startup"] = rows / r["seconds_without_startup"]
+            r["ratio_to_copy_binary_without_startup"] = r["rows_per_s_without_startup"] / base
+    return {"rows": rows, "table": BACKFILL_TABLE, "table_mb": gen["table_mb"], "legs": legs,
+            "targets": backfill_targets(legs)}
+
+
+def backfill_targets(legs: dict[str, dict]) -> list[dict]:
+    """The targets, met or not, from the legs' headline rates (the rate without start-up beside it)."""
+    ours = {k: legs[backfill_leg_name(k)] for k in BACKFILL_PARTS if "rows_per_s" in legs.get(backfill_leg_name(k), {})}
+    out: list[dict] = []
+    if not ours:
+        return out
+    best_k = max(ours, key=lambda k: ours[k]["rows_per_s"])
+    duck = legs.get("duckdb_postgres_ext", {})
+    if "rows_per_s" in duck:
+        ratio = ours[best_k]["rows_per_s"] / duck["rows_per_s"]
+        read = ours[best_k]["rows_per_s_without_startup"] / duck["rows_per_s_without_startup"]
+        out.append({"target": "backfill into DuckDB >= 1.0x DuckDB's postgres extension", "value": ratio,
+                    "shown": f"{ratio:.2f}x ({backfill_leg_name(best_k)}, the best; 1 part"
+                             f" {ours[min(ours)]['rows_per_s'] / duck['rows_per_s']:.2f}x; without start-up"
+                             f" {read:.2f}x)",
+                    "met": ratio >= BACKFILL_TARGETS["x_duckdb_postgres_ext"]})
+    else:
+        out.append({"target": "backfill into DuckDB >= 1.0x DuckDB's postgres extension", "value": None,
+                    "shown": f"not measured ({duck.get('skipped', 'no leg')})", "met": None})
+    peak_k = max(ours, key=lambda k: ours[k]["peak_rss_mb"])
+    peak = ours[peak_k]["peak_rss_mb"]
+    out.append({"target": "peak RSS < 500 MB", "value": peak,
+                "shown": f"{peak:.0f} MB (the most of wallaby's legs: {backfill_leg_name(peak_k)})",
+                "met": peak < BACKFILL_TARGETS["peak_rss_mb"]})
+    if 1 in ours and 2 in ours:
+        ratio = ours[2]["rows_per_s"] / ours[1]["rows_per_s"]
+        read = ours[2]["rows_per_s_without_startup"] / ours[1]["rows_per_s_without_startup"]
+        out.append({"target": "2 parts >= 1.5x one part", "value": ratio,
+                    "shown": f"{ratio:.2f}x (read phase {read:.2f}x)", "met": ratio >= BACKFILL_TARGETS["x_one_part"]})
+    return out
+
+
+def print_backfill(res: dict) -> None:
+    print(f"\nbackfill: {res['rows']:,} rows of {res['table']} ({res['table_mb']:.0f} MB on disk). rows/s: process"
+          " start to exit (the headline; copy_binary: the read alone, the baseline); w/o start-up: wallaby's read phase"
+          " from its log (plan to last row read), DuckDB's statements alone")
+    print(f"{'profile':8} {'leg':24} {'rows/s':>12} {'x COPY binary':>14} {'w/o start-up':>13} {'x COPY':>7}"
+          f" {'peak RSS MB':>12}")
+    for leg, r in res["legs"].items():
+        if "skipped" in r or "error" in r:
+            print(f"{'backfill':8} {leg:24} " + (f"skipped: {r['skipped']}" if "skipped" in r else
+                                                 f"error: {r['error'][:160]}"))
+            continue
+        wo = f"{r['rows_per_s_without_startup']:13,.0f}" if "rows_per_s_without_startup" in r else f"{'-':>13}"
+        xo = f"{r['ratio_to_copy_binary_without_startup']:7.2f}" if "rows_per_s_without_startup" in r else f"{'-':>7}"
+        print(f"{'backfill':8} {leg:24} {r['rows_per_s']:12,.0f} {r['ratio_to_copy_binary']:14.2f} {wo} {xo}"
+              f" {r['peak_rss_mb']:12.0f}")
+    phases = [(leg, r) for leg, r in res["legs"].items() if "startup_seconds" in r]
+    if phases:
+        print("wallaby's phases (s): " + "; ".join(
+            f"{leg.removeprefix('wallaby_backfill_')} start-up {r['startup_seconds']:.1f} + read"
+            f" {r['read_seconds']:.1f} + finish {r['finish_seconds']:.1f}" for leg, r in phases))
+    print("targets:")
+    for t in res["targets"]:
+        verdict = "-" if t["met"] is None else ("met" if t["met"] else "not met")
+        print(f"  {t['target']}: {t['shown']}: {verdict}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--changes", type=int, default=int(os.environ.get("BENCH_CHANGES", 1_000_000)))
-    ap.add_argument("--profiles", default="narrow,wide")
+    ap.add_argument("--profiles", default=None, help="row profiles of the replication legs (default narrow,wide;"
+                    " none when --legs names only backfill)")
     ap.add_argument("--batch-size", type=int, default=10_000)
-    ap.add_argument("--legs", default=",".join(LEGS), help=f"wallaby legs to run (default all: {', '.join(LEGS)})")
+    ap.add_argument("--legs", default=",".join([*LEGS, BACKFILL]),
+                    help=f"legs to run (default all: {', '.join(LEGS)}, and {BACKFILL}: the backfill leg group)")
+    ap.add_argument("--backfill-rows", type=int, default=int(os.environ.get("BENCH_BACKFILL_ROWS", 2_000_000)),
+                    help="rows of the backfill legs' table (default 2,000,000; BENCH_BACKFILL_ROWS)")
+    ap.add_argument("--dsn", default=None, help="run the backfill legs in this database rather than on the bench's"
+                    " local Postgres (only with --legs backfill)")
+    ap.add_argument("--out", default=str(RESULTS / "latest.json"), help="the results file (default %(default)s)")
     a = ap.parse_args(argv)
-    legs = [x for x in a.legs.split(",") if x]
-    unknown = [x for x in legs if x not in LEGS]
+    chosen = [x for x in a.legs.split(",") if x]
+    unknown = [x for x in chosen if x not in LEGS and x != BACKFILL]
     if unknown:
-        ap.error(f"unknown legs {unknown}; known: {', '.join(LEGS)}")
+        ap.error(f"unknown legs {unknown}; known: {', '.join([*LEGS, BACKFILL])}")
+    legs = [x for x in chosen if x in LEGS]
+    backfill = BACKFILL in chosen
+    if a.profiles is None:  # --legs backfill alone: no replication profiles
+        profiles = [] if backfill and not legs else ["narrow", "wide"]
+    else:
+        profiles = [x for x in a.profiles.split(",") if x]
+    if unknown_profiles := [x for x in profiles if x not in PROFILES]:
+        ap.error(f"unknown profiles {unknown_profiles}; known: {', '.join(PROFILES)}")
+    if a.dsn and profiles:
+        ap.error("--dsn runs the backfill legs only: give --legs backfill")
 
-    pg = LocalPostgres(ROOT / ".cache" / "bench-pg")
-    pg.start()
-    pg.wait_ready()
+    pg = None
+    if profiles or (backfill and not a.dsn):
+        pg = LocalPostgres(ROOT / ".cache" / "bench-pg")
+        pg.start()
+        pg.wait_ready()
     broker = None
-    if any(LEGS[x][1] == "kafka" for x in legs):
+    if profiles and any(LEGS[x][1] == "kafka" for x in legs):
         from tests.kafka_broker import KafkaBroker
 
         broker = KafkaBroker(Path(tempfile.mkdtemp(prefix="wallaby-bench-kafka-")))
         broker.start()
     report: dict = {"changes": a.changes, "batch_size": a.batch_size, "profiles": {}}
     try:
-        for profile in a.profiles.split(","):
+        for profile in profiles:
             report["profiles"][profile] = bench_profile(pg, profile, a.changes, a.batch_size, legs,
                                                         broker.bootstrap if broker else None)
+        if backfill:
+            dsn = a.dsn
+            if dsn is None:
+                with psycopg.connect(pg.dsn(), autocommit=True) as c:
+                    if not c.execute("SELECT 1 FROM pg_database WHERE datname = 'bench_backfill'").fetchone():
+                        c.execute("CREATE DATABASE bench_backfill")
+                dsn = pg.dsn("bench_backfill")
+            report["backfill"] = bench_backfill(dsn, a.backfill_rows)
     finally:
-        pg.stop()
+        if pg is not None:
+            pg.stop()
         if broker is not None:
             broker.stop()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    print("\n(x base: toast/meta/recovery legs to wallaby_e2e_duckdb; e2e_kafka_<format> to confluent-kafka"
-          " producing the same messages, direct_kafka_<format>)\n(duckdb_bulk_load: rows/s of DuckDB loading the"
-          " e2e leg's final table itself, same settings, one CREATE TABLE AS + CHECKPOINT: the ceiling of e2e into"
-          " DuckDB)")
-    print(f"{'profile':8} {'leg':24} {'changes/s':>12} {'x pg_recvlogical':>17} {'x base':>7} {'peak RSS MB':>12}"
-          f" {'walsender CPU':>14}")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    if report["profiles"]:
+        print("\n(x base: toast/meta/recovery legs to wallaby_e2e_duckdb; e2e_kafka_<format> to confluent-kafka"
+              " producing the same messages, direct_kafka_<format>)\n(duckdb_bulk_load: rows/s of DuckDB loading the"
+              " e2e leg's final table itself, same settings, one CREATE TABLE AS + CHECKPOINT: the ceiling of e2e into"
+              " DuckDB)")
+        print(f"{'profile':8} {'leg':24} {'changes/s':>12} {'x pg_recvlogical':>17} {'x base':>7} {'peak RSS MB':>12}"
+              f" {'walsender CPU':>14}")
     for profile, res in report["profiles"].items():
         for leg, r in res["legs"].items():
             rss = f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"
@@ -386,7 +723,15 @@ def main(argv: list[str] | None = None) -> int:
             ws = f"{r['walsender_cpu']:.0%}" if r.get("walsender_cpu") is not None else "-"
             print(f"{profile:8} {leg:24} {r['changes_per_s']:12,.0f} {r['ratio_to_pg_recvlogical']:17.2f} {vs:>7}"
                   f" {rss:>12} {ws:>14}")
-    print(f"\nwritten to {(RESULTS / 'latest.json').relative_to(ROOT)}")
+    failed = []
+    if "backfill" in report:
+        print_backfill(report["backfill"])
+        failed = [leg for leg, r in report["backfill"]["legs"].items() if "error" in r]
+    shown = out.resolve()
+    print(f"\nwritten to {shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown}")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -46,9 +46,9 @@ from wallaby.state.checkpoints import open_store
 
 log = logging.getLogger("wallaby.backfill")
 
-# Destinations a backfill can write to now. S3 and pgstream name their objects / stream rows by stream position
-# (exactly-once by position), which a snapshot's rows do not have: they come with backfill's own positions later.
-BACKFILL_DESTINATIONS = ("duckdb", "kafka", "bufstream", "http", "grpc")
+# Destinations a backfill can write to now. S3 and pgstream keep exactly-once by stream position, and a receiving
+# wallaby (grpc) applies by position: a snapshot's rows stand outside that order; they come in a later version.
+BACKFILL_DESTINATIONS = ("duckdb", "kafka", "bufstream", "http")
 
 
 @dataclass

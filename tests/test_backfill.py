@@ -21,9 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from sources.postgres.snapshot import PartReader, plan_parts
+from sources.postgres.snapshot import PartReader, plan_parts, relation_blocks
 from tests import WORKER
 from tests.flows import drain, flow_spec, source_part
+from tests.http_receiver import receiver  # noqa: F401 - fixture
 from tests.kafka_broker import consume_all, kafka_broker  # noqa: F401 - fixture
 from tests.test_tricky_table import (
     ROW1,
@@ -95,7 +96,14 @@ def test_parts_read_every_row_once(pgdb, count):
         conn.execute("CREATE PUBLICATION p FOR TABLE t")
         conn.execute("CREATE TABLE empty_t (id int PRIMARY KEY)")
         conn.execute("ALTER PUBLICATION p ADD TABLE empty_t")
-    ids = [i for s in _read_all(pgdb, "public.t", "p", count, chunk_blocks=16) for i in s.rows.column("id").to_pylist()]
+    with psycopg.connect(pgdb, autocommit=True) as conn:
+        parts = plan_parts(conn, "public.t", count)
+        blocks = relation_blocks(conn, "public.t")
+    assert blocks > 100 and [p.first_block for p in parts] == sorted({p.first_block for p in parts})
+    assert all(p.end_block is not None and p.end_block > p.first_block for p in parts[:-1])
+    chunks = _read_all(pgdb, "public.t", "p", count, chunk_blocks=16)
+    assert len(chunks) >= blocks // 16  # read in chunks of 16 blocks, not all at once
+    ids = [i for s in chunks for i in s.rows.column("id").to_pylist()]
     assert len(ids) == len(set(ids)) == 20000 - 20000 // 7
     assert _read_all(pgdb, "public.empty_t", "p", count) == []
 
@@ -325,3 +333,26 @@ def test_a_slot_created_by_the_backfill_meets_it_exactly(pgdb, tmp_path):
     with duckdb.connect(str(duck_path), read_only=True) as d:
         got = d.execute("SELECT a, b FROM public.keyless_t ORDER BY a").fetchall()
     assert got == want
+
+
+def test_backfill_into_http_delivers_every_chunk_with_its_own_key(pgdb, tmp_path, receiver):  # noqa: F811
+    """Many chunks of a keyless table over HTTP: every row arrives, each request with an idempotency key of its own
+    (a backfill row's position is its own, so chunks are not taken for retries of one another)."""
+    with psycopg.connect(pgdb, autocommit=True) as conn:
+        conn.execute("CREATE TABLE acct (id int PRIMARY KEY)")
+        conn.execute("CREATE TABLE keyless_t (a int, b text)")
+        conn.execute("INSERT INTO keyless_t SELECT g, repeat('b', 100) FROM generate_series(1, 20000) g")
+    flow = _flow(tmp_path, pgdb, tmp_path / "unused.duckdb")
+    data = json.loads(flow.read_text())
+    data["destinations"] = [{"name": "hook", "type": "http", "options": {"url": receiver.url(), "format": "json"}}]
+    flow.write_text(json.dumps(data))
+    env = {**_env(tmp_path), "WALLABY_BACKFILL_CHUNK_BLOCKS": "8"}
+    out = subprocess.run([*WORKER, "-flow-file", str(flow), "-mode", "backfill", "-tables", "public.keyless_t",
+                          "-partition-count", "2"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    delivered = receiver.delivered()
+    keys = [r.headers.get("idempotency-key") for r in delivered]
+    assert len(delivered) > 10 and None not in keys and len(set(keys)) == len(keys), out.stderr[-3000:]
+    rows = [rec for r in delivered for rec in json.loads(r.body)["records"]]
+    assert {rec["op"] for rec in rows} == {OP_READ}
+    assert sorted(rec["after"]["a"] for rec in rows) == list(range(1, 20001))

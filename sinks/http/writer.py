@@ -206,7 +206,8 @@ class HTTPWriter(Writer):
     # -- delivering
 
     def write(self, batch: ChangeBatch) -> None:
-        if self.position is not None:
+        snapshot = batch.snapshot is not None  # a backfill's rows: outside the stream's order, never skipped
+        if self.position is not None and not snapshot:
             batch = batch.since(self.position)
             if batch is None:
                 return
@@ -214,7 +215,8 @@ class HTTPWriter(Writer):
             self._send(req)
             self.delivered += req.rows
             self.requests += 1
-            self.position = req.last
+            if not snapshot:
+                self.position = req.last
 
     def _headers(self, req: _Request) -> dict[str, str]:
         return {**self.headers, "Content-Type": req.content_type, self.options.idempotency_header: req.key,

@@ -36,7 +36,15 @@ from sources.postgres.pgoutput import Relation, RelationColumn
 from sources.postgres.pgtypes import decode_column
 from sources.postgres.source import TypeResolver
 from wallaby.core import settings
-from wallaby.core.changes import META_FIELDS, OP_READ, ChangeBatch, Position, TableChanges
+from wallaby.core.changes import (
+    META_FIELDS,
+    OP_READ,
+    SNAPSHOT_PART_SHIFT,
+    ChangeBatch,
+    Position,
+    SnapshotMark,
+    TableChanges,
+)
 from wallaby.core.errors import SourceError
 
 log = logging.getLogger("wallaby.backfill")
@@ -76,9 +84,10 @@ def qualified(table: str) -> str:
 def relation_blocks(conn: psycopg.Connection, table: str) -> int:
     """The table's heap size in blocks (a partitioned table: its largest leaf's, whose ctids the ranges cover)."""
     row = conn.execute(
-        "SELECT coalesce(max((pg_relation_size(t.relid) + b.bs - 1) / b.bs), 0)"
-        " FROM pg_partition_tree(%s::regclass) t, (SELECT current_setting('block_size')::bigint AS bs) b"
-        " WHERE t.isleaf", (qualified(table),)).fetchone()
+        "SELECT (greatest(pg_relation_size(r.oid), coalesce((SELECT max(pg_relation_size(t.relid))"
+        " FROM pg_partition_tree(r.oid) t WHERE t.isleaf), 0)) + b.bs - 1) / b.bs"
+        " FROM (SELECT %s::regclass AS oid) r, (SELECT current_setting('block_size')::bigint AS bs) b",
+        (qualified(table),)).fetchone()
     return int(row[0] or 0)
 
 
@@ -147,6 +156,7 @@ class PartReader:
         self.server = server_name(dsn)
         self.snapshot_lsn, self.snapshot_ts = snapshot_lsn, snapshot_ts
         self.chunk_blocks = chunk_blocks or CHUNK_BLOCKS
+        self.ordinal_base = (part.index + 1) << SNAPSHOT_PART_SHIFT  # the part's rows: base + row number
         self.next_block = part.first_block if next_block is None else next_block
         self.conn = connect(dsn, application_name=f"wallaby-backfill:{flow_id}")
         self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -163,8 +173,8 @@ class PartReader:
         cols = ", ".join(quote_ident(n) for n in self.names)
         self.select = f"SELECT {cols} FROM {qualified(part.table)}"
 
-    def read(self) -> Chunk:
-        """The next chunk of the part."""
+    def read(self, first_row: int = 1) -> Chunk:
+        """The next chunk of the part; its rows are numbered from ``first_row`` within the part."""
         part, first = self.part, self.next_block
         end = part.end_block
         if end is not None and first >= end:
@@ -173,9 +183,10 @@ class PartReader:
         stop = None if last else min(first + self.chunk_blocks, end if end is not None else first + self.chunk_blocks)
         where = f" WHERE ctid >= '({first},0)'::tid" + (f" AND ctid < '({stop},0)'::tid" if stop is not None else "")
         data = self._copy(self.select + where)
-        changes = self._changes(data) if data else None
+        changes = self._changes(data, first_row) if data else None
         if last:
             return Chunk(changes, first, True)
+        self.next_block = stop
         return Chunk(changes, stop, end is not None and stop >= end)
 
     def _copy(self, select: str) -> bytes:
@@ -189,7 +200,7 @@ class PartReader:
                               server=self.server) from None
         return bytes(buf)
 
-    def _changes(self, data: bytes) -> TableChanges:
+    def _changes(self, data: bytes, first_row: int) -> TableChanges:
         names = self.names
         table = pacsv.read_csv(
             io.BytesIO(data),
@@ -214,7 +225,7 @@ class PartReader:
         arrays += [
             pa.array([OP_READ] * n, pa.string()),
             pa.array([self.snapshot_lsn] * n, pa.uint64()),
-            pa.array([0] * n, pa.uint64()),
+            pa.array(range(self.ordinal_base + first_row, self.ordinal_base + first_row + n), pa.uint64()),
             pa.array([self.snapshot_ts] * n, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
             pa.array([0] * n, pa.uint32()),
             pa.nulls(n, pa.list_(pa.string())),
@@ -222,8 +233,11 @@ class PartReader:
         fields += list(META_FIELDS)
         return TableChanges(self.state.schema, pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields)))
 
-    def batch(self, flow_id: str, changes: TableChanges) -> ChangeBatch:
-        return ChangeBatch(flow_id, [changes], Position(self.snapshot_lsn, 0), snapshot=True)
+    def batch(self, flow_id: str, changes: TableChanges | None, mark: SnapshotMark) -> ChangeBatch:
+        """A chunk's batch (no segments for a chunk without rows: the mark still tells the destinations' progress);
+        its position is the part's last row read."""
+        return ChangeBatch(flow_id, [changes] if changes is not None else [],
+                           Position(self.snapshot_lsn, self.ordinal_base + mark.rows), snapshot=mark)
 
     def close(self) -> None:
         try:

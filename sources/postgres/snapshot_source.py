@@ -18,7 +18,7 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from sources.postgres.snapshot import Part, PartReader
-from wallaby.core.changes import ChangeBatch
+from wallaby.core.changes import ChangeBatch, SnapshotMark
 from wallaby.core.runtime import tune_gc, tune_memory
 
 log = logging.getLogger("wallaby.backfill")
@@ -123,13 +123,12 @@ class _PartPartition(StatefulSourcePartition):
         if self.done or self.reader is None:
             raise StopIteration()
         before = self.reader.next_block
-        chunk = self.reader.read()
+        chunk = self.reader.read(self.rows + 1)
         self.done = chunk.done
-        out: list[tuple[str, ChangeBatch]] = []
         rows = len(chunk.changes) if chunk.changes is not None else 0
-        if rows:
-            self.rows += rows
-            out.append((self.src.flow_id, self.reader.batch(self.src.flow_id, chunk.changes)))
+        self.rows += rows
+        mark = SnapshotMark(self.part.key, chunk.next_block, self.done, self.rows)
+        out = [(self.src.flow_id, self.reader.batch(self.src.flow_id, chunk.changes if rows else None, mark))]
         self.src.progress.advance(self.part, max(chunk.next_block - before, 0), rows, self.done)
         if self.done:
             log.info("backfill %s: read %d rows in %.1fs", self.part.key, self.rows, time.monotonic() - self.started,

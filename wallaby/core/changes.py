@@ -222,20 +222,38 @@ class Event:
 Segment = TableChanges | Event
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotMark:
+    """Where a backfill's part stood after the chunk a batch carries: the part (``public.users#2/4``), the heap
+    block it goes on from, whether it is done, and the rows it has read. A destination's progress is the last mark it
+    committed (sources/postgres/snapshot_state.py)."""
+
+    part: str
+    next_block: int
+    done: bool
+    rows: int
+
+
+# A backfill row's ordinal: (its part's number << SNAPSHOT_PART_SHIFT) | its row number within the part, so every
+# row of a backfill has its own position (lsn = the snapshot's) and a re-read chunk gets the same positions again.
+SNAPSHOT_PART_SHIFT = 40
+
+
 @dataclass(slots=True)
 class ChangeBatch:
     """What one bytewax item carries: ordered segments of one flow's changes.
 
     ``position`` is the position of the last change in the batch (what a sink
     records as its high-water mark once the batch is durable). A ``snapshot``
-    batch holds rows of a backfill (op ``read``, all at the snapshot's LSN): it
-    is outside the stream's order, so no high-water skips it or moves for it.
+    batch holds rows of a backfill (op ``read``, at the snapshot's LSN; its
+    mark says how far the part is): it is outside the stream's order, so no
+    high-water skips it or moves for it.
     """
 
     flow_id: str
     segments: list[Segment]
     position: Position
-    snapshot: bool = False
+    snapshot: SnapshotMark | None = None
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.segments)
