@@ -29,6 +29,7 @@ from tests import WORKER
 from tests.http_receiver import Receiver, receiver  # noqa: F401 - fixture
 from tests.kafka_broker import kafka_broker  # noqa: F401 - fixture
 from tests.s3_server import s3_server  # noqa: F401 - fixture
+from wallaby.control.panicfilter import PanicFilter
 from wallaby.core import errors
 from wallaby.core.errors import (
     EXIT_CONFIG,
@@ -517,3 +518,11 @@ def test_stderr_keeps_flowing_while_the_worker_runs(tmp_path, items):
             proc.kill()
             proc.wait()
     assert "wallaby-worker:" not in rest and "flow tx_live: stopped" in rest, rest[-3000:]
+
+
+def test_panic_report_split_by_another_writer_is_dropped():
+    """Under load another thread's write can land inside Rust's report line: the report is still dropped."""
+    f = PanicFilter()
+    lines = [b'{"msg": "a log line"}thread \'', b"<unnamed>' panicked at src/outputs.rs:321:49:", b"Box<dyn Any>",
+             b"wallaby-worker: the real error"]
+    assert [ln for ln in lines if f.keep(ln)] == [lines[0], lines[3]]

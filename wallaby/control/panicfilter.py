@@ -29,7 +29,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-_PANIC = re.compile(rb"^thread '.*' (?:panicked|attempted to panic) at ")
+# Searched, not matched at the line's start: another thread's write can land in the middle of Rust's (seen under
+# load: a line ending in "thread '" and the next starting "<unnamed>' panicked at"), and the report is dropped all
+# the same.
+_PANIC = re.compile(rb"' (?:panicked|attempted to panic) at ")
 _FRAME = re.compile(rb"^(?:stack backtrace:|\s+\d+: |\s+at |note: |\s*$)")
 # Lines other threads write while a report is being written (our JSON logs, librdkafka's "%3|..." lines): kept,
 # and they do not end the report.
@@ -53,7 +56,7 @@ class PanicFilter:
         self._foreign_run = 0
 
     def keep(self, line: bytes) -> bool:
-        if _PANIC.match(line):
+        if _PANIC.search(line):
             self._in_report, self._payload_pending, self._foreign_run = True, True, 0
             return False
         if not self._in_report:
