@@ -25,6 +25,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from bytewax import operators as op
@@ -37,7 +38,8 @@ from dataflows.preflight import preflight
 from sources.postgres.connection import connect, server_name
 from sources.postgres.snapshot import Part, plan_parts, publication_tables, relation_blocks, split_table
 from sources.postgres.snapshot_source import Progress, SnapshotSource
-from wallaby.core.changes import parse_lsn
+from sources.postgres.snapshot_state import NoSnapshotState, SnapshotState, open_snapshot_state
+from wallaby.core.changes import ChangeBatch, SnapshotMark, parse_lsn
 from wallaby.core.errors import ConfigError, FieldProblem, SourceError, WallabyError, exit_status
 from wallaby.core.identity import SourceCheck, SourceIdentity
 from wallaby.core.options import did_you_mean
@@ -139,10 +141,36 @@ def table_blocks(dsn: str, tables: set[str]) -> dict[str, int]:
         return {t: relation_blocks(conn, t) for t in sorted(tables)}
 
 
+class ProgressWriter:
+    """A destination's writer that records, once the destination committed, how far each part got in it
+    (the snapshot state store): the marks of the batches it wrote since its last commit."""
+
+    def __init__(self, flow_id: str, name: str, inner: Any, state: SnapshotState):
+        self.flow_id, self.name, self.inner, self.state = flow_id, name, inner, state
+        self.marks: dict[str, SnapshotMark] = {}
+
+    def write(self, batch: ChangeBatch) -> None:
+        self.inner.write(batch)
+        if batch.snapshot is not None:
+            self.marks[batch.snapshot.part] = batch.snapshot
+
+    def commit(self) -> Any:
+        state = self.inner.commit()
+        if self.marks:
+            self.state.record(self.flow_id, self.name, list(self.marks.values()))
+            self.marks.clear()
+        return state
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def build_backfill(spec: FlowSpec, parts: list[Part], snapshot: Snapshot, start: Start | None = None,
-                   progress: Progress | None = None) -> Dataflow:
+                   progress: Progress | None = None, state: SnapshotState | None = None,
+                   starts: dict[str, dict] | None = None) -> Dataflow:
     """The backfill dataflow of ``spec`` over ``parts``, reading ``snapshot``; ``progress`` is told how far
-    each table is (default: structured log lines)."""
+    each table is (default: structured log lines); ``state`` records each destination's progress after its
+    commits; ``starts``: where parts go on when the recovery store has nothing for them."""
     check_buildable(spec)
     check_backfill(spec)
     opts = spec.source_options()
@@ -150,9 +178,13 @@ def build_backfill(spec: FlowSpec, parts: list[Part], snapshot: Snapshot, start:
     progress.plan(parts, table_blocks(opts.dsn, {p.table for p in parts}))
     flow = Dataflow(f"wallaby-backfill-{spec.id}")
     source = SnapshotSource(spec.id, opts.dsn, opts.publication, parts, snapshot=snapshot.name,
-                            snapshot_lsn=snapshot.lsn, snapshot_ts=snapshot.ts_us, progress=progress)
+                            snapshot_lsn=snapshot.lsn, snapshot_ts=snapshot.ts_us, progress=progress, starts=starts)
     rows = op.input("snapshot", flow, source)
-    output_destinations(spec, rows, start.check if start is not None else None)
+    wrap = None
+    if state is not None and not isinstance(state, NoSnapshotState):
+        def wrap(name: str, make: Any) -> Any:
+            return lambda resume_state: ProgressWriter(spec.id, name, make(resume_state), state)
+    output_destinations(spec, rows, start.check if start is not None else None, wrap)
     return flow
 
 
@@ -197,6 +229,16 @@ def prepare_backfill(spec: FlowSpec, checkpoints, tables: list[str] | None, coun
         keep = not reset_all and _same_source(recovery_dir, start.check)
         open_recovery(recovery_dir, start.check, keep)
         stored = _load_plan(recovery_dir) if keep else None
+    state = open_snapshot_state(opts)
+    kept = None if reset_all else state.load(spec.id)
+    starts: dict[str, dict] = {}
+    if kept is not None and not kept.finished and kept.parts:
+        stored = stored or kept.parts
+        names = [d.name for d in spec.destinations]
+        for p in stored:
+            point = kept.resume_point(p, names)
+            if point is not None:
+                starts[p.key] = {"next": point.next_block, "rows": point.rows, "done": point.done}
     if start.plan.snapshot is not None:  # the slot was created now, in this snapshot: the hand-off is exact
         exported = start.plan.snapshot
         snapshot = Snapshot(exported.name, exported.lsn, _now_us(opts.dsn), exported.conn)
@@ -205,16 +247,18 @@ def prepare_backfill(spec: FlowSpec, checkpoints, tables: list[str] | None, coun
     try:
         if stored:
             parts = stored
-            log.info("flow %s: resuming an unfinished backfill (%s)", spec.id,
-                     ", ".join(sorted({p.table for p in parts})), extra={"flow": spec.id})
+            log.info("flow %s: resuming an unfinished backfill (%s)%s", spec.id,
+                     ", ".join(sorted({p.table for p in parts})),
+                     f"; {len(starts)} parts from the snapshot state" if starts else "", extra={"flow": spec.id})
         else:
             parts = plan(spec, tables, count)
+            state.start(spec.id, parts)
             if recovery_dir is not None:
                 _save_plan(recovery_dir, parts)
         log.info("flow %s: backfill of %d tables in %d parts from snapshot %s at %s", spec.id,
                  len({p.table for p in parts}), len(parts), snapshot.name or "(one per part)",
                  f"{snapshot.lsn >> 32:X}/{snapshot.lsn & 0xFFFFFFFF:X}", extra={"flow": spec.id})
-        return build_backfill(spec, parts, snapshot, start, progress), snapshot, parts
+        return build_backfill(spec, parts, snapshot, start, progress, state, starts), snapshot, parts
     except BaseException:
         snapshot.close()
         raise

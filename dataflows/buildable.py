@@ -33,12 +33,8 @@ def available_destinations() -> list[str]:
 # refused by name when set to anything but their default, never accepted and ignored. option -> why.
 _PARTITION_COLUMN = ("backfill splits a table by ranges of its heap blocks, which reads each block once whatever the"
                      " keys; key ranges over a column come in a later version")
-_SNAPSHOT_STATE = ("a backfill resumes from the worker's recovery store in this version; snapshot state tables and"
-                   " files come in a later version")
 UNBUILT_SOURCE_OPTIONS: dict[str, dict[str, str]] = {
-    "postgres": {"partition_column": _PARTITION_COLUMN,
-                 **dict.fromkeys(("snapshot_state_backend", "snapshot_state_schema", "snapshot_state_table",
-                                  "snapshot_state_path"), _SNAPSHOT_STATE)},
+    "postgres": {"partition_column": _PARTITION_COLUMN},
 }
 UNBUILT_DESTINATION_OPTIONS: dict[str, dict[str, str]] = {}  # duckdb's staging options exist since backfill
 

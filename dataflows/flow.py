@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -64,14 +65,18 @@ def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads:
     return flow
 
 
-def output_destinations(spec: FlowSpec, changes: Stream, source_check: SourceCheck | None) -> None:
+def output_destinations(spec: FlowSpec, changes: Stream, source_check: SourceCheck | None,
+                        wrap: Callable[[str, Callable], Callable] | None = None) -> None:
     """Every destination of ``spec`` behind one bytewax output step (metadata rewrite per destination; fan-out
-    with the flow's ``parallelism`` and ``ack_policy``): the streaming and the backfill dataflows end alike."""
+    with the flow's ``parallelism`` and ``ack_policy``): the streaming and the backfill dataflows end alike.
+    ``wrap(name, make_writer)``: a writer factory around each destination's (the backfill records progress)."""
     makers = {}
     for i, dest in enumerate(spec.destinations):
         opts = spec.destination_options(i)
         sink = sink_factory(dest.type)(dest.name, spec.id, opts, source=source_check)
         makers[dest.name] = with_metadata(dest.name, opts, sink.new_writer)
+        if wrap is not None:
+            makers[dest.name] = wrap(dest.name, makers[dest.name])
     primary = spec.config.primary_destination if spec.config.ack_policy == "primary" else None
     op.output("destinations", changes, fanout_sink(spec.id, makers, parallelism=spec.parallelism, primary=primary,
                                                    source=source_check))

@@ -101,9 +101,7 @@ def closed_port() -> int:
      ["destinations[0].options.type_mappings_file", "no-such-map.yaml", "no such file"]),
     ({}, {"snapshot_workers": "4", "partition_column": "id", "snapshot_state_backend": "file",
           "snapshot_state_path": "/tmp/snap"},
-     ["source.options.partition_column", "source.options.snapshot_state_backend",
-      "source.options.snapshot_state_path", "heap blocks", "recovery store"]),
-    ({}, {"snapshot_state_schema": "other"}, ["source.options.snapshot_state_schema", "not available in this version"]),
+     ["source.options.partition_column", "heap blocks", "not available in this version"]),
 ])
 def test_unbuilt_options_and_a_missing_type_map_exit_2_and_create_nothing(tmp_path, source, dest_options,
                                                                            source_options, wanted):

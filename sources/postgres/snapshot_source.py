@@ -86,11 +86,14 @@ class SnapshotSource(FixedPartitionedSource):
     """Reads the parts of a backfill. Items are ``(flow_id, ChangeBatch)`` of op ``read`` rows."""
 
     def __init__(self, flow_id: str, dsn: str, publication: str, parts: list[Part], *, snapshot: str | None,
-                 snapshot_lsn: int, snapshot_ts: int, progress: Progress | None = None):
+                 snapshot_lsn: int, snapshot_ts: int, progress: Progress | None = None,
+                 starts: dict[str, dict] | None = None):
         self.flow_id, self.dsn, self.publication = flow_id, dsn, publication
         self.parts = {p.key: p for p in parts}
         self.snapshot, self.snapshot_lsn, self.snapshot_ts = snapshot, snapshot_lsn, snapshot_ts
         self.progress = progress or Progress(flow_id)
+        # part -> where it goes on when bytewax has no state for it (from the snapshot state store): {"next", ...}
+        self.starts = starts or {}
 
     def list_parts(self) -> list[str]:
         return list(self.parts)
@@ -98,7 +101,7 @@ class SnapshotSource(FixedPartitionedSource):
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _PartPartition:
         tune_gc()
         tune_memory()
-        return _PartPartition(self, self.parts[for_part], resume_state)
+        return _PartPartition(self, self.parts[for_part], resume_state or self.starts.get(for_part))
 
 
 class _PartPartition(StatefulSourcePartition):

@@ -55,6 +55,7 @@ from dataflows.flow import build_flow, check_buildable, stored_flow
 from dataflows.positions import RECOVERY_MIN_FREE, lock_recovery, open_recovery, prepare_start, recovery_store_error
 from dataflows.preflight import preflight
 from dataflows.staging import resolve_flow_staging
+from sources.postgres.snapshot_state import open_snapshot_state
 from wallaby.control.panicfilter import filtered_stderr
 from wallaby.control.progress import TerminalProgress
 from wallaby.core import logs, settings
@@ -207,7 +208,8 @@ def run_backfill(args: argparse.Namespace, spec, checkpoints) -> int:
     if STOP.is_set():
         log.info("flow %s: backfill stopped; run it again to resume", spec.id)
         return 0
-    shutil.rmtree(rdir, ignore_errors=True)  # done: the next backfill starts over
+    open_snapshot_state(opts).finish(spec.id)  # done: the next backfill starts over
+    shutil.rmtree(rdir, ignore_errors=True)
     log.info("flow %s: backfill done (%d parts of %d tables)", spec.id, len(parts), len({p.table for p in parts}))
     if args.resolve_staging:
         _resolve_staging(spec, sorted({p.table for p in parts}))
