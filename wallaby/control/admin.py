@@ -9,6 +9,7 @@
     wallaby-admin flow resolve-staging -flow-id ID [-tables s.t1,s.t2 | -schemas a,b] [-dest NAME]  (flow not running)
     wallaby-admin publication list -flow-id ID
     wallaby-admin publication sync -flow-id ID [-schemas a,b] [-tables s.t1,s.t2] [-mode add|sync] [-pause] [-resume]
+                                   [-snapshot]
     wallaby-admin slot list|get -flow-id ID
     wallaby-admin slot drop -flow-id ID [-if-exists]
     wallaby-admin checkpoint get -flow-id ID
@@ -137,7 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     _flag(c, "mode", choices=["add", "sync"], default="", help="add (only add) or sync (also remove others)")
     _flag(c, "pause", action="store_true", help="pause the flow's worker around the change")
     _flag(c, "resume", action="store_true", help="resume the flow after the change")
-    _flag(c, "snapshot", action="store_true", help="(not available in this version)")
+    _flag(c, "snapshot", action="store_true",
+          help="backfill the named and added tables afterwards (the flow paused: with -pause; -resume resumes it"
+               " when the backfill ends)")
 
     slot = group("slot", "inspect and drop a flow's replication slot")
     cmd(slot, "list", "list replication slots")
@@ -378,7 +381,8 @@ def _render(resp: Message, args: argparse.Namespace) -> str:
         return table((f"TABLE (publication {resp.publication or '?'})",), [(t,) for t in resp.tables])
     if key == ("publication", "sync"):
         return (f"publication {resp.publication or '?'} of flow {resp.flow_id or args.flow_id}: "
-                f"added {', '.join(resp.added) or 'none'}; removed {', '.join(resp.removed) or 'none'}")
+                f"added {', '.join(resp.added) or 'none'}; removed {', '.join(resp.removed) or 'none'}"
+                + (f"; backfill started for {', '.join(resp.snapshot_tables)}" if resp.snapshot_tables else ""))
     if key == ("slot", "list"):
         return _slot_rows(resp.slots)
     if key == ("slot", "get"):
@@ -444,11 +448,9 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Message]:
         return "flow", "ResolveStaging", flow_pb2.ResolveStagingRequest(
             flow_id=fid, tables=_csv(args.tables), schemas=_csv(args.schemas), destination=args.dest.strip())
     if key == ("publication", "sync"):
-        if args.snapshot:
-            raise UsageError("publication sync -snapshot: backfill snapshots are not available in this version")
         return "flow", "SyncPublicationTables", flow_pb2.SyncPublicationTablesRequest(
             flow_id=fid, tables=_csv(args.tables), schemas=_csv(args.schemas), mode=args.mode, pause=args.pause,
-            resume=args.resume)
+            resume=args.resume, snapshot=args.snapshot)
     if key == ("slot", "drop"):
         return "flow", "DropReplicationSlot", flow_pb2.DropReplicationSlotRequest(flow_id=fid,
                                                                                   if_exists=args.if_exists)

@@ -312,7 +312,7 @@ class PublicationTablesMutationResponse(_message.Message):
     def __init__(self, tables: _Optional[_Iterable[str]] = ..., publication: _Optional[str] = ...) -> None: ...
 
 class SyncPublicationTablesRequest(_message.Message):
-    __slots__ = ("flow_id", "dsn", "publication", "tables", "mode", "options", "schemas", "pause", "resume")
+    __slots__ = ("flow_id", "dsn", "publication", "tables", "mode", "options", "schemas", "pause", "resume", "snapshot")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +329,7 @@ class SyncPublicationTablesRequest(_message.Message):
     SCHEMAS_FIELD_NUMBER: _ClassVar[int]
     PAUSE_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     flow_id: str
     dsn: str
     publication: str
@@ -338,19 +339,22 @@ class SyncPublicationTablesRequest(_message.Message):
     schemas: _containers.RepeatedScalarFieldContainer[str]
     pause: bool
     resume: bool
-    def __init__(self, flow_id: _Optional[str] = ..., dsn: _Optional[str] = ..., publication: _Optional[str] = ..., tables: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., schemas: _Optional[_Iterable[str]] = ..., pause: _Optional[bool] = ..., resume: _Optional[bool] = ...) -> None: ...
+    snapshot: bool
+    def __init__(self, flow_id: _Optional[str] = ..., dsn: _Optional[str] = ..., publication: _Optional[str] = ..., tables: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., schemas: _Optional[_Iterable[str]] = ..., pause: _Optional[bool] = ..., resume: _Optional[bool] = ..., snapshot: _Optional[bool] = ...) -> None: ...
 
 class SyncPublicationTablesResponse(_message.Message):
-    __slots__ = ("added", "removed", "publication", "flow_id")
+    __slots__ = ("added", "removed", "publication", "flow_id", "snapshot_tables")
     ADDED_FIELD_NUMBER: _ClassVar[int]
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     PUBLICATION_FIELD_NUMBER: _ClassVar[int]
     FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_TABLES_FIELD_NUMBER: _ClassVar[int]
     added: _containers.RepeatedScalarFieldContainer[str]
     removed: _containers.RepeatedScalarFieldContainer[str]
     publication: str
     flow_id: str
-    def __init__(self, added: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ..., publication: _Optional[str] = ..., flow_id: _Optional[str] = ...) -> None: ...
+    snapshot_tables: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, added: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ..., publication: _Optional[str] = ..., flow_id: _Optional[str] = ..., snapshot_tables: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScrapePublicationTablesRequest(_message.Message):
     __slots__ = ("flow_id", "dsn", "publication", "schemas", "apply", "options")

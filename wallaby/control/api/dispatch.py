@@ -88,20 +88,28 @@ class LocalDispatcher:
         self._watcher = threading.Thread(target=self._watch, name="wallaby-dispatch", daemon=True)
         self._watcher.start()
 
-    def command(self, flow_id: str, generation: int, once: bool) -> list[str]:
+    def command(self, flow_id: str, generation: int, once: bool, backfill: list[str] | None = None) -> list[str]:
         cmd = [sys.executable, "-m", "wallaby.control.worker", "-flow-id", flow_id, "-generation", str(generation)]
-        if once:
+        if backfill is not None:
+            cmd += ["-mode", "backfill", "-tables", ",".join(backfill)]
+        elif once:
             cmd += ["-max-empty-reads", str(self.run_once_empty_reads)]
         return cmd
 
-    def launch(self, flow_id: str, generation: int, *, once: bool = False) -> WorkerProcess:
+    def launch(self, flow_id: str, generation: int, *, once: bool = False,
+               backfill: list[str] | None = None) -> WorkerProcess:
+        """Start a worker of the flow at ``generation``: streaming, or until caught up (``once``), or a backfill of
+        the ``backfill`` tables (a one-off too)."""
+        once = once or backfill is not None
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{flow_id}.log"
         with open(log_path, "ab") as out:
+            what = " (backfill)" if backfill is not None else " (run once)" if once else ""
             out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} worker generation {generation}"
-                      f"{' (run once)' if once else ''}\n".encode())
+                      f"{what}\n".encode())
             out.flush()
-            proc = subprocess.Popen(self.command(flow_id, generation, once), stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(self.command(flow_id, generation, once, backfill), stdout=out,
+                                    stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=dict(os.environ), start_new_session=True)
         worker = WorkerProcess(flow_id, generation, once, proc, log_path, time.time())
         with self._lock:

@@ -73,6 +73,7 @@ class FlowManager:
         self.store: FlowStore = checkpoints.flow_store
         self.dispatcher = dispatcher or LocalDispatcher(self.worker_exited)
         self._restarts: dict[str, list[float]] = {}
+        self._backfills: dict[str, tuple[int, bool]] = {}  # flow -> (the backfill worker's generation, resume after)
         self._flow_locks: dict[str, threading.RLock] = {}
         self._locks_lock = threading.Lock()
 
@@ -229,8 +230,44 @@ class FlowManager:
         return self.store.get(flow_id)
 
     # -- workers ---------------------------------------------------------------------------------
+    def backfill(self, flow_id: str, tables: list[str], resume_after: bool) -> None:
+        """Start a backfill of ``tables`` (a worker in ``-mode backfill``); ``resume_after``: resume the paused flow
+        once it has finished. Refused while the flow streams: its stream would meet the backfill's rows out of
+        order (docs/backfill.md); pause it first."""
+        with self._lock(flow_id):
+            flow = self.store.get(flow_id)
+            if flow.state in (RUNNING, STOPPING) or self.dispatcher.running(flow_id):
+                raise IllegalStateError(f"cannot backfill flow {flow_id!r} while it is {flow.state}: its stream would"
+                                        " meet the backfill's rows out of order; pause it first (-pause)")
+            gen = self.store.claim(flow_id)
+            self._backfills[flow_id] = (gen, resume_after)
+            self.dispatcher.launch(flow_id, gen, backfill=tables)
+            log.info("flow %s: backfill of %s started%s", flow_id, ", ".join(tables),
+                     "; the flow resumes when it ends" if resume_after else "", extra={"flow": flow_id})
+
+    def _backfill_exited(self, ex: WorkerExit) -> bool:
+        """A backfill worker's exit (True when ``ex`` was one): resume the flow if asked, else record why not."""
+        with self._lock(ex.flow_id):
+            pending = self._backfills.get(ex.flow_id)
+            if pending is None or pending[0] != ex.generation:
+                return False
+            del self._backfills[ex.flow_id]
+            if ex.returncode != EXIT_OK:
+                self.store.set_reason(ex.flow_id, f"backfill failed: {ex.reason}")
+                log.warning("flow %s: backfill failed: %s", ex.flow_id, ex.reason, extra={"flow": ex.flow_id})
+                return True
+            log.info("flow %s: backfill finished", ex.flow_id, extra={"flow": ex.flow_id})
+            try:
+                if pending[1] and self.store.get(ex.flow_id).state == "paused":
+                    self.resume(ex.flow_id)
+            except Exception as exc:  # deleted meanwhile, or a state change raced us
+                log.warning("flow %s: not resumed after its backfill: %s", ex.flow_id, exc, extra={"flow": ex.flow_id})
+            return True
+
     def worker_exited(self, ex: WorkerExit) -> None:
         """The dispatcher's report: decide between nothing, FAILED and a restart."""
+        if ex.once and self._backfill_exited(ex):
+            return
         if ex.once or ex.stopped_by_us or ex.returncode == EXIT_FENCED:
             if ex.once and ex.returncode not in (EXIT_OK, EXIT_FENCED):
                 self.store.set_reason(ex.flow_id, f"run-once failed: {ex.reason}")

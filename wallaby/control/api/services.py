@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from sources.postgres.rds_iam import register
+from sources.postgres.snapshot import split_table
 from wallaby.control.api import sourceops
 from wallaby.control.api.convert import _ts, parse_api_flow, stored_to_flow
 from wallaby.control.api.manager import FlowManager
@@ -223,15 +224,28 @@ class FlowServicer(flow_pb2_grpc.FlowServiceServicer):
     @rpc
     def SyncPublicationTables(self, request, context):
         dsn, pub, flow_id = self._target(request, "publication")
+        if request.snapshot:
+            if not flow_id:
+                raise _illegal("publication sync -snapshot backfills a flow's tables: name the flow (-flow-id)")
+            if self.m.store.get(flow_id).state in ("running", "stopping") and not request.pause:
+                raise _illegal(f"flow {flow_id!r} is running: a backfill next to its stream would meet the stream out"
+                               " of order; add -pause (and -resume to resume it when the backfill ends)")
         paused = False
         if request.pause and flow_id and self.m.store.get(flow_id).state == "running":
             self.m.pause(flow_id)
             paused = True
         added, removed = sourceops.sync_tables(dsn, pub, list(request.tables), list(request.schemas),
                                                request.mode or "add", flow_id)
-        if request.resume and flow_id and (paused or self.m.store.get(flow_id).state == "paused"):
+        snapshot: list[str] = []
+        if request.snapshot:
+            named = {".".join(split_table(t.strip())) for t in request.tables if t.strip()}
+            snapshot = sorted(set(added) | named)
+            if snapshot:
+                self.m.backfill(flow_id, snapshot, resume_after=bool(request.resume))
+        if request.resume and flow_id and not snapshot and (paused or self.m.store.get(flow_id).state == "paused"):
             self.m.resume(flow_id)
-        return flow_pb2.SyncPublicationTablesResponse(added=added, removed=removed, publication=pub, flow_id=flow_id)
+        return flow_pb2.SyncPublicationTablesResponse(added=added, removed=removed, publication=pub, flow_id=flow_id,
+                                                      snapshot_tables=snapshot)
 
     @rpc
     def ResolveStaging(self, request, context):
