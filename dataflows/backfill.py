@@ -22,7 +22,6 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,18 +31,19 @@ from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 
 from dataflows.buildable import check_buildable
-from dataflows.flow import output_destinations, stored_flow
+from dataflows.flow import entry_flow, output_destinations, spec_from_env
 from dataflows.positions import RECOVERY_SOURCE_FILE, Start, open_recovery, prepare_start
 from dataflows.preflight import preflight
 from sources.postgres.connection import connect, server_name
-from sources.postgres.snapshot import Part, plan_parts, publication_tables, relation_blocks, split_table
+from sources.postgres.setup import split_table
+from sources.postgres.snapshot import Part, plan_parts, publication_tables, relation_blocks
 from sources.postgres.snapshot_source import Progress, SnapshotSource
 from sources.postgres.snapshot_state import NoSnapshotState, SnapshotState, open_snapshot_state
 from wallaby.core.changes import ChangeBatch, SnapshotMark, parse_lsn
-from wallaby.core.errors import ConfigError, FieldProblem, SourceError, WallabyError, exit_status
+from wallaby.core.errors import ConfigError, FieldProblem, SourceError
 from wallaby.core.identity import SourceCheck, SourceIdentity
 from wallaby.core.options import did_you_mean
-from wallaby.core.spec import FlowSpec, load_flow
+from wallaby.core.spec import FlowSpec
 from wallaby.state.checkpoints import open_store
 
 log = logging.getLogger("wallaby.backfill")
@@ -267,16 +267,8 @@ def prepare_backfill(spec: FlowSpec, checkpoints, tables: list[str] | None, coun
 def flow_from_env() -> Dataflow:
     """The backfill dataflow for ``WALLABY_FLOW_FILE`` or ``WALLABY_FLOW_ID`` and ``WALLABY_BACKFILL_TABLES``
     (comma-separated; default: the publication's tables)."""
-    path = os.environ.get("WALLABY_FLOW_FILE")
-    flow_id = os.environ.get("WALLABY_FLOW_ID")
     checkpoints = open_store()
-    if path:
-        spec = load_flow(path)
-    elif flow_id:
-        spec, _ = stored_flow(checkpoints, flow_id, None, "WALLABY_FLOW_ID")
-    else:
-        raise ConfigError("dataflows.backfill", [FieldProblem(
-            "WALLABY_FLOW_FILE", "set WALLABY_FLOW_FILE to a flow JSON file (or WALLABY_FLOW_ID to a stored flow)")])
+    spec, _ = spec_from_env(checkpoints, "dataflows.backfill")
     tables = [t for t in os.environ.get("WALLABY_BACKFILL_TABLES", "").split(",") if t.strip()] or None
     flow, _snapshot, _parts = prepare_backfill(spec, checkpoints, tables, None)
     return flow  # the snapshot's connection stays open as long as this process runs
@@ -284,12 +276,7 @@ def flow_from_env() -> Dataflow:
 
 def __getattr__(name: str) -> Dataflow:
     if name == "flow":
-        try:
-            value = flow_from_env()
-        except WallabyError as exc:
-            print(f"dataflows.backfill: {exc}", file=sys.stderr)
-            raise SystemExit(exit_status(exc)) from None
-        globals()["flow"] = value
+        globals()["flow"] = value = entry_flow(flow_from_env, "dataflows.backfill")
         return value
     raise AttributeError(name)
 

@@ -102,25 +102,39 @@ def stored_flow(checkpoints: Checkpoints, flow_id: str, generation: int | None =
     return spec, generation
 
 
+def spec_from_env(checkpoints: Checkpoints, what: str, generation: int | None = None) -> tuple[FlowSpec, int | None]:
+    """The flow of ``WALLABY_FLOW_FILE`` (generation None), else of ``WALLABY_FLOW_ID`` in the flow store (at
+    ``generation``, else a newly claimed one): the input of a ``bytewax.run`` entry point named ``what``."""
+    path = os.environ.get("WALLABY_FLOW_FILE")
+    flow_id = os.environ.get("WALLABY_FLOW_ID")
+    if path:
+        return load_flow(path), None
+    if flow_id:
+        return stored_flow(checkpoints, flow_id, generation, "WALLABY_FLOW_ID")
+    raise ConfigError(what, [FieldProblem(
+        "WALLABY_FLOW_FILE", "set WALLABY_FLOW_FILE to a flow JSON file (or WALLABY_FLOW_ID to a stored flow)")])
+
+
+def entry_flow(build: Callable[[], Dataflow], what: str) -> Dataflow:
+    """``build()`` for ``python -m bytewax.run <what>:flow``: a WallabyError becomes one clear line on stderr and
+    the worker's exit status, no traceback."""
+    try:
+        return build()
+    except WallabyError as exc:
+        print(f"{what}: {exc}", file=sys.stderr)
+        raise SystemExit(exit_status(exc)) from None
+
+
 def flow_from_env() -> Dataflow:
     """The dataflow for ``WALLABY_FLOW_FILE`` or ``WALLABY_FLOW_ID`` (+ ``WALLABY_FLOW_GENERATION``), after the
     same preflight as ``wallaby-worker`` (:func:`dataflows.preflight.preflight`): nothing is created for a flow
     that fails it."""
 
-    path = os.environ.get("WALLABY_FLOW_FILE")
-    flow_id = os.environ.get("WALLABY_FLOW_ID")
     given = env_value("WALLABY_FLOW_GENERATION", count(1))
     start = env_value("WALLABY_START_LSN", parse_lsn)
     empty = env_value("WALLABY_MAX_EMPTY_READS", count(1))
     checkpoints = open_store()
-    generation = None
-    if path:
-        spec = load_flow(path)
-    elif flow_id:
-        spec, generation = stored_flow(checkpoints, flow_id, given, "WALLABY_FLOW_ID")
-    else:
-        raise ConfigError("dataflows.flow", [FieldProblem(
-            "WALLABY_FLOW_FILE", "set WALLABY_FLOW_FILE to a flow JSON file (or WALLABY_FLOW_ID to a stored flow)")])
+    spec, generation = spec_from_env(checkpoints, "dataflows.flow", given)
     preflight(spec)
     # bytewax.run's own -r/--recovery-directory is the recovery store here (this process cannot know it), so
     # its positions are judged when the source resumes from them
@@ -132,11 +146,6 @@ def flow_from_env() -> Dataflow:
 def __getattr__(name: str) -> Dataflow:
     # Built on first access, so importing this module (tests, the worker) needs no environment.
     if name == "flow":
-        try:
-            value = flow_from_env()
-        except WallabyError as exc:  # `python -m bytewax.run dataflows.flow:flow`: one clear error, no traceback
-            print(f"dataflows.flow: {exc}", file=sys.stderr)
-            raise SystemExit(exit_status(exc)) from None
-        globals()["flow"] = value
+        globals()["flow"] = value = entry_flow(flow_from_env, "dataflows.flow")
         return value
     raise AttributeError(name)

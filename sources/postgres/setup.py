@@ -62,7 +62,7 @@ def _lsn(text: str | None) -> int | None:
     return parse_lsn(text)
 
 
-def _split_table(name: str) -> tuple[str, str]:
+def split_table(name: str) -> tuple[str, str]:
     schema, _, table = name.rpartition(".")
     return (schema or "public").strip('"'), table.strip('"')
 
@@ -93,7 +93,7 @@ def validate_replication(conn: psycopg.Connection, server: str) -> None:
 def _missing_tables(conn: psycopg.Connection, tables: list[str]) -> list[str]:
     missing = []
     for t in tables:
-        schema, name = _split_table(t)
+        schema, name = split_table(t)
         row = conn.execute(
             "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
@@ -120,8 +120,8 @@ def _schema_tables(conn: psycopg.Connection, schemas: list[str]) -> list[str]:
     return [r[0] for r in rows]
 
 
-def _qualified(t: str) -> str:
-    schema, name = _split_table(t)
+def qualified_table(t: str) -> str:
+    schema, name = split_table(t)
     return f"{quote_ident(schema)}.{quote_ident(name)}"
 
 
@@ -211,7 +211,7 @@ def _prepare(conn: psycopg.Connection, opts, flow_id: str, server: str, system_i
         install_ddl_capture(conn, opts, flow_id)
     if not pub_exists:
         if tables:
-            target = "FOR TABLE " + ", ".join(_qualified(t) for t in tables)
+            target = "FOR TABLE " + ", ".join(qualified_table(t) for t in tables)
         else:
             target = "FOR ALL TABLES"
         conn.execute(f"CREATE PUBLICATION {quote_ident(opts.publication)} {target}")
@@ -250,14 +250,14 @@ def publication_columns(conn: psycopg.Connection, opts) -> dict[str, set[str]]:
     """The column names of every table the flow publishes: the publication's (when it exists), plus
     ``publication_tables`` and the tables of ``publication_schemas``."""
     tables = set(_publication_tables(conn, opts.publication))
-    tables |= {".".join(_split_table(t)) for t in (opts.publication_tables or [])}
+    tables |= {".".join(split_table(t)) for t in (opts.publication_tables or [])}
     if opts.publication_schemas:
         tables |= set(_schema_tables(conn, list(opts.publication_schemas)))
     out: dict[str, set[str]] = {}
     for t in sorted(tables):
         rows = conn.execute("SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
                             " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s"
-                            " AND a.attnum > 0 AND NOT a.attisdropped", _split_table(t)).fetchall()
+                            " AND a.attnum > 0 AND NOT a.attisdropped", split_table(t)).fetchall()
         out[t] = {r[0] for r in rows}
     return out
 
@@ -279,13 +279,13 @@ def unknown_type_keys(conn: psycopg.Connection, keys: list[str]) -> list[str]:
 def sync_publication(conn: psycopg.Connection, publication: str, tables: list[str], mode: str, flow_id: str) -> None:
     """Add the listed tables to the publication; with mode 'sync' also drop the ones not listed."""
     current = _publication_tables(conn, publication)
-    wanted = {".".join(_split_table(t)) for t in tables}
+    wanted = {".".join(split_table(t)) for t in tables}
     for t in sorted(wanted - current):
-        conn.execute(f"ALTER PUBLICATION {quote_ident(publication)} ADD TABLE {_qualified(t)}")
+        conn.execute(f"ALTER PUBLICATION {quote_ident(publication)} ADD TABLE {qualified_table(t)}")
         log.info("publication %s: added %s", publication, t, extra={"flow": flow_id})
     if mode == "sync":
         for t in sorted(current - wanted):
-            conn.execute(f"ALTER PUBLICATION {quote_ident(publication)} DROP TABLE {_qualified(t)}")
+            conn.execute(f"ALTER PUBLICATION {quote_ident(publication)} DROP TABLE {qualified_table(t)}")
             log.info("publication %s: dropped %s", publication, t, extra={"flow": flow_id})
 
 

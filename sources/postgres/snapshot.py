@@ -34,6 +34,7 @@ from sources.postgres.batcher import TableState
 from sources.postgres.connection import connect, quote_ident, quote_literal, server_name
 from sources.postgres.pgoutput import Relation, RelationColumn
 from sources.postgres.pgtypes import decode_column
+from sources.postgres.setup import qualified_table, split_table
 from sources.postgres.source import TypeResolver
 from wallaby.core import settings
 from wallaby.core.changes import (
@@ -71,23 +72,13 @@ class Part:
         return f"{self.table}#{self.index + 1}/{self.count}"
 
 
-def split_table(table: str) -> tuple[str, str]:
-    schema, _, name = table.rpartition(".")
-    return (schema or "public"), name
-
-
-def qualified(table: str) -> str:
-    schema, name = split_table(table)
-    return f"{quote_ident(schema)}.{quote_ident(name)}"
-
-
 def relation_blocks(conn: psycopg.Connection, table: str) -> int:
     """The table's heap size in blocks (a partitioned table: its largest leaf's, whose ctids the ranges cover)."""
     row = conn.execute(
         "SELECT (greatest(pg_relation_size(r.oid), coalesce((SELECT max(pg_relation_size(t.relid))"
         " FROM pg_partition_tree(r.oid) t WHERE t.isleaf), 0)) + b.bs - 1) / b.bs"
         " FROM (SELECT %s::regclass AS oid) r, (SELECT current_setting('block_size')::bigint AS bs) b",
-        (qualified(table),)).fetchone()
+        (qualified_table(table),)).fetchone()
     return int(row[0] or 0)
 
 
@@ -171,7 +162,7 @@ class PartReader:
         # blocks beyond the plan's end are read once more, open-ended, before the last part is done
         self.blocks = max(relation_blocks(self.conn, part.table), part.first_block)
         cols = ", ".join(quote_ident(n) for n in self.names)
-        self.select = f"SELECT {cols} FROM {qualified(part.table)}"
+        self.select = f"SELECT {cols} FROM {qualified_table(part.table)}"
 
     def read(self, first_row: int = 1) -> Chunk:
         """The next chunk of the part; its rows are numbered from ``first_row`` within the part."""

@@ -154,17 +154,23 @@ def run(args: argparse.Namespace) -> int:
                       generation=generation, start=start)
     open_recovery(rdir, start.check, start.keep_recovery)
     log.info("flow %s: recovery store %s", spec.id, rdir)
-    recovery = RecoveryConfig(str(rdir))
     try:
-        cli_main(flow, epoch_interval=timedelta(seconds=epoch), recovery_config=recovery)
-    except Exception as exc:
-        if shutil.disk_usage(rdir).free < RECOVERY_MIN_FREE:  # bytewax's SQLite writes failed for want of space
-            raise recovery_store_error(rdir) from exc
-        raise
+        _run_dataflow(flow, rdir, epoch)
     finally:
         checkpoints.close()
     log.info("flow %s: stopped", spec.id)
     return 0
+
+
+def _run_dataflow(flow, rdir: Path, epoch: float, workers: int = 1) -> None:
+    """Run ``flow`` in this process (``workers`` threads) with ``rdir`` as its bytewax recovery store."""
+    try:
+        cli_main(flow, workers_per_process=workers, epoch_interval=timedelta(seconds=epoch),
+                 recovery_config=RecoveryConfig(str(rdir)))
+    except Exception as exc:
+        if shutil.disk_usage(rdir).free < RECOVERY_MIN_FREE:  # bytewax's SQLite writes failed for want of space
+            raise recovery_store_error(rdir) from exc
+        raise
 
 
 def run_backfill(args: argparse.Namespace, spec, checkpoints) -> int:
@@ -194,12 +200,7 @@ def run_backfill(args: argparse.Namespace, spec, checkpoints) -> int:
                                              reset_all=args.reset_position, recovery_dir=rdir, progress=progress)
     log.info("flow %s: backfill recovery store %s", spec.id, rdir)
     try:
-        cli_main(flow, workers_per_process=workers, epoch_interval=timedelta(seconds=epoch),
-                 recovery_config=RecoveryConfig(str(rdir)))
-    except Exception as exc:
-        if shutil.disk_usage(rdir).free < RECOVERY_MIN_FREE:
-            raise recovery_store_error(rdir) from exc
-        raise
+        _run_dataflow(flow, rdir, epoch, workers)
     finally:
         if progress is not None:
             progress.close()

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from sources.postgres.rds_iam import register
-from sources.postgres.snapshot import split_table
+from sources.postgres.setup import split_table
 from wallaby.control.api import sourceops
 from wallaby.control.api.convert import _ts, parse_api_flow, stored_to_flow
 from wallaby.control.api.manager import FlowManager

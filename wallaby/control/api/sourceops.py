@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import psycopg
 
 from sources.postgres.connection import connect, quote_ident, server_name
-from sources.postgres.setup import _publication_tables, _qualified, _schema_tables, _split_table, sync_publication
+from sources.postgres.setup import _publication_tables, _schema_tables, qualified_table, split_table, sync_publication
 from wallaby.core.errors import ConfigError, FieldProblem, IllegalStateError, NotFoundError, SourceError
 
 
@@ -74,10 +74,10 @@ def _require_publication(conn: psycopg.Connection, dsn: str, publication: str) -
 
 def _normalize(conn: psycopg.Connection, dsn: str, tables: list[str], field: str = "tables") -> list[str]:
     """schema.table names of tables that exist; a ConfigError naming every one that does not."""
-    names = [".".join(_split_table(t.strip())) for t in tables if t.strip()]
+    names = [".".join(split_table(t.strip())) for t in tables if t.strip()]
     missing = [t for t in names if conn.execute(
         "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')", _split_table(t)).fetchone() is None]
+        " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')", split_table(t)).fetchone() is None]
     if missing:
         raise ConfigError("publication tables", [FieldProblem(
             field, f"no such table in {server_name(dsn)}: {', '.join(missing)}")])
@@ -95,9 +95,9 @@ def drop_tables(dsn: str, publication: str, tables: list[str], flow_id: str = ""
     with _conn(dsn, flow_id) as conn:
         _require_publication(conn, dsn, publication)
         current = _publication_tables(conn, publication)
-        for t in [".".join(_split_table(t.strip())) for t in tables if t.strip()]:
+        for t in [".".join(split_table(t.strip())) for t in tables if t.strip()]:
             if t in current:
-                conn.execute(f"ALTER PUBLICATION {quote_ident(publication)} DROP TABLE {_qualified(t)}")
+                conn.execute(f"ALTER PUBLICATION {quote_ident(publication)} DROP TABLE {qualified_table(t)}")
         return sorted(_publication_tables(conn, publication))
 
 
