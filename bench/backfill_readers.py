@@ -85,6 +85,7 @@ IMPORTS = {
     "connectorx_part2": ["connectorx"],
     "connectorx_stream": ["connectorx"],
     "duckdb_ctas": ["duckdb", "duckdb_extension_postgres_scanner"],
+    "duckdb_arrow_insert": ["duckdb", "sources.postgres.snapshot"],
 }
 
 
@@ -231,7 +232,64 @@ def read_duckdb_ctas(dsn: str, table: str, **_: Any) -> Iterator[int]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def prepare_duckdb_arrow_insert(dsn: str, table: str) -> list[pa.Table]:
+    """The table as wallaby's backfill reader gives it (its chunks, its Arrow types, the metadata columns), held in
+    memory: read before the timer starts."""
+    from sources.postgres.snapshot import PartReader, plan_parts
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        part = plan_parts(c, f"public.{table}", 1)[0]
+    reader = PartReader(dsn, part, "(none: every column)", snapshot=None, snapshot_lsn=1, snapshot_ts=0,
+                        flow_id="bench")
+    chunks, rows = [], 0
+    try:
+        while True:
+            chunk = reader.read(rows + 1)
+            if chunk.changes is not None:
+                chunks.append(pa.Table.from_batches([chunk.changes.rows]))
+                rows += len(chunk.changes)
+            if chunk.done:
+                return chunks
+    finally:
+        reader.close()
+
+
+def read_duckdb_arrow_insert(dsn: str, table: str, prepared: list[pa.Table] | None = None, **_: Any) -> Iterator[int]:
+    """DuckDB storing those chunks in a new file the way wallaby's DuckDB writer does (one thread, its memory limit
+    and checkpoint threshold, a plain ``INSERT ... SELECT`` per chunk, a commit per ~32 MB, a CHECKPOINT at the
+    end): the ceiling of any backfill into DuckDB that hands it Arrow chunk by chunk."""
+    import duckdb
+
+    from sinks.duckdb.writer import DUCKDB_CHECKPOINT_THRESHOLD, DUCKDB_MAX_TX_BYTES, DUCKDB_MEMORY_LIMIT
+
+    chunks = prepared if prepared is not None else prepare_duckdb_arrow_insert(dsn, table)
+    d = tempfile.mkdtemp(prefix="wallaby-bf-duck-")
+    try:
+        with duckdb.connect(str(Path(d) / "t.duckdb"), config={"threads": 1, "memory_limit": DUCKDB_MEMORY_LIMIT,
+                                                             "checkpoint_threshold": DUCKDB_CHECKPOINT_THRESHOLD}) as c:
+            c.register("first", chunks[0])
+            c.execute("CREATE TABLE t AS SELECT * FROM first LIMIT 0")
+            c.unregister("first")
+            c.execute("BEGIN")
+            tx = 0
+            for chunk in chunks:
+                c.register("chunk", chunk)
+                c.execute("INSERT INTO t SELECT * FROM chunk")
+                c.unregister("chunk")
+                tx += chunk.nbytes
+                if tx >= DUCKDB_MAX_TX_BYTES:
+                    c.execute("COMMIT")
+                    c.execute("BEGIN")
+                    tx = 0
+            c.execute("COMMIT")
+            c.execute("CHECKPOINT")
+            yield c.execute("SELECT count(*) FROM t").fetchone()[0]
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 READERS = {name: globals()[f"read_{name}"] for name in IMPORTS}
+PREPARE = {"duckdb_arrow_insert": prepare_duckdb_arrow_insert}
 
 
 def _rows(item: Any) -> int:
@@ -246,9 +304,10 @@ def child(name: str, dsn: str, table: str) -> dict:
 
     for mod in IMPORTS[name]:
         importlib.import_module(mod)
+    prepared = PREPARE[name](dsn, table) if name in PREPARE else None
     start_rss = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
-    rows = sum(_rows(x) for x in READERS[name](dsn, table))
+    rows = sum(_rows(x) for x in READERS[name](dsn, table, prepared=prepared))
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return {"rows": rows, "seconds": seconds, "start_rss_mb": start_rss / 2**20, "peak_rss_mb": peak / 2**20}

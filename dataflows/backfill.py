@@ -167,10 +167,11 @@ class ProgressWriter:
 
 def build_backfill(spec: FlowSpec, parts: list[Part], snapshot: Snapshot, start: Start | None = None,
                    progress: Progress | None = None, state: SnapshotState | None = None,
-                   starts: dict[str, dict] | None = None) -> Dataflow:
+                   starts: dict[str, dict] | None = None, readers: int | None = None) -> Dataflow:
     """The backfill dataflow of ``spec`` over ``parts``, reading ``snapshot``; ``progress`` is told how far
     each table is (default: structured log lines); ``state`` records each destination's progress after its
-    commits; ``starts``: where parts go on when the recovery store has nothing for them."""
+    commits; ``starts``: where parts go on when the recovery store has nothing for them; ``readers``: parts read
+    at once per process (default: the source option ``snapshot_workers``)."""
     check_buildable(spec)
     check_backfill(spec)
     opts = spec.source_options()
@@ -178,7 +179,8 @@ def build_backfill(spec: FlowSpec, parts: list[Part], snapshot: Snapshot, start:
     progress.plan(parts, table_blocks(opts.dsn, {p.table for p in parts}))
     flow = Dataflow(f"wallaby-backfill-{spec.id}")
     source = SnapshotSource(spec.id, opts.dsn, opts.publication, parts, snapshot=snapshot.name,
-                            snapshot_lsn=snapshot.lsn, snapshot_ts=snapshot.ts_us, progress=progress, starts=starts)
+                            snapshot_lsn=snapshot.lsn, snapshot_ts=snapshot.ts_us, progress=progress, starts=starts,
+                            readers=readers or opts.snapshot_workers)
     rows = op.input("snapshot", flow, source)
     wrap = None
     if state is not None and not isinstance(state, NoSnapshotState):
@@ -216,7 +218,8 @@ def _save_plan(rdir: Path, parts: list[Part]) -> None:
 
 def prepare_backfill(spec: FlowSpec, checkpoints, tables: list[str] | None, count: int | None, *,
                      reset_all: bool = False, recovery_dir: Path | None = None,
-                     progress: Progress | None = None) -> tuple[Dataflow, Snapshot, list[Part]]:
+                     progress: Progress | None = None, readers: int | None = None
+                     ) -> tuple[Dataflow, Snapshot, list[Part]]:
     """Preflight, the flow's source prepared (publication, slot: before the snapshot), the snapshot, the plan.
     With ``recovery_dir`` (the backfill's bytewax recovery store), an unfinished backfill of this source found there
     resumes with the parts it planned first (a part's resume point is a block of its own range)."""
@@ -258,7 +261,7 @@ def prepare_backfill(spec: FlowSpec, checkpoints, tables: list[str] | None, coun
         log.info("flow %s: backfill of %d tables in %d parts from snapshot %s at %s", spec.id,
                  len({p.table for p in parts}), len(parts), snapshot.name or "(one per part)",
                  f"{snapshot.lsn >> 32:X}/{snapshot.lsn & 0xFFFFFFFF:X}", extra={"flow": spec.id})
-        return build_backfill(spec, parts, snapshot, start, progress, state, starts), snapshot, parts
+        return build_backfill(spec, parts, snapshot, start, progress, state, starts, readers), snapshot, parts
     except BaseException:
         snapshot.close()
         raise

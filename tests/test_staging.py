@@ -3,6 +3,7 @@ helper, the FlowService.ResolveStaging RPC and ``wallaby-admin flow resolve-stag
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -17,6 +18,7 @@ from sinks.duckdb.staging import ResolvedTable, resolve_staging
 from sinks.duckdb.writer import DuckDBOptions, DuckDBWriter
 from tests.apiserver import make_server
 from tests.builders import Stream, col, dele, evolve, ins, read, table, upd
+from wallaby.core.changes import SnapshotMark
 from wallaby.core.errors import ConfigError, PermanentSinkError
 from wallaby.core.spec import parse_flow
 from wallaby.state.checkpoints import open_store
@@ -114,6 +116,57 @@ def test_batch_mode_target_applies_read_rows_to_the_target(tmp_path):
     w.close()
     assert _rows(path, "public.users") == [(1, "snap"), (2, "b")]
     assert "public.users_staging" not in _tables(path)
+
+
+def _snap(batch, consistent: bool = True):
+    """``batch`` as a backfill's chunk (a snapshot mark)."""
+    return dataclasses.replace(batch, snapshot=SnapshotMark("public.users#1/1", 1, False, len(batch), consistent))
+
+
+def test_reads_into_a_new_table_then_a_second_writer_replaces_what_it_meets(tmp_path):
+    """A writer's first reads into an empty table append; a later writer (a resumed backfill) finds the table holding
+    rows and replaces the keys it meets: every key once."""
+    path = tmp_path / "w.duckdb"
+    t = _users()
+    s = Stream(FLOW)
+    w = _writer(path)
+    w.write(_snap(s.batch(s.rows(t, read(id=1, name="a"), read(id=2, name="b")))))
+    w.write(_snap(s.batch(s.rows(t, read(id=3, name="c")))))
+    w.commit()
+    w.close()
+    assert _rows(path, "public.users") == [(1, "a"), (2, "b"), (3, "c")]
+    w = _writer(path)
+    w.write(_snap(s.batch(s.rows(t, read(id=3, name="c2"), read(id=4, name="d")))))
+    w.commit()
+    w.close()
+    assert _rows(path, "public.users") == [(1, "a"), (2, "b"), (3, "c2"), (4, "d")]
+
+
+def test_reads_of_separate_snapshots_keep_the_last_read_of_a_key(tmp_path):
+    """snapshot_consistent=false: parts read their own snapshots, so a row moved between parts can be read twice, in
+    one epoch too: the target holds it once, as last read."""
+    path = tmp_path / "w.duckdb"
+    t = _users()
+    s = Stream(FLOW)
+    w = _writer(path)
+    w.write(_snap(s.batch(s.rows(t, read(id=1, name="old"), read(id=2, name="b"))), consistent=False))
+    w.write(_snap(s.batch(s.rows(t, read(id=1, name="new"))), consistent=False))
+    w.commit()
+    w.close()
+    assert _rows(path, "public.users") == [(1, "new"), (2, "b")]
+
+
+def test_reads_after_a_streamed_change_of_the_table_replace_the_key(tmp_path):
+    """A table that took a streamed change is not fresh: a read of the same key replaces it, never duplicates."""
+    path = tmp_path / "w.duckdb"
+    t = _users()
+    s = Stream(FLOW)
+    w = _writer(path)
+    w.write(s.batch(s.rows(t, ins(id=1, name="streamed"))))
+    w.write(_snap(s.batch(s.rows(t, read(id=1, name="snap"), read(id=2, name="b")))))
+    w.commit()
+    w.close()
+    assert _rows(path, "public.users") == [(1, "snap"), (2, "b")]
 
 
 def test_staging_table_names_the_staging_table_of_one_target(tmp_path):

@@ -12,7 +12,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from wallaby.core.changes import BEFORE_PREFIX, OP_COL, OP_DELETE, UNCHANGED_COL, Column
+from wallaby.core.changes import BEFORE_PREFIX, OP_COL, OP_DELETE, OP_READ, UNCHANGED_COL, Column
 
 APPEND_COLS = (("__op", "VARCHAR"), ("__lsn", "UBIGINT"), ("__ord", "UBIGINT"), ("__ts", "TIMESTAMPTZ"))
 SEQ_COL = "__seq"
@@ -44,8 +44,11 @@ class ApplyError(Exception):
 
 def apply_keyed(
     con: duckdb.DuckDBPyConnection, qt: str, src: pa.Table, columns: dict[str, Column], dest: DestTable,
-    keys: tuple[str, ...],
+    keys: tuple[str, ...], reads_once: bool = False, fresh: bool = False,
 ) -> None:
+    """``reads_once``: read rows come from one snapshot (each key once; see ``SnapshotMark.consistent``).
+    ``fresh``: the target holds no row these changes could match (the writer knows it: see
+    ``DuckDBWriter._still_fresh``), so read rows are appended without looking for their keys."""
     T = dest.columns
     for k in keys:
         if k not in columns:
@@ -75,10 +78,13 @@ def apply_keyed(
         return f"CAST({expr} AS {T[c]})"
 
     key_list = ", ".join(q(k) for k in keys)
-    if set(pc.unique(src.column(OP_COL)).to_pylist()) == {"insert"}:
-        # only inserts: keys are unique within the epoch (a second insert needs a delete in between)
-        match_s = " AND ".join(f"t.{q(k)} = {cast('s.' + q(k), k)}" for k in keys)
-        con.execute(f"DELETE FROM {qt} AS t USING __wallaby_src AS s WHERE {match_s}")  # an insert upserts
+    ops = set(pc.unique(src.column(OP_COL)).to_pylist())
+    if ops == {"insert"} or (ops == {OP_READ} and reads_once):
+        # only inserts, or only reads of one snapshot: keys are unique within the epoch (a second insert needs a
+        # delete in between; a snapshot reads each row once)
+        if not (fresh and ops == {OP_READ}):
+            match_s = " AND ".join(f"t.{q(k)} = {cast('s.' + q(k), k)}" for k in keys)
+            con.execute(f"DELETE FROM {qt} AS t USING __wallaby_src AS s WHERE {match_s}")  # an insert upserts
         sel = ", ".join(cast(q(c), c) for c in names)
         con.execute(f"INSERT INTO {qt} ({', '.join(q(c) for c in names)}) SELECT {sel} FROM __wallaby_src")
         return

@@ -311,6 +311,10 @@ class DuckDBWriter(Writer):
         self._tables: dict[tuple[str, str], DestTable] = {}
         self._meta_seen: dict[tuple[str, str, str, str], tuple[int, str]] = {}
         self._source_cols: dict[tuple[str, str], list[str]] = {}  # dest -> source columns of the last apply
+        # dest -> whether every row in it came from this writer's reads (a backfill's snapshot reads each row once):
+        # decided at the writer's first apply to it (empty, and read rows come first), lost at anything else
+        self._fresh: dict[tuple[str, str], bool] = {}
+        self._reads_once = True  # every read row so far came from one snapshot (SnapshotMark.consistent)
         self._warned: set[tuple[tuple[str, str], str, str]] = set()
         self._failed: str | None = None
         self.stats = {"applied_rows": 0, "skipped_rows": 0, "applies": 0}
@@ -372,6 +376,8 @@ class DuckDBWriter(Writer):
     def write(self, batch: ChangeBatch) -> None:
         self._check_usable()
         hw = ZERO if batch.snapshot else self._hw.taken  # a backfill's rows are outside the stream's order
+        if batch.snapshot is not None and not batch.snapshot.consistent:
+            self._reads_once = False
         if self._hw.replayed(batch):  # a replay: everything in it is already applied (or buffered)
             self.stats["skipped_rows"] += len(batch)
             return
@@ -548,6 +554,7 @@ class DuckDBWriter(Writer):
             self._tx = False
         self._tables.clear()
         self._source_cols.clear()
+        self._fresh.clear()
         self._meta_seen.clear()
         self._pending.clear()
         prefix = f"DuckDB {self._dsn_shown}, table {where}: " if where else f"DuckDB {self._dsn_shown}: "
@@ -630,14 +637,30 @@ class DuckDBWriter(Writer):
         self._con.register("__wallaby_src", src)
         self.stats["applied_rows"] += src.num_rows
         table = p.table
+        keyed = not self._append and not p.staging and table.replica_identity != "f" and bool(table.key_names)
+        if not keyed:
+            self._fresh[p.dest] = False
         if self._append:
             apply_append(self._con, qt, src, columns, dest)
         elif p.staging:  # read rows only: appended as they are (apply_keyless inserts when nothing else is there)
             apply_keyless(self._con, qt, src, columns, dest)
         elif table.replica_identity != "f" and table.key_names:
-            apply_keyed(self._con, qt, src, columns, dest, table.key_names)
+            apply_keyed(self._con, qt, src, columns, dest, table.key_names, self._reads_once,
+                        self._still_fresh(p, qt, src))
         else:
             apply_keyless(self._con, qt, src, columns, dest)
+
+    def _still_fresh(self, p: _Pending, qt: str, src: pa.Table) -> bool:
+        """Whether the target holds only rows of this writer's reads and ``src`` holds only reads: then no read
+        row can meet its key in the target (a snapshot reads each row once; a resumed backfill is a new writer
+        that finds the table not empty), and the apply skips matching keys, which cost more than the insert
+        (measured, 2M narrow rows into a new file in chunks of ~60k rows: 34% against 28% of the writer's thread)."""
+        reads = self._reads_once and bool(pc.all(pc.equal(src.column(OP_COL), OP_READ)).as_py()) and not p.truncate
+        fresh = self._fresh.get(p.dest)
+        if fresh is None:
+            fresh = reads and self._con.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {qt})").fetchone()[0]
+        self._fresh[p.dest] = fresh = bool(fresh and reads)
+        return fresh
 
     def _drop_gone(self, p: _Pending) -> None:
         """drop_columns: drop the columns the source dropped, once the changes that still carried them are in."""

@@ -135,6 +135,12 @@ def _params(dsn: str, replication: bool, application_name: str) -> dict:
     return params
 
 
+def libpq_conninfo(dsn: str, application_name: str = "wallaby") -> str:
+    """The libpq connection string :func:`connect` would use (session settings, application name, timeout, an
+    IAM token as the password): for clients that take one, like the ADBC driver the backfill reads with."""
+    return conninfo.make_conninfo(**_params(dsn, False, application_name))
+
+
 def connect(dsn: str, *, replication: bool = False, application_name: str = "wallaby") -> psycopg.Connection:
     """Open an autocommit connection (a walsender one with ``replication=True``)."""
     try:

@@ -1,10 +1,17 @@
 """The backfill's bytewax input: one partition per table part (:class:`~sources.postgres.snapshot.Part`).
 
-bytewax spreads the parts over its workers (``-snapshot-workers N`` / ``bytewax.run -w N``); each part reads its
-blocks chunk by chunk (:class:`~sources.postgres.snapshot.PartReader`) and ends (``StopIteration``) when its last
-block is read, so the dataflow ends when every part has. A part's state is the block it has reached: with the
-worker's recovery store, a run killed at any moment resumes every unfinished part from the block of the last epoch
-its destinations committed, and a finished part is not read again.
+Each part reads its blocks chunk by chunk (:class:`~sources.postgres.snapshot.PartReader`) and ends
+(``StopIteration``) when its last block is read, so the dataflow ends when every part has. A part's state is the
+block it has reached: with the worker's recovery store, a run killed at any moment resumes every unfinished part
+from the block of the last epoch its destinations committed, and a finished part is not read again.
+
+Parts read at once: ``readers`` (``-snapshot-workers N``, the source option ``snapshot_workers``) per process. A part
+takes one of ``readers`` slots when it starts (its connections open then) and gives it back when it ends; the
+others wait. A reading part fetches its next chunk in a thread of a pool of ``readers`` threads while the worker
+writes the current one (the ADBC driver parses without the GIL), and the worker never waits on a fetch: a part whose
+chunk is not in yet returns nothing and is polled again (:data:`POLL_SECONDS`), so one bytewax worker keeps every
+reader busy and writes whichever chunk is ready. Memory is bounded by the slots: at most two chunks per reading
+part. ``bytewax.run -w/-p`` still spreads the parts over workers and processes (each process its own slots).
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -25,6 +34,9 @@ log = logging.getLogger("wallaby.backfill")
 
 # A table's progress is logged at most this often (seconds) when no terminal shows it.
 PROGRESS_LOG_EVERY = 10.0
+# How soon a part whose next chunk is still being fetched (or that waits for a reader slot) is asked again. Short:
+# the worker has nothing else to do meanwhile when every part waits; bytewax parks the thread until then.
+POLL_SECONDS = 0.001
 
 
 @dataclass
@@ -87,13 +99,25 @@ class SnapshotSource(FixedPartitionedSource):
 
     def __init__(self, flow_id: str, dsn: str, publication: str, parts: list[Part], *, snapshot: str | None,
                  snapshot_lsn: int, snapshot_ts: int, progress: Progress | None = None,
-                 starts: dict[str, dict] | None = None):
+                 starts: dict[str, dict] | None = None, readers: int = 1):
         self.flow_id, self.dsn, self.publication = flow_id, dsn, publication
+        self.readers = max(1, readers)
+        self._shared_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots: threading.BoundedSemaphore | None = None
         self.parts = {p.key: p for p in parts}
         self.snapshot, self.snapshot_lsn, self.snapshot_ts = snapshot, snapshot_lsn, snapshot_ts
         self.progress = progress or Progress(flow_id)
         # part -> where it goes on when bytewax has no state for it (from the snapshot state store): {"next", ...}
         self.starts = starts or {}
+
+    def shared(self) -> tuple[ThreadPoolExecutor, threading.BoundedSemaphore]:
+        """This process's fetch pool and reader slots (made by the first part that asks)."""
+        with self._shared_lock:
+            if self._pool is None or self._slots is None:
+                self._pool = ThreadPoolExecutor(self.readers, thread_name_prefix=f"wallaby-backfill-{self.flow_id}")
+                self._slots = threading.BoundedSemaphore(self.readers)
+            return self._pool, self._slots
 
     def list_parts(self) -> list[str]:
         return list(self.parts)
@@ -110,39 +134,76 @@ class _PartPartition(StatefulSourcePartition):
         state = resume_state or {}
         self.done = bool(state.get("done", False))
         self.rows = int(state.get("rows", 0))
+        self.resume_block: int | None = state.get("next")
+        self.resumed = bool(state)
         self.reader: PartReader | None = None
+        self.slot: threading.BoundedSemaphore | None = None
+        self.awake: datetime | None = None
         if self.done:
             src.progress.advance(part, 0, 0, True)
-        else:
-            self.reader = PartReader(src.dsn, part, src.publication, snapshot=src.snapshot,
-                                     snapshot_lsn=src.snapshot_lsn, snapshot_ts=src.snapshot_ts, flow_id=src.flow_id,
-                                     next_block=state.get("next"))
-            if state:
-                log.info("backfill %s: resuming at block %d (%d rows read before)", part.key,
-                         self.reader.next_block, self.rows, extra={"flow": src.flow_id})
         self.started = time.monotonic()
 
+    def _later(self) -> list:
+        self.awake = datetime.now(UTC) + timedelta(seconds=POLL_SECONDS)
+        return []
+
+    def _open(self) -> bool:
+        """Take a reader slot and open the part's reader; False when every slot is taken."""
+        pool, slots = self.src.shared()
+        if not slots.acquire(blocking=False):
+            return False
+        self.slot = slots
+        src = self.src
+        try:
+            self.reader = PartReader(src.dsn, self.part, src.publication, snapshot=src.snapshot,
+                                     snapshot_lsn=src.snapshot_lsn, snapshot_ts=src.snapshot_ts, flow_id=src.flow_id,
+                                     next_block=self.resume_block, pool=pool)
+        except BaseException:
+            self._release()
+            raise
+        if self.resumed:
+            log.info("backfill %s: resuming at block %d (%d rows read before)", self.part.key,
+                     self.reader.next_block, self.rows, extra={"flow": src.flow_id})
+        self.started = time.monotonic()
+        return True
+
+    def _release(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
+
     def next_batch(self) -> list[tuple[str, ChangeBatch]]:
-        if self.done or self.reader is None:
+        self.awake = None
+        if self.done:
             raise StopIteration()
+        if self.reader is None:
+            if not self._open():
+                return self._later()
+        elif not self.reader.ready():
+            return self._later()
+        assert self.reader is not None
         before = self.reader.next_block
         chunk = self.reader.read(self.rows + 1)
         self.done = chunk.done
         rows = len(chunk.changes) if chunk.changes is not None else 0
         self.rows += rows
-        mark = SnapshotMark(self.part.key, chunk.next_block, self.done, self.rows)
+        mark = SnapshotMark(self.part.key, chunk.next_block, self.done, self.rows, self.src.snapshot is not None)
         out = [(self.src.flow_id, self.reader.batch(self.src.flow_id, chunk.changes if rows else None, mark))]
         self.src.progress.advance(self.part, max(chunk.next_block - before, 0), rows, self.done)
         if self.done:
             log.info("backfill %s: read %d rows in %.1fs", self.part.key, self.rows, time.monotonic() - self.started,
                      extra={"flow": self.src.flow_id})
-            self.reader.close()
+            self._release()
         return out
 
+    def next_awake(self) -> datetime | None:
+        return self.awake
+
     def snapshot(self) -> dict:
-        return {"next": self.reader.next_block if self.reader is not None else None, "done": self.done,
-                "rows": self.rows}
+        return {"next": self.reader.next_block if self.reader is not None else self.resume_block,
+                "done": self.done, "rows": self.rows}
 
     def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
+        self._release()

@@ -189,7 +189,7 @@ def run_backfill(args: argparse.Namespace, spec, checkpoints) -> int:
     if problems:
         raise ConfigError("wallaby-worker", problems)
     opts = spec.source_options()
-    workers = args.snapshot_workers or opts.snapshot_workers
+    readers = args.snapshot_workers or opts.snapshot_workers
     epoch = parse_duration(args.epoch_interval)
     rdir = Path(args.recovery_dir).expanduser() if args.recovery_dir else \
         recovery_dir(f"{spec.id}.backfill", None, checkpoints)
@@ -197,10 +197,11 @@ def run_backfill(args: argparse.Namespace, spec, checkpoints) -> int:
     tables = _tables(args)
     progress = TerminalProgress(spec.id) if sys.stderr.isatty() else None
     flow, snapshot, parts = prepare_backfill(spec, checkpoints, tables, args.partition_count,
-                                             reset_all=args.reset_position, recovery_dir=rdir, progress=progress)
+                                             reset_all=args.reset_position, recovery_dir=rdir, progress=progress,
+                                             readers=readers)
     log.info("flow %s: backfill recovery store %s", spec.id, rdir)
     try:
-        _run_dataflow(flow, rdir, epoch, workers)
+        _run_dataflow(flow, rdir, epoch)  # one bytewax worker: the parts' readers are threads of their own
     finally:
         if progress is not None:
             progress.close()
