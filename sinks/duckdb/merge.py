@@ -39,7 +39,7 @@ def _seq(n: int) -> pa.Array:
     return have.slice(0, n)
 
 
-def _fix_infinity(arr: pa.ChunkedArray) -> pa.ChunkedArray:
+def fix_infinity(arr: pa.ChunkedArray) -> pa.ChunkedArray:
     """Postgres -infinity (the source's DATE_NEG_INF days / TS_NEG_INF µs) -> DuckDB's -infinity (MIN + 1)."""
     t = arr.type
     if pa.types.is_date32(t):
@@ -150,7 +150,7 @@ def merge_pending(table: TableSchema, items: list[TableChanges | TruncateMark], 
         if pa.types.is_date32(f.type) or pa.types.is_timestamp(f.type):
             if f.name in (TS_COL,):
                 continue
-            fixed = _fix_infinity(tbl.column(i))
+            fixed = fix_infinity(tbl.column(i))
             if fixed is not tbl.column(i):
                 tbl = tbl.set_column(i, f, fixed)
     return tbl.append_column(SEQ_COL, _seq(tbl.num_rows))

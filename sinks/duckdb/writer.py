@@ -114,7 +114,7 @@ import pyarrow.compute as pc
 
 from sinks.base import HighWater, PermanentSinkError, Writer, WriterSink, source_json
 from sinks.duckdb.apply import APPEND_COLS, ApplyError, DestTable, apply_append, apply_keyed, apply_keyless, q
-from sinks.duckdb.merge import TruncateMark, merge_pending
+from sinks.duckdb.merge import TruncateMark, fix_infinity, merge_pending
 from sinks.duckdb.options import DuckDBDestinationOptions as DuckDBOptions
 from sinks.duckdb.types import canonical_type, duckdb_type, widens
 from sinks.retry import Steps, retry
@@ -261,6 +261,16 @@ def _safe_dsn(dsn: str) -> str:
     return "<redacted dsn>"
 
 
+def _cut_before(before: TableSchema, after: TableSchema) -> bool:
+    """Whether the changes of schema version ``after`` must be applied apart from those of ``before``: a column of
+    both changed its source type (name or typmod), or one appeared with a missing value (``Column.missing``)."""
+    if before.relid != after.relid or before.version == after.version:
+        return False
+    old = {c.name: (c.type_name, c.typmod) for c in before.columns}
+    return any((c.type_name, c.typmod) != old[c.name] if c.name in old else c.missing is not None
+               for c in after.columns)
+
+
 @dataclass(slots=True)
 class _Pending:
     dest: tuple[str, str]
@@ -315,7 +325,11 @@ class DuckDBWriter(Writer):
         # decided at the writer's first apply to it (empty, and read rows come first), lost at anything else
         self._fresh: dict[tuple[str, str], bool] = {}
         self._reads_once = True  # every read row so far came from one snapshot (SnapshotMark.consistent)
+        self._taken_in_batch: Position | None = None  # inside write(): the last position taken of its batch
         self._warned: set[tuple[tuple[str, str], str, str]] = set()
+        # (dest, column) -> the source type (pg type name) of the column as last applied (this writer's, or the
+        # meta table's when the writer first meets the table): a change from it is a source type change
+        self._applied_types: dict[tuple[tuple[str, str], str], str] = {}
         self._failed: str | None = None
         self.stats = {"applied_rows": 0, "skipped_rows": 0, "applies": 0}
 
@@ -381,11 +395,17 @@ class DuckDBWriter(Writer):
         if self._hw.replayed(batch):  # a replay: everything in it is already applied (or buffered)
             self.stats["skipped_rows"] += len(batch)
             return
+        self._taken_in_batch = None if batch.snapshot else hw
         for seg in batch.segments:
             if isinstance(seg, TableChanges):
                 self._take_rows(seg, hw)
+                if self._taken_in_batch is not None and len(seg):
+                    self._taken_in_batch = max(self._taken_in_batch, seg.last)
             elif seg.position > hw:
                 self._take_event(seg)
+                if self._taken_in_batch is not None:
+                    self._taken_in_batch = max(self._taken_in_batch, seg.position)
+        self._taken_in_batch = None
         if not batch.snapshot:
             self._hw.advance(batch.position)
         if self._buffered_rows >= self.max_buffer_rows or self._buffered_bytes >= self.max_buffer_bytes:
@@ -497,6 +517,20 @@ class DuckDBWriter(Writer):
         self._buffer(self._pending_for(seg.table), seg)
 
     def _buffer(self, p: _Pending, seg: TableChanges) -> None:
+        last = next((i for i in reversed(p.items) if isinstance(i, TableChanges)), None)
+        if last is not None and _cut_before(last.table, seg.table):
+            # A column changed type, or appeared with a value for the rows before it, inside the epoch: what came
+            # before is applied and committed now, so old and new types never meet in one Arrow table (numeric(8,2)
+            # and bigint do not combine) and the rows older than a new column are in the table when it is filled;
+            # the table follows the new shape at the next apply, in a new transaction (DuckDB refuses to commit an
+            # ALTER of a table the same transaction deleted from). The high-water committed is the last change
+            # taken before this one, so a replay skips exactly what was applied.
+            p.table = last.table  # the shape of what is applied now (_pending_for moved it on already)
+            self._apply_pending()
+            if self._taken_in_batch is not None:
+                self._hw.advance(self._taken_in_batch)
+            self.commit()
+            p = self._pending_for(seg.table, p.staging)
         p.items.append(seg)
         self._buffered_rows += len(seg)
         self._buffered_bytes += seg.rows.nbytes
@@ -621,6 +655,8 @@ class DuckDBWriter(Writer):
         if p.gone:
             self._drop_gone(p)
         self._source_cols[p.dest] = [c.name for c in p.table.columns]
+        for c in p.table.columns:
+            self._applied_types[(p.dest, c.name)] = c.type_name
 
     def _apply_rows(self, p: _Pending) -> None:
         segs = [i for i in p.items if isinstance(i, TableChanges)]
@@ -676,13 +712,20 @@ class DuckDBWriter(Writer):
     def _previous_source_columns(self, p: _Pending) -> list[str] | None:
         """The source columns of the table's last applied shape: this writer's, else the meta table's."""
         known = self._source_cols.get(p.dest)
-        if known is not None or not self.options.meta_table_enabled:
+        if known is not None:
             return known
+        meta = self._meta_columns(p)
+        return [c["name"] for c in meta] if meta is not None else None
+
+    def _meta_columns(self, p: _Pending) -> list[dict] | None:
+        """The columns the meta table recorded for the table's last applied shape (None: none recorded)."""
+        if not self.options.meta_table_enabled:
+            return None
         row = self._con.execute(
             f"SELECT columns_json FROM {META_TABLE} WHERE flow_id = ? AND source_schema = ? AND source_table = ?"
             " AND dest_schema = ? AND dest_table = ?", [self.flow_id, p.table.schema, p.table.name, *p.dest],
         ).fetchone()
-        return [c["name"] for c in json.loads(row[0])] if row else None
+        return json.loads(row[0]) if row else None
 
     # -- tables and schema evolution
 
@@ -710,6 +753,7 @@ class DuckDBWriter(Writer):
             dest = self._load_dest(p.dest)
         qt = f"{q(p.dest[0])}.{q(p.dest[1])}"
         changed = False
+        fills: list[Column] = []
         if dest is None:
             if self._append:
                 clash = [c for c in columns if c in dict(APPEND_COLS)]
@@ -729,17 +773,26 @@ class DuckDBWriter(Writer):
             previous = list(columns)  # the shapes the table was just created from
         else:
             previous = (self._previous_source_columns(p) or []) if self.options.drop_columns else []
+            if p.dest not in self._source_cols:  # the writer's first apply to the table: the types as recorded
+                for c in self._meta_columns(p) or []:
+                    self._applied_types.setdefault((p.dest, c["name"]), c.get("pg_type"))
             for name, c in columns.items():
                 if name not in dest.columns:
                     self._con.execute(f"ALTER TABLE {qt} ADD COLUMN {q(name)} {duckdb_type(c, self._mappings)}")
+                    if c.missing is not None:
+                        fills.append(c)
                     changed = True
                 else:
                     want = duckdb_type(c, self._mappings)
                     have = dest.columns[name]
+                    before = self._applied_types.get((p.dest, name))
                     if widens(have, want):  # the source widened the column: follow it
                         self._con.execute(f"ALTER TABLE {qt} ALTER {q(name)} SET DATA TYPE {want}")
                         log.info("destination %r: %s.%s widened from %s to %s", self.name, qt, name, have, want,
                                  extra={"flow": self.flow_id})
+                        changed = True
+                    elif canonical_type(want) != canonical_type(have) and before is not None and before != c.type_name:
+                        self._retype_column(qt, name, have, want, before, c.type_name)
                         changed = True
                     elif canonical_type(want) != canonical_type(have) and (p.dest, name, want) not in self._warned:
                         self._warned.add((p.dest, name, want))
@@ -751,6 +804,8 @@ class DuckDBWriter(Writer):
                             have,
                             want,
                         )
+            if fills:  # after every ALTER: DuckDB refuses to commit an ALTER of a table updated in the transaction
+                self._fill_missing(qt, fills)
             if changed:
                 dest = self._load_dest(p.dest)
                 assert dest is not None
@@ -761,6 +816,37 @@ class DuckDBWriter(Writer):
         if self.options.meta_table_enabled:
             self._record_meta(p, columns, dest, changed)
         return dest
+
+    def _fill_missing(self, qt: str, columns: list[Column]) -> None:
+        """Columns added at the source with a constant default: the rows the table holds (every row older than
+        the columns, applied before them) get the values Postgres reads for them (``Column.missing``)."""
+        values = pa.table({f"v{i}": fix_infinity(pa.chunked_array([c.missing])) for i, c in enumerate(columns)})
+        sets = ", ".join(f"{q(c.name)} = (SELECT CAST(v{i} AS {duckdb_type(c, self._mappings)}) FROM __wallaby_missing)"
+                         for i, c in enumerate(columns))
+        self._con.register("__wallaby_missing", values)
+        try:
+            self._con.execute(f"UPDATE {qt} SET {sets}")
+        finally:
+            self._con.unregister("__wallaby_missing")
+        log.info("destination %r: %s: rows older than %s given the values Postgres reads for them (the columns'"
+                 " defaults)", self.name, qt, ", ".join(c.name for c in columns), extra={"flow": self.flow_id})
+
+    def _retype_column(self, qt: str, name: str, have: str, want: str, old_pg: str, new_pg: str) -> None:
+        """The source changed a column's type (``old_pg`` -> ``new_pg``) to one its DuckDB type does not widen to:
+        rebuild the column as the new type, DuckDB casting the values it holds (what Postgres does for a plain
+        ``ALTER ... TYPE``; a ``USING`` expression that computes other values rewrites the table at the source,
+        which the stream does not carry). A value DuckDB cannot cast fails the epoch with the column, both types
+        and what to do."""
+        try:
+            self._con.execute(f"ALTER TABLE {qt} ALTER {q(name)} SET DATA TYPE {want}")
+        except duckdb.Error as exc:
+            raise ApplyError(
+                f"column {name!r} changed type at the source from {old_pg} to {new_pg}; DuckDB cannot convert the"
+                f" values it holds from {have} to {want} ({self._clean(exc).splitlines()[0]}). Map {new_pg} to a"
+                f" type both fit with the destination option type_mappings, or drop the DuckDB table and backfill"
+                f" it") from None
+        log.warning("destination %r: %s.%s rebuilt from %s to %s (the source changed it from %s to %s; values"
+                    " cast by DuckDB)", self.name, qt, name, have, want, old_pg, new_pg, extra={"flow": self.flow_id})
 
     def _record_meta(self, p: _Pending, columns: dict[str, Column], dest: DestTable, changed: bool) -> None:
         t = p.table

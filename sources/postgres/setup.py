@@ -214,12 +214,15 @@ def _prepare(conn: psycopg.Connection, opts, flow_id: str, server: str, system_i
             target = "FOR TABLE " + ", ".join(qualified_table(t) for t in tables)
         else:
             target = "FOR ALL TABLES"
+        target += publication_with(conn, tables, version)
         conn.execute(f"CREATE PUBLICATION {quote_ident(opts.publication)} {target}")
         plan.publication_created = True
         log.info("created publication %s (%s)", opts.publication, target, extra={"flow": flow_id})
     elif opts.sync_publication and tables:
         sync_publication(conn, opts.publication, tables, opts.sync_publication_mode, flow_id)
 
+    for note in publication_notes(conn, opts.publication, version):
+        log.warning("publication %s: %s", opts.publication, note, extra={"flow": flow_id})
     layout = ensure_state_table(conn, opts) if opts.ensure_state else None  # DDL: before the slot exists
     if slot is None:
         exported: list[ExportedSnapshot] | None = [] if export else None
@@ -239,6 +242,57 @@ def _prepare(conn: psycopg.Connection, opts, flow_id: str, server: str, system_i
     ).fetchone()
     plan.confirmed_flush, plan.restart_lsn = _lsn(row[0]), _lsn(row[1])
     return plan
+
+
+def publication_with(conn: psycopg.Connection, tables: list[str], version: int) -> str:
+    """The ``WITH (...)`` of a publication wallaby creates: a partitioned table is published as itself, its
+    partitions' changes under its name (``publish_via_partition_root``: one destination table, partitions attached
+    later included, a row moved between partitions an update); on Postgres 18+ stored generated columns are
+    published too (``publish_generated_columns``), so destinations get every column a query of the table shows."""
+    opts = []
+    partitioned = conn.execute(
+        "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'p'"
+        + (" AND n.nspname || '.' || c.relname = ANY(%s)" if tables else "") + " LIMIT 1",
+        ([".".join(split_table(t)) for t in tables],) if tables else ()).fetchone()
+    if partitioned:
+        opts.append("publish_via_partition_root = true")
+    if version >= 180000:
+        opts.append("publish_generated_columns = stored")
+    return f" WITH ({', '.join(opts)})" if opts else ""
+
+
+def publication_notes(conn: psycopg.Connection, publication: str, version: int) -> list[str]:
+    """What an existing publication leaves out or splits, said at start: partitions published as themselves (the
+    source maps each to its root table, :meth:`sources.postgres.source.TypeResolver.partition_root`), stored
+    generated columns it does not publish (absent in the destinations)."""
+    notes = []
+    row = conn.execute("SELECT pubviaroot" + (", pubgencols::text" if version >= 180000 else ", NULL")
+                       + " FROM pg_publication WHERE pubname = %s", (publication,)).fetchone()
+    if row is None:
+        return notes
+    via_root, gencols = row
+    published = "SELECT c.oid FROM pg_publication_tables p JOIN pg_namespace n ON n.nspname = p.schemaname" \
+                " JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename WHERE p.pubname = %s"
+    if not via_root:
+        parts = conn.execute(
+            f"SELECT c.oid::regclass::text, pg_partition_root(c.oid)::regclass::text FROM pg_class c"
+            f" WHERE c.oid IN ({published}) AND c.relispartition ORDER BY 1", (publication,)).fetchall()
+        if parts:
+            notes.append("publishes partitions as themselves (publish_via_partition_root is false): their changes"
+                         " land in their root tables (" + ", ".join(f"{p} -> {r}" for p, r in parts[:10])
+                         + (", ..." if len(parts) > 10 else "") + "); ALTER PUBLICATION ... SET"
+                         " (publish_via_partition_root = true) publishes them so")
+    if gencols != "s":
+        generated = conn.execute(
+            f"SELECT a.attrelid::regclass::text || '.' || a.attname FROM pg_attribute a WHERE a.attrelid IN"
+            f" ({published}) AND a.attgenerated = 's' AND a.attnum > 0 AND NOT a.attisdropped ORDER BY 1",
+            (publication,)).fetchall()
+        if generated:
+            how = ("ALTER PUBLICATION ... SET (publish_generated_columns = stored) publishes them"
+                   if version >= 180000 else "Postgres 18+ can publish them (publish_generated_columns)")
+            notes.append("does not publish the stored generated columns " + ", ".join(g for (g,) in generated[:10])
+                         + (", ..." if len(generated) > 10 else "") + f": they are absent in the destinations; {how}")
+    return notes
 
 
 def _system_id(dsn: str) -> str:

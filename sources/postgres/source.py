@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import pyarrow as pa
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from sources.postgres import pgtypes
@@ -103,6 +104,7 @@ class TypeResolver:
         for oid, t in types.items():  # Type messages name custom types even without resolve_types
             self.known.setdefault(oid, pgtypes.PgType(oid=oid, name=t.name, schema=t.namespace, kind="b",
                                                       base_oid=0, elem_oid=0, extension=None))
+        missing = self.missing_values(rel) if self.enabled else {}
         columns, ctypes = [], []
         for c in rel.columns:
             ct = pgtypes.column_type(c.type_oid, c.typmod, self.known, ndims.get(c.name, 1))
@@ -113,12 +115,55 @@ class TypeResolver:
             ctypes.append(ct)
             columns.append(Column(name=c.name, type_oid=c.type_oid, type_name=ct.type_name, typmod=ct.typmod,
                                   key=c.key, arrow_type=ct.arrow_type, base_type=ct.base_type,
-                                  extension=ct.extension))
+                                  extension=ct.extension, missing=self._missing(ct, missing.get(c.name), rel)))
         version = 1 if old is None else old.schema.version + 1
-        schema = TableSchema(rel.relid, rel.namespace, rel.name, tuple(columns), rel.replica_identity, version)
+        namespace, name = self.partition_root(rel) if self.enabled else (rel.namespace, rel.name)
+        schema = TableSchema(rel.relid, namespace, name, tuple(columns), rel.replica_identity, version)
         if old is not None and old.schema.same_shape(schema):
             return old
         return TableState(schema, ctypes)
+
+    def missing_values(self, rel: Relation) -> dict[str, str]:
+        """The text of each column's missing value (``pg_attribute.attmissingval``: what rows older than an
+        ``ADD COLUMN ... DEFAULT <constant>`` hold for it), by column name; columns without one are left out. Read
+        from the catalog as it is now: a table rewritten since then holds the values in its rows instead (a
+        rewrite is not in the stream either; docs/ddl.md)."""
+        try:
+            rows = self._meta().execute(
+                "SELECT attname, (attmissingval::text::text[])[1] FROM pg_attribute WHERE attrelid = %s"
+                " AND attnum > 0 AND atthasmissing AND NOT attisdropped", (rel.relid,)).fetchall()
+        except psycopg.Error as exc:
+            self._conn = None
+            raise SourceError(f"could not read the missing values of {rel.namespace}.{rel.name}: {exc}",
+                              server=server_name(self.dsn)) from exc
+        return {name: text for name, text in rows}
+
+    @staticmethod
+    def _missing(ct: pgtypes.ColumnType, text: str | None, rel: Relation) -> pa.Array | None:
+        if text is None:
+            return None
+        try:
+            return pgtypes.decode_column(ct, [text.encode()])
+        except ValueError:
+            log.warning("%s.%s: its missing value %r does not decode as %s; rows older than the column get NULL in"
+                        " the destinations", rel.namespace, rel.name, text, ct.type_name)
+            return None
+
+    def partition_root(self, rel: Relation) -> tuple[str, str]:
+        """The table a relation's changes land in: a partition's root table (``pg_partition_root``), so a
+        partitioned table is one destination table even when its publication publishes the partitions as
+        themselves (``publish_via_partition_root`` false; said at start by ``setup.publication_notes``); any
+        other relation itself."""
+        try:
+            row = self._meta().execute(
+                "SELECT n.nspname, r.relname FROM pg_class c JOIN pg_class r ON r.oid = pg_partition_root(c.oid)"
+                " JOIN pg_namespace n ON n.oid = r.relnamespace WHERE c.oid = %s AND c.relispartition",
+                (rel.relid,)).fetchone()
+        except psycopg.Error as exc:
+            self._conn = None
+            raise SourceError(f"could not look up the partition root of {rel.namespace}.{rel.name}: {exc}",
+                              server=server_name(self.dsn)) from exc
+        return (row[0], row[1]) if row else (rel.namespace, rel.name)
 
     def close(self) -> None:
         if self._conn is not None:

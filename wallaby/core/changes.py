@@ -118,6 +118,10 @@ class Column:
     base_type: str | None = None
     extension: str | None = None
     nullable: bool = True
+    # What the table's existing rows hold for a column added with a constant default (Postgres keeps it in the
+    # catalog, pg_attribute.attmissingval, and rewrites no row, so no change carries it): one value of
+    # ``arrow_type``; None when the column has none. A destination that adds the column fills its rows with it.
+    missing: pa.Array | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

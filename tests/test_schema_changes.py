@@ -1,0 +1,293 @@
+"""Schema changes that materializing destinations must follow (issue 15): a column's type changing at the source,
+inside one epoch and across epochs, across a writer restart, and the one clear error when the destination cannot
+hold the values it has under the new type."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import psycopg
+import pytest
+
+from sinks.base import PermanentSinkError
+from sinks.duckdb.writer import DuckDBOptions, DuckDBWriter
+from tests import WORKER
+from tests.builders import Stream, col, evolve, ins, numeric_typmod, table, upd
+from tests.flows import drain, flow_spec, rows_of, source_part
+from wallaby.core.changes import TableChanges
+
+FLOW = "schema-flow"
+
+
+def _writer(path: Path, **opts) -> DuckDBWriter:
+    return DuckDBWriter("duck", FLOW, DuckDBOptions(dsn=str(path), **opts))
+
+
+def _rows(path: Path, qualified: str = "public.t") -> list[tuple]:
+    with duckdb.connect(str(path), read_only=True) as c:
+        return [tuple(r) for r in c.execute(f"SELECT * FROM {qualified} ORDER BY ALL").fetchall()]
+
+
+def _type(path: Path, column: str, name: str = "t") -> str:
+    with duckdb.connect(str(path), read_only=True) as c:
+        return c.execute("SELECT data_type FROM duckdb_columns() WHERE table_name = ? AND column_name = ?",
+                         [name, column]).fetchone()[0]
+
+
+def _numeric_then_bigint():
+    t1 = table("t", [col("id", "int4", key=True), col("n", "numeric", typmod=numeric_typmod(8, 2))])
+    t2 = evolve(t1, [col("id", "int4", key=True), col("n", "int8")])
+    return t1, t2
+
+
+def test_a_type_change_inside_one_epoch_applies_both_sides(tmp_path):
+    """numeric(8,2) -> bigint with changes before and after it in one epoch: the writer used to fail with
+    'cannot combine types int64 and decimal128' on every restart (the flow stuck for good)."""
+    path = tmp_path / "d.duckdb"
+    t1, t2 = _numeric_then_bigint()
+    s = Stream(FLOW)
+    w = _writer(path)
+    w.write(s.batch(s.rows(t1, ins(id=1, n=Decimal("1.50")), ins(id=2, n=Decimal("2.25")))))
+    w.write(s.batch(s.rows(t2, ins(id=3, n=300), upd({"id": 1, "n": 150}))))
+    w.commit()
+    w.close()
+    assert _type(path, "n") == "BIGINT"
+    # row 2 was cast by DuckDB (what a plain ALTER ... TYPE bigint gives in Postgres: 2.25 rounds to 2)
+    assert _rows(path) == [(1, 150), (2, 2), (3, 300)]
+
+
+def test_a_type_change_across_epochs_and_a_writer_restart(tmp_path):
+    """The epoch after the change goes to a new writer (a restart): it learns the old source type from the meta
+    table and rebuilds the column rather than casting new values into the old type."""
+    path = tmp_path / "d.duckdb"
+    t1, t2 = _numeric_then_bigint()
+    s = Stream(FLOW)
+    w = _writer(path)
+    w.write(s.batch(s.rows(t1, ins(id=1, n=Decimal("1.50")))))
+    w.commit()
+    w.close()
+    w = _writer(path)
+    w.write(s.batch(s.rows(t2, ins(id=2, n=12_345_678_901))))  # does not fit DECIMAL(8,2)
+    w.commit()
+    w.close()
+    assert _type(path, "n") == "BIGINT"
+    assert _rows(path) == [(1, 2), (2, 12_345_678_901)]
+
+
+def test_a_replay_after_the_mid_epoch_commit_applies_each_change_once(tmp_path):
+    """The writer commits what came before a type change (DuckDB cannot commit the ALTER in the transaction that
+    deleted from the table); killed after that commit, the replayed batch skips exactly what was committed: a keyless
+    table (every insert a row) holds each row once."""
+    path = tmp_path / "d.duckdb"
+    t1 = table("t", [col("id", "int4"), col("n", "numeric", typmod=numeric_typmod(8, 2))], replica_identity="f")
+    t2 = evolve(t1, [col("id", "int4"), col("n", "int8")])
+    s = Stream(FLOW)
+    batch = s.batch(s.rows(t1, ins(id=1, n=Decimal("1.50"))), s.rows(t2, ins(id=2, n=7)))
+    w = _writer(path)
+    w.write(batch)  # the first segment is committed inside write
+    w.close()  # killed before the epoch's commit
+    w = _writer(path)
+    w.write(batch)
+    w.commit()
+    w.close()
+    assert _rows(path) == [(1, 2), (2, 7)]
+
+
+def test_text_to_integer_casts_what_the_destination_holds(tmp_path):
+    path = tmp_path / "d.duckdb"
+    t1 = table("t", [col("id", "int4", key=True), col("v", "text")])
+    t2 = evolve(t1, [col("id", "int4", key=True), col("v", "int4")])
+    s = Stream(FLOW)
+    w = _writer(path)
+    w.write(s.batch(s.rows(t1, ins(id=1, v="7"))))
+    w.write(s.batch(s.rows(t2, ins(id=2, v=8))))
+    w.commit()
+    w.close()
+    assert _type(path, "v") == "INTEGER"
+    assert _rows(path) == [(1, 7), (2, 8)]
+
+
+def test_a_change_the_destination_cannot_express_is_one_clear_error(tmp_path):
+    """text -> int where DuckDB holds a value no integer can be (Postgres took it with a USING expression): one
+    error naming the table, the column and both types, and the epoch rolled back (the first row stays as it was)."""
+    path = tmp_path / "d.duckdb"
+    t1 = table("t", [col("id", "int4", key=True), col("v", "text")])
+    t2 = evolve(t1, [col("id", "int4", key=True), col("v", "int4")])
+    s = Stream(FLOW)
+    w = _writer(path)
+    w.write(s.batch(s.rows(t1, ins(id=1, v="seven"))))
+    w.commit()
+    w.write(s.batch(s.rows(t2, ins(id=2, v=8))))
+    with pytest.raises(PermanentSinkError) as err:
+        w.commit()
+    w.close()
+    msg = str(err.value)
+    assert "public.t" in msg and "'v'" in msg and "text" in msg and "int4" in msg and "type_mappings" in msg
+    assert _rows(path) == [(1, "seven")]
+
+
+# -- partitioned tables and generated columns at the source (real Postgres) ---------------------------------------
+
+PARTITIONED = (
+    "CREATE TABLE ev (id int, at date NOT NULL, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);"
+    "CREATE TABLE ev_2024 PARTITION OF ev FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');"
+    "CREATE TABLE ev_2025 PARTITION OF ev FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');"
+)
+
+
+def _tables_and_ops(batches) -> list[tuple[str, str, int]]:
+    """(table, op, id) per change; a delete's id from its old key."""
+    out = []
+    for b in batches:
+        for s in b.segments:
+            if isinstance(s, TableChanges):
+                for r in s.rows.to_pylist():
+                    out.append(((r["__lsn"], r["__ord"]), f"{s.table.schema}.{s.table.name}", r["__op"],
+                                r["id"] if r["id"] is not None else r["__before.id"]))
+    return [x[1:] for x in sorted(out)]  # in WAL order
+
+
+def _write_partitions(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO ev VALUES (1, '2024-05-01', 'a'), (2, '2025-05-01', 'b')")
+        conn.execute("UPDATE ev SET at = '2025-06-01' WHERE id = 1")  # moves the row to another partition
+        conn.execute("CREATE TABLE ev_2026 (id int, at date NOT NULL, v text, PRIMARY KEY (id, at))")
+        conn.execute("ALTER TABLE ev ATTACH PARTITION ev_2026 FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')")
+        conn.execute("INSERT INTO ev VALUES (3, '2026-02-01', 'c')")
+
+
+def test_a_partitioned_table_is_one_table_under_its_roots_name(pgdb):
+    """publication_tables names the partitioned root: the publication wallaby creates publishes via the root, so every
+    partition's changes, a partition attached later and a row moved between partitions land in public.ev (a move is a
+    delete and an insert in the WAL, under the root's name)."""
+    with psycopg.connect(pgdb, autocommit=True) as conn:
+        conn.execute(PARTITIONED)
+    spec = flow_spec(pgdb, source={"publication_tables": "public.ev"})
+    part = source_part(spec)
+    try:
+        with psycopg.connect(pgdb) as conn:
+            assert conn.execute("SELECT pubviaroot FROM pg_publication WHERE pubname = 'wallaby_t'").fetchone()[0]
+        _write_partitions(pgdb)
+        got = _tables_and_ops(drain(part, until_rows=5))
+    finally:
+        part.close()
+    assert got == [("public.ev", "insert", 1), ("public.ev", "insert", 2), ("public.ev", "delete", 1),
+                   ("public.ev", "insert", 1), ("public.ev", "insert", 3)]
+
+
+def test_partitions_of_an_existing_publication_land_in_their_root(pgdb, caplog):
+    """An existing publication without publish_via_partition_root sends each partition as itself: the source maps
+    them to the root's name and says so at start."""
+    with psycopg.connect(pgdb, autocommit=True) as conn:
+        conn.execute(PARTITIONED)
+        conn.execute("CREATE PUBLICATION mine FOR TABLE ev")
+    spec = flow_spec(pgdb, publication="mine", source={"ensure_publication": False})
+    with caplog.at_level(logging.WARNING, logger="wallaby"):
+        part = source_part(spec)
+    try:
+        _write_partitions(pgdb)
+        got = _tables_and_ops(drain(part, until_rows=5))
+    finally:
+        part.close()
+    notes = [r.getMessage() for r in caplog.records if "publish_via_partition_root" in r.getMessage()]
+    assert notes and "ev_2024 -> ev" in notes[0]
+    assert {t for t, _, _ in got} == {"public.ev"}
+    assert [(op, i) for _, op, i in got] == [("insert", 1), ("insert", 2), ("delete", 1), ("insert", 1),
+                                            ("insert", 3)]
+
+
+def test_stored_generated_columns_are_published_or_named_at_start(pgdb, caplog):
+    with psycopg.connect(pgdb, autocommit=True) as conn:
+        conn.execute("CREATE TABLE g (id int PRIMARY KEY, n int, twice int GENERATED ALWAYS AS (n * 2) STORED)")
+        conn.execute("CREATE PUBLICATION old_pub FOR TABLE g")
+    spec = flow_spec(pgdb, source={"publication_tables": "public.g"})
+    part = source_part(spec)
+    try:
+        with psycopg.connect(pgdb, autocommit=True) as conn:
+            conn.execute("INSERT INTO g (id, n) VALUES (1, 21)")
+        rows = rows_of(drain(part, until_rows=1))
+    finally:
+        part.close()
+    assert rows[0]["twice"] == 42
+    # an existing publication that does not publish them: named at start, absent in the changes
+    spec = flow_spec(pgdb, flow_id="t2", slot="wallaby_t2", publication="old_pub", source={"ensure_publication": False})
+    with caplog.at_level(logging.WARNING, logger="wallaby"):
+        part = source_part(spec)
+    try:
+        with psycopg.connect(pgdb, autocommit=True) as conn:
+            conn.execute("INSERT INTO g (id, n) VALUES (2, 5)")
+        rows = rows_of(drain(part, until_rows=1))
+    finally:
+        part.close()
+    assert "twice" not in rows[0]
+    assert any("stored generated columns g.twice" in r.getMessage() for r in caplog.records)
+
+
+# -- end to end: the worker streaming into DuckDB ------------------------------------------------------------------
+
+
+def _run_worker(tmp_path: Path, dsn: str, duck: Path, tables: str) -> None:
+    flow = {"id": "sc", "name": "sc",
+            "source": {"name": "pg", "type": "postgres", "options": {
+                "dsn": dsn, "slot": "wallaby_sc", "publication": "wallaby_sc", "publication_tables": tables,
+                "batch_timeout": "50ms"}},
+            "destinations": [{"name": "duck", "type": "duckdb", "options": {"dsn": str(duck)}}]}
+    path = tmp_path / "flow.json"
+    path.write_text(json.dumps(flow))
+    env = {**os.environ, "WALLABY_CHECKPOINT_BACKEND": "sqlite", "WALLABY_CHECKPOINT_PATH": str(tmp_path / "c.db"),
+           "WALLABY_EPOCH_INTERVAL": "5s", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    r = subprocess.run([*WORKER, "-flow-file", str(path), "-max-empty-reads", "2"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _pg(dsn: str, query: str) -> list[tuple]:
+    with psycopg.connect(dsn) as c:
+        return [tuple(r) for r in c.execute(query).fetchall()]
+
+
+def test_streamed_schema_changes_end_equal_in_duckdb(pgdb, tmp_path):
+    """Rows, then in one epoch (5 s): columns added with constant defaults (t), a column retyped numeric(8,2) ->
+    bigint with changes before and after it (u), rows moved between partitions and a partition attached (ev):
+    DuckDB ends equal to Postgres on every column. (The retype is in its own table: it rewrites the table, which
+    makes Postgres store the defaults in the rows and forget them in the catalog, a rewrite the stream does not
+    carry.)"""
+    duck = tmp_path / "d.duckdb"
+    tables = "public.t,public.u,public.ev"
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, n int)")
+        c.execute("CREATE TABLE u (id int PRIMARY KEY, n numeric(8,2))")
+        c.execute(PARTITIONED)
+    _run_worker(tmp_path, pgdb, duck, tables)  # creates the slot
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("INSERT INTO t SELECT g, g FROM generate_series(1, 20) g")
+        c.execute("INSERT INTO u SELECT g, g / 4.0 FROM generate_series(1, 20) g")
+    _run_worker(tmp_path, pgdb, duck, tables)  # rows in DuckDB before the DDL
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("INSERT INTO t VALUES (21, 21)")
+        c.execute("ALTER TABLE t ADD COLUMN d text DEFAULT 'dflt', ADD COLUMN k int NOT NULL DEFAULT 7,"
+                  " ADD COLUMN z date DEFAULT '-infinity'")
+        c.execute("UPDATE t SET n = 0 WHERE id = 2")
+        c.execute("INSERT INTO t VALUES (22, 22, 'x', 1, '2024-01-01')")
+        c.execute("INSERT INTO u VALUES (21, 5.5)")
+        c.execute("UPDATE u SET n = 9.75 WHERE id = 2")
+        c.execute("ALTER TABLE u ALTER COLUMN n TYPE bigint")
+        c.execute("INSERT INTO u VALUES (22, 12345678901)")
+        c.execute("UPDATE u SET n = n + 1 WHERE id = 3")
+    _write_partitions(pgdb)
+    _run_worker(tmp_path, pgdb, duck, tables)
+    with duckdb.connect(str(duck), read_only=True) as d:
+        t = [tuple(r) for r in d.execute("SELECT id, n, d, k, z::text FROM public.t ORDER BY id").fetchall()]
+        u = [tuple(r) for r in d.execute("SELECT id, n FROM public.u ORDER BY id").fetchall()]
+        ev = [tuple(r) for r in d.execute('SELECT id, "at", v FROM public.ev ORDER BY id, "at"').fetchall()]
+        names = {r[0] for r in d.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    assert t == _pg(pgdb, "SELECT id, n, d, k, z::text FROM t ORDER BY id")
+    assert u == _pg(pgdb, "SELECT id, n FROM u ORDER BY id")
+    assert ev == _pg(pgdb, "SELECT id, at, v FROM ev ORDER BY id, at")
+    assert not {"ev_2024", "ev_2025", "ev_2026"} & names
