@@ -291,3 +291,65 @@ def test_streamed_schema_changes_end_equal_in_duckdb(pgdb, tmp_path):
     assert u == _pg(pgdb, "SELECT id, n FROM u ORDER BY id")
     assert ev == _pg(pgdb, "SELECT id, at, v FROM ev ORDER BY id, at")
     assert not {"ev_2024", "ev_2025", "ev_2026"} & names
+
+
+def test_the_rest_of_the_ddl_map_ends_equal_in_duckdb(pgdb, tmp_path):
+    """RENAME COLUMN, SET DEFAULT, DROP COLUMN, REPLICA IDENTITY FULL, a primary key added to a keyless table, a new
+    table in a schema publication, RENAME TABLE and DROP TABLE: DuckDB ends with what docs/ddl.md says."""
+    duck = tmp_path / "d.duckdb"
+    flow = {"id": "dm", "name": "dm",
+            "source": {"name": "pg", "type": "postgres", "options": {
+                "dsn": pgdb, "slot": "wallaby_dm", "publication": "wallaby_dm", "publication_schemas": "app",
+                "batch_timeout": "50ms"}},
+            "destinations": [{"name": "duck", "type": "duckdb", "options": {"dsn": str(duck), "drop_columns": True}}]}
+    path = tmp_path / "flow.json"
+    path.write_text(json.dumps(flow))
+    env = {**os.environ, "WALLABY_CHECKPOINT_BACKEND": "sqlite", "WALLABY_CHECKPOINT_PATH": str(tmp_path / "c.db"),
+           "WALLABY_EPOCH_INTERVAL": "1s", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+    def run() -> None:
+        r = subprocess.run([*WORKER, "-flow-file", str(path), "-max-empty-reads", "2"], env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE SCHEMA app")
+        c.execute("CREATE TABLE app.a (id int PRIMARY KEY, x text, y int)")
+        c.execute("CREATE TABLE app.k (id int, v text)")  # keyless
+        c.execute("CREATE TABLE app.gone (id int PRIMARY KEY)")
+    run()
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("INSERT INTO app.a SELECT g, 'x' || g, g FROM generate_series(1, 5) g")
+        c.execute("INSERT INTO app.k VALUES (1, 'a'), (2, 'b')")
+        c.execute("INSERT INTO app.gone VALUES (1)")
+    run()
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("ALTER TABLE app.a RENAME COLUMN x TO x2")
+        c.execute("ALTER TABLE app.a ALTER COLUMN y SET DEFAULT 99")
+        c.execute("UPDATE app.a SET x2 = 'renamed' WHERE id = 1")
+        c.execute("INSERT INTO app.a (id, x2) VALUES (6, 'six')")
+        c.execute("ALTER TABLE app.a DROP COLUMN y")
+        c.execute("UPDATE app.a SET x2 = 'after drop' WHERE id = 2")
+        c.execute("ALTER TABLE app.k REPLICA IDENTITY FULL")
+        c.execute("UPDATE app.k SET v = 'a2' WHERE id = 1")
+        c.execute("ALTER TABLE app.k ADD PRIMARY KEY (id)")
+        c.execute("UPDATE app.k SET v = 'b2' WHERE id = 2")
+        c.execute("DELETE FROM app.k WHERE id = 1")
+        c.execute("CREATE TABLE app.fresh (id int PRIMARY KEY, v text)")
+        c.execute("INSERT INTO app.fresh VALUES (1, 'new table')")
+        c.execute("DROP TABLE app.gone")
+    run()
+    with duckdb.connect(str(duck), read_only=True) as d:
+        a = [tuple(r) for r in d.execute("SELECT * FROM app.a ORDER BY id").fetchall()]
+        a_cols = [r[0] for r in d.execute("SELECT column_name FROM duckdb_columns() WHERE schema_name = 'app'"
+                                          " AND table_name = 'a' ORDER BY column_index").fetchall()]
+        k = [tuple(r) for r in d.execute("SELECT id, v FROM app.k ORDER BY id").fetchall()]
+        fresh = [tuple(r) for r in d.execute("SELECT * FROM app.fresh").fetchall()]
+        tables = {r[0] for r in d.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'app'")
+                  .fetchall()}
+    # a rename is a drop and an add (drop_columns=true: the old name goes); rows not changed since keep NULL there
+    assert a_cols == ["id", "x2"]
+    assert a == [(1, "renamed"), (2, "after drop"), (3, None), (4, None), (5, None), (6, "six")]
+    assert k == _pg(pgdb, "SELECT id, v FROM app.k ORDER BY id")
+    assert fresh == [(1, "new table")]
+    assert "gone" in tables  # DROP TABLE leaves the destination table (docs/ddl.md)

@@ -279,6 +279,7 @@ class _Pending:
     items: list[TableChanges | TruncateMark] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)  # drop_columns: source columns to drop after the apply
     staging: bool = False  # a staging table (batch_mode=staging): read rows appended as they are
+    fills: list[Column] = field(default_factory=list)  # columns added with a missing value: fill the older rows
 
 
 # --------------------------------------------------------------------------- writer
@@ -326,6 +327,8 @@ class DuckDBWriter(Writer):
         self._fresh: dict[tuple[str, str], bool] = {}
         self._reads_once = True  # every read row so far came from one snapshot (SnapshotMark.consistent)
         self._taken_in_batch: Position | None = None  # inside write(): the last position taken of its batch
+        self._applied_upto = ZERO  # every change at or below it is applied (committed or in the open transaction)
+        self._dml_tables: set[tuple[str, str]] = set()  # tables the open transaction wrote rows to
         self._warned: set[tuple[tuple[str, str], str, str]] = set()
         # (dest, column) -> the source type (pg type name) of the column as last applied (this writer's, or the
         # meta table's when the writer first meets the table): a change from it is a source type change
@@ -366,6 +369,7 @@ class DuckDBWriter(Writer):
         self._hw = HighWater.judged(source, name, Position(int(row[0]), int(row[1])) if row else ZERO,
                                     SourceIdentity.from_json(row[2]) if row else None,
                                     f"DuckDB {self._dsn_shown} (destination {name!r})")
+        self._applied_upto = self._hw.stored
         if row is not None and self._hw.stored == ZERO:  # discarded by a reset: gone for good, even if nothing comes
             self._con.execute(f"DELETE FROM {STATE_TABLE} WHERE flow_id = ? AND destination = ?", [flow_id, name])
         if resume_state and row is None:
@@ -422,24 +426,27 @@ class DuckDBWriter(Writer):
         self._check_usable()
         if self._pending:
             self._apply_pending()
-        if self._hw.pending:
-            self._begin()
-            where = "flow_id = ? AND destination = ?"
-            self._run(None, f"DELETE FROM {STATE_TABLE} WHERE {where}", [self.flow_id, self.name])
-            self._run(
-                None,
-                f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?, now(), ?)",
-                [self.flow_id, self.name, self._hw.taken.lsn, self._hw.taken.ordinal, source_json(self.source)],
-            )
-        if self._tx:
-            self._run(None, "COMMIT")
-            self._tx = False
-            self._tx_bytes = 0
-            self._hw.settle()
+        self._commit_at(self._hw.taken)
         stored = self._hw.stored
         if stored == ZERO:
             return None
         return {"lsn": stored.lsn, "ordinal": stored.ordinal}
+
+    def _commit_at(self, mark: Position) -> None:
+        """Commit the open transaction with the high-water ``mark``: every change at or below it is applied, none
+        above it (the epoch's end; or :attr:`_applied_upto` when a DDL must start a new transaction)."""
+        if mark > self._hw.stored:
+            self._begin()
+            where = "flow_id = ? AND destination = ?"
+            self._run(None, f"DELETE FROM {STATE_TABLE} WHERE {where}", [self.flow_id, self.name])
+            self._run(None, f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?, now(), ?)",
+                      [self.flow_id, self.name, mark.lsn, mark.ordinal, source_json(self.source)])
+        if self._tx:
+            self._run(None, "COMMIT")
+            self._tx = False
+            self._tx_bytes = 0
+            self._dml_tables.clear()
+            self._hw.stored = max(self._hw.stored, mark)
 
     def close(self) -> None:
         con = getattr(self, "_con", None)
@@ -520,16 +527,12 @@ class DuckDBWriter(Writer):
         last = next((i for i in reversed(p.items) if isinstance(i, TableChanges)), None)
         if last is not None and _cut_before(last.table, seg.table):
             # A column changed type, or appeared with a value for the rows before it, inside the epoch: what came
-            # before is applied and committed now, so old and new types never meet in one Arrow table (numeric(8,2)
-            # and bigint do not combine) and the rows older than a new column are in the table when it is filled;
-            # the table follows the new shape at the next apply, in a new transaction (DuckDB refuses to commit an
-            # ALTER of a table the same transaction deleted from). The high-water committed is the last change
-            # taken before this one, so a replay skips exactly what was applied.
+            # before is applied now, so old and new types never meet in one Arrow table (numeric(8,2) and bigint do
+            # not combine) and the rows older than a new column are in the table when it is filled; the table
+            # follows the new shape at the next apply (in a new transaction when DuckDB needs one: _apply_pending,
+            # committed at the last change taken before this one, so a replay skips exactly what was applied).
             p.table = last.table  # the shape of what is applied now (_pending_for moved it on already)
             self._apply_pending()
-            if self._taken_in_batch is not None:
-                self._hw.advance(self._taken_in_batch)
-            self.commit()
             p = self._pending_for(seg.table, p.staging)
         p.items.append(seg)
         self._buffered_rows += len(seg)
@@ -589,6 +592,7 @@ class DuckDBWriter(Writer):
         self._tables.clear()
         self._source_cols.clear()
         self._fresh.clear()
+        self._dml_tables.clear()
         self._meta_seen.clear()
         self._pending.clear()
         prefix = f"DuckDB {self._dsn_shown}, table {where}: " if where else f"DuckDB {self._dsn_shown}: "
@@ -601,6 +605,10 @@ class DuckDBWriter(Writer):
         self._buffered_rows = self._buffered_bytes = 0
         if not pending:
             return
+        if self._tx and any(self._needs_ddl(p) for p in pending.values()):
+            # DuckDB refuses to commit an ALTER of a table the same transaction deleted from or updated: what is
+            # applied so far is committed first (exactly: nothing of these pending changes is applied yet)
+            self._commit_at(self._applied_upto)
         self._begin()
         for p in pending.values():
             where = f"{p.dest[0]}.{p.dest[1]}"
@@ -620,6 +628,7 @@ class DuckDBWriter(Writer):
                 except duckdb.Error:
                     pass
         self.stats["applies"] += 1
+        self._applied_upto = max(self._hw.taken, self._taken_in_batch or ZERO)
 
     def _conversion_message(self, p: _Pending, detail: str) -> str:
         dest = self._tables.get(p.dest)
@@ -650,10 +659,26 @@ class DuckDBWriter(Writer):
             )
         return f"a value does not fit its DuckDB column type (map the type with type_mappings): {detail}"
 
+    def _needs_ddl(self, p: _Pending) -> bool:
+        """Whether applying ``p`` alters a table the open transaction wrote rows to (a column to add, retype,
+        widen or drop)."""
+        if p.dest not in self._dml_tables:
+            return False
+        dest = self._tables.get(p.dest) or self._load_dest(p.dest)
+        if dest is None:
+            return False
+        columns = self._columns_of(p.table, [i for i in p.items if isinstance(i, TableChanges)])
+        for name, c in columns.items():
+            have = dest.columns.get(name)
+            if have is None or canonical_type(duckdb_type(c, self._mappings)) != canonical_type(have):
+                return True
+        if self.options.drop_columns:
+            now = {c.name for c in p.table.columns}
+            return any(c not in now and c in dest.columns for c in self._previous_source_columns(p) or [])
+        return False
+
     def _apply_table(self, p: _Pending) -> None:
         self._apply_rows(p)
-        if p.gone:
-            self._drop_gone(p)
         self._source_cols[p.dest] = [c.name for c in p.table.columns]
         for c in p.table.columns:
             self._applied_types[(p.dest, c.name)] = c.type_name
@@ -662,7 +687,15 @@ class DuckDBWriter(Writer):
         segs = [i for i in p.items if isinstance(i, TableChanges)]
         columns = self._columns_of(p.table, segs)
         dest = self._ensure_table(p, columns)
+        if p.gone:  # before the rows (DuckDB alters no table after rows were deleted in the transaction)
+            dest = self._drop_gone(p)
+            columns = {n: c for n, c in columns.items() if n not in p.gone}
         qt = f"{q(p.dest[0])}.{q(p.dest[1])}"
+        if p.fills:
+            self._dml_tables.add(p.dest)
+            self._fill_missing(qt, p.fills)
+        if p.truncate or p.items:
+            self._dml_tables.add(p.dest)
         if p.truncate:
             self._con.execute(f"DELETE FROM {qt}")
         if not p.items:
@@ -698,8 +731,9 @@ class DuckDBWriter(Writer):
         self._fresh[p.dest] = fresh = bool(fresh and reads)
         return fresh
 
-    def _drop_gone(self, p: _Pending) -> None:
-        """drop_columns: drop the columns the source dropped, once the changes that still carried them are in."""
+    def _drop_gone(self, p: _Pending) -> DestTable:
+        """drop_columns: drop the columns the source dropped (before the epoch's rows are applied: the values the
+        older of them still carry for those columns would go with the columns anyway)."""
         qt = f"{q(p.dest[0])}.{q(p.dest[1])}"
         for name in p.gone:
             self._con.execute(f"ALTER TABLE {qt} DROP COLUMN IF EXISTS {q(name)}")
@@ -708,6 +742,7 @@ class DuckDBWriter(Writer):
         dest = self._load_dest(p.dest)
         assert dest is not None
         self._tables[p.dest] = dest
+        return dest
 
     def _previous_source_columns(self, p: _Pending) -> list[str] | None:
         """The source columns of the table's last applied shape: this writer's, else the meta table's."""
@@ -804,8 +839,7 @@ class DuckDBWriter(Writer):
                             have,
                             want,
                         )
-            if fills:  # after every ALTER: DuckDB refuses to commit an ALTER of a table updated in the transaction
-                self._fill_missing(qt, fills)
+            p.fills = fills  # filled after every ALTER (DuckDB alters no table updated in the transaction)
             if changed:
                 dest = self._load_dest(p.dest)
                 assert dest is not None

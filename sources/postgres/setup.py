@@ -210,7 +210,14 @@ def _prepare(conn: psycopg.Connection, opts, flow_id: str, server: str, system_i
 
         install_ddl_capture(conn, opts, flow_id)
     if not pub_exists:
-        if tables:
+        if opts.publication_schemas and version >= 150000:
+            # the schemas themselves, so a table created in them later is published too
+            target = "FOR TABLES IN SCHEMA " + ", ".join(quote_ident(x) for x in opts.publication_schemas)
+            listed = [t for t in (opts.publication_tables or [])
+                      if split_table(t)[0] not in set(opts.publication_schemas)]
+            if listed:
+                target += ", TABLE " + ", ".join(qualified_table(t) for t in listed)
+        elif tables:
             target = "FOR TABLE " + ", ".join(qualified_table(t) for t in tables)
         else:
             target = "FOR ALL TABLES"
