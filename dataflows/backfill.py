@@ -1,10 +1,11 @@
 """The backfill dataflow: what the flow's tables already hold, read in parts, through the flow's destinations.
 
-``wallaby-worker -mode backfill [-tables s.t,...] [-snapshot-workers N] [-partition-count K]`` builds it (so does
-``python -m bytewax.run dataflows.backfill:flow`` with ``WALLABY_FLOW_FILE`` / ``WALLABY_FLOW_ID`` and
-``WALLABY_BACKFILL_TABLES``). Its input partitions are the (table, part) pairs of
-:mod:`sources.postgres.snapshot`; its rows are changes of op ``read`` and go through the same metadata rewrite,
-wire formats and destinations as streamed changes (:func:`dataflows.flow.output_destinations`).
+``wallaby-worker -mode backfill [-tables s.t,...] [-snapshot-workers N] [-partition-count K] [-partition-column C]``
+builds it (so does ``python -m bytewax.run dataflows.backfill:flow`` with ``WALLABY_FLOW_FILE`` / ``WALLABY_FLOW_ID``
+and ``WALLABY_BACKFILL_TABLES``, the source option ``partition_column`` for the column). Its input partitions are the
+(table, part) pairs of :mod:`sources.postgres.snapshot` (ranges of heap blocks, or of the partition column's values);
+its rows are changes of op ``read`` and go through the same metadata rewrite, wire formats and destinations as
+streamed changes (:func:`dataflows.flow.output_destinations`).
 
 The hand-off to streaming (docs/ARCHITECTURE.md "Backfill"): before anything is read, the flow's publication and
 slot are made to exist (the same preparation as streaming, so the slot's consistent point C comes first); then one
@@ -35,8 +36,16 @@ from dataflows.flow import entry_flow, output_destinations, spec_from_env
 from dataflows.positions import RECOVERY_SOURCE_FILE, Start, open_recovery, prepare_start
 from dataflows.preflight import preflight
 from sources.postgres.connection import connect, server_name
-from sources.postgres.setup import split_table
-from sources.postgres.snapshot import Part, plan_parts, publication_tables, relation_blocks
+from sources.postgres.setup import publication_columns, qualified_table, split_table
+from sources.postgres.snapshot import (
+    KeyColumn,
+    Part,
+    key_column,
+    plan_key_parts,
+    plan_parts,
+    publication_tables,
+    relation_blocks,
+)
 from sources.postgres.snapshot_source import Progress, SnapshotSource
 from sources.postgres.snapshot_state import NoSnapshotState, SnapshotState, open_snapshot_state
 from wallaby.core.changes import ChangeBatch, SnapshotMark, parse_lsn
@@ -125,20 +134,99 @@ def backfill_tables(spec: FlowSpec, conn: psycopg.Connection, tables: list[str] 
     return list(dict.fromkeys(wanted))
 
 
-def plan(spec: FlowSpec, tables: list[str] | None, count: int | None) -> list[Part]:
+# Where a partition column comes from, for the errors that name it (wallaby-worker -partition-column says so itself).
+PARTITION_COLUMN_OPTION = "source.options.partition_column"
+
+
+def key_columns(conn: psycopg.Connection, tables: list[str], column: str, field: str) -> dict[str, KeyColumn]:
+    """``column`` in each of ``tables`` that has it (the others are left out: their parts are block ranges). One
+    :class:`ConfigError` naming table and column when none of them has it, or when its type has no btree ordering in
+    one of them (json, point, xml...)."""
+    found: dict[str, KeyColumn] = {}
+    problems, missing = [], []
+    for t in tables:
+        key = key_column(conn, t, column)
+        if key is None:
+            missing.append(t)
+        elif not key.orderable:
+            problems.append(FieldProblem(field, f"{t}.{column} is of type {key.type}, which has no btree ordering:"
+                                                f" {t} cannot be split in ranges of it; name a sortable column"
+                                                " (integers, uuid, text, timestamps...) or leave it out (ranges of"
+                                                " heap blocks)"))
+        else:
+            found[t] = key
+    if missing and not found and not problems:
+        hint = ""
+        if len(missing) == 1:
+            names = [r[0] for r in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                (qualified_table(missing[0]),)).fetchall()]
+            hint = did_you_mean(column, names)
+        problems.append(FieldProblem(field, f"table {missing[0]} has no column {column!r}{hint}" if len(missing) == 1
+                                     else f"none of the tables to backfill has a column {column!r}"
+                                          f" ({', '.join(missing)})"))
+    if problems:
+        raise ConfigError("backfill", problems)
+    return found
+
+
+def check_partition_column(spec: FlowSpec, tables: list[str] | None, column: str, field: str) -> None:
+    """Before anything is created (the publication, the slot): ``column`` judged by :func:`key_columns` in the
+    tables a backfill would read as far as they are known now: ``tables``, else the publication's and those the
+    source options name. :func:`plan` judges the tables it finds again."""
+    opts = spec.source_options()
+    with connect(opts.dsn, application_name=f"wallaby-backfill:{spec.id}") as conn:
+        known = {t for t, cols in publication_columns(conn, opts).items() if cols}  # the ones that exist
+        if tables:
+            wanted = [".".join(split_table(t.strip())) for t in tables if t.strip()]
+            known = {t for t in wanted if t in known or conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL", (qualified_table(t),)).fetchone()[0]}
+        if known:
+            key_columns(conn, sorted(known), column, field)
+
+
+def plan(spec: FlowSpec, tables: list[str] | None, count: int | None, column: str | None = None,
+         field: str = PARTITION_COLUMN_OPTION) -> list[Part]:
     """Every part of every table to backfill (``count`` parts per table, default the source's
-    ``partition_count``)."""
+    ``partition_count``): ranges of heap blocks, or with ``column`` ranges of its values (a table without that
+    column: block ranges, with a warning)."""
     opts = spec.source_options()
     per_table = count or opts.partition_count
     with connect(opts.dsn, application_name=f"wallaby-backfill:{spec.id}") as conn:
         names = backfill_tables(spec, conn, tables)
-        return [p for t in names for p in plan_parts(conn, t, per_table)]
+        if not column:
+            return [p for t in names for p in plan_parts(conn, t, per_table)]
+        keys = key_columns(conn, names, column, field)
+        parts: list[Part] = []
+        for t in names:
+            key = keys.get(t)
+            if key is None:
+                log.warning("backfill %s: no column %r: its %d parts are ranges of heap blocks", t, column,
+                            per_table, extra={"flow": spec.id})
+                parts += plan_parts(conn, t, per_table)
+                continue
+            planned, method = plan_key_parts(conn, t, per_table, key)
+            ranges = [p for p in planned if not p.nulls]
+            log.info("backfill %s: %d ranges of %s%s%s", t, len(ranges), column,
+                     f" (split points from {method}: {', '.join(repr(p.hi) for p in ranges[:-1])})"
+                     if len(ranges) > 1 else "",
+                     "" if key.not_null else f", and a part for the rows where {column} is NULL",
+                     extra={"flow": spec.id})
+            if not key.indexed:
+                log.warning("backfill %s: no btree index leads with %s: every chunk of its key ranges scans the"
+                            " table (index the column, or leave partition_column out for ranges of heap blocks)",
+                            t, column, extra={"flow": spec.id})
+            parts += planned
+        return parts
 
 
 def table_blocks(dsn: str, tables: set[str]) -> dict[str, int]:
-    """Each table's size in heap blocks now (what its progress counts to)."""
+    """Each table's size in heap blocks now (what its progress counts to; 0 for a table dropped since the plan:
+    its parts end empty, docs/backfill.md)."""
     with connect(dsn) as conn:
-        return {t: relation_blocks(conn, t) for t in sorted(tables)}
+        return {t: relation_blocks(conn, t) if conn.execute("SELECT to_regclass(%s)", (qualified_table(t),)
+                                                            ).fetchone()[0] is not None else 0
+                for t in sorted(tables)}
 
 
 class ProgressWriter:
@@ -218,14 +306,20 @@ def _save_plan(rdir: Path, parts: list[Part]) -> None:
 
 def prepare_backfill(spec: FlowSpec, checkpoints, tables: list[str] | None, count: int | None, *,
                      reset_all: bool = False, recovery_dir: Path | None = None,
-                     progress: Progress | None = None, readers: int | None = None
+                     progress: Progress | None = None, readers: int | None = None, column: str | None = None
                      ) -> tuple[Dataflow, Snapshot, list[Part]]:
     """Preflight, the flow's source prepared (publication, slot: before the snapshot), the snapshot, the plan.
     With ``recovery_dir`` (the backfill's bytewax recovery store), an unfinished backfill of this source found there
-    resumes with the parts it planned first (a part's resume point is a block of its own range)."""
+    resumes with the parts it planned first (a part's resume point is a block of its own range, or the last key it
+    read). ``column`` (``-partition-column``, default the source option ``partition_column``): parts are ranges of
+    its values; checked before anything is created."""
     preflight(spec)
     check_backfill(spec)
     opts = spec.source_options()
+    field = "-partition-column" if column else PARTITION_COLUMN_OPTION
+    column = column or opts.partition_column
+    if column:
+        check_partition_column(spec, tables, column, field)
     start = prepare_start(spec, checkpoints, reset_all=reset_all, export=opts.snapshot_consistent)
     stored = None
     if recovery_dir is not None:
@@ -241,7 +335,8 @@ def prepare_backfill(spec: FlowSpec, checkpoints, tables: list[str] | None, coun
         for p in stored:
             point = kept.resume_point(p, names)
             if point is not None:
-                starts[p.key] = {"next": point.next_block, "rows": point.rows, "done": point.done}
+                starts[p.key] = {"next": point.next_block, "rows": point.rows, "done": point.done,
+                                 "key": point.next_key}
     if start.plan.snapshot is not None:  # the slot was created now, in this snapshot: the hand-off is exact
         exported = start.plan.snapshot
         snapshot = Snapshot(exported.name, exported.lsn, _now_us(opts.dsn), exported.conn)
@@ -253,8 +348,12 @@ def prepare_backfill(spec: FlowSpec, checkpoints, tables: list[str] | None, coun
             log.info("flow %s: resuming an unfinished backfill (%s)%s", spec.id,
                      ", ".join(sorted({p.table for p in parts})),
                      f"; {len(starts)} parts from the snapshot state" if starts else "", extra={"flow": spec.id})
+            if (not any(p.column == column for p in parts)) if column else any(p.column for p in parts):
+                log.warning("flow %s: the unfinished backfill goes on with the parts it planned first (partition"
+                            " column %s), not by %s", spec.id, ", ".join(sorted({p.column for p in parts if p.column})),
+                            repr(column) if column else "heap blocks", extra={"flow": spec.id})
         else:
-            parts = plan(spec, tables, count)
+            parts = plan(spec, tables, count, column, field)
             state.start(spec.id, parts)
             if recovery_dir is not None:
                 _save_plan(recovery_dir, parts)
@@ -273,8 +372,14 @@ def flow_from_env() -> Dataflow:
     checkpoints = open_store()
     spec, _ = spec_from_env(checkpoints, "dataflows.backfill")
     tables = [t for t in os.environ.get("WALLABY_BACKFILL_TABLES", "").split(",") if t.strip()] or None
-    flow, _snapshot, _parts = prepare_backfill(spec, checkpoints, tables, None)
-    return flow  # the snapshot's connection stays open as long as this process runs
+    flow, snapshot, _parts = prepare_backfill(spec, checkpoints, tables, None)
+    _HELD.append(snapshot)  # the snapshot's connection stays open as long as this process runs (not collected)
+    return flow
+
+
+# What bytewax.run's backfill holds for its whole run: the snapshot (its connection, hence the exported snapshot the
+# parts import: closed when garbage-collected, and every part would then fail to import it).
+_HELD: list[Snapshot] = []
 
 
 def __getattr__(name: str) -> Dataflow:

@@ -7,12 +7,17 @@ import os
 import shutil
 import subprocess
 import time
+from types import SimpleNamespace
 
 import psycopg
 import pytest
 
+from sources.postgres.snapshot import Part, plan_parts
+from sources.postgres.snapshot_state import FileSnapshotState, PostgresSnapshotState
 from tests import WORKER
 from tests.apiserver import ROOT, current_lsn, duck_rows, flow_file, make_server, pg_rows, wait_streaming
+from wallaby.control.api.backfillstatus import backfill_status
+from wallaby.core.changes import SnapshotMark
 from wallaby.state.checkpoints import open_store
 
 GRPCURL_VERSION = "v1.9.4"
@@ -174,3 +179,133 @@ def test_publication_sync_snapshot_backfills_the_added_table_then_resumes(tmp_pa
         assert duck_rows(duck, "items") == pg_rows(pgdb, "items"), server.worker_log("snap")[-4000:]
     finally:
         server.stop()
+
+
+def _regclass(dsn: str, name: str):
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return c.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0]
+
+
+def test_backfill_status(tmp_path, pgdb):
+    """wallaby-admin backfill status: never ran (asking creates nothing on the source), finished after a backfill,
+    running while a backfill worker's session is on the source, unfinished with destinations that differ (a state
+    written as a killed run leaves it), nothing kept with snapshot_state_backend=none; an unknown flow is named."""
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE orders (id int PRIMARY KEY, note text); CREATE TABLE items (id int PRIMARY KEY)")
+        c.execute("INSERT INTO orders SELECT g, repeat('n', g % 100) FROM generate_series(1, 3000) g")
+        c.execute("INSERT INTO items SELECT generate_series(1, 500)")
+    server = make_server(tmp_path).start()
+    try:
+        path = flow_file(tmp_path, pgdb, "bfs", duck=tmp_path / "b.duckdb", tables="public.orders,public.items")
+        server.admin("flow", "create", "-file", str(path))
+        out = server.admin("backfill", "status", "-flow-id", "bfs").stdout
+        assert out.startswith("flow bfs: backfill never ran\nstate store: postgres, wallaby.snapshot_state in"), out
+        assert "no backfill of flow 'bfs' is stored" in out
+        assert _regclass(pgdb, "wallaby.snapshot_state") is None  # asking created nothing
+
+        done = subprocess.run([*WORKER, "-flow-id", "bfs", "-mode", "backfill", "-partition-count", "2"],
+                              env=server.env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-3000:]
+        got = server.admin_json("backfill", "status", "-flow-id", "bfs")
+        assert (got["state"], got["backend"]) == ("BACKFILL_STATE_FINISHED", "postgres")
+        assert "running_detail" not in got
+        assert {"started_at", "updated_at", "finished_at"} <= set(got)
+        tables = {t["table"]: t for t in got["tables"]}
+        assert list(tables) == ["public.items", "public.orders"]
+        for name, rows in (("public.items", "500"), ("public.orders", "3000")):
+            t = tables[name]
+            assert (t["state"], t["parts_total"], t["parts_done"], t["rows"]) == ("BACKFILL_STATE_FINISHED", 2, 2, rows)
+            assert t["destinations"] == [{"destination": "duck", "rows": rows, "parts_done": 2}]
+            assert [p["part"] for p in t["parts"]] == [f"{name}#1/2", f"{name}#2/2"]
+            assert all(p["done"] for p in t["parts"])
+            assert "started_at" in t and "updated_at" in t
+        out = server.admin("backfill", "status", "-flow-id", "bfs").stdout
+        assert out.startswith("flow bfs: backfill finished\n") and "started 20" in out and "finished 20" in out
+        rows = [line.split()[:4] for line in out.splitlines() if line.startswith("public.")]
+        assert rows == [["public.items", "finished", "2/2", "500"], ["public.orders", "finished", "2/2", "3000"]]
+
+        with psycopg.connect(pgdb, autocommit=True, application_name="wallaby-backfill:bfs"):  # a worker's session
+            got = server.admin_json("backfill", "status", "-flow-id", "bfs")
+            assert got["state"] == "BACKFILL_STATE_RUNNING" and got["running_detail"].startswith("1 session ")
+            out = server.admin("backfill", "status", "-flow-id", "bfs").stdout
+            assert out.startswith("flow bfs: backfill running\n") and "running: 1 session 'wallaby-backfill:bfs'" in out
+
+        # Two destinations, a run killed midway (the state as it leaves it): unfinished, destinations differ.
+        spec = json.loads(path.read_text())
+        spec.update(id="bfs2", name="bfs2")
+        spec["destinations"].append({"name": "duck2", "type": "duckdb", "options": {"dsn": str(tmp_path / "c.duckdb")}})
+        path2 = tmp_path / "bfs2.json"
+        path2.write_text(json.dumps(spec))
+        server.admin("flow", "create", "-file", str(path2))
+        with psycopg.connect(pgdb, autocommit=True) as c:
+            parts = plan_parts(c, "public.orders", 2)
+        state = PostgresSnapshotState(pgdb, "wallaby", "snapshot_state")
+        state.start("bfs2", parts)
+        first, second = parts[0].key, parts[1].key
+        state.record("bfs2", "duck", [SnapshotMark(first, parts[0].end_block, True, 1500),
+                                      SnapshotMark(second, parts[1].first_block + 1, False, 40)])
+        state.record("bfs2", "duck2", [SnapshotMark(first, 3, False, 700)])
+        got = server.admin_json("backfill", "status", "-flow-id", "bfs2")
+        assert got["state"] == "BACKFILL_STATE_UNFINISHED" and "finished_at" not in got
+        assert "wallaby-worker -flow-id bfs2 -mode backfill` resumes it" in got["note"]
+        [t] = got["tables"]
+        assert (t["state"], t.get("parts_done", 0), t["rows"], t["destinations_differ"]) == \
+            ("BACKFILL_STATE_UNFINISHED", 0, "700", True)
+        assert t["destinations"] == [{"destination": "duck", "rows": "1540", "parts_done": 1},
+                                     {"destination": "duck2", "rows": "700"}]
+        assert [p.get("rows") for p in t["parts"]] == ["700", None]  # per part: the least over the destinations
+        out = server.admin("backfill", "status", "-flow-id", "bfs2").stdout
+        lines = [line.split() for line in out.splitlines()]
+        i = next(n for n, words in enumerate(lines) if words[:1] == ["public.orders"])
+        assert lines[i][:4] == ["public.orders", "unfinished", "0/2", "700"], out
+        assert lines[i + 1] == ["duck", "1/2", "1540"] and lines[i + 2] == ["duck2", "0/2", "700"], out
+
+        # snapshot_state_backend=none: nothing kept; where to look instead
+        spec.update(id="bfn", name="bfn")
+        spec["source"]["options"]["snapshot_state_backend"] = "none"
+        path3 = tmp_path / "bfn.json"
+        path3.write_text(json.dumps(spec))
+        server.admin("flow", "create", "-file", str(path3))
+        out = server.admin("backfill", "status", "-flow-id", "bfn").stdout
+        assert out.startswith("flow bfn: backfill unknown (no state kept)\nstate store: none\n"), out
+        assert "no backfill state is kept for flow 'bfn'" in out and "bfn.log" in out
+
+        missing = server.admin("backfill", "status", "-flow-id", "nope", check=False)
+        assert missing.returncode == 1 and "NOT_FOUND: no flow 'nope'" in missing.stderr
+        assert "wallaby-admin flow list" in missing.stderr
+        usage = server.admin("backfill", "status", check=False)
+        assert usage.returncode == 2 and "-flow-id" in usage.stderr
+    finally:
+        server.stop()
+
+
+def test_backfill_status_from_a_state_file_of_before(tmp_path, pgdb):
+    """snapshot_state_backend=file: a state file written before the status times were kept (no started_at,
+    finished_at, part_updated_at) still reads, without times; a file that is not there is a backfill that never
+    ran; one of the current kind gives each table's last update."""
+    path = tmp_path / "state.json"
+    opts = SimpleNamespace(dsn=pgdb, snapshot_state_backend="file", snapshot_state_path=str(path))
+    assert backfill_status("f", opts, ["duck"]).state == "never_ran"
+    assert not path.exists()  # asking created nothing
+    path.write_text(json.dumps({"f": {
+        "parts": [{"table": "public.t", "index": 0, "count": 2, "first_block": 0, "end_block": 5},
+                  {"table": "public.t", "index": 1, "count": 2, "first_block": 5, "end_block": None}],
+        "progress": {"duck": {"public.t#1/2": {"next_block": 5, "rows": 100, "done": True},
+                              "public.t#2/2": {"next_block": 7, "rows": 20, "done": False}}},
+        "finished": False}}))
+    st = backfill_status("f", opts, ["duck"])
+    assert (st.state, st.started_at, st.updated_at, st.finished_at) == ("unfinished", None, None, None)
+    [t] = st.tables
+    assert (t.table, t.state, t.parts_done, t.parts_total, t.rows, t.destinations_differ) == \
+        ("public.t", "unfinished", 1, 2, 120, False)
+    assert [(p.part, p.next_block, p.rows, p.done) for p in t.parts] == \
+        [("public.t#1/2", 5, 100, True), ("public.t#2/2", 7, 20, False)]
+    # the current kind: started, each part's last record, finished
+    store = FileSnapshotState(str(path))
+    store.start("g", [Part("public.t", 0, 1, 0, None)])
+    store.record("g", "duck", [SnapshotMark("public.t#1/1", 9, True, 50)])
+    store.finish("g")
+    st = backfill_status("g", opts, ["duck"])
+    assert st.state == "finished" and None not in (st.started_at, st.updated_at, st.finished_at)
+    assert st.tables[0].updated_at == st.updated_at and st.tables[0].rows == 50
+    assert backfill_status("f", opts, ["duck"]).state == "unfinished"  # the other flow's entry is untouched

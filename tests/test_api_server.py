@@ -176,6 +176,24 @@ def test_status_codes_and_field_names(tmp_path, pgdb):
         store = open_store(server.env)
         assert store.flow_store.get("sec").spec["source"]["options"]["dsn"] == secret_dsn
         assert store.flow_store.get("sec").spec["parallelism"] == 2
+
+        # GetBackfillStatus: the flow named, a clear error for what is missing, never a password.
+        status = flows.GetBackfillStatus(flow_pb2.GetBackfillStatusRequest(flow_id="sec"), metadata=md, timeout=30)
+        assert status.state == flow_pb2.BACKFILL_STATE_NEVER_RAN and "hunter2" not in str(status)
+        assert code_of(flows.GetBackfillStatus, flow_pb2.GetBackfillStatusRequest())[0] == \
+            grpc.StatusCode.INVALID_ARGUMENT
+        code, details = code_of(flows.GetBackfillStatus, flow_pb2.GetBackfillStatusRequest(flow_id="nope"))
+        assert code == grpc.StatusCode.NOT_FOUND and "no flow 'nope'" in details and "flow list" in details
+        away = _flow_msg("postgresql://u:hunter2@127.0.0.1:1/db?connect_timeout=2", "away")
+        flows.CreateFlow(flow_pb2.CreateFlowRequest(flow=away), metadata=md)  # accepted: the source is checked later
+        code, details = code_of(flows.GetBackfillStatus, flow_pb2.GetBackfillStatusRequest(flow_id="away"))
+        assert code == grpc.StatusCode.UNAVAILABLE and "127.0.0.1:1" in details and "hunter2" not in details
+        bare = store.flow_store.get("ok").spec
+        bare["source"]["options"] = {}
+        store.flow_store.create("bare", "bare", bare)
+        code, details = code_of(flows.GetBackfillStatus, flow_pb2.GetBackfillStatusRequest(flow_id="bare"))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "flow 'bare' has no source options" in details
+        assert "wallaby-admin flow update" in details
         store.close()
         assert "hunter2" not in server.log_path.read_text()
     finally:

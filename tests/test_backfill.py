@@ -197,7 +197,7 @@ def test_backfill_refuses_what_it_cannot_do(pgdb, tmp_path):
     out = _worker(tmp_path, flow, "-mode", "backfill", "-tables", "public.other")
     assert out.returncode == 2, out.stderr
     assert "public.other is not in the flow's publication" in out.stderr
-    out = _worker(tmp_path, flow, "-mode", "backfill", "-partition-column", "id")
+    out = _worker(tmp_path, flow, "-mode", "backfill", "-partition-column", "nope")  # in none of the tables
     assert out.returncode == 2 and "-partition-column" in out.stderr
     out = _worker(tmp_path, flow, "-tables", "public.acct")
     assert out.returncode == 2 and "-tables: applies to -mode backfill" in out.stderr

@@ -34,7 +34,7 @@ def test_service_and_method_names_match_the_upstream_api():
             "PauseFlow", "ResumeFlow", "StopFlow", "RunFlowOnce", "CleanupFlow", "ListReplicationSlots",
             "GetReplicationSlot",
             "DropReplicationSlot", "ListPublicationTables", "AddPublicationTables", "DropPublicationTables",
-            "SyncPublicationTables"} <= set(methods["wallaby.v1.FlowService"])
+            "SyncPublicationTables", "ResolveStaging", "GetBackfillStatus"} <= set(methods["wallaby.v1.FlowService"])
     assert {"ListPendingDDL", "ListDDL", "ApproveDDL", "RejectDDL"} <= set(methods["wallaby.v1.DDLService"])
     assert methods["wallaby.v1.StreamService"] == ["Pull", "Ack", "Replay"]
     assert methods["wallaby.v1.IngestService"] == ["IngestBatch"]

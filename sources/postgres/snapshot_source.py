@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from sources.postgres.snapshot import Part, PartReader
-from wallaby.core.changes import ChangeBatch, SnapshotMark
+from sources.postgres.snapshot import Chunk, Part, PartReader, TableDroppedError
+from wallaby.core.changes import SNAPSHOT_PART_SHIFT, ChangeBatch, SnapshotMark
 from wallaby.core.runtime import tune_gc, tune_memory
 
 log = logging.getLogger("wallaby.backfill")
@@ -50,6 +51,7 @@ class TableProgress:
     rows: int = 0
     parts_done: int = 0
     started: float = field(default_factory=time.monotonic)
+    keyed: bool = False  # parts are key ranges: progress is told in parts, not blocks
 
     @property
     def rate(self) -> float:
@@ -72,6 +74,7 @@ class Progress:
             for p in parts:
                 t = self.tables.setdefault(p.table, TableProgress(p.table, p.count, blocks.get(p.table, 0)))
                 t.parts = p.count
+                t.keyed = t.keyed or p.column is not None
 
     def advance(self, part: Part, blocks: int, rows: int, done: bool) -> None:
         with self.lock:
@@ -87,7 +90,7 @@ class Progress:
         if finished or now - self._logged.get(t.table, t.started) >= PROGRESS_LOG_EVERY:
             self._logged[t.table] = now
             log.info("backfill %s: %d rows (%.0f rows/s), %d of %d parts done%s", t.table, t.rows, t.rate,
-                     t.parts_done, t.parts, "" if finished else f", block {t.read_blocks} of ~{t.blocks}",
+                     t.parts_done, t.parts, "" if finished or t.keyed else f", block {t.read_blocks} of ~{t.blocks}",
                      extra={"flow": self.flow_id})
 
     def close(self) -> None:
@@ -135,7 +138,10 @@ class _PartPartition(StatefulSourcePartition):
         self.done = bool(state.get("done", False))
         self.rows = int(state.get("rows", 0))
         self.resume_block: int | None = state.get("next")
-        self.resumed = bool(state)
+        # a key-range part goes on after the last key committed (text of the column's type; None: from its start)
+        self.resume_key: str | None = state.get("key") if part.by_key else None
+        self.resumed = bool(state) and not part.by_key  # resumed at a block (a key-range part logs its key)
+        self.resumed_at_key = bool(state) and part.by_key and not self.done
         self.reader: PartReader | None = None
         self.slot: threading.BoundedSemaphore | None = None
         self.awake: datetime | None = None
@@ -148,7 +154,11 @@ class _PartPartition(StatefulSourcePartition):
         return []
 
     def _open(self) -> bool:
-        """Take a reader slot and open the part's reader; False when every slot is taken."""
+        """Take a reader slot and open the part's reader; False when every slot is taken.
+
+        The part's table is locked (ACCESS SHARE, what its reads take anyway) as the reader opens, so a DROP TABLE
+        from then on waits for the part's end. A table already gone (dropped since the plan or the snapshot) gives
+        a reader of nothing: the part ends with 0 rows and a warning, and the other parts go on."""
         pool, slots = self.src.shared()
         if not slots.acquire(blocking=False):
             return False
@@ -158,6 +168,12 @@ class _PartPartition(StatefulSourcePartition):
             self.reader = PartReader(src.dsn, self.part, src.publication, snapshot=src.snapshot,
                                      snapshot_lsn=src.snapshot_lsn, snapshot_ts=src.snapshot_ts, flow_id=src.flow_id,
                                      next_block=self.resume_block, pool=pool)
+        except (TableDroppedError, psycopg.errors.UndefinedTable):  # the catalog names only the part's table
+            if self.reader is not None:
+                self.reader.close()
+            self.reader = _NothingToRead(src, self.part, self.resume_block)
+            log.warning("backfill %s: table %s does not exist any more (dropped during the backfill): the part"
+                        " ends with 0 rows", self.part.key, self.part.table, extra={"flow": src.flow_id})
         except BaseException:
             self._release()
             raise
@@ -181,6 +197,12 @@ class _PartPartition(StatefulSourcePartition):
         if self.reader is None:
             if not self._open():
                 return self._later()
+            if self.resumed_at_key:
+                if self.resume_key is not None:
+                    self.reader.seek(self.resume_key)
+                log.info("backfill %s: resuming %s (%d rows read before)", self.part.key,
+                         "from its start" if self.resume_key is None else f"at key {self.resume_key!r}", self.rows,
+                         extra={"flow": self.src.flow_id})
         elif not self.reader.ready():
             return self._later()
         assert self.reader is not None
@@ -189,7 +211,8 @@ class _PartPartition(StatefulSourcePartition):
         self.done = chunk.done
         rows = len(chunk.changes) if chunk.changes is not None else 0
         self.rows += rows
-        mark = SnapshotMark(self.part.key, chunk.next_block, self.done, self.rows, self.src.snapshot is not None)
+        mark = SnapshotMark(self.part.key, chunk.next_block, self.done, self.rows, self.src.snapshot is not None,
+                            next_key=chunk.next_key if self.part.by_key else None)
         out = [(self.src.flow_id, self.reader.batch(self.src.flow_id, chunk.changes if rows else None, mark))]
         self.src.progress.advance(self.part, max(chunk.next_block - before, 0), rows, self.done)
         if self.done:
@@ -202,8 +225,32 @@ class _PartPartition(StatefulSourcePartition):
         return self.awake
 
     def snapshot(self) -> dict:
-        return {"next": self.reader.next_block if self.reader is not None else self.resume_block,
-                "done": self.done, "rows": self.rows}
+        """``{"next": block, "done", "rows"}``; a key-range part adds ``"key"``: the last key read (its text)."""
+        state = {"next": self.reader.next_block if self.reader is not None else self.resume_block,
+                 "done": self.done, "rows": self.rows}
+        if self.part.by_key:
+            state["key"] = self.reader.next_key if self.reader is not None else self.resume_key
+        return state
 
     def close(self) -> None:
         self._release()
+
+
+class _NothingToRead(PartReader):
+    """The reader of a part whose table is gone: no connection, no rows, done at its first read."""
+
+    def __init__(self, src: SnapshotSource, part: Part, next_block: int | None):  # nothing asked of the server
+        self.part, self.pool, self._ahead = part, None, None
+        self.snapshot_lsn, self.snapshot_ts = src.snapshot_lsn, src.snapshot_ts
+        self.ordinal_base = (part.index + 1) << SNAPSHOT_PART_SHIFT
+        self.next_block = part.first_block if next_block is None else next_block
+        self.next_key: str | None = None  # a key-range part: where it stands (seek sets it when resumed)
+
+    def ready(self) -> bool:
+        return True
+
+    def read(self, first_row: int = 1) -> Any:
+        return Chunk(None, self.next_block, True, self.next_key)
+
+    def close(self) -> None:
+        pass

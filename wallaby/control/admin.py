@@ -7,6 +7,7 @@
     wallaby-admin flow start|pause|resume|stop|delete|run-once -flow-id ID
     wallaby-admin flow cleanup -flow-id ID [-drop-slot] [-drop-publication] [-drop-source-state]  (none: all three)
     wallaby-admin flow resolve-staging -flow-id ID [-tables s.t1,s.t2 | -schemas a,b] [-dest NAME]  (flow not running)
+    wallaby-admin backfill status -flow-id ID  (per table: parts done, rows read, times; running, unfinished, finished)
     wallaby-admin publication list -flow-id ID
     wallaby-admin publication sync -flow-id ID [-schemas a,b] [-tables s.t1,s.t2] [-mode add|sync] [-pause] [-resume]
                                    [-snapshot]
@@ -129,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
     _flag(c, "tables", default="", help="comma-separated schema.table names (default: every staged table)")
     _flag(c, "schemas", default="", help="comma-separated schemas whose tables are resolved")
     _flag(c, "dest", default="", help="only this destination (default: every destination that stages loads)")
+
+    bf = group("backfill", "see what a flow's backfill (wallaby-worker -mode backfill) has done")
+    cmd(bf, "status", "per table: parts done, rows read (the least over the destinations, each one's when they"
+                      " differ), when it started and last moved; whether the backfill is running, unfinished (it"
+                      " resumes), finished or never ran. From the flow's snapshot state store")
 
     pub = group("publication", "list and change the tables of a flow's publication")
     cmd(pub, "list", "list the publication's tables")
@@ -358,6 +364,42 @@ def _staging_text(resp: flow_pb2.ResolveStagingResponse, flow_id: str) -> str:
     return table(("DESTINATION", "TABLE", "STAGING_TABLE", "RESOLUTION", "ROWS"), rows)
 
 
+BACKFILL_STATE_WORDS = {"never_ran": "never ran", "unknown": "unknown (no state kept)"}
+
+
+def _moment(ts: Any) -> str:
+    return ts.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds") if ts.seconds or ts.nanos else ""
+
+
+def _backfill_text(resp: flow_pb2.GetBackfillStatusResponse, flow_id: str) -> str:
+    """``backfill status``: a head (state, store, times), a row per table (and per destination where they differ),
+    the note."""
+    def word(state: int) -> str:
+        short = _short(flow_pb2.BackfillState, state)
+        return BACKFILL_STATE_WORDS.get(short, short)
+
+    lines = [f"flow {resp.flow_id or flow_id}: backfill {word(resp.state)}",
+             f"state store: {resp.backend}" + (f", {resp.location}" if resp.location else "")]
+    times = [f"{k} {_moment(v)}" for k, v in (("started", resp.started_at), ("updated", resp.updated_at),
+                                               ("finished", resp.finished_at)) if _moment(v)]
+    if times:
+        lines.append(", ".join(times))
+    if resp.running_detail:
+        lines.append(f"running: {resp.running_detail}")
+    if resp.tables:
+        rows: list[tuple] = []
+        for t in resp.tables:
+            rows.append((t.table, word(t.state), f"{t.parts_done}/{t.parts_total}", t.rows, _moment(t.started_at),
+                         _moment(t.updated_at)))
+            if t.destinations_differ:
+                rows += [(f"  {d.destination}", "", f"{d.parts_done}/{t.parts_total}", d.rows, "", "")
+                         for d in t.destinations]
+        lines += ["", table(("TABLE", "STATE", "PARTS", "ROWS", "STARTED", "UPDATED"), rows)]
+    if resp.note:
+        lines += ["", resp.note]
+    return "\n".join(lines)
+
+
 def _render(resp: Message, args: argparse.Namespace) -> str:
     """The table text of a response (the JSON is generic)."""
     key = (args.group, args.cmd)
@@ -375,6 +417,8 @@ def _render(resp: Message, args: argparse.Namespace) -> str:
         return f"flow {args.flow_id}: {'cleaned up' if resp.cleaned else 'nothing cleaned'}"
     if key == ("flow", "resolve-staging"):
         return _staging_text(resp, args.flow_id)
+    if key == ("backfill", "status"):
+        return _backfill_text(resp, args.flow_id)
     if args.group == "flow":
         return f"flow {resp.id or resp.name}: {_short(types_pb2.FlowState, resp.state)} (generation {resp.generation})"
     if key == ("publication", "list"):
@@ -416,6 +460,7 @@ BY_FLOW_ID: dict[tuple[str, str], tuple[str, str, Any]] = {
     **{("flow", c): ("flow", m, getattr(flow_pb2, f"{m}Request")) for c, m in (
         ("get", "GetFlow"), ("start", "StartFlow"), ("pause", "PauseFlow"), ("resume", "ResumeFlow"),
         ("stop", "StopFlow"), ("delete", "DeleteFlow"), ("run-once", "RunFlowOnce"))},
+    ("backfill", "status"): ("flow", "GetBackfillStatus", flow_pb2.GetBackfillStatusRequest),
     ("publication", "list"): ("flow", "ListPublicationTables", flow_pb2.ListPublicationTablesRequest),
     ("slot", "list"): ("flow", "ListReplicationSlots", flow_pb2.ListReplicationSlotsRequest),
     ("slot", "get"): ("flow", "GetReplicationSlot", flow_pb2.GetReplicationSlotRequest),

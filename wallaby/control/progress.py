@@ -1,4 +1,5 @@
-"""A backfill's progress on a terminal: one bar per table (rows, rows/s, blocks, parts done, time left).
+"""A backfill's progress on a terminal: one bar per table (rows, rows/s, blocks or key-range parts, parts done,
+time left).
 
 ``wallaby-worker -mode backfill`` uses it when its stderr is a terminal; elsewhere (a service, a file, the API
 server's workers) the backfill logs a structured line per table instead
@@ -31,11 +32,13 @@ class TerminalProgress(LogProgress):
 
     def changed(self, t: TableProgress) -> None:
         task = self.tasks.get(t.table)
+        total = max(t.parts if t.keyed else t.blocks, 1)  # key-range parts: the bar counts parts, not blocks
         if task is None:
-            task = self.tasks[t.table] = self.bars.add_task(t.table, total=max(t.blocks, 1), rows=0, rate=0.0,
+            task = self.tasks[t.table] = self.bars.add_task(t.table, total=total, rows=0, rate=0.0,
                                                             done=0, parts=t.parts)
         finished = t.parts_done >= t.parts
-        self.bars.update(task, completed=max(t.blocks, 1) if finished else min(t.read_blocks, t.blocks),
+        done = t.parts_done if t.keyed else min(t.read_blocks, t.blocks)
+        self.bars.update(task, total=total, completed=total if finished else done,
                          rows=t.rows, rate=t.rate, done=t.parts_done, parts=t.parts)
 
     def close(self) -> None:

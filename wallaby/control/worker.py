@@ -98,10 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-snapshot-workers", "--snapshot-workers", dest="snapshot_workers", type=int, default=None,
                    help="backfill: parts read at once (default: the source option snapshot_workers, 1)")
     p.add_argument("-partition-count", "--partition-count", dest="partition_count", type=int, default=None,
-                   help="backfill: parts per table, ranges of its heap blocks (default: the source option"
-                        " partition_count, 1)")
+                   help="backfill: parts per table, ranges of its heap blocks or of -partition-column's values"
+                        " (default: the source option partition_count, 1)")
     p.add_argument("-partition-column", "--partition-column", dest="partition_column", default=None,
-                   help="backfill: not available in this version (tables are split by heap block ranges)")
+                   help="backfill: split each table in ranges of this column's values (bigint, uuid, text,"
+                        " timestamptz, any type with a btree ordering; best with an index on it) instead of ranges"
+                        " of heap blocks; a table without the column keeps block ranges, rows where it is NULL get"
+                        " a part of their own (default: the source option partition_column)")
     p.add_argument("-resolve-staging", "--resolve-staging", dest="resolve_staging", action="store_true",
                    help="resolve staged tables (batch_mode=staging) into their targets by batch_resolution: after"
                         " the backfill with -mode backfill, else now (the -tables given, default all) and exit")
@@ -178,9 +181,9 @@ def run_backfill(args: argparse.Namespace, spec, checkpoints) -> int:
     from its own recovery store (``<flow>.backfill`` beside the stream's) with the same parts; finished, the
     store is removed, so the next backfill reads everything again."""
     problems = []
-    if args.partition_column is not None:
-        problems.append(_problem("-partition-column", "not available in this version: a backfill splits a table by"
-                                 " ranges of its heap blocks (each block read once whatever the keys); leave it out"))
+    if args.partition_column is not None and not args.partition_column.strip():
+        problems.append(_problem("-partition-column", "names a column of the tables to backfill; leave it out to"
+                                 " split them by ranges of heap blocks"))
     if args.start_lsn:
         problems.append(_problem("-start-lsn", "applies to -mode stream"))
     for flag, value in (("-snapshot-workers", args.snapshot_workers), ("-partition-count", args.partition_count)):
@@ -198,7 +201,7 @@ def run_backfill(args: argparse.Namespace, spec, checkpoints) -> int:
     progress = TerminalProgress(spec.id) if sys.stderr.isatty() else None
     flow, snapshot, parts = prepare_backfill(spec, checkpoints, tables, args.partition_count,
                                              reset_all=args.reset_position, recovery_dir=rdir, progress=progress,
-                                             readers=readers)
+                                             readers=readers, column=args.partition_column)
     log.info("flow %s: backfill recovery store %s", spec.id, rdir)
     try:
         _run_dataflow(flow, rdir, epoch)  # one bytewax worker: the parts' readers are threads of their own

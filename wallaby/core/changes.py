@@ -231,13 +231,16 @@ class SnapshotMark:
     """Where a backfill's part stood after the chunk a batch carries: the part (``public.users#2/4``), the heap
     block it goes on from, whether it is done, and the rows it has read. A destination's progress is the last mark it
     committed (sources/postgres/snapshot_state.py). ``consistent``: every part of the backfill reads one snapshot,
-    so each row is read once (False: each part its own snapshot, and a row moved between parts can come twice)."""
+    so each row is read once (False: each part its own snapshot, and a row moved between parts can come twice).
+    ``next_key``: a part of a key range (``partition_column``) goes on after this key (the column type's text; None:
+    from the range's start), its ``next_block`` then stays its first."""
 
     part: str
     next_block: int
     done: bool
     rows: int
     consistent: bool = True
+    next_key: str | None = None
 
 
 # A backfill row's ordinal: (its part's number << SNAPSHOT_PART_SHIFT) | its row number within the part, so every

@@ -151,6 +151,7 @@ class Settings:
     worker_log_dir: str = "~/.wallaby/logs"
     run_once_empty_reads: int = 1
     backfill_chunk_blocks: int = 1024
+    backfill_chunk_rows: int = 0  # 0: backfill_chunk_blocks blocks' worth of rows (key-range parts)
 
 
 # variable -> (Settings field, parser). What each does is documented where it is used and in docs/.
@@ -175,6 +176,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WALLABY_WORKER_LOG_DIR": ("worker_log_dir", path),
     "WALLABY_RUN_ONCE_EMPTY_READS": ("run_once_empty_reads", count(1)),
     "WALLABY_BACKFILL_CHUNK_BLOCKS": ("backfill_chunk_blocks", count(1)),  # sources/postgres/snapshot.py
+    "WALLABY_BACKFILL_CHUNK_ROWS": ("backfill_chunk_rows", count(0)),  # key-range parts; 0: by the chunk's blocks
 }
 
 

@@ -1,11 +1,30 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from wallaby.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class BackfillState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BACKFILL_STATE_UNSPECIFIED: _ClassVar[BackfillState]
+    BACKFILL_STATE_NEVER_RAN: _ClassVar[BackfillState]
+    BACKFILL_STATE_RUNNING: _ClassVar[BackfillState]
+    BACKFILL_STATE_UNFINISHED: _ClassVar[BackfillState]
+    BACKFILL_STATE_FINISHED: _ClassVar[BackfillState]
+    BACKFILL_STATE_UNKNOWN: _ClassVar[BackfillState]
+BACKFILL_STATE_UNSPECIFIED: BackfillState
+BACKFILL_STATE_NEVER_RAN: BackfillState
+BACKFILL_STATE_RUNNING: BackfillState
+BACKFILL_STATE_UNFINISHED: BackfillState
+BACKFILL_STATE_FINISHED: BackfillState
+BACKFILL_STATE_UNKNOWN: BackfillState
 
 class CreateFlowRequest(_message.Message):
     __slots__ = ("flow", "start_immediately")
@@ -426,3 +445,85 @@ class ResolveStagingResponse(_message.Message):
     flow_id: str
     tables: _containers.RepeatedCompositeFieldContainer[ResolvedStagingTable]
     def __init__(self, flow_id: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[ResolvedStagingTable, _Mapping]]] = ...) -> None: ...
+
+class GetBackfillStatusRequest(_message.Message):
+    __slots__ = ("flow_id",)
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    def __init__(self, flow_id: _Optional[str] = ...) -> None: ...
+
+class BackfillDestinationProgress(_message.Message):
+    __slots__ = ("destination", "rows", "parts_done")
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    PARTS_DONE_FIELD_NUMBER: _ClassVar[int]
+    destination: str
+    rows: int
+    parts_done: int
+    def __init__(self, destination: _Optional[str] = ..., rows: _Optional[int] = ..., parts_done: _Optional[int] = ...) -> None: ...
+
+class BackfillPart(_message.Message):
+    __slots__ = ("part", "first_block", "end_block", "next_block", "rows", "done", "next_key")
+    PART_FIELD_NUMBER: _ClassVar[int]
+    FIRST_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    END_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    NEXT_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_KEY_FIELD_NUMBER: _ClassVar[int]
+    part: str
+    first_block: int
+    end_block: int
+    next_block: int
+    rows: int
+    done: bool
+    next_key: str
+    def __init__(self, part: _Optional[str] = ..., first_block: _Optional[int] = ..., end_block: _Optional[int] = ..., next_block: _Optional[int] = ..., rows: _Optional[int] = ..., done: _Optional[bool] = ..., next_key: _Optional[str] = ...) -> None: ...
+
+class BackfillTableStatus(_message.Message):
+    __slots__ = ("table", "state", "parts_total", "parts_done", "rows", "destinations", "destinations_differ", "started_at", "updated_at", "parts")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PARTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PARTS_DONE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
+    DESTINATIONS_DIFFER_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    state: BackfillState
+    parts_total: int
+    parts_done: int
+    rows: int
+    destinations: _containers.RepeatedCompositeFieldContainer[BackfillDestinationProgress]
+    destinations_differ: bool
+    started_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    parts: _containers.RepeatedCompositeFieldContainer[BackfillPart]
+    def __init__(self, table: _Optional[str] = ..., state: _Optional[_Union[BackfillState, str]] = ..., parts_total: _Optional[int] = ..., parts_done: _Optional[int] = ..., rows: _Optional[int] = ..., destinations: _Optional[_Iterable[_Union[BackfillDestinationProgress, _Mapping]]] = ..., destinations_differ: _Optional[bool] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., parts: _Optional[_Iterable[_Union[BackfillPart, _Mapping]]] = ...) -> None: ...
+
+class GetBackfillStatusResponse(_message.Message):
+    __slots__ = ("flow_id", "state", "backend", "location", "tables", "started_at", "updated_at", "finished_at", "running_detail", "note")
+    FLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    flow_id: str
+    state: BackfillState
+    backend: str
+    location: str
+    tables: _containers.RepeatedCompositeFieldContainer[BackfillTableStatus]
+    started_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    finished_at: _timestamp_pb2.Timestamp
+    running_detail: str
+    note: str
+    def __init__(self, flow_id: _Optional[str] = ..., state: _Optional[_Union[BackfillState, str]] = ..., backend: _Optional[str] = ..., location: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[BackfillTableStatus, _Mapping]]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., running_detail: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...

@@ -141,6 +141,11 @@ class FlowServiceStub:
                 request_serializer=wallaby_dot_v1_dot_flow__pb2.ResolveStagingRequest.SerializeToString,
                 response_deserializer=wallaby_dot_v1_dot_flow__pb2.ResolveStagingResponse.FromString,
                 _registered_method=True)
+        self.GetBackfillStatus = channel.unary_unary(
+                '/wallaby.v1.FlowService/GetBackfillStatus',
+                request_serializer=wallaby_dot_v1_dot_flow__pb2.GetBackfillStatusRequest.SerializeToString,
+                response_deserializer=wallaby_dot_v1_dot_flow__pb2.GetBackfillStatusResponse.FromString,
+                _registered_method=True)
 
 
 class FlowServiceServicer:
@@ -279,6 +284,14 @@ class FlowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBackfillStatus(self, request, context):
+        """What the flow's backfill has done, from its snapshot state store (source option snapshot_state_backend): per
+        table the parts done, the rows read, the times; whether it runs now, was left unfinished, finished or never ran.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -386,6 +399,11 @@ def add_FlowServiceServicer_to_server(servicer, server):
                     servicer.ResolveStaging,
                     request_deserializer=wallaby_dot_v1_dot_flow__pb2.ResolveStagingRequest.FromString,
                     response_serializer=wallaby_dot_v1_dot_flow__pb2.ResolveStagingResponse.SerializeToString,
+            ),
+            'GetBackfillStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBackfillStatus,
+                    request_deserializer=wallaby_dot_v1_dot_flow__pb2.GetBackfillStatusRequest.FromString,
+                    response_serializer=wallaby_dot_v1_dot_flow__pb2.GetBackfillStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -956,6 +974,33 @@ class FlowService:
             '/wallaby.v1.FlowService/ResolveStaging',
             wallaby_dot_v1_dot_flow__pb2.ResolveStagingRequest.SerializeToString,
             wallaby_dot_v1_dot_flow__pb2.ResolveStagingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBackfillStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallaby.v1.FlowService/GetBackfillStatus',
+            wallaby_dot_v1_dot_flow__pb2.GetBackfillStatusRequest.SerializeToString,
+            wallaby_dot_v1_dot_flow__pb2.GetBackfillStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

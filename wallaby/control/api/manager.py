@@ -245,6 +245,13 @@ class FlowManager:
             log.info("flow %s: backfill of %s started%s", flow_id, ", ".join(tables),
                      "; the flow resumes when it ends" if resume_after else "", extra={"flow": flow_id})
 
+    def backfill_running(self, flow_id: str) -> bool:
+        """Whether a backfill worker this server launched for the flow (:meth:`backfill`) is running now."""
+        with self._lock(flow_id):
+            pending = self._backfills.get(flow_id)
+            worker = self.dispatcher.running(flow_id)
+            return pending is not None and worker is not None and worker.generation == pending[0]
+
     def _backfill_exited(self, ex: WorkerExit) -> bool:
         """A backfill worker's exit (True when ``ex`` was one): resume the flow if asked, else record why not."""
         with self._lock(ex.flow_id):

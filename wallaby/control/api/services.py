@@ -16,7 +16,7 @@ import grpc
 
 from sources.postgres.rds_iam import register
 from sources.postgres.setup import split_table
-from wallaby.control.api import sourceops
+from wallaby.control.api import backfillstatus, sourceops
 from wallaby.control.api.convert import _ts, parse_api_flow, stored_to_flow
 from wallaby.control.api.manager import FlowManager
 from wallaby.core.changes import format_lsn
@@ -258,6 +258,23 @@ class FlowServicer(flow_pb2_grpc.FlowServiceServicer):
             for r in done])
 
     @rpc
+    def GetBackfillStatus(self, request, context):
+        flow_id = _id(request)
+        try:
+            flow = self.m.store.get(flow_id)
+        except NotFoundError:
+            raise NotFoundError(f"no flow {flow_id!r} (wallaby-admin flow list shows the flows)") from None
+        if not (flow.spec.get("source") or {}).get("options"):
+            raise _illegal(f"flow {flow_id!r} has no source options: its backfill's state is found through them"
+                           " (source.options dsn and snapshot_state_backend); set them with wallaby-admin flow"
+                           " update -file FLOW.json")
+        log_dir = getattr(self.m.dispatcher, "log_dir", None)
+        status = backfillstatus.backfill_status(
+            flow_id, _source_options(flow), [d.get("name", "") for d in flow.spec.get("destinations", [])],
+            launched=self.m.backfill_running(flow_id), log_hint=str(log_dir / f"{flow_id}.log") if log_dir else "")
+        return _backfill_status(status)
+
+    @rpc
     def ScrapePublicationTables(self, request, context):
         dsn, pub, flow_id = self._target(request, "publication")
         found, missing, applied = sourceops.scrape_tables(dsn, pub, list(request.schemas), request.apply, flow_id)
@@ -281,6 +298,31 @@ def _source_options(flow: StoredFlow):
     if opts.aws_rds_iam:
         register(opts, flow.id)
     return opts
+
+
+_BACKFILL_STATES = {state: flow_pb2.BackfillState.Value(f"BACKFILL_STATE_{state.upper()}") for state in (
+    backfillstatus.NEVER_RAN, backfillstatus.RUNNING, backfillstatus.UNFINISHED, backfillstatus.FINISHED,
+    backfillstatus.UNKNOWN)}
+
+
+def _backfill_status(s: backfillstatus.BackfillStatus) -> flow_pb2.GetBackfillStatusResponse:
+    def at(seconds: float | None):
+        return None if seconds is None else _ts(seconds)
+
+    tables = [flow_pb2.BackfillTableStatus(
+        table=t.table, state=_BACKFILL_STATES[t.state], parts_total=t.parts_total, parts_done=t.parts_done,
+        rows=t.rows, destinations_differ=t.destinations_differ, started_at=at(t.started_at),
+        updated_at=at(t.updated_at),
+        destinations=[flow_pb2.BackfillDestinationProgress(destination=d, rows=rows, parts_done=done)
+                      for d, (rows, done) in t.destinations.items()],
+        parts=[flow_pb2.BackfillPart(part=p.part, first_block=p.first_block, end_block=p.end_block,
+                                     next_block=p.next_block, rows=p.rows, done=p.done, next_key=p.next_key)
+               for p in t.parts])
+        for t in s.tables]
+    return flow_pb2.GetBackfillStatusResponse(
+        flow_id=s.flow_id, state=_BACKFILL_STATES[s.state], backend=s.backend, location=s.location, tables=tables,
+        started_at=at(s.started_at), updated_at=at(s.updated_at), finished_at=at(s.finished_at),
+        running_detail=s.running_detail, note=s.note)
 
 
 def _slot(s: sourceops.SlotInfo) -> flow_pb2.ReplicationSlotInfo:
