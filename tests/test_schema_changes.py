@@ -353,3 +353,36 @@ def test_the_rest_of_the_ddl_map_ends_equal_in_duckdb(pgdb, tmp_path):
     assert k == _pg(pgdb, "SELECT id, v FROM app.k ORDER BY id")
     assert fresh == [(1, "new table")]
     assert "gone" in tables  # DROP TABLE leaves the destination table (docs/ddl.md)
+
+
+def test_a_rewrite_is_said_with_its_plan_and_a_constant_default_is_not_one(pgdb, caplog):
+    """ALTER ... TYPE ... USING rewrites the table: the drift event says so with the plan "resync public.t" (what
+    the DDL gate holds and `ddl list` shows) and a warning names the command to run; a constant default rewrites
+    nothing and says nothing of the kind."""
+    with psycopg.connect(pgdb, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, n numeric(8,2))")
+    spec = flow_spec(pgdb, source={"publication_tables": "public.t"})
+    part = source_part(spec)
+    try:
+        with psycopg.connect(pgdb, autocommit=True) as conn:
+            conn.execute("INSERT INTO t VALUES (1, 1.5)")
+        drain(part, until_rows=1)
+        with psycopg.connect(pgdb, autocommit=True) as conn:
+            conn.execute("ALTER TABLE t ADD COLUMN d text DEFAULT 'x'")
+            conn.execute("INSERT INTO t VALUES (2, 2.5, 'y')")
+        first = drain(part, until_rows=2)
+        with caplog.at_level(logging.WARNING, logger="wallaby"):
+            with psycopg.connect(pgdb, autocommit=True) as conn:
+                conn.execute("ALTER TABLE t ALTER COLUMN n TYPE bigint USING (n * 100)::bigint")
+                conn.execute("INSERT INTO t VALUES (3, 300, 'z')")
+            second = drain(part, until_rows=2)
+    finally:
+        part.close()
+
+    def drifts(batches):
+        return [s.payload for b in batches for s in b.segments if not isinstance(s, TableChanges) and s.op == "ddl"]
+
+    assert [d["rewritten"] for d in drifts(first)] == [False]
+    (d,) = drifts(second)
+    assert d["rewritten"] and d["retyped"] == ["n"] and "plan: resync public.t" in d["ddl"]
+    assert any("resync it: wallaby-worker -mode backfill -tables public.t" in r.getMessage() for r in caplog.records)

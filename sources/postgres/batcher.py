@@ -97,7 +97,11 @@ def describe_drift(p: dict) -> str:
     parts = [f"added {', '.join(p['added'])}" if p["added"] else "",
              f"dropped {', '.join(p['dropped'])}" if p["dropped"] else "",
              f"retyped {', '.join(p['retyped'])}" if p["retyped"] else ""]
-    return f"schema drift of {p['table']}: " + ("; ".join(x for x in parts if x) or "replica identity or keys")
+    text = f"schema drift of {p['table']}: " + ("; ".join(x for x in parts if x) or "replica identity or keys")
+    if p.get("rewritten"):
+        text += (f"; the table was rewritten (its stored values changed without row changes): plan: resync"
+                 f" {p['table']} (wallaby-worker -mode backfill -tables {p['table']})")
+    return text
 
 
 # Resolves a Relation message (and the Type messages seen so far) to a TableState.
@@ -206,6 +210,11 @@ class Batcher:
             return
         self.tables[msg.relid] = state
         self.open_runs.pop(msg.relid, None)  # a new shape starts a new run
+        if state.schema.rewritten and not self.skipping:
+            log.warning("%s changed shape and was rewritten at the source (ALTER ... TYPE, a volatile default): the"
+                        " rows destinations already hold keep their old values (a cast of them) where Postgres"
+                        " computed new ones; resync it: wallaby-worker -mode backfill -tables %s",
+                        state.schema.qualified, state.schema.qualified, extra={"flow": self.flow_id})
         before = self.known.get(msg.relid)
         self.known[msg.relid] = state.schema
         if self.drift and before is not None and not before.same_shape(state.schema):
@@ -223,6 +232,8 @@ class Batcher:
                         != (old[n].type_name, old[n].typmod)],
             "ddl": "",
         }
+        # a rewrite that came with the new shape: a retype, or a column whose values Postgres computed per row
+        payload["rewritten"] = bool(after.rewritten and (payload["retyped"] or payload["added"]))
         payload["ddl"] = describe_drift(payload)
         if self.skipping:
             return

@@ -78,6 +78,7 @@ class TypeResolver:
         self.known: dict[int, pgtypes.PgType] = dict(pgtypes.BUILTIN_TYPES)
         self.utf8_valid = False  # set from the replication connection: text needs no UTF-8 validation
         self._conn: psycopg.Connection | None = None
+        self._filenodes: dict[int, int | None] = {}  # relid -> its relfilenode at its last Relation message
 
     def _meta(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -118,7 +119,9 @@ class TypeResolver:
                                   extension=ct.extension, missing=self._missing(ct, missing.get(c.name), rel)))
         version = 1 if old is None else old.schema.version + 1
         namespace, name = self.partition_root(rel) if self.enabled else (rel.namespace, rel.name)
-        schema = TableSchema(rel.relid, namespace, name, tuple(columns), rel.replica_identity, version)
+        rewritten = self.rewritten(rel) if self.enabled else False
+        schema = TableSchema(rel.relid, namespace, name, tuple(columns), rel.replica_identity, version,
+                             rewritten=rewritten and old is not None)
         if old is not None and old.schema.same_shape(schema):
             return old
         return TableState(schema, ctypes)
@@ -148,6 +151,20 @@ class TypeResolver:
             log.warning("%s.%s: its missing value %r does not decode as %s; rows older than the column get NULL in"
                         " the destinations", rel.namespace, rel.name, text, ct.type_name)
             return None
+
+    def rewritten(self, rel: Relation) -> bool:
+        """Whether the relation's storage changed (``pg_class.relfilenode``) since its last Relation message this
+        worker saw: a rewrite (``ALTER ... TYPE``, ``ADD COLUMN ... DEFAULT <volatile>``, also ``VACUUM FULL``)."""
+        try:
+            row = self._meta().execute("SELECT pg_relation_filenode(%s::oid)", (rel.relid,)).fetchone()
+        except psycopg.Error as exc:
+            self._conn = None
+            raise SourceError(f"could not read the storage of {rel.namespace}.{rel.name}: {exc}",
+                              server=server_name(self.dsn)) from exc
+        node = row[0] if row else None
+        before = self._filenodes.get(rel.relid)
+        self._filenodes[rel.relid] = node
+        return before is not None and node is not None and node != before
 
     def partition_root(self, rel: Relation) -> tuple[str, str]:
         """The table a relation's changes land in: a partition's root table (``pg_partition_root``), so a

@@ -134,6 +134,9 @@ class TableSchema:
     columns: tuple[Column, ...]
     replica_identity: str = "d"  # d(efault) n(othing) f(ull) i(ndex)
     version: int = 1
+    # The table's storage was rewritten since the shape before this one (its relfilenode changed: ALTER ... TYPE, a
+    # volatile default): Postgres changed stored values that no change carries (sources/postgres/source.py).
+    rewritten: bool = field(default=False, compare=False)
 
     @property
     def qualified(self) -> str:
