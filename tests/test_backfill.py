@@ -27,6 +27,7 @@ from tests import WORKER
 from tests.flows import drain, flow_spec, source_part
 from tests.http_receiver import receiver  # noqa: F401 - fixture
 from tests.kafka_broker import consume_all, kafka_broker  # noqa: F401 - fixture
+from tests.killkit import kill_at_random
 from tests.test_tricky_table import (
     ROW1,
     ROW2,
@@ -215,20 +216,9 @@ def test_kill_9_at_random_moments_resumes_and_holds_every_row_once(pgdb, tmp_pat
     flow = _flow(tmp_path, pgdb, duck_path)
     env = {**_env(tmp_path), "WALLABY_BACKFILL_CHUNK_BLOCKS": "16"}
     cmd = [*WORKER, "-flow-file", str(flow), "-mode", "backfill", "-tables", "public.acct", "-partition-count", "3"]
-    rnd = random.Random(11)
-    logs = []
-    for _ in range(5):
-        log_path = tmp_path / f"run{len(logs)}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-            deadline = time.monotonic() + 120
-            while "in 3 parts from snapshot" not in log_path.read_text() and proc.poll() is None \
-                    and time.monotonic() < deadline:  # planned: the reading starts; kill somewhere in it
-                time.sleep(0.05)
-            time.sleep(rnd.uniform(0.2, 2.0))
-            proc.kill()
-            proc.wait(timeout=30)
-        logs.append(log_path.read_text())
+    # planned: the reading starts; killed somewhere in it
+    logs = kill_at_random(cmd, env, ROOT, tmp_path, runs=5, started="in 3 parts from snapshot", window=(0.2, 2.0),
+                          seed=11)
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     assert any("resuming an unfinished backfill" in text for text in [*logs[1:], out.stderr])

@@ -34,6 +34,7 @@ from dataflows.backfill import PLAN_FILE, _load_plan
 from sources.postgres.snapshot import Part, PartReader, key_column, plan_key_parts
 from sources.postgres.snapshot_state import FileSnapshotState, PostgresSnapshotState
 from tests import WORKER
+from tests.killkit import kill_at_random
 from wallaby.core.changes import SnapshotMark
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -387,20 +388,8 @@ def test_kill_9_at_random_moments_resumes_key_ranges_and_holds_every_row_once(pg
     env = _env(tmp_path, WALLABY_BACKFILL_CHUNK_ROWS="1000")
     cmd = [*WORKER, "-flow-file", str(flow), "-mode", "backfill", "-tables", "public.acct", "-partition-column", "grp",
            "-partition-count", "3"]
-    rnd = random.Random(5)
-    logs = []
-    for _ in range(4):
-        log_path = tmp_path / f"run{len(logs)}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-            deadline = time.monotonic() + 120
-            while "parts from snapshot" not in log_path.read_text() and proc.poll() is None \
-                    and time.monotonic() < deadline:  # planned: the reading starts; kill somewhere in it
-                time.sleep(0.05)
-            time.sleep(rnd.uniform(0.3, 2.5))
-            proc.kill()
-            proc.wait(timeout=30)
-        logs.append(log_path.read_text())
+    # planned: the reading starts; killed somewhere in it
+    logs = kill_at_random(cmd, env, ROOT, tmp_path, runs=4, started="parts from snapshot", window=(0.3, 2.5), seed=5)
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     text = "\n".join([*logs, out.stderr])

@@ -232,19 +232,43 @@ def test_stored_generated_columns_are_published_or_named_at_start(pgdb, caplog):
 # -- end to end: the worker streaming into DuckDB ------------------------------------------------------------------
 
 
-def _run_worker(tmp_path: Path, dsn: str, duck: Path, tables: str) -> None:
+def _run_worker(tmp_path: Path, dsn: str, duck: Path, *, epoch: str = "5s", destination: dict | None = None,
+                args: tuple[str, ...] = ("-max-empty-reads", "2"), **source) -> None:
+    """One ``wallaby-worker`` run of flow ``sc`` into ``duck`` (by default until the slot is drained)."""
     flow = {"id": "sc", "name": "sc",
             "source": {"name": "pg", "type": "postgres", "options": {
-                "dsn": dsn, "slot": "wallaby_sc", "publication": "wallaby_sc", "publication_tables": tables,
-                "batch_timeout": "50ms"}},
-            "destinations": [{"name": "duck", "type": "duckdb", "options": {"dsn": str(duck)}}]}
+                "dsn": dsn, "slot": "wallaby_sc", "publication": "wallaby_sc", "batch_timeout": "50ms", **source}},
+            "destinations": [{"name": "duck", "type": "duckdb", "options": {"dsn": str(duck), **(destination or {})}}]}
     path = tmp_path / "flow.json"
     path.write_text(json.dumps(flow))
     env = {**os.environ, "WALLABY_CHECKPOINT_BACKEND": "sqlite", "WALLABY_CHECKPOINT_PATH": str(tmp_path / "c.db"),
-           "WALLABY_EPOCH_INTERVAL": "5s", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    r = subprocess.run([*WORKER, "-flow-file", str(path), "-max-empty-reads", "2"], env=env, capture_output=True,
-                       text=True, timeout=120)
+           "WALLABY_EPOCH_INTERVAL": epoch, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    r = subprocess.run([*WORKER, "-flow-file", str(path), *args], env=env, capture_output=True, text=True,
+                       timeout=120, cwd=Path(__file__).resolve().parent.parent)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_a_partitioned_table_is_backfilled_through_its_root_then_streamed(pgdb, tmp_path):
+    """A backfill of a partitioned table reads every partition through the root into one DuckDB table (block ranges
+    and key ranges), and the stream after it lands there too."""
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute(PARTITIONED)
+        c.execute("INSERT INTO ev SELECT g, date '2024-01-01' + (g %% 700), 'v' || g FROM generate_series(10, %s) g",
+                  (3000,))
+    for extra in ((), ("-partition-column", "id")):
+        duck = tmp_path / f"bf{len(extra)}.duckdb"
+        _run_worker(tmp_path, pgdb, duck, args=("-mode", "backfill", "-partition-count", "3", *extra),
+                    publication_tables="public.ev")
+        with duckdb.connect(str(duck), read_only=True) as d:
+            got = [tuple(r) for r in d.execute('SELECT id, "at", v FROM public.ev ORDER BY id, "at"').fetchall()]
+            names = {r[0] for r in d.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        assert got == _pg(pgdb, "SELECT id, at, v FROM ev ORDER BY id, at"), extra
+        assert not {"ev_2024", "ev_2025"} & names
+    _write_partitions(pgdb)
+    _run_worker(tmp_path, pgdb, duck, publication_tables="public.ev")
+    with duckdb.connect(str(duck), read_only=True) as d:
+        got = [tuple(r) for r in d.execute('SELECT id, "at", v FROM public.ev ORDER BY id, "at"').fetchall()]
+    assert got == _pg(pgdb, "SELECT id, at, v FROM ev ORDER BY id, at")
 
 
 def _pg(dsn: str, query: str) -> list[tuple]:
@@ -264,11 +288,11 @@ def test_streamed_schema_changes_end_equal_in_duckdb(pgdb, tmp_path):
         c.execute("CREATE TABLE t (id int PRIMARY KEY, n int)")
         c.execute("CREATE TABLE u (id int PRIMARY KEY, n numeric(8,2))")
         c.execute(PARTITIONED)
-    _run_worker(tmp_path, pgdb, duck, tables)  # creates the slot
+    _run_worker(tmp_path, pgdb, duck, publication_tables=tables)  # creates the slot
     with psycopg.connect(pgdb, autocommit=True) as c:
         c.execute("INSERT INTO t SELECT g, g FROM generate_series(1, 20) g")
         c.execute("INSERT INTO u SELECT g, g / 4.0 FROM generate_series(1, 20) g")
-    _run_worker(tmp_path, pgdb, duck, tables)  # rows in DuckDB before the DDL
+    _run_worker(tmp_path, pgdb, duck, publication_tables=tables)  # rows in DuckDB before the DDL
     with psycopg.connect(pgdb, autocommit=True) as c:
         c.execute("INSERT INTO t VALUES (21, 21)")
         c.execute("ALTER TABLE t ADD COLUMN d text DEFAULT 'dflt', ADD COLUMN k int NOT NULL DEFAULT 7,"
@@ -281,7 +305,7 @@ def test_streamed_schema_changes_end_equal_in_duckdb(pgdb, tmp_path):
         c.execute("INSERT INTO u VALUES (22, 12345678901)")
         c.execute("UPDATE u SET n = n + 1 WHERE id = 3")
     _write_partitions(pgdb)
-    _run_worker(tmp_path, pgdb, duck, tables)
+    _run_worker(tmp_path, pgdb, duck, publication_tables=tables)
     with duckdb.connect(str(duck), read_only=True) as d:
         t = [tuple(r) for r in d.execute("SELECT id, n, d, k, z::text FROM public.t ORDER BY id").fetchall()]
         u = [tuple(r) for r in d.execute("SELECT id, n FROM public.u ORDER BY id").fetchall()]
@@ -297,20 +321,9 @@ def test_the_rest_of_the_ddl_map_ends_equal_in_duckdb(pgdb, tmp_path):
     """RENAME COLUMN, SET DEFAULT, DROP COLUMN, REPLICA IDENTITY FULL, a primary key added to a keyless table, a new
     table in a schema publication, RENAME TABLE and DROP TABLE: DuckDB ends with what docs/ddl.md says."""
     duck = tmp_path / "d.duckdb"
-    flow = {"id": "dm", "name": "dm",
-            "source": {"name": "pg", "type": "postgres", "options": {
-                "dsn": pgdb, "slot": "wallaby_dm", "publication": "wallaby_dm", "publication_schemas": "app",
-                "batch_timeout": "50ms"}},
-            "destinations": [{"name": "duck", "type": "duckdb", "options": {"dsn": str(duck), "drop_columns": True}}]}
-    path = tmp_path / "flow.json"
-    path.write_text(json.dumps(flow))
-    env = {**os.environ, "WALLABY_CHECKPOINT_BACKEND": "sqlite", "WALLABY_CHECKPOINT_PATH": str(tmp_path / "c.db"),
-           "WALLABY_EPOCH_INTERVAL": "1s", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 
     def run() -> None:
-        r = subprocess.run([*WORKER, "-flow-file", str(path), "-max-empty-reads", "2"], env=env, capture_output=True,
-                           text=True, timeout=120)
-        assert r.returncode == 0, r.stderr[-3000:]
+        _run_worker(tmp_path, pgdb, duck, epoch="1s", destination={"drop_columns": True}, publication_schemas="app")
 
     with psycopg.connect(pgdb, autocommit=True) as c:
         c.execute("CREATE SCHEMA app")
