@@ -31,7 +31,7 @@ import psycopg
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 
-from dataflows.buildable import check_buildable
+from dataflows.buildable import BACKFILL_DESTINATIONS, check_buildable
 from dataflows.flow import entry_flow, output_destinations, spec_from_env
 from dataflows.positions import RECOVERY_SOURCE_FILE, Start, open_recovery, prepare_start
 from dataflows.preflight import preflight
@@ -56,11 +56,6 @@ from wallaby.core.spec import FlowSpec
 from wallaby.state.checkpoints import open_store
 
 log = logging.getLogger("wallaby.backfill")
-
-# Destinations a backfill can write to now. S3 and pgstream keep exactly-once by stream position, and a receiving
-# wallaby (grpc) applies by position: a snapshot's rows stand outside that order; they come in a later version.
-BACKFILL_DESTINATIONS = ("duckdb", "kafka", "bufstream", "http")
-
 
 @dataclass
 class Snapshot:

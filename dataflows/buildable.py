@@ -52,6 +52,17 @@ def _unbuilt_options(opts: Any, unbuilt: dict[str, str], path: str) -> list[Fiel
     return problems
 
 
+# Destinations a backfill (and a stream's resync of a rewritten table) can write to now. S3 and pgstream keep
+# exactly-once by stream position, and a receiving wallaby (grpc) applies by position: a snapshot's rows stand
+# outside that order; they come in a later version.
+BACKFILL_DESTINATIONS = ("duckdb", "kafka", "bufstream", "http")
+
+
+def takes_reads(spec: FlowSpec) -> bool:
+    """Whether every destination of ``spec`` takes a snapshot's rows (op ``read``) next to the stream."""
+    return all(d.type in BACKFILL_DESTINATIONS for d in spec.destinations) and spec.config.ack_policy != "primary"
+
+
 def check_buildable(spec: FlowSpec) -> None:
     """Refuse, before anything is connected to, what this build cannot do yet: destination types without a sink,
     and options that are validated but not implemented (:data:`UNBUILT_SOURCE_OPTIONS`,

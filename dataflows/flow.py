@@ -22,7 +22,7 @@ from collections.abc import Callable
 from bytewax import operators as op
 from bytewax.dataflow import Dataflow, Stream
 
-from dataflows.buildable import check_buildable, sink_factory
+from dataflows.buildable import check_buildable, sink_factory, takes_reads
 from dataflows.positions import Start, prepare_start
 from dataflows.preflight import preflight
 from operators.metadata import with_metadata
@@ -55,7 +55,7 @@ def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads:
     source = PostgresSource(spec.id, source_opts, start_lsn=start_lsn, max_empty_reads=max_empty_reads,
                             checkpoints=checkpoints, generation=generation, **extra,
                             flows=checkpoints.flow_store if isinstance(checkpoints, Checkpoints) else None,
-                            ddl_policy=spec.ddl_policy(),
+                            ddl_policy=spec.ddl_policy(), resync=takes_reads(spec),
                             keep_wal=any(getattr(spec.destination_options(i), "payload_mode", None) == "wal"
                                          for i in range(len(spec.destinations))))
     changes = op.input("source", flow, source)

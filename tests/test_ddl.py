@@ -67,7 +67,8 @@ def test_schema_drift_without_a_trigger(pgdb):
     assert len(drift) == 1
     p = drift[0].payload
     assert p["kind"] == "drift" and p["added"] == ["qty"] and p["retyped"] == ["note"]
-    assert p["ddl"] == "schema drift of public.orders: added qty; retyped note"
+    assert p["ddl"].startswith("schema drift of public.orders: added qty; retyped note; the table was rewritten")
+    assert p["rewritten"] and "plan: resync public.orders" in p["ddl"]
 
 
 def test_schema_drift_is_found_again_after_a_restart(pgdb):

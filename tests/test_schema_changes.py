@@ -399,3 +399,26 @@ def test_a_rewrite_is_said_with_its_plan_and_a_constant_default_is_not_one(pgdb,
     (d,) = drifts(second)
     assert d["rewritten"] and d["retyped"] == ["n"] and "plan: resync public.t" in d["ddl"]
     assert any("resync it: wallaby-worker -mode backfill -tables public.t" in r.getMessage() for r in caplog.records)
+
+
+def test_a_rewritten_keyed_table_is_read_again_in_the_stream(pgdb, tmp_path):
+    """ALTER ... TYPE ... USING computes new values for every row and the WAL carries none: the source reads the
+    table again after the DDL (keyed: upserts), also for a worker that catches up after the fact, and DuckDB ends
+    equal, with the changes after the DDL on top."""
+    duck = tmp_path / "d.duckdb"
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, n numeric(8,2))")
+    _run_worker(tmp_path, pgdb, duck, publication_tables="public.t")
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("INSERT INTO t SELECT g, g / 4.0 FROM generate_series(1, 500) g")
+    _run_worker(tmp_path, pgdb, duck, publication_tables="public.t")
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("UPDATE t SET n = 0.5 WHERE id = 1")
+        c.execute("ALTER TABLE t ALTER COLUMN n TYPE bigint USING (n * 100)::bigint")
+        c.execute("INSERT INTO t VALUES (501, 7)")
+        c.execute("DELETE FROM t WHERE id = 2")
+        c.execute("UPDATE t SET n = n + 1 WHERE id = 3")
+    _run_worker(tmp_path, pgdb, duck, publication_tables="public.t")
+    with duckdb.connect(str(duck), read_only=True) as d:
+        got = [tuple(r) for r in d.execute("SELECT id, n FROM public.t ORDER BY id").fetchall()]
+    assert got == _pg(pgdb, "SELECT id, n FROM t ORDER BY id")

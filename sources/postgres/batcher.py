@@ -232,8 +232,10 @@ class Batcher:
                         != (old[n].type_name, old[n].typmod)],
             "ddl": "",
         }
-        # a rewrite that came with the new shape: a retype, or a column whose values Postgres computed per row
-        payload["rewritten"] = bool(after.rewritten and (payload["retyped"] or payload["added"]))
+        # Stored values may have changed with no row change: any retype (a USING expression can stand behind any
+        # ALTER ... TYPE; known from the shapes alone, so a worker catching up finds it too), or a new column whose
+        # values Postgres computed per row (a rewrite this worker saw: relfilenode changed)
+        payload["rewritten"] = bool(payload["retyped"] or (after.rewritten and payload["added"]))
         payload["ddl"] = describe_drift(payload)
         if self.skipping:
             return

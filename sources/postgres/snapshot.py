@@ -51,8 +51,8 @@ from sources.postgres.pgtypes import (
     TS_POS_INF,
     decode_column,
 )
+from sources.postgres.resolver import TypeResolver
 from sources.postgres.setup import qualified_table, split_table
-from sources.postgres.source import TypeResolver
 from wallaby.core import settings
 from wallaby.core.changes import (
     META_FIELDS,

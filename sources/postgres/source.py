@@ -16,25 +16,24 @@ store is never behind the slot: a slot confirmed further was advanced by someone
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-import pyarrow as pa
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from sources.postgres import pgtypes
-from sources.postgres.batcher import Batcher, TableState
+from sources.postgres.batcher import Batcher
 from sources.postgres.connection import connect, is_transient, server_name
 from sources.postgres.ddl_gate import DROP, HOLD, POLL_SECONDS, DDLGate
-from sources.postgres.pgoutput import DecodeError, Relation, TypeInfo
+from sources.postgres.pgoutput import DecodeError
 from sources.postgres.rds_iam import register
 from sources.postgres.reader import StreamReader, drain
 from sources.postgres.replication import ReplicationStream, StreamClosed
+from sources.postgres.resolver import TypeResolver
 from sources.postgres.setup import prepare_source, proto_version_for
+from sources.postgres.snapshot import Part, PartReader
 from wallaby.core.changes import (
     OP_DDL,
     ZERO,
@@ -42,6 +41,7 @@ from wallaby.core.changes import (
     Column,
     Event,
     Position,
+    SnapshotMark,
     TableChanges,
     TableSchema,
     format_lsn,
@@ -68,125 +68,6 @@ DRAIN_ITEMS = 4
 READ_CHECKPOINT = object()
 
 
-class TypeResolver:
-    """Builds TableStates from Relation messages, looking up unknown type OIDs in pg_type."""
-
-    def __init__(self, dsn: str, resolve_types: bool, flow_id: str):
-        self.dsn = dsn
-        self.enabled = resolve_types
-        self.flow_id = flow_id
-        self.known: dict[int, pgtypes.PgType] = dict(pgtypes.BUILTIN_TYPES)
-        self.utf8_valid = False  # set from the replication connection: text needs no UTF-8 validation
-        self._conn: psycopg.Connection | None = None
-        self._filenodes: dict[int, int | None] = {}  # relid -> its relfilenode at its last Relation message
-
-    def _meta(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self.dsn, application_name=f"wallaby-types:{self.flow_id}")
-        return self._conn
-
-    def __call__(self, rel: Relation, types: dict[int, TypeInfo], old: TableState | None) -> TableState:
-        ndims: dict[str, int] = {}
-        if self.enabled:
-            unknown = {c.type_oid for c in rel.columns if c.type_oid not in self.known}
-            try:
-                if unknown:
-                    self.known.update(pgtypes.resolve_types(self._meta(), unknown))
-                if any(self.known.get(c.type_oid) and self.known[c.type_oid].elem_oid for c in rel.columns):
-                    rows = self._meta().execute(
-                        "SELECT attname, attndims FROM pg_attribute WHERE attrelid = %s AND attnum > 0",
-                        (rel.relid,),
-                    ).fetchall()
-                    ndims = {name: max(int(d), 1) for name, d in rows}
-            except psycopg.Error as exc:
-                self._conn = None
-                raise SourceError(f"could not resolve column types of {rel.namespace}.{rel.name}: {exc}",
-                                  server=server_name(self.dsn)) from exc
-        for oid, t in types.items():  # Type messages name custom types even without resolve_types
-            self.known.setdefault(oid, pgtypes.PgType(oid=oid, name=t.name, schema=t.namespace, kind="b",
-                                                      base_oid=0, elem_oid=0, extension=None))
-        missing = self.missing_values(rel) if self.enabled else {}
-        columns, ctypes = [], []
-        for c in rel.columns:
-            ct = pgtypes.column_type(c.type_oid, c.typmod, self.known, ndims.get(c.name, 1))
-            # built-in text-like types and enums/domains (their text is stored validated); not extension types,
-            # whose output functions may write any bytes
-            if self.utf8_valid and ct.family == "text" and ct.extension is None and not ct.type_name.startswith("oid:"):
-                ct = dataclasses.replace(ct, utf8_valid=True)
-            ctypes.append(ct)
-            columns.append(Column(name=c.name, type_oid=c.type_oid, type_name=ct.type_name, typmod=ct.typmod,
-                                  key=c.key, arrow_type=ct.arrow_type, base_type=ct.base_type,
-                                  extension=ct.extension, missing=self._missing(ct, missing.get(c.name), rel)))
-        version = 1 if old is None else old.schema.version + 1
-        namespace, name = self.partition_root(rel) if self.enabled else (rel.namespace, rel.name)
-        rewritten = self.rewritten(rel) if self.enabled else False
-        schema = TableSchema(rel.relid, namespace, name, tuple(columns), rel.replica_identity, version,
-                             rewritten=rewritten and old is not None)
-        if old is not None and old.schema.same_shape(schema):
-            return old
-        return TableState(schema, ctypes)
-
-    def missing_values(self, rel: Relation) -> dict[str, str]:
-        """The text of each column's missing value (``pg_attribute.attmissingval``: what rows older than an
-        ``ADD COLUMN ... DEFAULT <constant>`` hold for it), by column name; columns without one are left out. Read
-        from the catalog as it is now: a table rewritten since then holds the values in its rows instead (a
-        rewrite is not in the stream either; docs/ddl.md)."""
-        try:
-            rows = self._meta().execute(
-                "SELECT attname, (attmissingval::text::text[])[1] FROM pg_attribute WHERE attrelid = %s"
-                " AND attnum > 0 AND atthasmissing AND NOT attisdropped", (rel.relid,)).fetchall()
-        except psycopg.Error as exc:
-            self._conn = None
-            raise SourceError(f"could not read the missing values of {rel.namespace}.{rel.name}: {exc}",
-                              server=server_name(self.dsn)) from exc
-        return {name: text for name, text in rows}
-
-    @staticmethod
-    def _missing(ct: pgtypes.ColumnType, text: str | None, rel: Relation) -> pa.Array | None:
-        if text is None:
-            return None
-        try:
-            return pgtypes.decode_column(ct, [text.encode()])
-        except ValueError:
-            log.warning("%s.%s: its missing value %r does not decode as %s; rows older than the column get NULL in"
-                        " the destinations", rel.namespace, rel.name, text, ct.type_name)
-            return None
-
-    def rewritten(self, rel: Relation) -> bool:
-        """Whether the relation's storage changed (``pg_class.relfilenode``) since its last Relation message this
-        worker saw: a rewrite (``ALTER ... TYPE``, ``ADD COLUMN ... DEFAULT <volatile>``, also ``VACUUM FULL``)."""
-        try:
-            row = self._meta().execute("SELECT pg_relation_filenode(%s::oid)", (rel.relid,)).fetchone()
-        except psycopg.Error as exc:
-            self._conn = None
-            raise SourceError(f"could not read the storage of {rel.namespace}.{rel.name}: {exc}",
-                              server=server_name(self.dsn)) from exc
-        node = row[0] if row else None
-        before = self._filenodes.get(rel.relid)
-        self._filenodes[rel.relid] = node
-        return before is not None and node is not None and node != before
-
-    def partition_root(self, rel: Relation) -> tuple[str, str]:
-        """The table a relation's changes land in: a partition's root table (``pg_partition_root``), so a
-        partitioned table is one destination table even when its publication publishes the partitions as
-        themselves (``publish_via_partition_root`` false; said at start by ``setup.publication_notes``); any
-        other relation itself."""
-        try:
-            row = self._meta().execute(
-                "SELECT n.nspname, r.relname FROM pg_class c JOIN pg_class r ON r.oid = pg_partition_root(c.oid)"
-                " JOIN pg_namespace n ON n.oid = r.relnamespace WHERE c.oid = %s AND c.relispartition",
-                (rel.relid,)).fetchone()
-        except psycopg.Error as exc:
-            self._conn = None
-            raise SourceError(f"could not look up the partition root of {rel.namespace}.{rel.name}: {exc}",
-                              server=server_name(self.dsn)) from exc
-        return (row[0], row[1]) if row else (rel.namespace, rel.name)
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-
-
 class PostgresSource(FixedPartitionedSource):
     """Reads one flow's replication slot. Items are ``(flow_id, ChangeBatch)``."""
 
@@ -194,8 +75,12 @@ class PostgresSource(FixedPartitionedSource):
                  max_empty_reads: int | None = None, checkpoints: CheckpointStore | None = None,
                  prepared: bool = False, stop_at_lsn: int | None = None, generation: int | None = None,
                  ddl_policy: Any = None, keep_wal: bool = False, source_check: SourceCheck | None = None,
-                 resume: Checkpoint | object | None = READ_CHECKPOINT, flows: FlowStore | None = None):
+                 resume: Checkpoint | object | None = READ_CHECKPOINT, flows: FlowStore | None = None,
+                 resync: bool = False):
         self.flow_id = flow_id
+        # every destination takes a snapshot's rows: a keyed table rewritten at the source is read again in the
+        # stream (its rows as of now, as reads after the DDL); else the rewrite is only said (docs/ddl.md)
+        self.resync = resync
         # the flow store: the DDL gate's events and the generation fence (None: no gate events, no fence)
         self.flows = flows
         # the source as found at start: stored positions are judged against it, and written with it
@@ -281,6 +166,11 @@ class _PostgresPartition(StatefulSourcePartition):
         self.done = False  # max-empty-reads reached: drain, confirm, stop
         self.done_snapshotted = False
         self.next_wake: datetime | None = None
+        # tables to read again after a rewrite (the first being read by resync_reader); kept in the snapshot, so a
+        # restart reads them again from the start
+        self.resyncs: list[str] = list(resume_state.get("resync") or []) if resume_state else []
+        self.resync_reader: PartReader | None = None
+        self.resync_rows = 0
         log.info("source %s: resuming at %s (covered %s)", opts.slot, position, format_lsn(covered),
                  extra={"flow": self.flow_id})
 
@@ -369,6 +259,8 @@ class _PostgresPartition(StatefulSourcePartition):
         if self.done:
             self._pause(0.05)
             return []
+        if self.resyncs:
+            return self._resync_step()
         if self.held is not None and not self._release():
             return []
         if not self._ensure_stream():
@@ -392,6 +284,8 @@ class _PostgresPartition(StatefulSourcePartition):
             out = self._gate(out, before)
         for _, b in out:
             self._note_shapes(b.segments)
+            if self.src.resync:
+                self._plan_resync(b)
         if err is not None and self.reader is not None:
             if isinstance(err, StreamClosed):
                 self._lost(err)
@@ -428,6 +322,45 @@ class _PostgresPartition(StatefulSourcePartition):
                 log.info("source %s: %d empty reads, stopping after the final checkpoint", self.opts.slot,
                          self.empty_reads, extra={"flow": self.flow_id})
                 self.done = True
+
+    # -- resync of a rewritten table --------------------------------------------------------
+    def _plan_resync(self, batch: ChangeBatch) -> None:
+        """A keyed table rewritten with a new shape (its stored values changed with no row change) is read again
+        once what came with it is emitted. Upserted after the changes before it, the rows as of a snapshot taken
+        now are right for every key; the stream then applies again what changed since (keyed: it converges)."""
+        for seg in batch.segments:
+            if not (isinstance(seg, Event) and seg.op == OP_DDL and seg.payload.get("rewritten") and seg.tables):
+                continue
+            t = seg.tables[0]
+            if t.replica_identity == "f" or not t.key_names:
+                log.warning("source %s: %s was rewritten but has no key: not read again (a reread would add its"
+                            " rows twice); backfill it into staging with batch_resolution=replace",
+                            self.opts.slot, t.qualified, extra={"flow": self.flow_id})
+            elif t.qualified not in self.resyncs:
+                self.resyncs.append(t.qualified)
+
+    def _resync_step(self) -> list[tuple[str, ChangeBatch]]:
+        """One chunk of the table being read again (a batch of ``read`` rows, a snapshot mark ``resync:<table>``)."""
+        table = self.resyncs[0]
+        if self.resync_reader is None:
+            self.resync_reader = PartReader(self.opts.dsn, Part(table, 0, 1, 0, None), self.opts.publication,
+                                            snapshot=None, snapshot_lsn=self.position.lsn,
+                                            snapshot_ts=int(time.time() * 1_000_000), flow_id=self.flow_id)
+            self.resync_rows = 0
+            log.info("source %s: reading %s again (rewritten at the source)", self.opts.slot, table,
+                     extra={"flow": self.flow_id})
+        chunk = self.resync_reader.read(self.resync_rows + 1)
+        rows = len(chunk.changes) if chunk.changes is not None else 0
+        self.resync_rows += rows
+        mark = SnapshotMark(f"resync:{table}", chunk.next_block, chunk.done, self.resync_rows)
+        batch = self.resync_reader.batch(self.flow_id, chunk.changes if rows else None, mark)
+        if chunk.done:
+            self.resync_reader.close()
+            self.resync_reader = None
+            self.resyncs.pop(0)
+            log.info("source %s: %s read again (%d rows)", self.opts.slot, table, self.resync_rows,
+                     extra={"flow": self.flow_id})
+        return [(self.flow_id, batch)]
 
     # -- DDL gate ---------------------------------------------------------------------------
     def _gate(self, out: list[tuple[str, ChangeBatch]], before: Position) -> list[tuple[str, ChangeBatch]]:
@@ -502,10 +435,12 @@ class _PostgresPartition(StatefulSourcePartition):
             self.done_snapshotted = True
         check = self.src.source_check
         return {"position": self.position.to_state(), "covered": self.covered, "shapes": shapes_to_state(self.shapes),
-                "source": check.current.to_json() if check else None}
+                "source": check.current.to_json() if check else None, "resync": list(self.resyncs)}
 
     def close(self) -> None:
         self._stop_reader()
+        if self.resync_reader is not None:
+            self.resync_reader.close()
         self.resolver.close()
 
 

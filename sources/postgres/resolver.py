@@ -1,0 +1,140 @@
+"""From pgoutput Relation messages to the table shapes and column decoders the batcher uses (:class:`TypeResolver`):
+column types resolved in pg_type, a partition named after its root, the values a column added with a constant
+default holds for older rows, whether the table was rewritten. The backfill's reader uses it too, so a snapshot's
+rows have the stream's shapes."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import psycopg
+import pyarrow as pa
+
+from sources.postgres import pgtypes
+from sources.postgres.batcher import TableState
+from sources.postgres.connection import connect, server_name
+from sources.postgres.pgoutput import Relation, TypeInfo
+from wallaby.core.changes import Column, TableSchema
+from wallaby.core.errors import SourceError
+
+log = logging.getLogger("wallaby.source")
+
+
+class TypeResolver:
+    """Builds TableStates from Relation messages, looking up unknown type OIDs in pg_type."""
+
+    def __init__(self, dsn: str, resolve_types: bool, flow_id: str):
+        self.dsn = dsn
+        self.enabled = resolve_types
+        self.flow_id = flow_id
+        self.known: dict[int, pgtypes.PgType] = dict(pgtypes.BUILTIN_TYPES)
+        self.utf8_valid = False  # set from the replication connection: text needs no UTF-8 validation
+        self._conn: psycopg.Connection | None = None
+        self._filenodes: dict[int, int | None] = {}  # relid -> its relfilenode at its last Relation message
+
+    def _meta(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.dsn, application_name=f"wallaby-types:{self.flow_id}")
+        return self._conn
+
+    def __call__(self, rel: Relation, types: dict[int, TypeInfo], old: TableState | None) -> TableState:
+        ndims: dict[str, int] = {}
+        if self.enabled:
+            unknown = {c.type_oid for c in rel.columns if c.type_oid not in self.known}
+            try:
+                if unknown:
+                    self.known.update(pgtypes.resolve_types(self._meta(), unknown))
+                if any(self.known.get(c.type_oid) and self.known[c.type_oid].elem_oid for c in rel.columns):
+                    rows = self._meta().execute(
+                        "SELECT attname, attndims FROM pg_attribute WHERE attrelid = %s AND attnum > 0",
+                        (rel.relid,),
+                    ).fetchall()
+                    ndims = {name: max(int(d), 1) for name, d in rows}
+            except psycopg.Error as exc:
+                self._conn = None
+                raise SourceError(f"could not resolve column types of {rel.namespace}.{rel.name}: {exc}",
+                                  server=server_name(self.dsn)) from exc
+        for oid, t in types.items():  # Type messages name custom types even without resolve_types
+            self.known.setdefault(oid, pgtypes.PgType(oid=oid, name=t.name, schema=t.namespace, kind="b",
+                                                      base_oid=0, elem_oid=0, extension=None))
+        missing = self.missing_values(rel) if self.enabled else {}
+        columns, ctypes = [], []
+        for c in rel.columns:
+            ct = pgtypes.column_type(c.type_oid, c.typmod, self.known, ndims.get(c.name, 1))
+            # built-in text-like types and enums/domains (their text is stored validated); not extension types,
+            # whose output functions may write any bytes
+            if self.utf8_valid and ct.family == "text" and ct.extension is None and not ct.type_name.startswith("oid:"):
+                ct = dataclasses.replace(ct, utf8_valid=True)
+            ctypes.append(ct)
+            columns.append(Column(name=c.name, type_oid=c.type_oid, type_name=ct.type_name, typmod=ct.typmod,
+                                  key=c.key, arrow_type=ct.arrow_type, base_type=ct.base_type,
+                                  extension=ct.extension, missing=self._missing(ct, missing.get(c.name), rel)))
+        version = 1 if old is None else old.schema.version + 1
+        namespace, name = self.partition_root(rel) if self.enabled else (rel.namespace, rel.name)
+        rewritten = self.rewritten(rel) if self.enabled else False
+        schema = TableSchema(rel.relid, namespace, name, tuple(columns), rel.replica_identity, version,
+                             rewritten=rewritten and old is not None)
+        if old is not None and old.schema.same_shape(schema):
+            return old
+        return TableState(schema, ctypes)
+
+    def missing_values(self, rel: Relation) -> dict[str, str]:
+        """The text of each column's missing value (``pg_attribute.attmissingval``: what rows older than an
+        ``ADD COLUMN ... DEFAULT <constant>`` hold for it), by column name; columns without one are left out. Read
+        from the catalog as it is now: a table rewritten since then holds the values in its rows instead (a
+        rewrite is not in the stream either; docs/ddl.md)."""
+        try:
+            rows = self._meta().execute(
+                "SELECT attname, (attmissingval::text::text[])[1] FROM pg_attribute WHERE attrelid = %s"
+                " AND attnum > 0 AND atthasmissing AND NOT attisdropped", (rel.relid,)).fetchall()
+        except psycopg.Error as exc:
+            self._conn = None
+            raise SourceError(f"could not read the missing values of {rel.namespace}.{rel.name}: {exc}",
+                              server=server_name(self.dsn)) from exc
+        return {name: text for name, text in rows}
+
+    @staticmethod
+    def _missing(ct: pgtypes.ColumnType, text: str | None, rel: Relation) -> pa.Array | None:
+        if text is None:
+            return None
+        try:
+            return pgtypes.decode_column(ct, [text.encode()])
+        except ValueError:
+            log.warning("%s.%s: its missing value %r does not decode as %s; rows older than the column get NULL in"
+                        " the destinations", rel.namespace, rel.name, text, ct.type_name)
+            return None
+
+    def rewritten(self, rel: Relation) -> bool:
+        """Whether the relation's storage changed (``pg_class.relfilenode``) since its last Relation message this
+        worker saw: a rewrite (``ALTER ... TYPE``, ``ADD COLUMN ... DEFAULT <volatile>``, also ``VACUUM FULL``)."""
+        try:
+            row = self._meta().execute("SELECT pg_relation_filenode(%s::oid)", (rel.relid,)).fetchone()
+        except psycopg.Error as exc:
+            self._conn = None
+            raise SourceError(f"could not read the storage of {rel.namespace}.{rel.name}: {exc}",
+                              server=server_name(self.dsn)) from exc
+        node = row[0] if row else None
+        before = self._filenodes.get(rel.relid)
+        self._filenodes[rel.relid] = node
+        return before is not None and node is not None and node != before
+
+    def partition_root(self, rel: Relation) -> tuple[str, str]:
+        """The table a relation's changes land in: a partition's root table (``pg_partition_root``), so a
+        partitioned table is one destination table even when its publication publishes the partitions as
+        themselves (``publish_via_partition_root`` false; said at start by ``setup.publication_notes``); any
+        other relation itself."""
+        try:
+            row = self._meta().execute(
+                "SELECT n.nspname, r.relname FROM pg_class c JOIN pg_class r ON r.oid = pg_partition_root(c.oid)"
+                " JOIN pg_namespace n ON n.oid = r.relnamespace WHERE c.oid = %s AND c.relispartition",
+                (rel.relid,)).fetchone()
+        except psycopg.Error as exc:
+            self._conn = None
+            raise SourceError(f"could not look up the partition root of {rel.namespace}.{rel.name}: {exc}",
+                              server=server_name(self.dsn)) from exc
+        return (row[0], row[1]) if row else (rel.namespace, rel.name)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
