@@ -26,3 +26,14 @@ def kill_at_random(cmd: list[str], env: dict, cwd: Path, logs_dir: Path, *, runs
             proc.wait(timeout=30)
         logs.append(log_path.read_text())
     return logs
+
+
+def kill_when(cmd: list[str], env: dict, cwd: Path, log_path: Path, ready, *, timeout: float = 120) -> None:
+    """Run ``cmd`` and kill it (SIGKILL) as soon as ``ready()`` is true (or it exits, or ``timeout`` s pass)."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not ready() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait(timeout=30)

@@ -27,7 +27,7 @@ from tests import WORKER
 from tests.flows import drain, flow_spec, source_part
 from tests.http_receiver import receiver  # noqa: F401 - fixture
 from tests.kafka_broker import consume_all, kafka_broker  # noqa: F401 - fixture
-from tests.killkit import kill_at_random
+from tests.killkit import kill_at_random, kill_when
 from tests.test_tricky_table import (
     ROW1,
     ROW2,
@@ -379,13 +379,7 @@ def test_snapshot_state_resumes_without_the_recovery_store(pgdb, tmp_path, backe
             except psycopg.errors.UndefinedTable:
                 return False
 
-    with open(tmp_path / "run.log", "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while not recorded() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.kill()
-        proc.wait(timeout=30)
+    kill_when(cmd, env, ROOT, tmp_path / "run.log", recorded)
     shutil.rmtree(tmp_path / "recovery")
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]

@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections import Counter
 from itertools import pairwise
@@ -34,7 +33,7 @@ from dataflows.backfill import PLAN_FILE, _load_plan
 from sources.postgres.snapshot import Part, PartReader, key_column, plan_key_parts
 from sources.postgres.snapshot_state import FileSnapshotState, PostgresSnapshotState
 from tests import WORKER
-from tests.killkit import kill_at_random
+from tests.killkit import kill_at_random, kill_when
 from wallaby.core.changes import SnapshotMark
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -426,13 +425,7 @@ def test_snapshot_state_resumes_key_ranges_without_the_recovery_store(pgdb, tmp_
             except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
                 return False
 
-    with open(tmp_path / "run.log", "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while not recorded() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.kill()
-        proc.wait(timeout=30)
+    kill_when(cmd, env, ROOT, tmp_path / "run.log", recorded)
     assert recorded(), (tmp_path / "run.log").read_text()[-3000:]
     shutil.rmtree(tmp_path / "recovery")
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
