@@ -59,8 +59,11 @@ BACKFILL_DESTINATIONS = ("duckdb", "kafka", "bufstream", "http")
 
 
 def takes_reads(spec: FlowSpec) -> bool:
-    """Whether every destination of ``spec`` takes a snapshot's rows (op ``read``) next to the stream."""
-    return all(d.type in BACKFILL_DESTINATIONS for d in spec.destinations) and spec.config.ack_policy != "primary"
+    """Whether every destination of ``spec`` takes a snapshot's rows (op ``read``) into what the stream writes (not
+    into staging tables, ``batch_mode=staging``, which wait for a resolution)."""
+    return (all(d.type in BACKFILL_DESTINATIONS for d in spec.destinations) and spec.config.ack_policy != "primary"
+            and not any(getattr(spec.destination_options(i), "batch_mode", None) == "staging"
+                        for i in range(len(spec.destinations))))
 
 
 def check_buildable(spec: FlowSpec) -> None:

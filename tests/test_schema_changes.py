@@ -519,3 +519,11 @@ def test_random_histories_with_schema_changes_end_equal(pg, rounds, seed, tmp_pa
         from tests.conftest import _drop_database
 
         _drop_database(pg.dsn(), name)
+
+
+def test_a_reread_needs_every_destination_to_take_reads_into_its_targets():
+    from dataflows.buildable import takes_reads
+
+    dsn = "postgresql://u@127.0.0.1:1/db"
+    assert takes_reads(flow_spec(dsn))
+    assert not takes_reads(flow_spec(dsn, destination={"batch_mode": "staging"}))  # reads would wait in staging
