@@ -58,7 +58,7 @@ class TypeResolver:
         for oid, t in types.items():  # Type messages name custom types even without resolve_types
             self.known.setdefault(oid, pgtypes.PgType(oid=oid, name=t.name, schema=t.namespace, kind="b",
                                                       base_oid=0, elem_oid=0, extension=None))
-        missing = self.missing_values(rel) if self.enabled else {}
+        missing, root, node = self.catalog_facts(rel) if self.enabled else ({}, (rel.namespace, rel.name), None)
         columns, ctypes = [], []
         for c in rel.columns:
             ct = pgtypes.column_type(c.type_oid, c.typmod, self.known, ndims.get(c.name, 1))
@@ -71,28 +71,41 @@ class TypeResolver:
                                   key=c.key, arrow_type=ct.arrow_type, base_type=ct.base_type,
                                   extension=ct.extension, missing=self._missing(ct, missing.get(c.name), rel)))
         version = 1 if old is None else old.schema.version + 1
-        namespace, name = self.partition_root(rel) if self.enabled else (rel.namespace, rel.name)
-        rewritten = self.rewritten(rel) if self.enabled else False
+        namespace, name = root
+        rewritten = self._rewritten(rel.relid, node) if self.enabled else False
         schema = TableSchema(rel.relid, namespace, name, tuple(columns), rel.replica_identity, version,
                              rewritten=rewritten and old is not None)
         if old is not None and old.schema.same_shape(schema):
             return old
         return TableState(schema, ctypes)
 
-    def missing_values(self, rel: Relation) -> dict[str, str]:
-        """The text of each column's missing value (``pg_attribute.attmissingval``: what rows older than an
-        ``ADD COLUMN ... DEFAULT <constant>`` hold for it), by column name; columns without one are left out. Read
-        from the catalog as it is now: a table rewritten since then holds the values in its rows instead (a
-        rewrite is not in the stream either; docs/ddl.md)."""
+    def catalog_facts(self, rel: Relation) -> tuple[dict[str, str], tuple[str, str], int | None]:
+        """What the catalog says of a relation beyond its Relation message, in one query:
+
+        - the text of each column's missing value (``pg_attribute.attmissingval``: what rows older than an ``ADD
+          COLUMN ... DEFAULT <constant>`` hold for it), by column name, columns without one left out; read as the
+          catalog is now: a table rewritten since then holds the values in its rows instead (docs/ddl.md);
+        - the table its changes land in: a partition's root table (``pg_partition_root``), so a partitioned table is
+          one destination table even when its publication publishes the partitions as themselves
+          (``publish_via_partition_root`` false; said at start by ``setup.publication_notes``); else itself;
+        - its storage (``pg_relation_filenode``): a change of it is a rewrite (:meth:`_rewritten`)."""
         try:
-            rows = self._meta().execute(
-                "SELECT attname, (attmissingval::text::text[])[1] FROM pg_attribute WHERE attrelid = %s"
-                " AND attnum > 0 AND atthasmissing AND NOT attisdropped", (rel.relid,)).fetchall()
+            row = self._meta().execute(
+                "SELECT pg_relation_filenode(c.oid), n.nspname, r.relname,"
+                " (SELECT coalesce(json_object_agg(a.attname, (a.attmissingval::text::text[])[1]), '{}')"
+                "  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND a.atthasmissing"
+                "  AND NOT a.attisdropped)"
+                " FROM pg_class c LEFT JOIN pg_class r ON c.relispartition AND r.oid = pg_partition_root(c.oid)"
+                " LEFT JOIN pg_namespace n ON n.oid = r.relnamespace WHERE c.oid = %s", (rel.relid,)).fetchone()
         except psycopg.Error as exc:
             self._conn = None
-            raise SourceError(f"could not read the missing values of {rel.namespace}.{rel.name}: {exc}",
+            raise SourceError(f"could not read the catalog entry of {rel.namespace}.{rel.name}: {exc}",
                               server=server_name(self.dsn)) from exc
-        return {name: text for name, text in rows}
+        if row is None:
+            return {}, (rel.namespace, rel.name), None
+        node, root_schema, root_name, missing = row
+        root = (root_schema, root_name) if root_name is not None else (rel.namespace, rel.name)
+        return dict(missing or {}), root, node
 
     @staticmethod
     def _missing(ct: pgtypes.ColumnType, text: str | None, rel: Relation) -> pa.Array | None:
@@ -105,35 +118,12 @@ class TypeResolver:
                         " the destinations", rel.namespace, rel.name, text, ct.type_name)
             return None
 
-    def rewritten(self, rel: Relation) -> bool:
-        """Whether the relation's storage changed (``pg_class.relfilenode``) since its last Relation message this
-        worker saw: a rewrite (``ALTER ... TYPE``, ``ADD COLUMN ... DEFAULT <volatile>``, also ``VACUUM FULL``)."""
-        try:
-            row = self._meta().execute("SELECT pg_relation_filenode(%s::oid)", (rel.relid,)).fetchone()
-        except psycopg.Error as exc:
-            self._conn = None
-            raise SourceError(f"could not read the storage of {rel.namespace}.{rel.name}: {exc}",
-                              server=server_name(self.dsn)) from exc
-        node = row[0] if row else None
-        before = self._filenodes.get(rel.relid)
-        self._filenodes[rel.relid] = node
+    def _rewritten(self, relid: int, node: int | None) -> bool:
+        """Whether the relation's storage changed since its last Relation message this worker saw: a rewrite
+        (``ALTER ... TYPE``, ``ADD COLUMN ... DEFAULT <volatile>``, also ``VACUUM FULL``)."""
+        before = self._filenodes.get(relid)
+        self._filenodes[relid] = node
         return before is not None and node is not None and node != before
-
-    def partition_root(self, rel: Relation) -> tuple[str, str]:
-        """The table a relation's changes land in: a partition's root table (``pg_partition_root``), so a
-        partitioned table is one destination table even when its publication publishes the partitions as
-        themselves (``publish_via_partition_root`` false; said at start by ``setup.publication_notes``); any
-        other relation itself."""
-        try:
-            row = self._meta().execute(
-                "SELECT n.nspname, r.relname FROM pg_class c JOIN pg_class r ON r.oid = pg_partition_root(c.oid)"
-                " JOIN pg_namespace n ON n.oid = r.relnamespace WHERE c.oid = %s AND c.relispartition",
-                (rel.relid,)).fetchone()
-        except psycopg.Error as exc:
-            self._conn = None
-            raise SourceError(f"could not look up the partition root of {rel.namespace}.{rel.name}: {exc}",
-                              server=server_name(self.dsn)) from exc
-        return (row[0], row[1]) if row else (rel.namespace, rel.name)
 
     def close(self) -> None:
         if self._conn is not None:

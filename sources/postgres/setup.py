@@ -270,7 +270,7 @@ def publication_with(conn: psycopg.Connection, tables: list[str], version: int) 
 
 def publication_notes(conn: psycopg.Connection, publication: str, version: int) -> list[str]:
     """What an existing publication leaves out or splits, said at start: partitions published as themselves (the
-    source maps each to its root table, :meth:`sources.postgres.source.TypeResolver.partition_root`), stored
+    source maps each to its root table, :meth:`sources.postgres.resolver.TypeResolver.catalog_facts`), stored
     generated columns it does not publish (absent in the destinations)."""
     notes = []
     row = conn.execute("SELECT pubviaroot" + (", pubgencols::text" if version >= 180000 else ", NULL")

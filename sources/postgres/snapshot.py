@@ -654,6 +654,16 @@ class PartReader:
         fields += list(META_FIELDS)
         return TableChanges(self.state.schema, pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields)))
 
+    def next_batch(self, flow_id: str, mark_key: str, rows_before: int, *, consistent: bool = True,
+                   by_key: bool = False) -> tuple[ChangeBatch, Chunk, int]:
+        """The next chunk as a batch of ``read`` rows (numbered after ``rows_before``) with its snapshot mark
+        (``mark_key``; a key-range part's mark has its last key), the chunk and the rows it holds."""
+        chunk = self.read(rows_before + 1)
+        rows = len(chunk.changes) if chunk.changes is not None else 0
+        mark = SnapshotMark(mark_key, chunk.next_block, chunk.done, rows_before + rows, consistent,
+                            next_key=chunk.next_key if by_key else None)
+        return self.batch(flow_id, chunk.changes if rows else None, mark), chunk, rows
+
     def batch(self, flow_id: str, changes: TableChanges | None, mark: SnapshotMark) -> ChangeBatch:
         """A chunk's batch (no segments for a chunk without rows: the mark still tells the destinations' progress);
         its position is the part's last row read."""

@@ -28,7 +28,7 @@ import psycopg
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from sources.postgres.snapshot import Chunk, Part, PartReader, TableDroppedError
-from wallaby.core.changes import SNAPSHOT_PART_SHIFT, ChangeBatch, SnapshotMark
+from wallaby.core.changes import SNAPSHOT_PART_SHIFT, ChangeBatch
 from wallaby.core.runtime import tune_gc, tune_memory
 
 log = logging.getLogger("wallaby.backfill")
@@ -207,13 +207,11 @@ class _PartPartition(StatefulSourcePartition):
             return self._later()
         assert self.reader is not None
         before = self.reader.next_block
-        chunk = self.reader.read(self.rows + 1)
+        batch, chunk, rows = self.reader.next_batch(self.src.flow_id, self.part.key, self.rows,
+                                                    consistent=self.src.snapshot is not None, by_key=self.part.by_key)
         self.done = chunk.done
-        rows = len(chunk.changes) if chunk.changes is not None else 0
         self.rows += rows
-        mark = SnapshotMark(self.part.key, chunk.next_block, self.done, self.rows, self.src.snapshot is not None,
-                            next_key=chunk.next_key if self.part.by_key else None)
-        out = [(self.src.flow_id, self.reader.batch(self.src.flow_id, chunk.changes if rows else None, mark))]
+        out = [(self.src.flow_id, batch)]
         self.src.progress.advance(self.part, max(chunk.next_block - before, 0), rows, self.done)
         if self.done:
             log.info("backfill %s: read %d rows in %.1fs", self.part.key, self.rows, time.monotonic() - self.started,

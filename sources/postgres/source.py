@@ -41,7 +41,6 @@ from wallaby.core.changes import (
     Column,
     Event,
     Position,
-    SnapshotMark,
     TableChanges,
     TableSchema,
     format_lsn,
@@ -349,11 +348,8 @@ class _PostgresPartition(StatefulSourcePartition):
             self.resync_rows = 0
             log.info("source %s: reading %s again (rewritten at the source)", self.opts.slot, table,
                      extra={"flow": self.flow_id})
-        chunk = self.resync_reader.read(self.resync_rows + 1)
-        rows = len(chunk.changes) if chunk.changes is not None else 0
+        batch, chunk, rows = self.resync_reader.next_batch(self.flow_id, f"resync:{table}", self.resync_rows)
         self.resync_rows += rows
-        mark = SnapshotMark(f"resync:{table}", chunk.next_block, chunk.done, self.resync_rows)
-        batch = self.resync_reader.batch(self.flow_id, chunk.changes if rows else None, mark)
         if chunk.done:
             self.resync_reader.close()
             self.resync_reader = None
