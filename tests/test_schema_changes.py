@@ -408,7 +408,8 @@ def test_a_rewrite_is_said_with_its_plan_and_a_constant_default_is_not_one(pgdb,
 def test_a_rewritten_keyed_table_is_read_again_in_the_stream(pgdb, tmp_path):
     """ALTER ... TYPE ... USING computes new values for every row and the WAL carries none: the source reads the
     table again after the DDL (keyed: upserts), also for a worker that catches up after the fact, and DuckDB ends
-    equal, with the changes after the DDL on top."""
+    equal, with the changes after the DDL on top. The same for a column added with a volatile default while no
+    worker ran (the table's storage is kept with the flow's shapes)."""
     duck = tmp_path / "d.duckdb"
     with psycopg.connect(pgdb, autocommit=True) as c:
         c.execute("CREATE TABLE t (id int PRIMARY KEY, n numeric(8,2))")
@@ -426,13 +427,20 @@ def test_a_rewritten_keyed_table_is_read_again_in_the_stream(pgdb, tmp_path):
     with duckdb.connect(str(duck), read_only=True) as d:
         got = [tuple(r) for r in d.execute("SELECT id, n FROM public.t ORDER BY id").fetchall()]
     assert got == _pg(pgdb, "SELECT id, n FROM t ORDER BY id")
+    with psycopg.connect(pgdb, autocommit=True) as c:  # a volatile default: each row its own value, no row change
+        c.execute("ALTER TABLE t ADD COLUMN r int DEFAULT (random() * 1000)::int")
+        c.execute("INSERT INTO t (id, n) VALUES (502, 8)")
+    _run_worker(tmp_path, pgdb, duck, publication_tables="public.t")
+    with duckdb.connect(str(duck), read_only=True) as d:
+        got = [tuple(r) for r in d.execute("SELECT id, n, r FROM public.t ORDER BY id").fetchall()]
+    assert got == _pg(pgdb, "SELECT id, n, r FROM t ORDER BY id")
 
 
 # -- random histories of changes and schema changes, the worker killed -9 -------------------------------------------
 
 STEPS = st.lists(st.one_of(
     st.tuples(st.sampled_from(["insert", "update", "delete", "key"]), st.integers(1, 15), st.integers(-99, 99)),
-    st.tuples(st.sampled_from(["add_default", "add_null", "drop", "retype", "truncate"]), st.just(0),
+    st.tuples(st.sampled_from(["add_default", "add_null", "add_volatile", "drop", "retype", "truncate"]), st.just(0),
               st.integers(0, 9)),
 ), min_size=3, max_size=25)
 
@@ -459,6 +467,10 @@ def _history(conn: psycopg.Connection, steps, cols: list[str], v_type: list[str]
             name = f"n{len(cols)}"
             conn.execute(f"ALTER TABLE h ADD COLUMN {name} int")
             cols.append(name)
+        elif op == "add_volatile":  # Postgres rewrites the table, a value per row, no row change in the WAL
+            name = f"r{len(cols)}"
+            conn.execute(f"ALTER TABLE h ADD COLUMN {name} int DEFAULT (random() * 1000)::int")
+            cols.append(name)
         elif op == "drop" and cols:
             conn.execute(f"ALTER TABLE h DROP COLUMN {cols.pop()}")
         elif op == "retype" and len(v_type) < 3:
@@ -479,9 +491,9 @@ def _history(conn: psycopg.Connection, steps, cols: list[str], v_type: list[str]
           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(rounds=st.lists(STEPS, min_size=2, max_size=3), seed=st.integers(0, 1000))
 def test_random_histories_with_schema_changes_end_equal(pg, rounds, seed, tmp_path_factory):
-    """DML mixed with columns added (constant default or none), dropped, retyped (widened, and USING an expression
-    that computes new values), truncates; the worker killed -9 at a random moment of each round and run again: DuckDB
-    ends equal to Postgres on every Postgres column."""
+    """DML mixed with columns added (constant default, volatile default or none), dropped, retyped (widened, and
+    USING an expression that computes new values), truncates; the worker killed -9 at a random moment of each round
+    and run again: DuckDB ends equal to Postgres on every Postgres column."""
     tmp = tmp_path_factory.mktemp("hist")
     name = f"h{random.getrandbits(40):x}"
     with psycopg.connect(pg.dsn(), autocommit=True) as c:

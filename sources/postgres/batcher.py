@@ -210,14 +210,18 @@ class Batcher:
             return
         self.tables[msg.relid] = state
         self.open_runs.pop(msg.relid, None)  # a new shape starts a new run
-        if state.schema.rewritten and not self.skipping:
+        before = self.known.get(msg.relid)
+        if before is not None and before.same_shape(state.schema):
+            return  # a shape keeps the storage it was first seen with: a rewrite while no worker ran shows later
+        self.known[msg.relid] = state.schema
+        if before is None:
+            return
+        if state.schema.rewritten_since(before) and not self.skipping:
             log.warning("%s changed shape and was rewritten at the source (ALTER ... TYPE, a volatile default): the"
                         " rows destinations already hold keep their old values (a cast of them) where Postgres"
                         " computed new ones; resync it: wallaby-worker -mode backfill -tables %s",
                         state.schema.qualified, state.schema.qualified, extra={"flow": self.flow_id})
-        before = self.known.get(msg.relid)
-        self.known[msg.relid] = state.schema
-        if self.drift and before is not None and not before.same_shape(state.schema):
+        if self.drift:
             self._drift(before, state.schema)
 
     def _drift(self, before: TableSchema, after: TableSchema) -> None:
@@ -234,8 +238,9 @@ class Batcher:
         }
         # Stored values may have changed with no row change: any retype (a USING expression can stand behind any
         # ALTER ... TYPE; known from the shapes alone, so a worker catching up finds it too), or a new column whose
-        # values Postgres computed per row (a rewrite this worker saw: relfilenode changed)
-        payload["rewritten"] = bool(payload["retyped"] or (after.rewritten and payload["added"]))
+        # values Postgres computed per row (a rewrite: the table's storage changed since the shape before, also
+        # while no worker ran, the shapes being kept with the flow's state)
+        payload["rewritten"] = bool(payload["retyped"] or (after.rewritten_since(before) and payload["added"]))
         payload["ddl"] = describe_drift(payload)
         if self.skipping:
             return

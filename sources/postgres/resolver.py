@@ -31,7 +31,6 @@ class TypeResolver:
         self.known: dict[int, pgtypes.PgType] = dict(pgtypes.BUILTIN_TYPES)
         self.utf8_valid = False  # set from the replication connection: text needs no UTF-8 validation
         self._conn: psycopg.Connection | None = None
-        self._filenodes: dict[int, int | None] = {}  # relid -> its relfilenode at its last Relation message
 
     def _meta(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -72,9 +71,8 @@ class TypeResolver:
                                   extension=ct.extension, missing=self._missing(ct, missing.get(c.name), rel)))
         version = 1 if old is None else old.schema.version + 1
         namespace, name = root
-        rewritten = self._rewritten(rel.relid, node) if self.enabled else False
         schema = TableSchema(rel.relid, namespace, name, tuple(columns), rel.replica_identity, version,
-                             rewritten=rewritten and old is not None)
+                             filenode=node)
         if old is not None and old.schema.same_shape(schema):
             return old
         return TableState(schema, ctypes)
@@ -88,7 +86,8 @@ class TypeResolver:
         - the table its changes land in: a partition's root table (``pg_partition_root``), so a partitioned table is
           one destination table even when its publication publishes the partitions as themselves
           (``publish_via_partition_root`` false; said at start by ``setup.publication_notes``); else itself;
-        - its storage (``pg_relation_filenode``): a change of it is a rewrite (:meth:`_rewritten`)."""
+        - its storage (``pg_relation_filenode``), as it is now: a change of it is a rewrite
+          (``TableSchema.rewritten_since``)."""
         try:
             row = self._meta().execute(
                 "SELECT pg_relation_filenode(c.oid), n.nspname, r.relname,"
@@ -117,13 +116,6 @@ class TypeResolver:
             log.warning("%s.%s: its missing value %r does not decode as %s; rows older than the column get NULL in"
                         " the destinations", rel.namespace, rel.name, text, ct.type_name)
             return None
-
-    def _rewritten(self, relid: int, node: int | None) -> bool:
-        """Whether the relation's storage changed since its last Relation message this worker saw: a rewrite
-        (``ALTER ... TYPE``, ``ADD COLUMN ... DEFAULT <volatile>``, also ``VACUUM FULL``)."""
-        before = self._filenodes.get(relid)
-        self._filenodes[relid] = node
-        return before is not None and node is not None and node != before
 
     def close(self) -> None:
         if self._conn is not None:

@@ -387,10 +387,9 @@ class _PostgresPartition(StatefulSourcePartition):
 
     def _note_shapes(self, segments: list) -> None:
         for seg in segments:
-            if isinstance(seg, TableChanges):
-                self.shapes[seg.table.relid] = seg.table
-            else:
-                for t in seg.tables:
+            for t in (seg.table,) if isinstance(seg, TableChanges) else seg.tables:
+                before = self.shapes.get(t.relid)
+                if before is None or not before.same_shape(t):  # a shape keeps the storage it was first seen with
                     self.shapes[t.relid] = t
 
     def _hold(self, ev: Event, last: Position) -> None:
@@ -443,14 +442,16 @@ class _PostgresPartition(StatefulSourcePartition):
 def shapes_to_state(shapes: dict[int, TableSchema]) -> list:
     """Relation shapes for a snapshot: what schema drift is judged by (names, types, keys)."""
     return [[t.relid, t.schema, t.name, t.replica_identity, t.version,
-             [[c.name, c.type_oid, c.type_name, c.typmod, c.key] for c in t.columns]] for t in shapes.values()]
+             [[c.name, c.type_oid, c.type_name, c.typmod, c.key] for c in t.columns], t.filenode]
+            for t in shapes.values()]
 
 
 def shapes_from_state(state: list | None) -> dict[int, TableSchema]:
     out: dict[int, TableSchema] = {}
-    for relid, schema, name, ri, version, cols in state or []:
+    for relid, schema, name, ri, version, cols, *rest in state or []:  # rest: the filenode (none before 0.1.0)
         out[relid] = TableSchema(relid, schema, name, tuple(Column(n, oid, tn, mod, key) for n, oid, tn, mod, key
-                                                             in cols), ri, version)
+                                                             in cols), ri, version,
+                                 filenode=rest[0] if rest else None)
     return out
 
 

@@ -134,9 +134,14 @@ class TableSchema:
     columns: tuple[Column, ...]
     replica_identity: str = "d"  # d(efault) n(othing) f(ull) i(ndex)
     version: int = 1
-    # The table's storage was rewritten since the shape before this one (its relfilenode changed: ALTER ... TYPE, a
-    # volatile default): Postgres changed stored values that no change carries (sources/postgres/source.py).
-    rewritten: bool = field(default=False, compare=False)
+    # The table's storage (pg_relation_filenode) when this shape was first seen; None when unknown. A shape change
+    # whose storage changed too was a rewrite (ALTER ... TYPE, a volatile default): Postgres changed stored values
+    # that no change carries (sources/postgres/batcher.py). Kept with the flow's shapes across restarts.
+    filenode: int | None = field(default=None, compare=False)
+
+    def rewritten_since(self, before: TableSchema) -> bool:
+        """Whether the table's storage changed between ``before`` and this shape (both known)."""
+        return before.filenode is not None and self.filenode is not None and before.filenode != self.filenode
 
     @property
     def qualified(self) -> str:
