@@ -26,6 +26,7 @@ from wallaby.core.changes import ZERO, ChangeBatch, Position
 
 # The sink errors belong to wallaby's one error taxonomy (wallaby.core.errors); destinations import them from here.
 from wallaby.core.errors import PermanentSinkError as PermanentSinkError
+from wallaby.core.errors import SchemaChangeError as SchemaChangeError
 from wallaby.core.errors import SinkError as SinkError
 from wallaby.core.errors import TransientSinkError as TransientSinkError
 from wallaby.core.identity import DISCARD, SourceCheck, SourceIdentity

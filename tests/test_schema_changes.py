@@ -8,7 +8,9 @@ import json
 import logging
 import os
 import random
+import signal
 import subprocess
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,8 +27,10 @@ from tests.builders import Stream, col, evolve, ins, numeric_typmod, table, upd
 from tests.flows import drain, flow_spec, rows_of, source_part
 from tests.killkit import kill_at_random
 from wallaby.core.changes import TableChanges
+from wallaby.state.checkpoints import open_store
 
 FLOW = "schema-flow"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _writer(path: Path, **opts) -> DuckDBWriter:
@@ -236,20 +240,79 @@ def test_stored_generated_columns_are_published_or_named_at_start(pgdb, caplog):
 # -- end to end: the worker streaming into DuckDB ------------------------------------------------------------------
 
 
-def _run_worker(tmp_path: Path, dsn: str, duck: Path, *, epoch: str = "5s", destination: dict | None = None,
-                args: tuple[str, ...] = ("-max-empty-reads", "2"), **source) -> None:
-    """One ``wallaby-worker`` run of flow ``sc`` into ``duck`` (by default until the slot is drained)."""
+def _worker_env(tmp_path: Path, epoch: str = "5s") -> dict[str, str]:
+    return {**os.environ, "WALLABY_CHECKPOINT_BACKEND": "sqlite", "WALLABY_CHECKPOINT_PATH": str(tmp_path / "c.db"),
+            "WALLABY_EPOCH_INTERVAL": epoch, "PYTHONPATH": str(ROOT)}
+
+
+def _worker_flow(tmp_path: Path, dsn: str, duck: Path, destination: dict | None = None, **source) -> Path:
     flow = {"id": "sc", "name": "sc",
             "source": {"name": "pg", "type": "postgres", "options": {
                 "dsn": dsn, "slot": "wallaby_sc", "publication": "wallaby_sc", "batch_timeout": "50ms", **source}},
             "destinations": [{"name": "duck", "type": "duckdb", "options": {"dsn": str(duck), **(destination or {})}}]}
     path = tmp_path / "flow.json"
     path.write_text(json.dumps(flow))
-    env = {**os.environ, "WALLABY_CHECKPOINT_BACKEND": "sqlite", "WALLABY_CHECKPOINT_PATH": str(tmp_path / "c.db"),
-           "WALLABY_EPOCH_INTERVAL": epoch, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    r = subprocess.run([*WORKER, "-flow-file", str(path), *args], env=env, capture_output=True, text=True,
-                       timeout=120, cwd=Path(__file__).resolve().parent.parent)
-    assert r.returncode == 0, r.stderr[-3000:]
+    return path
+
+
+def _run_worker(tmp_path: Path, dsn: str, duck: Path, *, epoch: str = "5s", destination: dict | None = None,
+                args: tuple[str, ...] = ("-max-empty-reads", "2"), status: int = 0,
+                **source) -> subprocess.CompletedProcess:
+    """One ``wallaby-worker`` run of flow ``sc`` into ``duck`` (by default until the slot is drained), ending with
+    exit ``status``."""
+    path = _worker_flow(tmp_path, dsn, duck, destination, **source)
+    r = subprocess.run([*WORKER, "-flow-file", str(path), *args], env=_worker_env(tmp_path, epoch),
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == status, r.stderr[-3000:]
+    return r
+
+
+def test_a_change_the_destination_cannot_express_holds_the_flow_at_the_gate(pgdb, tmp_path):
+    """text -> int USING length(v) where DuckDB holds 'seven': the worker stops once (exit 75) with the error naming
+    the table, the column and both types, and leaves the drift event pending; a worker started again holds before
+    the change instead of failing again, writing nothing after it; the user drops the DuckDB table and approves:
+    the stream reads the rewritten table again and DuckDB ends equal to Postgres."""
+    duck = tmp_path / "d.duckdb"
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    _run_worker(tmp_path, pgdb, duck, publication_tables="public.t")
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("INSERT INTO t VALUES (1, 'seven')")
+    _run_worker(tmp_path, pgdb, duck, publication_tables="public.t")
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("ALTER TABLE t ALTER COLUMN v TYPE int USING length(v)")
+        c.execute("INSERT INTO t VALUES (2, 8)")
+    first = _run_worker(tmp_path, pgdb, duck, publication_tables="public.t", status=75).stderr
+    flows = open_store(_worker_env(tmp_path)).flow_store
+    (event,) = [e for e in flows.list_ddl(flow_id="sc") if e.status == "pending"]
+    line = first.strip().splitlines()[-1]
+    assert line.startswith("wallaby-worker: destination 'duck'") and "'v'" in line and "text" in line, line
+    assert "int4" in line and f"DDL event {event.id} (public.t) is pending" in line, line
+    assert f"wallaby-admin ddl approve -id {event.id}" in line and json.loads(event.plan_json)["retyped"] == ["v"]
+
+    path = _worker_flow(tmp_path, pgdb, duck, publication_tables="public.t")
+    log = tmp_path / "held.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*WORKER, "-flow-file", str(path)], env=_worker_env(tmp_path), stdout=out,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 60
+            while b"holding at" not in log.read_bytes() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert proc.poll() is None, log.read_text()[-3000:]  # held, not failed again
+            assert b"holding at" in log.read_bytes()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert _rows(duck) == [(1, "seven")]  # nothing after the held change
+
+    with duckdb.connect(str(duck)) as d:
+        d.execute("DROP TABLE public.t")
+    flows.set_ddl_status(event.id, "approved")
+    _run_worker(tmp_path, pgdb, duck, publication_tables="public.t")
+    assert _rows(duck) == _pg(pgdb, "SELECT * FROM t ORDER BY id") == [(1, 5), (2, 8)]
 
 
 def test_a_partitioned_table_is_backfilled_through_its_root_then_streamed(pgdb, tmp_path):

@@ -39,6 +39,14 @@ class ApplyError(Exception):
         self.message = message
 
 
+class RetypeError(ApplyError):
+    """A column's values do not convert to the type the source changed it to."""
+
+    def __init__(self, message: str, column: str):
+        super().__init__(message)
+        self.column = column
+
+
 # --------------------------------------------------------------------------- target mode, keyed
 
 

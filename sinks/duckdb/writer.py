@@ -112,8 +112,17 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sinks.base import HighWater, PermanentSinkError, Writer, WriterSink, source_json
-from sinks.duckdb.apply import APPEND_COLS, ApplyError, DestTable, apply_append, apply_keyed, apply_keyless, q
+from sinks.base import HighWater, PermanentSinkError, SchemaChangeError, Writer, WriterSink, source_json
+from sinks.duckdb.apply import (
+    APPEND_COLS,
+    ApplyError,
+    DestTable,
+    RetypeError,
+    apply_append,
+    apply_keyed,
+    apply_keyless,
+    q,
+)
 from sinks.duckdb.merge import TruncateMark, fix_infinity, merge_pending
 from sinks.duckdb.options import DuckDBDestinationOptions as DuckDBOptions
 from sinks.duckdb.types import canonical_type, duckdb_type, widens
@@ -581,7 +590,9 @@ class DuckDBWriter(Writer):
         except duckdb.Error as exc:
             self._fail(where, self._clean(exc))
 
-    def _fail(self, where: str | None, message: str) -> NoReturn:
+    def _fail(self, where: str | None, message: str, held: tuple[str, str, Position] | None = None) -> NoReturn:
+        """Roll back, forget what is cached, raise. ``held``: (source table, column, first change) of a schema
+        change DuckDB cannot express (the worker holds the flow there)."""
         self._failed = message
         if self._tx:
             try:
@@ -596,6 +607,8 @@ class DuckDBWriter(Writer):
         self._meta_seen.clear()
         self._pending.clear()
         prefix = f"DuckDB {self._dsn_shown}, table {where}: " if where else f"DuckDB {self._dsn_shown}: "
+        if held is not None:
+            raise SchemaChangeError(self.name, prefix + message, *held) from None
         raise PermanentSinkError(self.name, prefix + message) from None
 
     # ------------------------------------------------------------------ apply
@@ -614,6 +627,9 @@ class DuckDBWriter(Writer):
             where = f"{p.dest[0]}.{p.dest[1]}"
             try:
                 self._apply_table(p)
+            except RetypeError as exc:
+                first = next(i.first for i in p.items if isinstance(i, TableChanges))
+                self._fail(where, exc.message, held=(p.table.qualified, exc.column, first))
             except ApplyError as exc:
                 self._fail(where, exc.message)
             except duckdb.ConversionException as exc:
@@ -874,11 +890,11 @@ class DuckDBWriter(Writer):
         try:
             self._con.execute(f"ALTER TABLE {qt} ALTER {q(name)} SET DATA TYPE {want}")
         except duckdb.Error as exc:
-            raise ApplyError(
+            raise RetypeError(
                 f"column {name!r} changed type at the source from {old_pg} to {new_pg}; DuckDB cannot convert the"
                 f" values it holds from {have} to {want} ({self._clean(exc).splitlines()[0]}). Map {new_pg} to a"
                 f" type both fit with the destination option type_mappings, or drop the DuckDB table and backfill"
-                f" it") from None
+                f" it", name) from None
         log.warning("destination %r: %s.%s rebuilt from %s to %s (the source changed it from %s to %s; values"
                     " cast by DuckDB)", self.name, qt, name, have, want, old_pg, new_pg, extra={"flow": self.flow_id})
 

@@ -27,10 +27,11 @@ import logging
 import orjson
 
 from wallaby.core import settings
-from wallaby.core.changes import Event, format_lsn
+from wallaby.core.changes import Event, Position, format_lsn, parse_lsn
+from wallaby.core.errors import SchemaChangeError
 from wallaby.core.spec import DDLPolicy
 from wallaby.core.telemetry import ddl_gated
-from wallaby.state.flowstore import FlowStore
+from wallaby.state.flowstore import DDLEvent, FlowStore
 
 log = logging.getLogger("wallaby.ddl")
 
@@ -68,3 +69,46 @@ class DDLGate:
         if record.status == "applied" or (record.status == "approved" and self.policy.auto_apply):
             return PASS
         return HOLD
+
+
+def _position(text: str) -> Position | None:
+    lsn, sep, ordinal = text.partition("#")
+    try:
+        return Position(parse_lsn(lsn), int(ordinal)) if sep else None
+    except ValueError:
+        return None
+
+
+def hold_schema_change(flows: FlowStore, flow_id: str, err: SchemaChangeError,
+                       resumes_at: Position | None) -> DDLEvent | None:
+    """A destination could not apply a schema change the gate let through (``err``): leave the DDL event of it
+    pending, so a worker started again holds before it (``decide`` -> HOLD) instead of failing the same way on
+    every restart. The event is the last one of ``err.table`` at or before the first change with the new shape,
+    naming the column when one does (drift events list ``retyped`` columns). None when there is no such event
+    after ``resumes_at`` (where the next worker starts): then holding cannot help and the error stands."""
+    first = err.position if isinstance(err.position, Position) else None
+    found: list[tuple[Position, DDLEvent]] = []
+    for event in flows.list_ddl(flow_id=flow_id):
+        pos = _position(event.position)
+        if event.table != err.table or pos is None or (first is not None and pos > first):
+            continue
+        if resumes_at is not None and pos <= resumes_at:
+            continue
+        found.append((pos, event))
+    if not found:
+        return None
+    naming = [(p, e) for p, e in found if err.column in _retyped(e)]
+    _, event = max(naming or found, key=lambda pe: (pe[0], pe[1].id))
+    held = flows.reopen_ddl(event.id, str(err))
+    ddl_gated(flow_id, err.table, held.ddl, held.id)
+    log.warning("ddl: flow=%s table=%s: DDL event %d is pending again: %s", flow_id, err.table, held.id, err,
+                extra={"flow": flow_id})
+    return held
+
+
+def _retyped(event: DDLEvent) -> list:
+    try:
+        plan = orjson.loads(event.plan_json or "{}")
+    except orjson.JSONDecodeError:
+        return []
+    return plan.get("retyped") or [] if isinstance(plan, dict) else []

@@ -55,12 +55,21 @@ from dataflows.flow import build_flow, check_buildable, stored_flow
 from dataflows.positions import RECOVERY_MIN_FREE, lock_recovery, open_recovery, prepare_start, recovery_store_error
 from dataflows.preflight import preflight
 from dataflows.staging import resolve_flow_staging
+from sources.postgres.ddl_gate import hold_schema_change
 from sources.postgres.snapshot_state import open_snapshot_state
 from wallaby.control.panicfilter import filtered_stderr
 from wallaby.control.progress import TerminalProgress
 from wallaby.core import logs, settings
 from wallaby.core.changes import parse_lsn
-from wallaby.core.errors import ConfigError, FieldProblem, WallabyError, exit_status, redact_dsn
+from wallaby.core.errors import (
+    ConfigError,
+    FieldProblem,
+    SchemaChangeError,
+    SchemaChangeHeld,
+    WallabyError,
+    exit_status,
+    redact_dsn,
+)
 from wallaby.core.options import parse_duration
 from wallaby.core.runtime import STOP, install_stop_handler
 from wallaby.core.spec import load_flow
@@ -159,10 +168,44 @@ def run(args: argparse.Namespace) -> int:
     log.info("flow %s: recovery store %s", spec.id, rdir)
     try:
         _run_dataflow(flow, rdir, epoch)
+    except Exception as exc:
+        _hold_schema_change(exc, spec, checkpoints)
+        raise
     finally:
         checkpoints.close()
     log.info("flow %s: stopped", spec.id)
     return 0
+
+
+def _hold_schema_change(exc: BaseException, spec, checkpoints) -> None:
+    """A destination could not apply a schema change: leave its DDL event pending (the gate holds the next worker
+    before it) and raise :class:`SchemaChangeHeld` saying what to do, instead of failing the same way on every
+    restart. Returns when ``exc`` is no such error, or holding cannot help (no store, no event after the flow's
+    checkpoint, or this event was held before and the worker still met the change): then ``exc`` stands."""
+    err = next((e for e in _causes(exc) if isinstance(e, SchemaChangeError)), None)
+    flows = getattr(checkpoints, "flow_store", None)
+    if err is None or flows is None:
+        return
+    cp = checkpoints.get(spec.id, spec.source_options().slot)
+    before = {e.id: e.status for e in flows.list_ddl(flow_id=spec.id)}
+    event = hold_schema_change(flows, spec.id, err, cp.position if cp is not None else None)
+    if event is None or before.get(event.id) == "pending":
+        return
+    raise SchemaChangeHeld(
+        f"{err}. The flow holds at this change: DDL event {event.id} ({event.table}) is pending again, and a worker"
+        f" started now waits before it. Map the new type to one the values fit (destination option type_mappings),"
+        f" or drop the destination table (the stream reads a rewritten table again), then approve it:"
+        f" wallaby-admin ddl approve -id {event.id}. Rejecting it does not help: the changes after it have the"
+        f" new type") from exc
+
+
+def _causes(exc: BaseException | None) -> list[BaseException]:
+    """``exc`` and its chain of causes and contexts, outermost first."""
+    chain: list[BaseException] = []
+    while exc is not None and all(exc is not seen for seen in chain):
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
 
 
 def _run_dataflow(flow, rdir: Path, epoch: float, workers: int = 1) -> None:
@@ -267,10 +310,7 @@ def _root_cause(exc: BaseException) -> tuple[BaseException, str]:
     import re
 
     wrapper = getattr(sys.modules.get("bytewax.errors"), "BytewaxRuntimeError", ())
-    chain: list[BaseException] = []
-    while exc is not None and all(exc is not seen for seen in chain):
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
+    chain = _causes(exc)
     cause = next((e for e in chain if isinstance(e, WallabyError)), None) or \
         next((e for e in chain if not isinstance(e, wrapper)), chain[0])
     if isinstance(cause, WallabyError):

@@ -199,6 +199,22 @@ class PermanentSinkError(SinkError, TerminalError):
     rejected payload."""
 
 
+class SchemaChangeError(PermanentSinkError):
+    """A schema change at the source the destination cannot express (a column's values do not convert to its new
+    type). ``table`` is the source table, ``column`` the column, ``position`` the first change with the new shape:
+    the worker holds the flow at that change through the DDL gate (``sources.postgres.ddl_gate.hold_schema_change``)
+    instead of failing every restart."""
+
+    def __init__(self, destination: str, message: str, table: str, column: str, position: object):
+        super().__init__(destination, message)
+        self.table, self.column, self.position = table, column, position
+
+
+class SchemaChangeHeld(TransientError):
+    """The worker stopped at a schema change a destination cannot express and left its DDL event pending: a worker
+    started again holds before it until someone decides (exit 75: restarting is right, it waits)."""
+
+
 # SQLSTATEs that mean "the server went away, is restarting or is busy; try again" (source and Postgres
 # destinations alike; sources.postgres.connection re-exports it).
 TRANSIENT_SQLSTATES = frozenset({

@@ -73,7 +73,7 @@ MIGRATIONS = [
 ]
 
 _FLOW_COLS = "id, name, spec, state, generation, state_reason, created_at, updated_at"
-_DDL_COLS = "id, flow_id, table_name, ddl, lsn, status, plan_json, created_at, updated_at"
+_DDL_COLS = "id, flow_id, table_name, ddl, lsn, status, plan_json, created_at, updated_at, position"
 
 
 @dataclass
@@ -103,10 +103,11 @@ class DDLEvent:
     plan_json: str = ""
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
+    position: str = ""  # the stream position the source met it at (``Position`` text), "" when not from a stream
 
     @classmethod
     def from_row(cls, r) -> DDLEvent:
-        return cls(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6] or "", float(r[7]), float(r[8]))
+        return cls(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6] or "", float(r[7]), float(r[8]), r[9] or "")
 
 
 class FlowStore:
@@ -246,6 +247,22 @@ class FlowStore:
                 raise IllegalStateError(f"DDL event {event_id} is {event.status}; it cannot become {status}")
             self.db.run("UPDATE wallaby_ddl_events SET status = ?, updated_at = ? WHERE id = ?",
                         (status, time.time(), event_id))
+        return self.get_ddl(event_id)
+
+    def reopen_ddl(self, event_id: int, reason: str) -> DDLEvent:
+        """Make a decided event pending again, ``reason`` kept in its plan as ``held``: a destination could not
+        apply what it let through (the source holds the flow before it when it meets it again)."""
+        with self.db.transaction():
+            event = self.get_ddl(event_id)
+            try:
+                plan = json.loads(event.plan_json) if event.plan_json else {}
+            except ValueError:
+                plan = {"plan": event.plan_json}
+            if not isinstance(plan, dict):
+                plan = {"plan": plan}
+            plan["held"] = reason
+            self.db.run("UPDATE wallaby_ddl_events SET status = 'pending', plan_json = ?, updated_at = ? WHERE id = ?",
+                        (json.dumps(plan), time.time(), event_id))
         return self.get_ddl(event_id)
 
     def close(self) -> None:
