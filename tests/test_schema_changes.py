@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 from sinks.base import PermanentSinkError
 from sinks.duckdb.writer import DuckDBOptions, DuckDBWriter
 from tests import WORKER
+from tests.apiserver import current_lsn, wait_streaming
 from tests.builders import Stream, col, evolve, ins, numeric_typmod, table, upd
 from tests.flows import drain, flow_spec, rows_of, source_part
 from tests.killkit import kill_at_random
-from wallaby.core.changes import TableChanges
+from wallaby.core.changes import TableChanges, parse_lsn
 from wallaby.state.checkpoints import open_store
 
 FLOW = "schema-flow"
@@ -602,3 +603,88 @@ def test_a_reread_needs_every_destination_to_take_reads_into_its_targets():
     dsn = "postgresql://u@127.0.0.1:1/db"
     assert takes_reads(flow_spec(dsn))
     assert not takes_reads(flow_spec(dsn, destination={"batch_mode": "staging"}))  # reads would wait in staging
+
+
+# -- the same histories through the DDL gate ------------------------------------------------------------------------
+
+def _gated_worker(tmp: Path, flow_path: Path, log) -> subprocess.Popen:
+    env = {**_worker_env(tmp, "300ms"), "WALLABY_DDL_POLL": "0.3"}
+    return subprocess.Popen([*WORKER, "-flow-file", str(flow_path)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=ROOT)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(steps=STEPS, seed=st.integers(0, 1000))
+def test_random_histories_through_the_ddl_gate_hold_until_decided(pg, steps, seed, tmp_path_factory):
+    """gate=true, auto_approve=false: each schema change of a random history of DML and DDL (the same steps as
+    above) holds the flow until it is decided; while it is held nothing at or after it is confirmed (the checkpoint
+    stays before the DDL's transaction), also across a kill -9 of the held worker; decided (approved, or
+    approved-and-applied), the flow goes on, and DuckDB ends equal to Postgres on every Postgres column."""
+    tmp = tmp_path_factory.mktemp("gated")
+    name = f"g{random.getrandbits(40):x}"
+    with psycopg.connect(pg.dsn(), autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    dsn = pg.dsn(name)
+    duck = tmp / "g.duckdb"
+    flow_path = _worker_flow(tmp, dsn, duck, publication_tables="public.h")
+    flow = json.loads(flow_path.read_text())
+    flow["config"] = {"ddl": {"gate": True, "auto_approve": False, "auto_apply": True}}
+    flow_path.write_text(json.dumps(flow))
+    store = open_store(_worker_env(tmp))
+    rng = random.Random(seed)
+    cols: list[str] = []
+    v_type = ["int"]
+    log = open(tmp / "worker.log", "ab")  # noqa: SIM115 - closed below
+    worker = None
+    held = 0
+    try:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("CREATE TABLE h (id int PRIMARY KEY, v int)")
+        worker = _gated_worker(tmp, flow_path, log)
+        wait_streaming(dsn, "wallaby_sc")
+        with psycopg.connect(dsn) as conn:
+            _history(conn, steps, cols, v_type)
+        target = current_lsn(dsn)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert worker.poll() is None, (tmp / "worker.log").read_text()[-3000:]
+            pending = store.flow_store.list_ddl("pending", "sc")
+            if pending:
+                event = pending[0]
+                held += 1
+                time.sleep(0.8)  # epochs go on while it is held
+                cp = store.get("sc", "wallaby_sc")
+                assert cp is None or cp.confirmed_lsn <= parse_lsn(event.lsn), (event, cp)
+                if rng.random() < 0.3:  # the held worker killed: the next one holds at the same record
+                    worker.kill()
+                    worker.wait(30)
+                    worker = _gated_worker(tmp, flow_path, log)
+                    time.sleep(1.5)
+                    assert [e.id for e in store.flow_store.list_ddl("pending", "sc")] == [event.id]
+                store.flow_store.set_ddl_status(event.id, rng.choice(["approved", "applied"]))
+                continue
+            cp = store.get("sc", "wallaby_sc")
+            if cp is not None and cp.confirmed_lsn >= target:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the flow did not catch up: " + (tmp / "worker.log").read_text()[-3000:])
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0, (tmp / "worker.log").read_text()[-3000:]
+        events = store.flow_store.list_ddl(flow_id="sc")
+        assert all(e.status in ("approved", "applied") for e in events) and len(events) == held
+        names = ["id", "v", *cols]
+        want = _pg(dsn, f"SELECT {', '.join(names)} FROM h ORDER BY id")
+        got = [tuple(r) for r in duckdb.connect(str(duck), read_only=True).execute(
+            f"SELECT {', '.join(names)} FROM public.h ORDER BY id").fetchall()]
+        assert got == want, (steps, cols, v_type)
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
+        log.close()
+        store.close()
+        from tests.conftest import _drop_database
+
+        _drop_database(pg.dsn(), name)
