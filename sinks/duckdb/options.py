@@ -13,6 +13,8 @@ class DuckDBDestinationOptions(TableWriterOptions):
 
     dsn: RequiredText
     drop_columns: Bool = False  # not in USAGE.md: follow a source DROP COLUMN (docs/ddl.md)
+    # not in USAGE.md: let go of the file between epochs so other processes can read it (docs/destinations.md)
+    release_file: Bool = True
 
 
 __all__ = ["DuckDBDestinationOptions"]

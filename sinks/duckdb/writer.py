@@ -345,19 +345,11 @@ class DuckDBWriter(Writer):
         self._failed: str | None = None
         self.stats = {"applied_rows": 0, "skipped_rows": 0, "applies": 0}
 
-        dsn = options.dsn
-        if dsn != ":memory:" and not dsn.startswith(("md:", "motherduck:")):
-            try:
-                Path(dsn).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise PermanentSinkError(name, f"cannot create the directory of {self._dsn_shown}: {exc}") from None
+        # release_file: the file is let go between epochs (readers get in); reopened when the writer needs it
+        self._release = bool(getattr(options, "release_file", False)) and options.dsn != ":memory:"
+        self._released = False
         try:
-            # A file database spills to its .tmp directory past the cap; an in-memory one cannot, so no cap.
-            config = {} if dsn == ":memory:" else {"memory_limit": DUCKDB_MEMORY_LIMIT,
-                                                   "checkpoint_threshold": DUCKDB_CHECKPOINT_THRESHOLD}
-            if DUCKDB_THREADS:
-                config["threads"] = DUCKDB_THREADS
-            self._con = _connect(dsn, config)
+            self._con = self._open_connection()
             self._con.execute(
                 f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (flow_id VARCHAR NOT NULL, destination VARCHAR NOT NULL,"
                 " lsn UBIGINT NOT NULL, ordinal UBIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL, source VARCHAR)"
@@ -381,6 +373,7 @@ class DuckDBWriter(Writer):
         self._applied_upto = self._hw.stored
         if row is not None and self._hw.stored == ZERO:  # discarded by a reset: gone for good, even if nothing comes
             self._con.execute(f"DELETE FROM {STATE_TABLE} WHERE flow_id = ? AND destination = ?", [flow_id, name])
+        self._let_go()
         if resume_state and row is None:
             log.info(
                 "destination %r: bytewax resume state %s but no high-water in DuckDB; applying what comes",
@@ -388,11 +381,55 @@ class DuckDBWriter(Writer):
                 resume_state,
             )
 
+    # ------------------------------------------------------------------ the connection
+
+    def _open_connection(self) -> duckdb.DuckDBPyConnection:
+        """A connection to the database the writer writes (a subclass opens another kind: DuckLake attaches its
+        catalog). Waits while another process holds the file (:func:`_connect`)."""
+        dsn = self.options.dsn
+        if dsn != ":memory:" and not dsn.startswith(("md:", "motherduck:")):
+            try:
+                Path(dsn).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise PermanentSinkError(self.name, f"cannot create the directory of {self._dsn_shown}: {exc}") \
+                    from None
+        # A file database spills to its .tmp directory past the cap; an in-memory one cannot, so no cap.
+        config = {} if dsn == ":memory:" else {"memory_limit": DUCKDB_MEMORY_LIMIT,
+                                               "checkpoint_threshold": DUCKDB_CHECKPOINT_THRESHOLD}
+        if DUCKDB_THREADS:
+            config["threads"] = DUCKDB_THREADS
+        return _connect(dsn, config)
+
+    def _acquire(self) -> None:
+        """Open the file again after :meth:`_let_go` (``release_file``), before anything touches it."""
+        if not self._released:
+            return
+        try:
+            self._con = self._open_connection()
+        except duckdb.Error as exc:
+            raise PermanentSinkError(self.name, f"cannot open DuckDB {self._dsn_shown} again: {self._clean(exc)}") \
+                from None
+        self._released = False
+
+    def _let_go(self) -> None:
+        """``release_file``: close the file once an epoch is committed, so other processes can open it (even read
+        only, DuckDB lets one process at a time hold a file). What the writer knows of its tables stays: only
+        this writer changes them."""
+        if not self._release or self._tx or self._pending or self._con is None:
+            return
+        try:
+            self._con.close()
+        except duckdb.Error:
+            pass
+        self._con = None  # type: ignore[assignment]
+        self._released = True
+
     # ------------------------------------------------------------------ public
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
         """The writer's DuckDB connection (for inspection; do not write through it mid-epoch)."""
+        self._acquire()
         return self._con
 
     @property
@@ -435,7 +472,10 @@ class DuckDBWriter(Writer):
         self._check_usable()
         if self._pending:
             self._apply_pending()
-        self._commit_at(self._hw.taken)
+        if self._hw.taken > self._hw.stored or self._tx:
+            self._acquire()
+            self._commit_at(self._hw.taken)
+        self._let_go()
         stored = self._hw.stored
         if stored == ZERO:
             return None
@@ -458,6 +498,7 @@ class DuckDBWriter(Writer):
             self._hw.stored = max(self._hw.stored, mark)
 
     def close(self) -> None:
+        self._released = False
         con = getattr(self, "_con", None)
         if con is not None:
             try:
@@ -570,7 +611,7 @@ class DuckDBWriter(Writer):
     def _check_usable(self) -> None:
         if self._failed:
             raise PermanentSinkError(self.name, f"writer failed earlier and must be restarted: {self._failed}")
-        if self._con is None:
+        if self._con is None and not self._released:
             raise PermanentSinkError(self.name, "writer is closed")
 
     def _clean(self, exc: BaseException) -> str:
@@ -614,10 +655,11 @@ class DuckDBWriter(Writer):
     # ------------------------------------------------------------------ apply
 
     def _apply_pending(self) -> None:
+        if not self._pending:
+            return
+        self._acquire()
         pending, self._pending = self._pending, {}
         self._buffered_rows = self._buffered_bytes = 0
-        if not pending:
-            return
         if self._tx and any(self._needs_ddl(p) for p in pending.values()):
             # DuckDB refuses to commit an ALTER of a table the same transaction deleted from or updated: what is
             # applied so far is committed first (exactly: nothing of these pending changes is applied yet)
