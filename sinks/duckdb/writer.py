@@ -72,9 +72,10 @@ Apply, ``write_mode=append``
     with ``__op='truncate'`` and NULL columns. Unchanged TOAST values are NULL
     (add the TOAST rehydration operator to fill them).
 
-Code: the options are in sinks/duckdb/options.py, the merge of an epoch's segments into one Arrow table in
-sinks/duckdb_merge.py, the apply SQL below in sinks/duckdb_apply.py, type mapping and widening in
-sinks/duckdb_types.py; this module is the writer (buffering, transactions, tables, schema evolution).
+Code: the options are in sinks/duckdb/options.py; the merge of an epoch's segments into one Arrow table
+(sinks/sql/merge.py) and the epoch reduction (sinks/sql/reduce.py) are shared by every table-materializing
+destination; DuckDB's apply SQL is in sinks/duckdb/apply.py, type mapping and widening in sinks/duckdb/types.py;
+this module is the writer (buffering, transactions, tables, schema evolution).
 
 Types: every value is ``CAST`` to its DuckDB column type in SQL. Postgres
 ``-infinity`` dates/timestamps (INT32_MIN days / INT64_MIN µs in Arrow) become
@@ -123,11 +124,12 @@ from sinks.duckdb.apply import (
     apply_keyless,
     q,
 )
-from sinks.duckdb.merge import TruncateMark, fix_infinity, merge_pending
 from sinks.duckdb.options import DuckDBDestinationOptions as DuckDBOptions
 from sinks.duckdb.types import canonical_type, duckdb_type, widens
 from sinks.retry import Steps, retry
+from sinks.sql.merge import TruncateMark, fix_infinity, merge_pending
 from sinks.sql.options import TableWriterOptions
+from sinks.sql.reduce import ReduceError
 from wallaby.core.changes import (
     OP_COL,
     OP_DDL,
@@ -672,7 +674,7 @@ class DuckDBWriter(Writer):
             except RetypeError as exc:
                 first = next(i.first for i in p.items if isinstance(i, TableChanges))
                 self._fail(where, exc.message, held=(p.table.qualified, exc.column, first))
-            except ApplyError as exc:
+            except (ApplyError, ReduceError) as exc:
                 self._fail(where, exc.message)
             except duckdb.ConversionException as exc:
                 self._fail(where, self._conversion_message(p, self._clean(exc)))

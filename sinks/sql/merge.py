@@ -1,4 +1,5 @@
-"""An epoch's buffered segments of one table merged into the one Arrow table the DuckDB apply reads."""
+"""An epoch's buffered segments of one table merged into the one Arrow table the epoch reduction reads
+(:mod:`sinks.sql.reduce`): one schema (the latest shape, older segments cast to it), ``__seq`` in WAL order."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sinks.duckdb.apply import SEQ_COL, ApplyError
+from sinks.sql.reduce import SEQ_COL, ReduceError
 from sources.postgres.pgtypes import DATE_NEG_INF, TS_NEG_INF
 from wallaby.core.changes import (
     BEFORE_PREFIX,
@@ -64,8 +65,9 @@ class TruncateMark:
 
 
 def merge_pending(table: TableSchema, items: list[TableChanges | TruncateMark], columns: dict[str, Column],
-                  append: bool) -> pa.Table:
-    """One Arrow table: after columns, meta columns, the needed before columns, ``__seq``."""
+                  append: bool, duckdb_infinity: bool = True) -> pa.Table:
+    """One Arrow table: after columns, meta columns, the needed before columns, ``__seq``. ``duckdb_infinity``:
+    dates and timestamps at Postgres' -infinity become DuckDB's (:func:`fix_infinity`; DuckDB and DuckLake)."""
     keyed = not append and table.replica_identity != "f" and bool(table.key_names)
     names = list(columns)
     segs = [i for i in items if isinstance(i, TableChanges)]
@@ -131,7 +133,7 @@ def merge_pending(table: TableSchema, items: list[TableChanges | TruncateMark], 
                 try:
                     a = a.cast(f.type)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    raise ApplyError(
+                    raise ReduceError(
                         f"column {f.name!r}: cannot combine types {a.type} and {f.type}: {exc}"
                     ) from None
             arrays.append(a)
@@ -146,7 +148,7 @@ def merge_pending(table: TableSchema, items: list[TableChanges | TruncateMark], 
             )
         batches.append(pa.RecordBatch.from_arrays(arrays, schema=schema))
     tbl = pa.Table.from_batches(batches, schema=schema)
-    for i, f in enumerate(tbl.schema):
+    for i, f in enumerate(tbl.schema if duckdb_infinity else ()):
         if pa.types.is_date32(f.type) or pa.types.is_timestamp(f.type):
             if f.name in (TS_COL,):
                 continue
