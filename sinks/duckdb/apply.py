@@ -14,6 +14,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sinks.sql.engine import ApplyError, RetypeError
 from sinks.sql.reduce import FROM, KEEP, SEQ_COL, VALUE, ReduceError, q, reduce_keyed, reduce_keyless
 from wallaby.core.changes import BEFORE_PREFIX, OP_COL, OP_READ, Column
 
@@ -27,18 +28,6 @@ class DestTable:
     columns: dict[str, str]  # name -> DuckDB type, in table order
 
 
-class ApplyError(Exception):
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-
-class RetypeError(ApplyError):
-    """A column's values do not convert to the type the source changed it to."""
-
-    def __init__(self, message: str, column: str):
-        super().__init__(message)
-        self.column = column
 
 
 # --------------------------------------------------------------------------- target mode, keyed

@@ -105,47 +105,28 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sinks.base import HighWater, PermanentSinkError, SchemaChangeError, Writer, WriterSink, source_json
-from sinks.duckdb.apply import (
-    APPEND_COLS,
-    ApplyError,
-    DestTable,
-    RetypeError,
-    apply_append,
-    apply_keyed,
-    apply_keyless,
-    q,
-)
+from sinks.base import PermanentSinkError, TransientSinkError, WriterSink, source_json
+from sinks.duckdb.apply import APPEND_COLS, DestTable, apply_append, apply_keyed, apply_keyless, q
 from sinks.duckdb.options import DuckDBDestinationOptions as DuckDBOptions
 from sinks.duckdb.types import canonical_type, duckdb_type, widens
 from sinks.retry import Steps, retry
-from sinks.sql.merge import TruncateMark, fix_infinity, merge_pending
-from sinks.sql.options import TableWriterOptions
-from sinks.sql.reduce import ReduceError
+from sinks.sql.engine import ApplyError, RetypeError, TableEngine, _Pending, staging_dest, target_dest
+from sinks.sql.merge import fix_infinity, merge_pending
 from wallaby.core.changes import (
     OP_COL,
-    OP_DDL,
-    OP_MESSAGE,
     OP_READ,
-    OP_TRUNCATE,
-    ZERO,
-    ChangeBatch,
     Column,
-    Event,
     Position,
     TableChanges,
-    TableSchema,
 )
 from wallaby.core.identity import SourceCheck, SourceIdentity
-from wallaby.core.runtime import release_memory
 from wallaby.core.settings import on_import as settings_on_import
 
 log = logging.getLogger("wallaby.sinks.duckdb")
@@ -194,24 +175,12 @@ def _connect(dsn: str, config: dict) -> duckdb.DuckDBPyConnection:
     return retry(lambda: duckdb.connect(dsn, config=config), policy=_LOCK_STEPS,
                  retryable=lambda exc: isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower(),
                  deadline=DUCKDB_LOCK_WAIT,
-                 on_retry=lambda exc, attempt, delay: log.info("DuckDB %s is held by another process; waiting",
-                                                               _safe_dsn(dsn)))
+                 on_retry=lambda exc, attempt, delay: attempt == 1 and log.info(
+                     "DuckDB %s is held by another process; waiting", _safe_dsn(dsn)))
 
 
 STATE_TABLE = "main.__wallaby_state"
 META_TABLE = "main.__wallaby_meta"
-
-
-def target_dest(options: TableWriterOptions, schema: str, name: str) -> tuple[str, str]:
-    """The DuckDB table (schema, name) a source table ``schema.name`` lands in (the ``schema`` and ``table``
-    options)."""
-    return (options.schema_name or schema, options.table or name)
-
-
-def staging_dest(options: TableWriterOptions, target: tuple[str, str]) -> tuple[str, str]:
-    """The staging table of the target table ``target`` (``batch_mode=staging``): ``staging_schema`` (else the
-    target's schema) . ``staging_table`` (else the target's name + ``staging_suffix``)."""
-    return (options.staging_schema or target[0], options.staging_table or target[1] + options.staging_suffix)
 
 
 def duckdb_sink(name: str, flow_id: str, options: DuckDBOptions, source: SourceCheck | None = None) -> WriterSink:
@@ -272,31 +241,10 @@ def _safe_dsn(dsn: str) -> str:
     return "<redacted dsn>"
 
 
-def _cut_before(before: TableSchema, after: TableSchema) -> bool:
-    """Whether the changes of schema version ``after`` must be applied apart from those of ``before``: a column of
-    both changed its source type (name or typmod), or one appeared with a missing value (``Column.missing``)."""
-    if before.relid != after.relid or before.version == after.version:
-        return False
-    old = {c.name: (c.type_name, c.typmod) for c in before.columns}
-    return any((c.type_name, c.typmod) != old[c.name] if c.name in old else c.missing is not None
-               for c in after.columns)
-
-
-@dataclass(slots=True)
-class _Pending:
-    dest: tuple[str, str]
-    table: TableSchema  # latest version seen
-    truncate: bool = False  # target mode: empty the table before applying items
-    items: list[TableChanges | TruncateMark] = field(default_factory=list)
-    gone: list[str] = field(default_factory=list)  # drop_columns: source columns to drop after the apply
-    staging: bool = False  # a staging table (batch_mode=staging): read rows appended as they are
-    fills: list[Column] = field(default_factory=list)  # columns added with a missing value: fill the older rows
-
-
 # --------------------------------------------------------------------------- writer
 
 
-class DuckDBWriter(Writer):
+class DuckDBWriter(TableEngine):
     """Applies change batches to DuckDB; one transaction per epoch (see the module docstring)."""
 
     def __init__(
@@ -313,43 +261,18 @@ class DuckDBWriter(Writer):
     ):
         if not isinstance(options, DuckDBOptions):
             options = DuckDBOptions.model_validate(options)
-        self.name = name
-        self.flow_id = flow_id
         self.options = options
-        self.source = source  # the flow's source: the high-water's identity is judged against it, and stored
-        self.max_buffer_rows = max_buffer_rows
-        self.max_buffer_bytes = max_buffer_bytes
-        self._append = options.write_mode == "append"
-        self._staging = options.batch_mode == "staging"
-        self._staged_for: dict[tuple[str, str], tuple[str, str]] = {}  # staging table -> its target table
-        self._mappings = options.mappings()
+        self.name = name
         self._dsn_shown = _safe_dsn(options.dsn)
-        self._pending: dict[tuple[str, str], _Pending] = {}
-        self._buffered_rows = 0
-        self._buffered_bytes = 0
-        self._tx = False
-        self._tx_bytes = 0  # changes applied in the open transaction
-        self.max_tx_bytes = max_tx_bytes
-        self._tables: dict[tuple[str, str], DestTable] = {}
-        self._meta_seen: dict[tuple[str, str, str, str], tuple[int, str]] = {}
-        self._source_cols: dict[tuple[str, str], list[str]] = {}  # dest -> source columns of the last apply
-        # dest -> whether every row in it came from this writer's reads (a backfill's snapshot reads each row once):
-        # decided at the writer's first apply to it (empty, and read rows come first), lost at anything else
-        self._fresh: dict[tuple[str, str], bool] = {}
-        self._reads_once = True  # every read row so far came from one snapshot (SnapshotMark.consistent)
-        self._taken_in_batch: Position | None = None  # inside write(): the last position taken of its batch
-        self._applied_upto = ZERO  # every change at or below it is applied (committed or in the open transaction)
-        self._dml_tables: set[tuple[str, str]] = set()  # tables the open transaction wrote rows to
-        self._warned: set[tuple[tuple[str, str], str, str]] = set()
-        # (dest, column) -> the source type (pg type name) of the column as last applied (this writer's, or the
-        # meta table's when the writer first meets the table): a change from it is a source type change
-        self._applied_types: dict[tuple[tuple[str, str], str], str] = {}
-        self._failed: str | None = None
-        self.stats = {"applied_rows": 0, "skipped_rows": 0, "applies": 0}
-
         # release_file: the file is let go between epochs (readers get in); reopened when the writer needs it
         self._release = bool(getattr(options, "release_file", False)) and options.dsn != ":memory:"
         self._released = False
+        self._con: duckdb.DuckDBPyConnection | None = None
+        super().__init__(name, flow_id, options, resume_state, source=source, max_buffer_rows=max_buffer_rows,
+                         max_buffer_bytes=max_buffer_bytes, max_tx_bytes=max_tx_bytes,
+                         where=f"DuckDB {self._dsn_shown} (destination {name!r})")
+
+    def _open_state(self) -> tuple[int, int, str | None] | None:
         try:
             self._con = self._open_connection()
             self._con.execute(
@@ -357,31 +280,20 @@ class DuckDBWriter(Writer):
                 " lsn UBIGINT NOT NULL, ordinal UBIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL, source VARCHAR)"
             )
             self._con.execute(f"ALTER TABLE {STATE_TABLE} ADD COLUMN IF NOT EXISTS source VARCHAR")  # older files
-            if options.meta_table_enabled:
+            if self.options.meta_table_enabled:
                 self._con.execute(
                     f"CREATE TABLE IF NOT EXISTS {META_TABLE} (flow_id VARCHAR NOT NULL, source_schema VARCHAR,"
                     " source_table VARCHAR, dest_schema VARCHAR, dest_table VARCHAR, schema_version INTEGER,"
                     " write_mode VARCHAR, columns_json JSON, updated_at TIMESTAMPTZ)"
                 )
-            row = self._con.execute(
+            return self._con.execute(
                 f"SELECT lsn, ordinal, source FROM {STATE_TABLE} WHERE flow_id = ? AND destination = ?",
-                [flow_id, name]).fetchone()
+                [self.flow_id, self.name]).fetchone()
         except duckdb.Error as exc:
-            raise PermanentSinkError(name, f"cannot open DuckDB {self._dsn_shown}: {self._clean(exc)}") from None
-        # taken: everything at or below is in DuckDB (or buffered for this epoch); stored: committed
-        self._hw = HighWater.judged(source, name, Position(int(row[0]), int(row[1])) if row else ZERO,
-                                    SourceIdentity.from_json(row[2]) if row else None,
-                                    f"DuckDB {self._dsn_shown} (destination {name!r})")
-        self._applied_upto = self._hw.stored
-        if row is not None and self._hw.stored == ZERO:  # discarded by a reset: gone for good, even if nothing comes
-            self._con.execute(f"DELETE FROM {STATE_TABLE} WHERE flow_id = ? AND destination = ?", [flow_id, name])
-        self._let_go()
-        if resume_state and row is None:
-            log.info(
-                "destination %r: bytewax resume state %s but no high-water in DuckDB; applying what comes",
-                name,
-                resume_state,
-            )
+            raise PermanentSinkError(self.name, f"cannot open DuckDB {self._dsn_shown}: {self._clean(exc)}") from None
+
+    def _forget_state(self) -> None:
+        self._con.execute(f"DELETE FROM {STATE_TABLE} WHERE flow_id = ? AND destination = ?", [self.flow_id, self.name])
 
     # ------------------------------------------------------------------ the connection
 
@@ -409,6 +321,12 @@ class DuckDBWriter(Writer):
         try:
             self._con = self._open_connection()
         except duckdb.Error as exc:
+            if isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower():
+                # a reader held the file past WALLABY_DUCKDB_LOCK_WAIT: busy, not broken (exit 75, restarted)
+                raise TransientSinkError(
+                    self.name, f"DuckDB {self._dsn_shown} is held by another process past WALLABY_DUCKDB_LOCK_WAIT"
+                    f" ({DUCKDB_LOCK_WAIT:g} s); readers should keep their connections short: {self._clean(exc)}"
+                ) from None
             raise PermanentSinkError(self.name, f"cannot open DuckDB {self._dsn_shown} again: {self._clean(exc)}") \
                 from None
         self._released = False
@@ -433,55 +351,6 @@ class DuckDBWriter(Writer):
         """The writer's DuckDB connection (for inspection; do not write through it mid-epoch)."""
         self._acquire()
         return self._con
-
-    @property
-    def high_water(self) -> Position:
-        """The position of the last change this writer has taken (committed or buffered)."""
-        return self._hw.taken
-
-    def write(self, batch: ChangeBatch) -> None:
-        self._check_usable()
-        hw = ZERO if batch.snapshot else self._hw.taken  # a backfill's rows are outside the stream's order
-        if batch.snapshot is not None and not batch.snapshot.consistent:
-            self._reads_once = False
-        if self._hw.replayed(batch):  # a replay: everything in it is already applied (or buffered)
-            self.stats["skipped_rows"] += len(batch)
-            return
-        self._taken_in_batch = None if batch.snapshot else hw
-        for seg in batch.segments:
-            if isinstance(seg, TableChanges):
-                self._take_rows(seg, hw)
-                if self._taken_in_batch is not None and len(seg):
-                    self._taken_in_batch = max(self._taken_in_batch, seg.last)
-            elif seg.position > hw:
-                self._take_event(seg)
-                if self._taken_in_batch is not None:
-                    self._taken_in_batch = max(self._taken_in_batch, seg.position)
-        self._taken_in_batch = None
-        if not batch.snapshot:
-            self._hw.advance(batch.position)
-        if self._buffered_rows >= self.max_buffer_rows or self._buffered_bytes >= self.max_buffer_bytes:
-            applied = self._buffered_bytes
-            self._apply_pending()
-            self._tx_bytes += applied
-            if self._tx_bytes >= self.max_tx_bytes:
-                self.commit()
-                # The transaction's buffers are freed: hand their heap pages back now, not only at the
-                # epoch's end. Measured (300k wide changes): peak RSS 382-408 -> 356-371 MB, same rate.
-                release_memory()
-
-    def commit(self) -> dict[str, int] | None:
-        self._check_usable()
-        if self._pending:
-            self._apply_pending()
-        if self._hw.taken > self._hw.stored or self._tx:
-            self._acquire()
-            self._commit_at(self._hw.taken)
-        self._let_go()
-        stored = self._hw.stored
-        if stored == ZERO:
-            return None
-        return {"lsn": stored.lsn, "ordinal": stored.ordinal}
 
     def _commit_at(self, mark: Position) -> None:
         """Commit the open transaction with the high-water ``mark``: every change at or below it is applied, none
@@ -511,110 +380,32 @@ class DuckDBWriter(Writer):
 
     # ------------------------------------------------------------------ buffering
 
-    def _dest(self, table: TableSchema) -> tuple[str, str]:
-        return target_dest(self.options, table.schema, table.name)
-
-    def _pending_for(self, table: TableSchema, staging: bool = False) -> _Pending:
-        dest = self._dest(table)
-        if staging:
-            dest = self._staging_for(table, dest)
-        p = self._pending.get(dest)
-        if p is None:
-            p = self._pending[dest] = _Pending(dest, table, staging=staging)
-        elif p.staging != staging:
-            self._fail(f"{dest[0]}.{dest[1]}", "the table is both the target of a source table and a staging table"
-                                               " (staging_schema / staging_table / staging_suffix); rename one")
-        elif table.version >= p.table.version or table.relid != p.table.relid:
-            p.table = table
-        return p
-
-    def _staging_for(self, table: TableSchema, target: tuple[str, str]) -> tuple[str, str]:
-        """The staging table of ``target``; a staging table holds the rows of one target table."""
-        dest = staging_dest(self.options, target)
-        where = f"{dest[0]}.{dest[1]}"
-        if dest == target:
-            self._fail(where, "the staging table of this target table is the target table itself; set"
-                              " staging_schema, staging_table or staging_suffix so that they differ")
-        other = self._staged_for.setdefault(dest, target)
-        if other != target:
-            self._fail(where, f"staging_table={self.options.staging_table!r} would hold the read rows of two target"
-                              f" tables ({other[0]}.{other[1]} and {target[0]}.{target[1]}): staging_table names"
-                              " the staging table of a flow with one target table; leave it unset (each target"
-                              " gets <name><staging_suffix>) or set table")
-        return dest
-
-    @staticmethod
-    def _split_reads(seg: TableChanges) -> tuple[TableChanges | None, TableChanges | None]:
-        """(the read rows of ``seg``, its other rows), either None when empty."""
-        ops = seg.rows.column(OP_COL)
-        reads = pc.equal(ops, OP_READ)
-        n = pc.sum(reads).as_py() or 0
-        if n == 0:
-            return None, seg
-        if n == len(seg):
-            return seg, None
-        return (TableChanges(seg.table, seg.rows.filter(reads)),
-                TableChanges(seg.table, seg.rows.filter(pc.invert(reads))))
-
-    def _take_rows(self, seg: TableChanges, hw: Position) -> None:
-        n = len(seg)
-        if n == 0:
-            return
-        if hw > ZERO:
-            later = seg.since(hw)
-            self.stats["skipped_rows"] += n - (len(later) if later is not None else 0)
-            if later is None:
-                return
-            seg, n = later, len(later)
-        if self._staging:  # read rows (a backfill) go to the staging table, the rest to the target
-            reads, rest = self._split_reads(seg)
-            if reads is not None:
-                self._buffer(self._pending_for(reads.table, staging=True), reads)
-            if rest is not None:
-                self._buffer(self._pending_for(rest.table), rest)
-            return
-        self._buffer(self._pending_for(seg.table), seg)
-
-    def _buffer(self, p: _Pending, seg: TableChanges) -> None:
-        last = next((i for i in reversed(p.items) if isinstance(i, TableChanges)), None)
-        if last is not None and _cut_before(last.table, seg.table):
-            # A column changed type, or appeared with a value for the rows before it, inside the epoch: what came
-            # before is applied now, so old and new types never meet in one Arrow table (numeric(8,2) and bigint do
-            # not combine) and the rows older than a new column are in the table when it is filled; the table
-            # follows the new shape at the next apply (in a new transaction when DuckDB needs one: _apply_pending,
-            # committed at the last change taken before this one, so a replay skips exactly what was applied).
-            p.table = last.table  # the shape of what is applied now (_pending_for moved it on already)
-            self._apply_pending()
-            p = self._pending_for(seg.table, p.staging)
-        p.items.append(seg)
-        self._buffered_rows += len(seg)
-        self._buffered_bytes += seg.rows.nbytes
-
-    def _take_event(self, ev: Event) -> None:
-        if ev.op == OP_TRUNCATE:
-            for table in ev.tables:
-                p = self._pending_for(table)
-                if self._append:
-                    p.items.append(TruncateMark(ev.position, ev.commit_ts, ev.xid))
-                else:
-                    for i in p.items:
-                        if isinstance(i, TableChanges):
-                            self._buffered_rows -= len(i)
-                            self._buffered_bytes -= i.rows.nbytes
-                    p.items.clear()
-                    p.truncate = True
-        elif ev.op in (OP_DDL, OP_MESSAGE):
-            log.debug("destination %r ignores %s at %s", self.name, ev.op, ev.position)
-        else:
-            log.warning("destination %r: unknown event %r at %s ignored", self.name, ev.op, ev.position)
-
     # ------------------------------------------------------------------ transaction plumbing
 
-    def _check_usable(self) -> None:
-        if self._failed:
-            raise PermanentSinkError(self.name, f"writer failed earlier and must be restarted: {self._failed}")
-        if self._con is None and not self._released:
-            raise PermanentSinkError(self.name, "writer is closed")
+    def _usable(self) -> bool:
+        return self._con is not None or self._released
+
+    def _rollback(self) -> None:
+        try:
+            self._con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+
+    def _where(self, where: str | None) -> str:
+        return f"DuckDB {self._dsn_shown}, table {where}: " if where else f"DuckDB {self._dsn_shown}: "
+
+    def _error_message(self, p: _Pending, exc: Exception) -> str | None:
+        if isinstance(exc, duckdb.ConversionException):
+            return self._conversion_message(p, self._clean(exc))
+        if isinstance(exc, duckdb.Error):
+            return self._clean(exc)
+        return None
+
+    def _after_apply(self) -> None:
+        try:
+            self._con.unregister("__wallaby_src")
+        except duckdb.Error:
+            pass
 
     def _clean(self, exc: BaseException) -> str:
         text = str(exc)
@@ -633,62 +424,7 @@ class DuckDBWriter(Writer):
         except duckdb.Error as exc:
             self._fail(where, self._clean(exc))
 
-    def _fail(self, where: str | None, message: str, held: tuple[str, str, Position] | None = None) -> NoReturn:
-        """Roll back, forget what is cached, raise. ``held``: (source table, column, first change) of a schema
-        change DuckDB cannot express (the worker holds the flow there)."""
-        self._failed = message
-        if self._tx:
-            try:
-                self._con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
-            self._tx = False
-        self._tables.clear()
-        self._source_cols.clear()
-        self._fresh.clear()
-        self._dml_tables.clear()
-        self._meta_seen.clear()
-        self._pending.clear()
-        prefix = f"DuckDB {self._dsn_shown}, table {where}: " if where else f"DuckDB {self._dsn_shown}: "
-        if held is not None:
-            raise SchemaChangeError(self.name, prefix + message, *held) from None
-        raise PermanentSinkError(self.name, prefix + message) from None
-
     # ------------------------------------------------------------------ apply
-
-    def _apply_pending(self) -> None:
-        if not self._pending:
-            return
-        self._acquire()
-        pending, self._pending = self._pending, {}
-        self._buffered_rows = self._buffered_bytes = 0
-        if self._tx and any(self._needs_ddl(p) for p in pending.values()):
-            # DuckDB refuses to commit an ALTER of a table the same transaction deleted from or updated: what is
-            # applied so far is committed first (exactly: nothing of these pending changes is applied yet)
-            self._commit_at(self._applied_upto)
-        self._begin()
-        for p in pending.values():
-            where = f"{p.dest[0]}.{p.dest[1]}"
-            try:
-                self._apply_table(p)
-            except RetypeError as exc:
-                first = next(i.first for i in p.items if isinstance(i, TableChanges))
-                self._fail(where, exc.message, held=(p.table.qualified, exc.column, first))
-            except (ApplyError, ReduceError) as exc:
-                self._fail(where, exc.message)
-            except duckdb.ConversionException as exc:
-                self._fail(where, self._conversion_message(p, self._clean(exc)))
-            except duckdb.Error as exc:
-                self._fail(where, self._clean(exc))
-            except pa.ArrowException as exc:
-                self._fail(where, f"cannot combine the epoch's batches: {exc}")
-            finally:
-                try:
-                    self._con.unregister("__wallaby_src")
-                except duckdb.Error:
-                    pass
-        self.stats["applies"] += 1
-        self._applied_upto = max(self._hw.taken, self._taken_in_batch or ZERO)
 
     def _conversion_message(self, p: _Pending, detail: str) -> str:
         dest = self._tables.get(p.dest)
@@ -736,12 +472,6 @@ class DuckDBWriter(Writer):
             now = {c.name for c in p.table.columns}
             return any(c not in now and c in dest.columns for c in self._previous_source_columns(p) or [])
         return False
-
-    def _apply_table(self, p: _Pending) -> None:
-        self._apply_rows(p)
-        self._source_cols[p.dest] = [c.name for c in p.table.columns]
-        for c in p.table.columns:
-            self._applied_types[(p.dest, c.name)] = c.type_name
 
     def _apply_rows(self, p: _Pending) -> None:
         segs = [i for i in p.items if isinstance(i, TableChanges)]
@@ -804,14 +534,6 @@ class DuckDBWriter(Writer):
         self._tables[p.dest] = dest
         return dest
 
-    def _previous_source_columns(self, p: _Pending) -> list[str] | None:
-        """The source columns of the table's last applied shape: this writer's, else the meta table's."""
-        known = self._source_cols.get(p.dest)
-        if known is not None:
-            return known
-        meta = self._meta_columns(p)
-        return [c["name"] for c in meta] if meta is not None else None
-
     def _meta_columns(self, p: _Pending) -> list[dict] | None:
         """The columns the meta table recorded for the table's last applied shape (None: none recorded)."""
         if not self.options.meta_table_enabled:
@@ -823,16 +545,6 @@ class DuckDBWriter(Writer):
         return json.loads(row[0]) if row else None
 
     # -- tables and schema evolution
-
-    @staticmethod
-    def _columns_of(latest: TableSchema, segs: list[TableChanges]) -> dict[str, Column]:
-        cols: dict[str, Column] = {}
-        for s in segs:
-            for c in s.table.columns:
-                cols[c.name] = c
-        for c in latest.columns:  # the latest definition wins
-            cols[c.name] = c
-        return cols
 
     def _load_dest(self, dest: tuple[str, str]) -> DestTable | None:
         rows = self._con.execute(
