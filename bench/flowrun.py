@@ -1,7 +1,7 @@
 """Runs one benchmark leg in its own process: the Postgres source into a null sink or DuckDB.
 
     python -m bench.flowrun --dsn DSN --slot S --publication P --stop-lsn X/Y --sink null|duckdb
-                            [--duckdb FILE] [--batch-size N]
+                            [--duckdb FILE] [--batch-size N] [--hold-file]
 
 Prints one JSON line: changes seen, seconds from the first change to the last one handed
 over (null) or committed (duckdb), and the whole run's seconds with start-up.
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--toast-fetch", default="off", help="the source's toast_fetch (the TOAST step's cost)")
     ap.add_argument("--meta", action="store_true", help="meta_enabled on the destination (the rewrite's cost)")
     ap.add_argument("--recovery", help="a bytewax recovery store in this directory, as every worker has (its cost)")
+    ap.add_argument("--hold-file", action="store_true", help="release_file=false on the DuckDB destination: the file"
+                    " held for the whole run, not let go after every epoch's commit (what release_file costs)")
     a = ap.parse_args(argv)
 
     from bytewax import operators as op
@@ -93,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                                                              "format": a.format}}
     else:
         dest = {"name": "out", "type": "duckdb", "options": {"dsn": a.duckdb or ":memory:",
-                                                              **({"meta_enabled": "true"} if a.meta else {})}}
+                                                              **({"meta_enabled": "true"} if a.meta else {}),
+                                                              **({"release_file": "false"} if a.hold_file else {})}}
     spec = parse_flow({
         "id": "bench", "name": "bench",
         "source": {"name": "pg", "type": "postgres", "options": {

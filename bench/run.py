@@ -12,7 +12,9 @@ each slot with one reader and measures the rate and peak RSS:
 4. wallaby end to end into a DuckDB file (target mode); beside it, DuckDB bulk-loading that leg's final
    table itself with the same settings (``duckdb_bulk_load``, rows/s): what DuckDB takes in at most here;
 5. the same with ``toast_fetch=cache``, with ``meta_enabled`` and with a bytewax recovery store (what every
-   ``wallaby-worker`` has): their cost, as a ratio to 4;
+   ``wallaby-worker`` has): their cost, as a ratio to 4; and with the destination's ``release_file=false``
+   (``e2e_duckdb_hold_file``: the file held for the whole run instead of closed after every epoch's commit and
+   opened again, so readers can get in): the rate of 4. over this one is what ``release_file`` (the default) costs;
 6. wallaby end to end into Kafka (a local broker, tests/kafka_broker.py) in each wire format, each
    beside confluent-kafka producing the same messages directly (ratio printed).
 
@@ -85,7 +87,8 @@ from wallaby.core.options import WIRE_FORMATS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-SLOTS = ("recv", "peek", "source", "e2e", "toast", "meta", "recovery", *(f"kafka_{f}" for f in WIRE_FORMATS))
+SLOTS = ("recv", "peek", "source", "e2e", "toast", "meta", "recovery", "hold",
+         *(f"kafka_{f}" for f in WIRE_FORMATS))
 # wallaby's legs: name -> (slot, sink, extra flowrun flags). The last two measure what an operator costs
 # beside plain end to end (ratio printed as "x e2e").
 LEGS = {
@@ -95,6 +98,9 @@ LEGS = {
     "e2e_meta_enabled": ("meta", "duckdb", ["--meta"]),
     # what wallaby-worker runs by default: a bytewax recovery store beside the flow (written every epoch)
     "e2e_recovery_store": ("recovery", "duckdb", ["--recovery", "{tmp}/recovery"]),
+    # release_file=false: the DuckDB file held from start to stop (no reader gets in); wallaby_e2e_duckdb (the
+    # default, release_file=true) closes it after every epoch's commit and opens it again: the ratio is its cost
+    "e2e_duckdb_hold_file": ("hold", "duckdb", ["--hold-file"]),
     # Postgres -> Kafka in each wire format; beside each, confluent-kafka producing the same messages directly
     **{f"e2e_kafka_{f}": (f"kafka_{f}", "kafka", ["--format", f]) for f in WIRE_FORMATS},
 }
@@ -342,7 +348,7 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
         r["ratio_to_pg_recvlogical"] = r["changes_per_s"] / base
     if "wallaby_e2e_duckdb" in results:
         e2e = results["wallaby_e2e_duckdb"]["changes_per_s"]
-        for leg in ("e2e_toast_fetch_cache", "e2e_meta_enabled", "e2e_recovery_store"):
+        for leg in ("e2e_toast_fetch_cache", "e2e_meta_enabled", "e2e_recovery_store", "e2e_duckdb_hold_file"):
             if leg in results:
                 results[leg]["ratio_to_e2e"] = results[leg]["changes_per_s"] / e2e
     for fmt in WIRE_FORMATS:  # wallaby into Kafka / confluent-kafka producing the same messages
@@ -777,10 +783,10 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     if report["profiles"]:
-        print("\n(x base: toast/meta/recovery legs to wallaby_e2e_duckdb; e2e_kafka_<format> to confluent-kafka"
-              " producing the same messages, direct_kafka_<format>)\n(duckdb_bulk_load: rows/s of DuckDB loading the"
-              " e2e leg's final table itself, same settings, one CREATE TABLE AS + CHECKPOINT: the ceiling of e2e into"
-              " DuckDB)")
+        print("\n(x base: toast/meta/recovery/hold_file legs to wallaby_e2e_duckdb; e2e_kafka_<format> to"
+              " confluent-kafka producing the same messages, direct_kafka_<format>)\n(duckdb_bulk_load: rows/s of"
+              " DuckDB loading the e2e leg's final table itself, same settings, one CREATE TABLE AS + CHECKPOINT: the"
+              " ceiling of e2e into DuckDB)")
         print(f"{'profile':8} {'leg':24} {'changes/s':>12} {'x pg_recvlogical':>17} {'x base':>7} {'peak RSS MB':>12}"
               f" {'walsender CPU':>14}")
     for profile, res in report["profiles"].items():
@@ -791,6 +797,12 @@ def main(argv: list[str] | None = None) -> int:
             ws = f"{r['walsender_cpu']:.0%}" if r.get("walsender_cpu") is not None else "-"
             print(f"{profile:8} {leg:24} {r['changes_per_s']:12,.0f} {r['ratio_to_pg_recvlogical']:17.2f} {vs:>7}"
                   f" {rss:>12} {ws:>14}")
+    for profile, res in report["profiles"].items():
+        default, held = res["legs"].get("wallaby_e2e_duckdb"), res["legs"].get("e2e_duckdb_hold_file")
+        if default and held:
+            ratio = default["changes_per_s"] / held["changes_per_s"]
+            print(f"[{profile}] release_file=true (the default) runs at {ratio:.2f}x the rate of release_file=false"
+                  f" ({default['changes_per_s']:,.0f} vs {held['changes_per_s']:,.0f} changes/s)")
     failed = []
     if "backfill" in report:
         print_backfill(report["backfill"])

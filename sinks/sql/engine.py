@@ -130,6 +130,7 @@ class TableEngine(Writer):
         self._buffered_bytes = 0
         self._tx = False
         self._tx_bytes = 0  # changes applied in the open transaction
+        self._epoch_bytes = 0  # changes taken since the last epoch's end (the Arrow size buffered)
         self._tables: dict[tuple[str, str], Any] = {}  # dest -> what the destination's table is (its columns)
         self._meta_seen: dict[tuple[str, str, str, str], tuple[int, str]] = {}
         self._source_cols: dict[tuple[str, str], list[str]] = {}  # dest -> source columns of the last apply
@@ -260,6 +261,7 @@ class TableEngine(Writer):
         self._check_usable()
         self._commit_all()
         self._let_go()
+        self._epoch_bytes = 0
         stored = self._hw.stored
         if stored == ZERO:
             return None
@@ -351,6 +353,7 @@ class TableEngine(Writer):
         p.items.append(seg)
         self._buffered_rows += len(seg)
         self._buffered_bytes += seg.rows.nbytes
+        self._epoch_bytes += seg.rows.nbytes
 
     def _take_event(self, ev: Event) -> None:
         if ev.op == OP_TRUNCATE:
