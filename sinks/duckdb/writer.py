@@ -608,9 +608,7 @@ class DuckDBWriter(TableEngine):
                     have = dest.columns[name]
                     before = self._applied_types.get((p.dest, name))
                     if widens(have, want):  # the source widened the column: follow it
-                        self._con.execute(f"ALTER TABLE {qt} ALTER {q(name)} SET DATA TYPE {want}")
-                        log.info("destination %r: %s.%s widened from %s to %s", self.name, qt, name, have, want,
-                                 extra={"flow": self.flow_id})
+                        self._widen_column(p, qt, name, have, want, c)
                         changed = True
                     elif canonical_type(want) != canonical_type(have) and before is not None and before != c.type_name:
                         self._retype_column(qt, name, have, want, before, c.type_name)
@@ -650,6 +648,12 @@ class DuckDBWriter(TableEngine):
             self._con.unregister("__wallaby_missing")
         log.info("destination %r: %s: rows older than %s given the values Postgres reads for them (the columns'"
                  " defaults)", self.name, qt, ", ".join(c.name for c in columns), extra={"flow": self.flow_id})
+
+    def _widen_column(self, p: _Pending, qt: str, name: str, have: str, want: str, c: Column) -> None:
+        """The source widened a column (``widens``): follow it in place."""
+        self._con.execute(f"ALTER TABLE {qt} ALTER {q(name)} SET DATA TYPE {want}")
+        log.info("destination %r: %s.%s widened from %s to %s", self.name, qt, name, have, want,
+                 extra={"flow": self.flow_id})
 
     def _retype_column(self, qt: str, name: str, have: str, want: str, old_pg: str, new_pg: str) -> None:
         """The source changed a column's type (``old_pg`` -> ``new_pg``) to one its DuckDB type does not widen to:
