@@ -53,10 +53,7 @@ import json
 import os
 import re
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -73,6 +70,8 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import pytest
+
+from tests.servers import free_port, running
 
 START_TIMEOUT = 60.0
 URL_ENV = "WALLABY_TEST_CLICKHOUSE_URL"
@@ -795,24 +794,12 @@ class ClickHouseServer:
         return clickhouse_connect.get_client(**options)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _answers(server: ClickHouseServer) -> bool:
     try:
         with urllib.request.urlopen(f"http://{server.host}:{server.port}/ping", timeout=1) as response:
             return response.read() == b"Ok.\n"
     except (OSError, urllib.error.HTTPError):
         return False
-
-
-def _output(log) -> str:
-    log.flush()
-    log.seek(0)
-    return log.read().decode(errors="replace")[-4000:]
 
 
 def _configured(url: str) -> ClickHouseServer:
@@ -835,34 +822,13 @@ def clickhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseS
                         pytrace=False)
         yield server
         return
-    server = ClickHouseServer("127.0.0.1", _free_port(), "default", uuid.uuid4().hex)
+    server = ClickHouseServer("127.0.0.1", free_port(), "default", uuid.uuid4().hex)
     data = tmp_path_factory.mktemp("clickhouse") / "data"
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed at the end of the session
     command = [sys.executable, "-m", "tests.chserver", "--port", str(server.port), "--path", str(data),
                "--user", server.user, "--password", server.password]
-    try:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-    except OSError as exc:
-        log.close()
-        pytest.fail(f"ClickHouse test server could not be started: {exc}", pytrace=False)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _answers(server):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                why = f"exited with status {proc.returncode}" if proc.poll() is not None else \
-                    f"did not answer within {START_TIMEOUT:.0f}s"
-                pytest.fail(f"ClickHouse test server on port {server.port} {why}:\n{_output(log)}", pytrace=False)
-            time.sleep(0.1)
+    with running(f"ClickHouse test server on port {server.port}", command, lambda: _answers(server),
+                 timeout=START_TIMEOUT, cwd=str(REPO_ROOT)):
         yield server
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
 
 
 if __name__ == "__main__":

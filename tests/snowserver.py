@@ -24,23 +24,17 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from tests.servers import free_port, log_tail, running
+
 START_TIMEOUT = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _answers(port: int) -> bool:
@@ -50,12 +44,6 @@ def _answers(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _output(log) -> str:
-    log.flush()
-    log.seek(0)
-    return log.read().decode(errors="replace")[-4000:]
 
 
 @dataclass(frozen=True)
@@ -100,41 +88,21 @@ class SnowflakeServer:
 @pytest.fixture(scope="session")
 def snowflake() -> Iterator[SnowflakeServer]:
     """A fakesnow server running for the whole session."""
-    port = _free_port()
+    port = free_port()
     tmp_dir = tempfile.mkdtemp(prefix="wallaby-fakesnow-")
     server = SnowflakeServer(host="127.0.0.1", port=port, tmp_dir=tmp_dir)
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed at the end of the session
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNOWFLAKE_")}
     env["TMPDIR"] = tmp_dir  # fakesnow keeps internal stages under a mkdtemp() it never removes
+    command = [sys.executable, "-m", "fakesnow", "-s", "--host", "127.0.0.1", "-p", str(port)]
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "fakesnow", "-s", "--host", "127.0.0.1", "-p", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    except OSError as exc:
-        log.close()
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        pytest.fail(f"fakesnow server could not be started: {exc}", pytrace=False)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _answers(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                why = f"exited with status {proc.returncode}" if proc.poll() is not None else \
-                    f"did not answer within {START_TIMEOUT:.0f}s"
-                pytest.fail(f"fakesnow server on {server.url} {why}:\n{_output(log)}", pytrace=False)
-            time.sleep(0.1)
-        try:
-            with server.connect() as conn:
-                conn.cursor().execute("SELECT 1").fetchall()
-        except Exception as exc:
-            pytest.fail(f"fakesnow server on {server.url} answers but a connector query failed: {exc!r}\n"
-                        f"{_output(log)}", pytrace=False)
-        yield server
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
+        with running(f"fakesnow server on {server.url}", command, lambda: _answers(port), timeout=START_TIMEOUT,
+                     env=env) as (_, log):
             try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+                with server.connect() as conn:
+                    conn.cursor().execute("SELECT 1").fetchall()
+            except Exception as exc:
+                pytest.fail(f"fakesnow server on {server.url} answers but a connector query failed: {exc!r}\n"
+                            f"{log_tail(log)}", pytrace=False)
+            yield server
+    finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -571,8 +571,8 @@ def test_statement_errors(conn):
 
 
 def test_nothing_listening_is_an_operational_error(snowflake):  # noqa: F811
-    from tests.snowserver import _free_port
+    from tests.servers import free_port
 
     with pytest.raises(sf_errors.OperationalError, match="Could not connect to Snowflake backend") as e:
-        snowflake.connect(port=_free_port(), login_timeout=5)
+        snowflake.connect(port=free_port(), login_timeout=5)
     assert e.value.errno == 250001
