@@ -1,10 +1,13 @@
-"""Runs one benchmark leg in its own process: the Postgres source into a null sink or DuckDB.
+"""Runs one benchmark leg in its own process: the Postgres source into a null sink, DuckDB, DuckLake or Kafka.
 
-    python -m bench.flowrun --dsn DSN --slot S --publication P --stop-lsn X/Y --sink null|duckdb
-                            [--duckdb FILE] [--batch-size N] [--hold-file]
+    python -m bench.flowrun --dsn DSN --slot S --publication P --stop-lsn X/Y --sink null|duckdb|ducklake|kafka
+                            [--duckdb FILE] [--catalog CATALOG --data-path DIR] [--batch-size N] [--hold-file]
+
+``--sink ducklake``: the DuckLake destination with ``dsn`` the ``--duckdb`` file, ``catalog`` ``--catalog`` (e.g.
+``sqlite:<file>``) and ``data_path`` ``--data-path``.
 
 Prints one JSON line: changes seen, seconds from the first change to the last one handed
-over (null) or committed (duckdb), and the whole run's seconds with start-up.
+over (null) or committed (duckdb, ducklake), and the whole run's seconds with start-up.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class CountingWriter(Writer):
 
 
 class TimedWriter(Writer):
-    """Wraps the DuckDB writer: counts what it is given, notes when the last commit ended."""
+    """Wraps the DuckDB (or DuckLake, Kafka) writer: counts what it is given, notes when the last commit ended."""
 
     def __init__(self, inner: Writer, counter: CountingWriter):
         self.inner = inner
@@ -69,11 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slot", required=True)
     ap.add_argument("--publication", required=True)
     ap.add_argument("--stop-lsn", required=True)
-    ap.add_argument("--sink", choices=["null", "duckdb", "kafka"], required=True)
+    ap.add_argument("--sink", choices=["null", "duckdb", "ducklake", "kafka"], required=True)
     ap.add_argument("--kafka-brokers")
     ap.add_argument("--kafka-topic")
     ap.add_argument("--format", default="arrow", help="wire format of the kafka leg")
-    ap.add_argument("--duckdb")
+    ap.add_argument("--duckdb", help="the DuckDB file (duckdb), the lake's dsn (ducklake)")
+    ap.add_argument("--catalog", help="the DuckLake catalog (ducklake), e.g. sqlite:<file>")
+    ap.add_argument("--data-path", help="the DuckLake data path (ducklake): the Parquet files' directory")
     ap.add_argument("--batch-size", default="10000")
     ap.add_argument("--epoch-interval", type=float, default=2.0)
     ap.add_argument("--toast-fetch", default="off", help="the source's toast_fetch (the TOAST step's cost)")
@@ -93,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.sink == "kafka":
         dest = {"name": "out", "type": "kafka", "options": {"brokers": a.kafka_brokers, "topic": a.kafka_topic,
                                                              "format": a.format}}
+    elif a.sink == "ducklake":  # release_file does not apply to a lake (refused by its options)
+        if not a.catalog:
+            ap.error("--sink ducklake needs --catalog")
+        dest = {"name": "out", "type": "ducklake", "options": {
+            "dsn": a.duckdb or ":memory:", "catalog": a.catalog, **({"data_path": a.data_path} if a.data_path else {}),
+            **({"meta_enabled": "true"} if a.meta else {})}}
     else:
         dest = {"name": "out", "type": "duckdb", "options": {"dsn": a.duckdb or ":memory:",
                                                               **({"meta_enabled": "true"} if a.meta else {}),

@@ -16,7 +16,14 @@ each slot with one reader and measures the rate and peak RSS:
    (``e2e_duckdb_hold_file``: the file held for the whole run instead of closed after every epoch's commit and
    opened again, so readers can get in): the rate of 4. over this one is what ``release_file`` (the default) costs;
 6. wallaby end to end into Kafka (a local broker, tests/kafka_broker.py) in each wire format, each
-   beside confluent-kafka producing the same messages directly (ratio printed).
+   beside confluent-kafka producing the same messages directly (ratio printed);
+7. wallaby end to end into DuckLake (``e2e_ducklake``: the DuckLake destination, its ``dsn`` a DuckDB file,
+   ``catalog`` a ``sqlite:`` file and ``data_path`` a directory, all in the run's temp dir); beside it
+   ``ducklake_bulk_load``: DuckDB with the ducklake extension (loaded from its wheel as the destination loads it)
+   loading that leg's final table, exported to Parquet untimed, into a fresh lake in one ``CREATE TABLE AS``
+   (rows/s, in its own process for its peak RSS): the ceiling of any leg into DuckLake. Target (narrow, 1M
+   changes): e2e_ducklake >= 0.5x ducklake_bulk_load, peak RSS < 400 MB (a ``[<profile>] e2e_ducklake ...`` line
+   says whether it is met; ``targets`` of the profile in the JSON).
 
 Each rate is printed with its ratio to pg_recvlogical's and written to
 bench/results/latest.json. wallaby's legs are timed from the first change to
@@ -27,7 +34,8 @@ count are timed whole (their start-up is milliseconds). Beside each leg, the CPU
 walsender serving it (100% = a whole core: the server sets the pace, not the client).
 Targets: source alone >= 1.5x, end to end >= 1.0x, peak RSS < 400 MB. Two legs are ceilings rather than
 targets: no client reads a slot faster than the walsender decodes it (2.), and no leg into DuckDB is faster than
-``duckdb_bulk_load`` (4.).
+``duckdb_bulk_load`` (4.), nor into DuckLake than ``ducklake_bulk_load`` (7.; their ratio is in the ``x base``
+column).
 
 The ``backfill`` leg group (``--legs backfill`` runs it alone; part of the default run) reads one generated
 narrow table (bench/backfill_readers.py's, ``--backfill-rows`` / ``BENCH_BACKFILL_ROWS``, default 2,000,000
@@ -88,7 +96,7 @@ from wallaby.core.options import WIRE_FORMATS
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SLOTS = ("recv", "peek", "source", "e2e", "toast", "meta", "recovery", "hold",
-         *(f"kafka_{f}" for f in WIRE_FORMATS))
+         *(f"kafka_{f}" for f in WIRE_FORMATS), "ducklake")
 # wallaby's legs: name -> (slot, sink, extra flowrun flags). The last two measure what an operator costs
 # beside plain end to end (ratio printed as "x e2e").
 LEGS = {
@@ -103,7 +111,11 @@ LEGS = {
     "e2e_duckdb_hold_file": ("hold", "duckdb", ["--hold-file"]),
     # Postgres -> Kafka in each wire format; beside each, confluent-kafka producing the same messages directly
     **{f"e2e_kafka_{f}": (f"kafka_{f}", "kafka", ["--format", f]) for f in WIRE_FORMATS},
+    # Postgres -> DuckLake (a sqlite: catalog, Parquet in a local directory); beside it ducklake_bulk_load
+    "e2e_ducklake": ("ducklake", "ducklake", []),
 }
+# The DuckLake leg's target (the issue's, for 1M narrow changes): its rate over ducklake_bulk_load's, peak RSS.
+DUCKLAKE_TARGETS = {"x_ceiling": 0.5, "peak_rss_mb": 400.0}
 
 PROFILES = {
     # ~200 bytes per row on the wire
@@ -238,12 +250,22 @@ def duckdb_file(tmp: Path, slot: str) -> Path:
     return tmp / f"bench-{slot}.duckdb"
 
 
+def ducklake_paths(tmp: Path, slot: str) -> dict[str, str]:
+    """The DuckLake destination options of the leg reading ``slot``: its DuckDB file, a sqlite: catalog, a data
+    directory, all in ``tmp``."""
+    return {"dsn": str(tmp / f"bench-{slot}-lake.duckdb"), "catalog": f"sqlite:{tmp / f'bench-{slot}-lake.sqlite'}",
+            "data_path": str(tmp / f"bench-{slot}-lake-data")}
+
+
 def leg_wallaby(dsn: str, slot: str, stop: str, sink: str, batch_size: int, tmp: Path,
                 extra: list[str] | None = None) -> tuple[float, int, dict]:
     cmd = [sys.executable, "-m", "bench.flowrun", "--dsn", dsn, "--slot", slot, "--publication", "bench",
            "--stop-lsn", stop, "--sink", sink, "--batch-size", str(batch_size), *(extra or [])]
     if sink == "duckdb":
         cmd += ["--duckdb", str(duckdb_file(tmp, slot))]
+    elif sink == "ducklake":
+        lake = ducklake_paths(tmp, slot)
+        cmd += ["--duckdb", lake["dsn"], "--catalog", lake["catalog"], "--data-path", lake["data_path"]]
     secs, rss, out = run_measured(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return secs, rss, orjson.loads(out.strip().splitlines()[-1])
 
@@ -263,6 +285,35 @@ def duckdb_ceiling(tmp: Path, e2e_file: Path) -> dict:
     info = orjson.loads(out.strip().splitlines()[-1])
     parquet.unlink()
     return {"seconds": info["seconds"], "rows": info["rows"], "peak_rss_mb": rss / 2**20}
+
+
+def ducklake_ceiling(tmp: Path, lake: dict[str, str]) -> dict:
+    """DuckDB with the ducklake extension loading the end-to-end leg's final table (read from its lake ``lake``,
+    exported to Parquet, untimed) into a fresh lake in one CREATE TABLE AS, in its own process: rows/s, the ceiling
+    of any leg into DuckLake on this machine."""
+    from sinks.ducklake.options import DuckLakeDestinationOptions
+    from sinks.ducklake.writer import open_lake
+
+    parquet = tmp / "ceiling-lake.parquet"
+    options = DuckLakeDestinationOptions(dsn=":memory:", catalog=lake["catalog"], data_path=lake["data_path"])
+    con = open_lake(options, "bench", read_only=True)
+    try:
+        schema, table = con.execute("SELECT table_schema, table_name FROM information_schema.tables"
+                                    " WHERE table_catalog = ? AND table_name = 'bench'",
+                                    [options.catalog_name]).fetchone()
+        files = con.execute("SELECT count(*) FROM ducklake_list_files(?, ?, schema => ?)",
+                            [options.catalog_name, table, schema]).fetchone()[0]
+        con.execute(f'COPY "{schema}"."{table}" TO \'{parquet}\' (FORMAT parquet, ROW_GROUP_SIZE 10000)')
+    finally:
+        con.close()
+    ceiling = tmp / "ceiling-lake"
+    _, rss, out = run_measured([sys.executable, "-m", "bench.ducklake_ceiling", "--parquet", str(parquet),
+                                "--catalog", f"sqlite:{ceiling}.sqlite", "--data-path", f"{ceiling}-data"],
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    info = orjson.loads(out.strip().splitlines()[-1])
+    parquet.unlink()
+    return {"seconds": info["seconds"], "rows": info["rows"], "peak_rss_mb": rss / 2**20,
+            "parquet_files": info["parquet_files"], "e2e_parquet_files": files}
 
 
 def kafka_direct(bootstrap: str, topic: str) -> tuple[float, int, int]:
@@ -341,6 +392,9 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
                                                                        "bytes": size}
             if leg == "wallaby_e2e_duckdb":
                 results["duckdb_bulk_load"] = duckdb_ceiling(Path(tmp), duckdb_file(Path(tmp), f"{profile}_{slot}"))
+            if leg == "e2e_ducklake":
+                results["ducklake_bulk_load"] = ducklake_ceiling(Path(tmp), ducklake_paths(Path(tmp),
+                                                                                          f"{profile}_{slot}"))
 
     base = changes / results["pg_recvlogical"]["seconds"]
     for r in results.values():
@@ -355,7 +409,27 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
         e2e, direct = results.get(f"e2e_kafka_{fmt}"), results.get(f"direct_kafka_{fmt}")
         if e2e and direct:
             e2e["ratio_to_direct_kafka"] = e2e["changes_per_s"] / direct["changes_per_s"]
-    return {"changes": changes, "wal_mb": wal_bytes / 1e6, "legs": results}
+    for leg, ceiling in (("wallaby_e2e_duckdb", "duckdb_bulk_load"), ("e2e_ducklake", "ducklake_bulk_load")):
+        if leg in results and ceiling in results:  # changes/s end to end over the ceiling's rows/s
+            results[leg]["ratio_to_ceiling"] = results[leg]["changes_per_s"] / results[ceiling]["changes_per_s"]
+    out = {"changes": changes, "wal_mb": wal_bytes / 1e6, "legs": results}
+    if target := ducklake_target(results):
+        out["targets"] = [target]
+    return out
+
+
+def ducklake_target(results: dict[str, dict]) -> dict | None:
+    """The DuckLake leg's target, met or not (None without the leg and its ceiling)."""
+    lake, ceiling = results.get("e2e_ducklake"), results.get("ducklake_bulk_load")
+    if not lake or not ceiling:
+        return None
+    ratio, rss = lake["ratio_to_ceiling"], lake["peak_rss_mb"]
+    return {"target": f"e2e_ducklake >= {DUCKLAKE_TARGETS['x_ceiling']}x ducklake_bulk_load, peak RSS <"
+                      f" {DUCKLAKE_TARGETS['peak_rss_mb']:.0f} MB",
+            "changes_per_s": lake["changes_per_s"], "ratio_to_pg_recvlogical": lake["ratio_to_pg_recvlogical"],
+            "ratio_to_ceiling": ratio, "ceiling_rows_per_s": ceiling["changes_per_s"], "peak_rss_mb": rss,
+            "ceiling_peak_rss_mb": ceiling["peak_rss_mb"],
+            "met": ratio >= DUCKLAKE_TARGETS["x_ceiling"] and rss < DUCKLAKE_TARGETS["peak_rss_mb"]}
 
 
 # -- the backfill leg group -----------------------------------------------------------------------------------
@@ -721,6 +795,43 @@ def print_backfill(res: dict) -> None:
         print(f"  {t['target']}: {t['shown']}{verdict}")
 
 
+def print_profiles(profiles: dict[str, dict]) -> None:
+    """The replication legs' table, the release_file line and the DuckLake target line of each profile."""
+    if not profiles:
+        return
+    print("\n(x base: toast/meta/recovery/hold_file legs to wallaby_e2e_duckdb; e2e_kafka_<format> to"
+          " confluent-kafka producing the same messages, direct_kafka_<format>; wallaby_e2e_duckdb to"
+          " duckdb_bulk_load, e2e_ducklake to ducklake_bulk_load: the share of the ceiling)\n(duckdb_bulk_load: rows/s"
+          " of DuckDB loading the e2e leg's final table itself, same settings, one CREATE TABLE AS + CHECKPOINT: the"
+          " ceiling of e2e into DuckDB; ducklake_bulk_load: rows/s of DuckDB with the ducklake extension loading the"
+          " e2e_ducklake leg's final table into a fresh lake, one CREATE TABLE AS: the ceiling of e2e into DuckLake)")
+    print(f"{'profile':8} {'leg':24} {'changes/s':>12} {'x pg_recvlogical':>17} {'x base':>7} {'peak RSS MB':>12}"
+          f" {'walsender CPU':>14}")
+    for profile, res in profiles.items():
+        for leg, r in res["legs"].items():
+            rss = f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"
+            base = next((r[k] for k in ("ratio_to_e2e", "ratio_to_direct_kafka", "ratio_to_ceiling") if k in r), None)
+            vs = "-" if base is None else f"{base:.2f}"
+            ws = f"{r['walsender_cpu']:.0%}" if r.get("walsender_cpu") is not None else "-"
+            print(f"{profile:8} {leg:24} {r['changes_per_s']:12,.0f} {r['ratio_to_pg_recvlogical']:17.2f} {vs:>7}"
+                  f" {rss:>12} {ws:>14}")
+    for profile, res in profiles.items():
+        default, held = res["legs"].get("wallaby_e2e_duckdb"), res["legs"].get("e2e_duckdb_hold_file")
+        if default and held:
+            ratio = default["changes_per_s"] / held["changes_per_s"]
+            print(f"[{profile}] release_file=true (the default) runs at {ratio:.2f}x the rate of release_file=false"
+                  f" ({default['changes_per_s']:,.0f} vs {held['changes_per_s']:,.0f} changes/s)")
+    for profile, res in profiles.items():
+        for t in res.get("targets", []):
+            note = "" if profile == "narrow" and res["changes"] >= 1_000_000 else \
+                f" (the target is set for 1M narrow changes; this is {res['changes']:,} {profile})"
+            print(f"[{profile}] e2e_ducklake={t['changes_per_s']:,.0f} changes/s ({t['ratio_to_pg_recvlogical']:.2f}x"
+                  f" pg_recvlogical), {t['ratio_to_ceiling']:.2f}x ducklake_bulk_load"
+                  f" ({t['ceiling_rows_per_s']:,.0f} rows/s), peak RSS {t['peak_rss_mb']:.0f} MB: target"
+                  f" (>= {DUCKLAKE_TARGETS['x_ceiling']}x the ceiling, peak RSS < {DUCKLAKE_TARGETS['peak_rss_mb']:.0f}"
+                  f" MB) {'met' if t['met'] else 'not met'}{note}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--changes", type=int, default=int(os.environ.get("BENCH_CHANGES", 1_000_000)))
@@ -782,27 +893,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    if report["profiles"]:
-        print("\n(x base: toast/meta/recovery/hold_file legs to wallaby_e2e_duckdb; e2e_kafka_<format> to"
-              " confluent-kafka producing the same messages, direct_kafka_<format>)\n(duckdb_bulk_load: rows/s of"
-              " DuckDB loading the e2e leg's final table itself, same settings, one CREATE TABLE AS + CHECKPOINT: the"
-              " ceiling of e2e into DuckDB)")
-        print(f"{'profile':8} {'leg':24} {'changes/s':>12} {'x pg_recvlogical':>17} {'x base':>7} {'peak RSS MB':>12}"
-              f" {'walsender CPU':>14}")
-    for profile, res in report["profiles"].items():
-        for leg, r in res["legs"].items():
-            rss = f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"
-            vs = f"{r['ratio_to_e2e']:.2f}" if "ratio_to_e2e" in r else (
-                f"{r['ratio_to_direct_kafka']:.2f}" if "ratio_to_direct_kafka" in r else "-")
-            ws = f"{r['walsender_cpu']:.0%}" if r.get("walsender_cpu") is not None else "-"
-            print(f"{profile:8} {leg:24} {r['changes_per_s']:12,.0f} {r['ratio_to_pg_recvlogical']:17.2f} {vs:>7}"
-                  f" {rss:>12} {ws:>14}")
-    for profile, res in report["profiles"].items():
-        default, held = res["legs"].get("wallaby_e2e_duckdb"), res["legs"].get("e2e_duckdb_hold_file")
-        if default and held:
-            ratio = default["changes_per_s"] / held["changes_per_s"]
-            print(f"[{profile}] release_file=true (the default) runs at {ratio:.2f}x the rate of release_file=false"
-                  f" ({default['changes_per_s']:,.0f} vs {held['changes_per_s']:,.0f} changes/s)")
+    print_profiles(report["profiles"])
     failed = []
     if "backfill" in report:
         print_backfill(report["backfill"])

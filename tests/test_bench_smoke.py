@@ -1,7 +1,8 @@
-"""`make bench` cannot rot unseen: its backfill leg group run at a tiny size on the session's Postgres.
+"""`make bench` cannot rot unseen: its backfill leg group, and its legs into DuckDB and DuckLake each beside its
+bulk-load ceiling, run at a tiny size on the session's Postgres.
 
-The rates mean nothing at 20,000 rows (process start-up dominates); what is checked is that every leg runs, reads
-every row and lands in the results file with a positive rate, and that the targets are computed.
+The rates mean nothing at 20,000 rows or 2,000 changes (process start-up dominates); what is checked is that every
+leg runs, reads every row (change) and lands in the results with a positive rate, and that the targets are computed.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,3 +44,35 @@ def test_backfill_legs_run_at_a_tiny_size(pgdb, tmp_path):
     assert {"peak RSS < 500 MB", "2 parts >= 1.5x one part", "backfill >= 5x Debezium",
             "backfill into DuckDB >= 1.0x DuckDB's postgres extension"} <= set(targets)
     assert "backfill" in run.stdout and "targets:" in run.stdout
+
+
+def test_duckdb_and_ducklake_legs_run_beside_their_ceilings_at_a_tiny_size(pg, capsys):
+    from bench.run import bench_profile, print_profiles
+
+    changes = 2000
+    try:
+        res = bench_profile(pg, "narrow", changes, 500, ["wallaby_e2e_duckdb", "e2e_ducklake"])
+    finally:  # bench_profile leaves its database and slots for the next run to drop; the session's server drops now
+        with psycopg.connect(pg.dsn(), autocommit=True) as c:
+            for (slot,) in c.execute("SELECT slot_name FROM pg_replication_slots WHERE database = 'bench_narrow'"
+                                     " AND NOT active").fetchall():
+                c.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            c.execute("DROP DATABASE IF EXISTS bench_narrow WITH (FORCE)")
+    legs = res["legs"]
+    for leg, ceiling in (("wallaby_e2e_duckdb", "duckdb_bulk_load"), ("e2e_ducklake", "ducklake_bulk_load")):
+        assert legs[leg]["changes_seen"] == changes, leg
+        assert legs[leg]["changes_per_s"] > 0 and legs[leg]["peak_rss_mb"] > 0, leg
+        # the ceiling loaded the leg's final table: every insert (80% of the changes) landed, updated in place
+        assert legs[ceiling]["rows"] == changes * 4 // 5, ceiling
+        assert legs[ceiling]["changes_per_s"] > 0 and legs[ceiling]["peak_rss_mb"] > 0, ceiling
+        assert legs[leg]["ratio_to_ceiling"] == legs[leg]["changes_per_s"] / legs[ceiling]["changes_per_s"], leg
+    assert legs["ducklake_bulk_load"]["parquet_files"] >= 1 and legs["ducklake_bulk_load"]["e2e_parquet_files"] >= 1
+    (target,) = res["targets"]
+    assert target["ratio_to_ceiling"] == legs["e2e_ducklake"]["ratio_to_ceiling"]
+    assert target["peak_rss_mb"] == legs["e2e_ducklake"]["peak_rss_mb"] and isinstance(target["met"], bool)
+    capsys.readouterr()
+    print_profiles({"narrow": res})
+    shown = capsys.readouterr().out
+    assert "ducklake_bulk_load" in shown and "duckdb_bulk_load" in shown
+    assert "[narrow] e2e_ducklake=" in shown and "x ducklake_bulk_load" in shown and "peak RSS" in shown
+    assert ("target (>= 0.5x the ceiling, peak RSS < 400 MB) met" in shown) == target["met"]
