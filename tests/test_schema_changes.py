@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import psycopg
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from sinks.base import PermanentSinkError
@@ -500,6 +500,43 @@ def test_a_rewritten_keyed_table_is_read_again_in_the_stream(pgdb, tmp_path):
     assert got == _pg(pgdb, "SELECT id, n, r FROM t ORDER BY id")
 
 
+def test_a_rewritten_keyless_table_is_replaced_as_of_an_exact_snapshot(pgdb, tmp_path):
+    """A table without a key (REPLICA IDENTITY FULL, duplicate rows) rewritten by ALTER ... TYPE ... USING while no
+    worker ran, with changes after the DDL: the source replaces it in DuckDB (a truncate, then its rows read as of
+    a temporary slot's exported snapshot) and skips the stream's changes of it committed before that snapshot; the
+    changes after it apply on top. DuckDB ends equal to Postgres as a multiset, no row twice."""
+    duck = tmp_path / "d.duckdb"
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE k (a int, n numeric(8,2))")
+        c.execute("ALTER TABLE k REPLICA IDENTITY FULL")
+    _run_worker(tmp_path, pgdb, duck, publication_tables="public.k")
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("INSERT INTO k SELECT g % 50, (g % 7) / 4.0 FROM generate_series(1, 400) g")  # duplicates
+    _run_worker(tmp_path, pgdb, duck, publication_tables="public.k")
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("UPDATE k SET n = 9.25 WHERE a = 1")
+        c.execute("ALTER TABLE k ALTER COLUMN n TYPE bigint USING (n * 100)::bigint")
+        c.execute("INSERT INTO k VALUES (1000, 1), (1000, 1)")
+        for i in range(3):  # more than one drain of the stream: some of it comes after the table is read again
+            c.execute("INSERT INTO k SELECT 2000 + g %% 5, %s FROM generate_series(1, 600) g", (i,))
+        c.execute("DELETE FROM k WHERE a = 2")
+        c.execute("UPDATE k SET n = n + 1 WHERE a = 3")
+    _run_worker(tmp_path, pgdb, duck, publication_tables="public.k")
+    query = "SELECT a, n, count(*) FROM {} GROUP BY a, n ORDER BY a, n"
+    with duckdb.connect(str(duck), read_only=True) as d:
+        got = [tuple(r) for r in d.execute(query.format("public.k")).fetchall()]
+    assert got == _pg(pgdb, query.format("k"))
+    with psycopg.connect(pgdb, autocommit=True) as c:  # the stream after the replace
+        c.execute("INSERT INTO k VALUES (1000, 1)")
+        c.execute("DELETE FROM k WHERE a = 4")
+    _run_worker(tmp_path, pgdb, duck, publication_tables="public.k")
+    with duckdb.connect(str(duck), read_only=True) as d:
+        got = [tuple(r) for r in d.execute(query.format("public.k")).fetchall()]
+    assert got == _pg(pgdb, query.format("k"))
+    with psycopg.connect(pgdb, autocommit=True) as c:  # the temporary slot went with its connection
+        assert c.execute("SELECT count(*) FROM pg_replication_slots WHERE temporary").fetchone() == (0,)
+
+
 # -- random histories of changes and schema changes, the worker killed -9 -------------------------------------------
 
 STEPS = st.lists(st.one_of(
@@ -554,6 +591,22 @@ def _history(conn: psycopg.Connection, steps, cols: list[str], v_type: list[str]
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(rounds=st.lists(STEPS, min_size=2, max_size=3), seed=st.integers(0, 1000))
+# found by this test: a drop before volatile defaults, all while no worker ran (the storage change was seen at the
+# drop and the table read again too early)
+@example(rounds=[
+    [('add_default', 0, 2), ('drop', 0, 4), ('insert', 4, -41), ('insert', 14, -59), ('insert', 4, -53),
+     ('retype', 0, 1), ('delete', 7, -66), ('delete', 10, -40)],
+    [('update', 7, 11), ('insert', 11, -49), ('add_default', 0, 8), ('key', 1, -33), ('drop', 0, 6),
+     ('insert', 12, 4), ('truncate', 0, 8), ('insert', 13, 38), ('delete', 4, -66), ('add_null', 0, 6),
+     ('add_null', 0, 2), ('add_null', 0, 2), ('add_volatile', 0, 2), ('add_volatile', 0, 1),
+     ('truncate', 0, 6), ('delete', 3, -83), ('delete', 11, 54), ('insert', 3, 62), ('add_null', 0, 7),
+     ('drop', 0, 5), ('delete', 10, 88)],
+    [('drop', 0, 0), ('insert', 2, 77), ('update', 7, 83), ('drop', 0, 4), ('drop', 0, 2), ('insert', 4, 28),
+     ('add_default', 0, 7), ('key', 3, 72), ('add_default', 0, 3), ('truncate', 0, 5), ('drop', 0, 9),
+     ('delete', 14, -3), ('add_volatile', 0, 5), ('insert', 12, 5), ('insert', 8, 67), ('delete', 11, -26),
+     ('add_default', 0, 9), ('add_volatile', 0, 8), ('key', 4, -34), ('delete', 15, -11),
+     ('add_default', 0, 4)],
+], seed=18)
 def test_random_histories_with_schema_changes_end_equal(pg, rounds, seed, tmp_path_factory):
     """DML mixed with columns added (constant default, volatile default or none), dropped, retyped (widened, and
     USING an expression that computes new values), truncates; the worker killed -9 at a random moment of each round

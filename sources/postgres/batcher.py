@@ -237,10 +237,11 @@ class Batcher:
             "ddl": "",
         }
         # Stored values may have changed with no row change: any retype (a USING expression can stand behind any
-        # ALTER ... TYPE; known from the shapes alone, so a worker catching up finds it too), or a new column whose
-        # values Postgres computed per row (a rewrite: the table's storage changed since the shape before, also
-        # while no worker ran, the shapes being kept with the flow's state)
-        payload["rewritten"] = bool(payload["retyped"] or (after.rewritten_since(before) and payload["added"]))
+        # ALTER ... TYPE; known from the shapes alone, so a worker catching up finds it too), or the table's storage
+        # changed since the shape before (a rewrite: a volatile default, also while no worker ran, the shapes being
+        # kept with the flow's state; the storage is read as it is now, so the rewrite may come later in the WAL
+        # than this drift: the source reads the table again once the stream has passed where it stands now)
+        payload["rewritten"] = bool(payload["retyped"] or after.rewritten_since(before))
         payload["ddl"] = describe_drift(payload)
         if self.skipping:
             return

@@ -364,13 +364,16 @@ class ExportedSnapshot:
         self.conn.close()
 
 
-def create_slot(dsn: str, slot: str, flow_id: str, export: list[ExportedSnapshot] | None = None) -> int | None:
+def create_slot(dsn: str, slot: str, flow_id: str, export: list[ExportedSnapshot] | None = None,
+                temporary: bool = False) -> int | None:
     """Create the slot; its consistent point (None: it was created meanwhile by someone else). With ``export`` (a
-    list), the slot is created with an exported snapshot, appended to it with the connection that holds it open."""
+    list), the slot is created with an exported snapshot, appended to it with the connection that holds it open.
+    ``temporary``: the slot goes with that connection (only its snapshot and consistent point are wanted)."""
     rconn = connect(dsn, replication=True, application_name=f"wallaby-setup:{flow_id}")
     mode = "export" if export is not None else "nothing"
+    kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"
     try:
-        rows = simple_query(rconn, f"CREATE_REPLICATION_SLOT {quote_ident(slot)} LOGICAL pgoutput (SNAPSHOT '{mode}')")
+        rows = simple_query(rconn, f"CREATE_REPLICATION_SLOT {quote_ident(slot)} {kind} pgoutput (SNAPSHOT '{mode}')")
     except psycopg.errors.DuplicateObject:
         rconn.close()
         return None

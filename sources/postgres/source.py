@@ -22,6 +22,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from sources.postgres.batcher import Batcher
@@ -32,10 +34,12 @@ from sources.postgres.rds_iam import register
 from sources.postgres.reader import StreamReader, drain
 from sources.postgres.replication import ReplicationStream, StreamClosed
 from sources.postgres.resolver import TypeResolver
-from sources.postgres.setup import prepare_source, proto_version_for
+from sources.postgres.setup import ExportedSnapshot, create_slot, prepare_source, proto_version_for
 from sources.postgres.snapshot import Part, PartReader
 from wallaby.core.changes import (
+    LSN_COL,
     OP_DDL,
+    OP_TRUNCATE,
     ZERO,
     ChangeBatch,
     Column,
@@ -168,8 +172,17 @@ class _PostgresPartition(StatefulSourcePartition):
         # tables to read again after a rewrite (the first being read by resync_reader); kept in the snapshot, so a
         # restart reads them again from the start
         self.resyncs: list[str] = list(resume_state.get("resync") or []) if resume_state else []
+        # table -> the WAL position the stream must have covered before it is read again: where the server stood
+        # when the rewrite was found (the storage is read as it is now: a rewrite found at an earlier drift may come
+        # later in the WAL, and reading before the stream passed it would miss it)
+        self.resync_after: dict[str, int] = dict(resume_state.get("resync_after") or {}) if resume_state else {}
         self.resync_reader: PartReader | None = None
         self.resync_rows = 0
+        # a table without a key is replaced, as of an exact snapshot (a temporary slot's exported snapshot, held
+        # open by resync_export while it is read): the stream then skips that table's changes committed before
+        # the snapshot's consistent point (skip_before: table -> that LSN, kept in the snapshot until covered)
+        self.resync_export: ExportedSnapshot | None = None
+        self.skip_before: dict[str, int] = dict(resume_state.get("skip_before") or {}) if resume_state else {}
         log.info("source %s: resuming at %s (covered %s)", opts.slot, position, format_lsn(covered),
                  extra={"flow": self.flow_id})
 
@@ -258,7 +271,8 @@ class _PostgresPartition(StatefulSourcePartition):
         if self.done:
             self._pause(0.05)
             return []
-        if self.resyncs:
+        if self.resyncs and (self.resync_reader is not None
+                             or self.covered >= self.resync_after.get(self.resyncs[0], 0)):
             return self._resync_step()
         if self.held is not None and not self._release():
             return []
@@ -279,6 +293,8 @@ class _PostgresPartition(StatefulSourcePartition):
             self.covered = max(self.covered, covered)
 
         err = drain(reader, DRAIN_ITEMS, IDLE_POLL, on_batch, on_covered)
+        if self.skip_before:
+            out = self._skip_replaced(out)
         if any(isinstance(s, Event) and s.op == OP_DDL for _, b in out for s in b.segments):
             out = self._gate(out, before)
         for _, b in out:
@@ -324,39 +340,88 @@ class _PostgresPartition(StatefulSourcePartition):
 
     # -- resync of a rewritten table --------------------------------------------------------
     def _plan_resync(self, batch: ChangeBatch) -> None:
-        """A keyed table rewritten with a new shape (its stored values changed with no row change) is read again
-        once what came with it is emitted. Upserted after the changes before it, the rows as of a snapshot taken
-        now are right for every key; the stream then applies again what changed since (keyed: it converges)."""
+        """A table rewritten with a new shape (its stored values changed with no row change) is read again once
+        what came with it is emitted. Keyed: upserted after the changes before it, the rows as of a snapshot taken
+        now are right for every key; the stream then applies again what changed since (it converges). Without a
+        key (a reread would add rows twice): replaced, as of an exact snapshot (:meth:`_resync_step`)."""
         for seg in batch.segments:
             if not (isinstance(seg, Event) and seg.op == OP_DDL and seg.payload.get("rewritten") and seg.tables):
                 continue
             t = seg.tables[0]
-            if t.replica_identity == "f" or not t.key_names:
-                log.warning("source %s: %s was rewritten but has no key: not read again (a reread would add its"
-                            " rows twice); backfill it into staging with batch_resolution=replace",
-                            self.opts.slot, t.qualified, extra={"flow": self.flow_id})
-            elif t.qualified not in self.resyncs:
+            if t.qualified not in self.resyncs:
                 self.resyncs.append(t.qualified)
+            if not (self.resync_reader is not None and self.resyncs[0] == t.qualified):
+                self.resync_after[t.qualified] = max(self.resync_after.get(t.qualified, 0),
+                                                     _current_wal_lsn(self.opts.dsn, self.server))
 
     def _resync_step(self) -> list[tuple[str, ChangeBatch]]:
         """One chunk of the table being read again (a batch of ``read`` rows, a snapshot mark ``resync:<table>``)."""
         table = self.resyncs[0]
+        replace: Event | None = None
         if self.resync_reader is None:
-            self.resync_reader = PartReader(self.opts.dsn, Part(table, 0, 1, 0, None), self.opts.publication,
-                                            snapshot=None, snapshot_lsn=self.position.lsn,
-                                            snapshot_ts=int(time.time() * 1_000_000), flow_id=self.flow_id)
-            self.resync_rows = 0
-            log.info("source %s: reading %s again (rewritten at the source)", self.opts.slot, table,
-                     extra={"flow": self.flow_id})
+            snapshot, lsn = None, self.position.lsn
+            if self._keyless(table):
+                # exact: the table as of a temporary slot's consistent point L; the destinations empty it first (a
+                # truncate), and the stream skips its changes committed before L (they are in the snapshot)
+                export: list[ExportedSnapshot] = []
+                create_slot(self.opts.dsn, f"{self.opts.slot[:48]}_resync", self.flow_id, export, temporary=True)
+                if not export:
+                    raise SourceError(f"could not take a snapshot to replace {table} (rewritten at the source, no"
+                                      f" key): the temporary slot gave none", server=self.server)
+                self.resync_export = export[0]
+                snapshot, lsn = export[0].name, export[0].lsn
+                self.skip_before[table] = lsn
+            reader = PartReader(self.opts.dsn, Part(table, 0, 1, 0, None), self.opts.publication,
+                                snapshot=snapshot, snapshot_lsn=lsn, snapshot_ts=int(time.time() * 1_000_000),
+                                flow_id=self.flow_id)
+            self.resync_reader, self.resync_rows = reader, 0
+            if snapshot is not None:
+                replace = Event(OP_TRUNCATE, Position(lsn, 0), int(time.time() * 1_000_000), 0,
+                                (reader.state.schema,), {"resync": "replace"})
+            log.info("source %s: reading %s again (rewritten at the source%s)", self.opts.slot, table,
+                     f"; no key: replaced as of {format_lsn(lsn)}" if snapshot else "", extra={"flow": self.flow_id})
         batch, chunk, rows = self.resync_reader.next_batch(self.flow_id, f"resync:{table}", self.resync_rows)
+        if replace is not None:
+            batch = ChangeBatch(batch.flow_id, [replace, *batch.segments], batch.position, snapshot=batch.snapshot)
         self.resync_rows += rows
         if chunk.done:
             self.resync_reader.close()
             self.resync_reader = None
-            self.resyncs.pop(0)
+            if self.resync_export is not None:
+                self.resync_export.close()  # the temporary slot goes with it
+                self.resync_export = None
+            self.resync_after.pop(self.resyncs.pop(0), None)
             log.info("source %s: %s read again (%d rows)", self.opts.slot, table, self.resync_rows,
                      extra={"flow": self.flow_id})
         return [(self.flow_id, batch)]
+
+    def _keyless(self, table: str) -> bool:
+        shape = next((t for t in self.shapes.values() if t.qualified == table), None)
+        return shape is not None and (shape.replica_identity == "f" or not shape.key_names)
+
+    def _skip_replaced(self, out: list[tuple[str, ChangeBatch]]) -> list[tuple[str, ChangeBatch]]:
+        """Drop the changes of a replaced table committed before its snapshot's consistent point (the snapshot
+        holds them); forget a table once the stream has passed that point."""
+        kept_out = []
+        for key, batch in out:
+            segments = []
+            for seg in batch.segments:
+                tables = (seg.table,) if isinstance(seg, TableChanges) else seg.tables
+                cut = max((self.skip_before.get(t.qualified, 0) for t in tables), default=0)
+                if isinstance(seg, TableChanges) and cut and seg.first.lsn < cut:
+                    lsns = seg.rows.column(LSN_COL)
+                    later = seg.rows.filter(pc.greater_equal(lsns, pa.scalar(cut, lsns.type)))
+                    if later.num_rows:
+                        segments.append(TableChanges(seg.table, later))
+                elif not isinstance(seg, TableChanges) and cut and seg.position.lsn < cut:
+                    continue
+                else:
+                    segments.append(seg)
+            kept_out.append((key, ChangeBatch(batch.flow_id, segments, batch.position, snapshot=batch.snapshot)))
+        for table, lsn in list(self.skip_before.items()):
+            if self.covered >= lsn:
+                del self.skip_before[table]
+        return kept_out
 
     # -- DDL gate ---------------------------------------------------------------------------
     def _gate(self, out: list[tuple[str, ChangeBatch]], before: Position) -> list[tuple[str, ChangeBatch]]:
@@ -430,12 +495,15 @@ class _PostgresPartition(StatefulSourcePartition):
             self.done_snapshotted = True
         check = self.src.source_check
         return {"position": self.position.to_state(), "covered": self.covered, "shapes": shapes_to_state(self.shapes),
-                "source": check.current.to_json() if check else None, "resync": list(self.resyncs)}
+                "source": check.current.to_json() if check else None, "resync": list(self.resyncs),
+                "skip_before": dict(self.skip_before), "resync_after": dict(self.resync_after)}
 
     def close(self) -> None:
         self._stop_reader()
         if self.resync_reader is not None:
             self.resync_reader.close()
+        if self.resync_export is not None:
+            self.resync_export.close()
         self.resolver.close()
 
 
@@ -463,6 +531,14 @@ def _last_position(segments: list) -> Position:
 def _server_version(dsn: str) -> int:
     with connect(dsn) as conn:
         return conn.info.server_version
+
+
+def _current_wal_lsn(dsn: str, server: str) -> int:
+    try:
+        with connect(dsn) as conn:
+            return parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
+    except psycopg.Error as exc:
+        raise SourceError(f"could not read the WAL position of {server}: {exc}", server=server) from exc
 
 
 def _slot_confirmed(dsn: str, slot: str) -> int | None:
