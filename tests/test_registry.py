@@ -24,9 +24,10 @@ from wallaby.core.spec import parse_flow
 ROOT = Path(__file__).resolve().parents[1]
 SINKS = ROOT / "sinks"
 # destination -> the driver modules its package must not import (they load when a sink is built)
-DRIVERS = {"duckdb": ["duckdb"], "ducklake": ["duckdb"], "kafka": ["confluent_kafka"], "s3": ["boto3", "botocore"],
+DRIVERS = {"duckdb": ["duckdb"], "ducklake": ["duckdb"], "snowflake": ["snowflake.connector", "duckdb"],
+           "kafka": ["confluent_kafka"], "s3": ["boto3", "botocore"],
            "grpc": ["grpc", "wallaby.v1.ingest_pb2_grpc"], "http": ["urllib3"], "pgstream": ["psycopg"]}
-UNBUILT = {"clickhouse", "snowflake", "snowpipe"}
+UNBUILT = {"clickhouse", "snowpipe"}
 
 
 def _packages_with_plugin() -> dict[str, object]:
@@ -73,13 +74,15 @@ def test_aliases_and_names():
 
 
 def test_buildable_and_hooks():
-    assert available_destinations() == ["bufstream", "duckdb", "ducklake", "grpc", "http", "kafka", "pgstream", "s3"]
+    assert available_destinations() == ["bufstream", "duckdb", "ducklake", "grpc", "http", "kafka", "pgstream", "s3",
+                                        "snowflake"]
     for p in registry.plugins():
         assert (p.make_sink is None) == (p.name in UNBUILT), p.name
-    for name in ("duckdb", "ducklake", "s3", "pgstream"):
+    for name in ("duckdb", "ducklake", "s3", "pgstream", "snowflake"):
         p = registry.plugin(name)
         assert p.stored_position is not None and p.discard_position is not None
-    assert {p.name for p in registry.plugins() if p.checks} == {"duckdb", "ducklake", "s3", "kafka", "http", "grpc"}
+    assert {p.name for p in registry.plugins() if p.checks} == {"duckdb", "ducklake", "s3", "kafka", "http", "grpc",
+                                                                 "snowflake"}
     with pytest.raises(TypeError, match="come together"):
         registry.Plugin(name="x", options=DestinationOptions, make_sink=None, stored_position=lambda *a: None)
 
@@ -103,12 +106,12 @@ def test_unknown_type_gives_the_spec_error():
 
 
 def test_an_unbuilt_destination_is_validated_then_refused():
-    spec = parse_flow(_flow("snowflake", {"dsn": "user:pw@account/db"}))
+    spec = parse_flow(_flow("clickhouse", {"dsn": "clickhouse://user:pw@host/db"}))
     with pytest.raises(ConfigError) as err:
         check_buildable(spec)
     assert [str(p) for p in err.value.problems] == [
-        "destinations[0].type: destination type 'snowflake' is not available in this version of wallaby"
-        " (available: bufstream, duckdb, ducklake, grpc, http, kafka, pgstream, s3)"]
+        "destinations[0].type: destination type 'clickhouse' is not available in this version of wallaby"
+        " (available: bufstream, duckdb, ducklake, grpc, http, kafka, pgstream, s3, snowflake)"]
 
 
 def test_importing_a_destination_package_does_not_import_its_driver():
