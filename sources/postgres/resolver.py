@@ -57,7 +57,8 @@ class TypeResolver:
         for oid, t in types.items():  # Type messages name custom types even without resolve_types
             self.known.setdefault(oid, pgtypes.PgType(oid=oid, name=t.name, schema=t.namespace, kind="b",
                                                       base_oid=0, elem_oid=0, extension=None))
-        missing, root, node = self.catalog_facts(rel) if self.enabled else ({}, (rel.namespace, rel.name), None)
+        missing, root, node, after, in_rows = (self.catalog_facts(rel) if self.enabled
+                                               else ({}, (rel.namespace, rel.name), None, False, set()))
         columns, ctypes = [], []
         for c in rel.columns:
             ct = pgtypes.column_type(c.type_oid, c.typmod, self.known, ndims.get(c.name, 1))
@@ -68,16 +69,17 @@ class TypeResolver:
             ctypes.append(ct)
             columns.append(Column(name=c.name, type_oid=c.type_oid, type_name=ct.type_name, typmod=ct.typmod,
                                   key=c.key, arrow_type=ct.arrow_type, base_type=ct.base_type,
-                                  extension=ct.extension, missing=self._missing(ct, missing.get(c.name), rel)))
+                                  extension=ct.extension, missing=self._missing(ct, missing.get(c.name), rel),
+                                  default_in_rows=c.name in in_rows))
         version = 1 if old is None else old.schema.version + 1
         namespace, name = root
         schema = TableSchema(rel.relid, namespace, name, tuple(columns), rel.replica_identity, version,
-                             filenode=node)
+                             filenode=node, storage_after=after)
         if old is not None and old.schema.same_shape(schema):
             return old
         return TableState(schema, ctypes)
 
-    def catalog_facts(self, rel: Relation) -> tuple[dict[str, str], tuple[str, str], int | None]:
+    def catalog_facts(self, rel: Relation) -> tuple[dict[str, str], tuple[str, str], int | None, bool, set[str]]:
         """What the catalog says of a relation beyond its Relation message, in one query:
 
         - the text of each column's missing value (``pg_attribute.attmissingval``: what rows older than an ``ADD
@@ -87,13 +89,20 @@ class TypeResolver:
           one destination table even when its publication publishes the partitions as themselves
           (``publish_via_partition_root`` false; said at start by ``setup.publication_notes``); else itself;
         - its storage (``pg_relation_filenode``), as it is now: a change of it is a rewrite
-          (``TableSchema.rewritten_since``)."""
+          (``TableSchema.rewritten_since``);
+        - whether the catalog has moved past the message's shape (a column of the message gone or retyped, or a
+          column added after its last): then the storage read may be that of a later rewrite;
+        - the columns with a default (or a generation expression) and no missing value (``Column.default_in_rows``).
+        """
         try:
             row = self._meta().execute(
                 "SELECT pg_relation_filenode(c.oid), n.nspname, r.relname,"
                 " (SELECT coalesce(json_object_agg(a.attname, (a.attmissingval::text::text[])[1]), '{}')"
                 "  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND a.atthasmissing"
-                "  AND NOT a.attisdropped)"
+                "  AND NOT a.attisdropped),"
+                " (SELECT coalesce(json_agg(json_build_array(a.attname, a.atttypid, a.atttypmod, a.attgenerated <> '',"
+                "  a.atthasdef AND NOT a.atthasmissing) ORDER BY a.attnum), '[]')"
+                "  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)"
                 " FROM pg_class c LEFT JOIN pg_class r ON c.relispartition AND r.oid = pg_partition_root(c.oid)"
                 " LEFT JOIN pg_namespace n ON n.oid = r.relnamespace WHERE c.oid = %s", (rel.relid,)).fetchone()
         except psycopg.Error as exc:
@@ -101,10 +110,11 @@ class TypeResolver:
             raise SourceError(f"could not read the catalog entry of {rel.namespace}.{rel.name}: {exc}",
                               server=server_name(self.dsn)) from exc
         if row is None:
-            return {}, (rel.namespace, rel.name), None
-        node, root_schema, root_name, missing = row
+            return {}, (rel.namespace, rel.name), None, False, set()
+        node, root_schema, root_name, missing, now = row
         root = (root_schema, root_name) if root_name is not None else (rel.namespace, rel.name)
-        return dict(missing or {}), root, node
+        in_rows = {name for name, *_, filled in now if filled}
+        return dict(missing or {}), root, node, catalog_moved_on(rel, now), in_rows
 
     @staticmethod
     def _missing(ct: pgtypes.ColumnType, text: str | None, rel: Relation) -> pa.Array | None:
@@ -120,3 +130,18 @@ class TypeResolver:
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+
+
+def catalog_moved_on(rel: Relation, catalog: list) -> bool:
+    """Whether the catalog's live columns (``[name, type oid, typmod, generated, ...]`` in attnum order) are past
+    ``rel``'s shape: a column of the message is gone or has another type, or a plain column follows the message's
+    last one (columns are added at the end). Columns the message may leave out (a publication's column list, a
+    generated column a server does not publish) count only when they are added at the end and not generated."""
+    at = {name: (i, oid, mod) for i, (name, oid, mod, *_) in enumerate(catalog)}
+    last = -1
+    for c in rel.columns:
+        found = at.get(c.name)
+        if found is None or (found[1], found[2]) != (c.type_oid, c.typmod):
+            return True
+        last = max(last, found[0])
+    return any(not gen for _name, _oid, _mod, gen, *_ in catalog[last + 1:])

@@ -321,7 +321,7 @@ class _PostgresPartition(StatefulSourcePartition):
                      format_lsn(self.src.stop_at_lsn), extra={"flow": self.flow_id})
             self.done = True
         self._pause(0)
-        if out or self.reader is None:
+        if out or self.reader is None or self.resyncs:  # a table still to read again is not idle
             self.empty_reads = 0
             return
         idle_since = max(self.reader.last_activity, self.last_empty)
@@ -510,16 +510,16 @@ class _PostgresPartition(StatefulSourcePartition):
 def shapes_to_state(shapes: dict[int, TableSchema]) -> list:
     """Relation shapes for a snapshot: what schema drift is judged by (names, types, keys)."""
     return [[t.relid, t.schema, t.name, t.replica_identity, t.version,
-             [[c.name, c.type_oid, c.type_name, c.typmod, c.key] for c in t.columns], t.filenode]
+             [[c.name, c.type_oid, c.type_name, c.typmod, c.key] for c in t.columns], t.filenode, t.storage_after]
             for t in shapes.values()]
 
 
 def shapes_from_state(state: list | None) -> dict[int, TableSchema]:
     out: dict[int, TableSchema] = {}
-    for relid, schema, name, ri, version, cols, *rest in state or []:  # rest: the filenode (none before 0.1.0)
+    for relid, schema, name, ri, version, cols, *rest in state or []:  # rest: the storage (none before 0.1.0)
         out[relid] = TableSchema(relid, schema, name, tuple(Column(n, oid, tn, mod, key) for n, oid, tn, mod, key
                                                              in cols), ri, version,
-                                 filenode=rest[0] if rest else None)
+                                 filenode=rest[0] if rest else None, storage_after=bool(rest[1:] and rest[1]))
     return out
 
 

@@ -122,6 +122,9 @@ class Column:
     # catalog, pg_attribute.attmissingval, and rewrites no row, so no change carries it): one value of
     # ``arrow_type``; None when the column has none. A destination that adds the column fills its rows with it.
     missing: pa.Array | None = field(default=None, compare=False)
+    # The catalog shows a default (or a generation expression) for it and no missing value: had it been added to a
+    # table with rows, Postgres wrote its values into them (a volatile default, a stored generated column), a rewrite.
+    default_in_rows: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,10 +141,20 @@ class TableSchema:
     # whose storage changed too was a rewrite (ALTER ... TYPE, a volatile default): Postgres changed stored values
     # that no change carries (sources/postgres/batcher.py). Kept with the flow's shapes across restarts.
     filenode: int | None = field(default=None, compare=False)
+    # True when the catalog had already moved past this shape when its storage was read (a worker behind the DDL):
+    # the storage read may be that of a rewrite after the shape, so the next shape change counts as one.
+    storage_after: bool = field(default=False, compare=False)
 
     def rewritten_since(self, before: TableSchema) -> bool:
-        """Whether the table's storage changed between ``before`` and this shape (both known)."""
-        return before.filenode is not None and self.filenode is not None and before.filenode != self.filenode
+        """Whether the table's storage may have changed between ``before`` and this shape (both known): it differs;
+        or it was read for ``before`` only after a later DDL (the same storage then proves nothing) and a column added
+        since holds a default Postgres wrote into the rows."""
+        if before.filenode is None or self.filenode is None:
+            return False
+        if before.filenode != self.filenode:
+            return True
+        old = set(before.column_names)
+        return before.storage_after and any(c.default_in_rows for c in self.columns if c.name not in old)
 
     @property
     def qualified(self) -> str:
