@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import signal
 import subprocess
@@ -25,7 +24,7 @@ from sinks.duckdb.writer import DuckDBOptions, DuckDBWriter
 from tests import WORKER
 from tests.apiserver import current_lsn, wait_streaming
 from tests.builders import Stream, col, evolve, ins, numeric_typmod, table, upd
-from tests.flows import drain, flow_spec, rows_of, source_part
+from tests.flows import drain, flow_spec, rows_of, run_worker, source_part, worker_env, worker_flow
 from tests.killkit import kill_at_random
 from wallaby.core.changes import TableChanges, parse_lsn
 from wallaby.state.checkpoints import open_store
@@ -242,18 +241,13 @@ def test_stored_generated_columns_are_published_or_named_at_start(pgdb, caplog):
 
 
 def _worker_env(tmp_path: Path, epoch: str = "5s") -> dict[str, str]:
-    return {**os.environ, "WALLABY_CHECKPOINT_BACKEND": "sqlite", "WALLABY_CHECKPOINT_PATH": str(tmp_path / "c.db"),
-            "WALLABY_EPOCH_INTERVAL": epoch, "PYTHONPATH": str(ROOT)}
+    return worker_env(tmp_path, epoch)
 
 
 def _worker_flow(tmp_path: Path, dsn: str, duck: Path, destination: dict | None = None, **source) -> Path:
-    flow = {"id": "sc", "name": "sc",
-            "source": {"name": "pg", "type": "postgres", "options": {
-                "dsn": dsn, "slot": "wallaby_sc", "publication": "wallaby_sc", "batch_timeout": "50ms", **source}},
-            "destinations": [{"name": "duck", "type": "duckdb", "options": {"dsn": str(duck), **(destination or {})}}]}
-    path = tmp_path / "flow.json"
-    path.write_text(json.dumps(flow))
-    return path
+    """Flow ``sc`` (file ``tmp_path/sc.json``) into the DuckDB file ``duck``."""
+    return worker_flow(tmp_path, dsn, "sc", source.pop("publication_tables", None),
+                       {"dsn": str(duck), **(destination or {})}, dest_type="duckdb", dest_name="duck", **source)
 
 
 def _run_worker(tmp_path: Path, dsn: str, duck: Path, *, epoch: str = "5s", destination: dict | None = None,
@@ -261,11 +255,8 @@ def _run_worker(tmp_path: Path, dsn: str, duck: Path, *, epoch: str = "5s", dest
                 **source) -> subprocess.CompletedProcess:
     """One ``wallaby-worker`` run of flow ``sc`` into ``duck`` (by default until the slot is drained), ending with
     exit ``status``."""
-    path = _worker_flow(tmp_path, dsn, duck, destination, **source)
-    r = subprocess.run([*WORKER, "-flow-file", str(path), *args], env=_worker_env(tmp_path, epoch),
-                       capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert r.returncode == status, r.stderr[-3000:]
-    return r
+    return run_worker(tmp_path, _worker_flow(tmp_path, dsn, duck, destination, **source), args=args, epoch=epoch,
+                      timeout=120, status=status)
 
 
 def test_a_change_the_destination_cannot_express_holds_the_flow_at_the_gate(pgdb, tmp_path):
@@ -673,9 +664,8 @@ def test_random_histories_with_schema_changes_end_equal(pg, rounds, seed, tmp_pa
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute("CREATE TABLE h (id int PRIMARY KEY, v int)")
         _run_worker(tmp, dsn, duck, epoch="300ms", publication_tables="public.h")  # the slot
-        flow_path = tmp / "flow.json"
-        env = {**os.environ, "WALLABY_CHECKPOINT_BACKEND": "sqlite", "WALLABY_CHECKPOINT_PATH": str(tmp / "c.db"),
-               "WALLABY_EPOCH_INTERVAL": "300ms", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        flow_path = tmp / "sc.json"
+        env = worker_env(tmp, "300ms")
         for i, steps in enumerate(rounds):
             with psycopg.connect(dsn) as conn:
                 _history(conn, steps, cols, v_type)
@@ -832,3 +822,61 @@ def test_a_shape_read_after_later_ddl_counts_its_next_change_as_a_rewrite():
     assert volatile.rewritten_since(late)  # ... or one whose default Postgres wrote into the rows: maybe rewritten
     assert not volatile.rewritten_since(one)  # the same storage, read before: no rewrite
     assert not wider.rewritten_since(TableSchema(1, "public", "h", cols))  # storage unknown (types not resolved)
+
+
+# -- a rewrite a destination cannot take again -----------------------------------------------------------------------
+
+def test_a_rewrite_holds_a_flow_whose_destination_cannot_read_the_table_again(pgdb, tmp_path):
+    """A pgstream destination keeps exactly-once by stream position, so it cannot take a rewritten table read again:
+    the rewrite (ALTER ... TYPE ... USING) holds the flow at the DDL gate although the flow has no gate, its event
+    pending with the reason and what to do; nothing after it reaches the stream until it is approved; then the flow
+    goes on."""
+    flow = {"id": "sc", "name": "sc",
+            "source": {"name": "pg", "type": "postgres", "options": {
+                "dsn": pgdb, "slot": "wallaby_sc", "publication": "wallaby_sc", "batch_timeout": "50ms",
+                "publication_tables": "public.t"}},
+            "destinations": [{"name": "st", "type": "pgstream", "options": {"dsn": pgdb, "stream": "t"}}]}
+    path = tmp_path / "sc.json"
+    path.write_text(json.dumps(flow))
+    run = [*WORKER, "-flow-file", str(path)]
+
+    def changes() -> list:
+        from wallaby.wire import decode
+
+        rows = _pg(pgdb, "SELECT wire_format, payload FROM wallaby.stream_messages WHERE stream = 't' ORDER BY id")
+        return [(r.op, r.after[0] if r.after else None) for fmt, p in rows for r in decode(bytes(p), fmt).records]
+
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
+    r = subprocess.run([*run, "-max-empty-reads", "2"], env=_worker_env(tmp_path), capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("INSERT INTO t VALUES (1, 1), (2, 2)")
+        c.execute("ALTER TABLE t ALTER COLUMN v TYPE bigint USING v * 10")
+        c.execute("INSERT INTO t VALUES (3, 3)")
+    log = tmp_path / "held.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(run, env=_worker_env(tmp_path), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 60
+            while b"holding at" not in log.read_bytes() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert proc.poll() is None and b"holding at" in log.read_bytes(), log.read_text()[-3000:]
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert b"public.t was rewritten at the source" in log.read_bytes()
+    flows = open_store(_worker_env(tmp_path)).flow_store
+    (event,) = flows.list_ddl(flow_id="sc")
+    plan = json.loads(event.plan_json)
+    assert event.status == "pending" and plan["retyped"] == ["v"] and "-tables public.t" in plan["held"]
+    assert changes() == [("insert", 1), ("insert", 2)]  # nothing after the rewrite
+
+    flows.set_ddl_status(event.id, "approved")
+    r = subprocess.run([*run, "-max-empty-reads", "2"], env=_worker_env(tmp_path), capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert changes()[2:] == [("ddl", None), ("insert", 3)]  # the DDL event and the insert after it

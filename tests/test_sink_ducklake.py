@@ -46,6 +46,7 @@ from sinks.ducklake.writer import (
 )
 from tests import WORKER
 from tests.builders import Stream, col, dele, evolve, ins, numeric_typmod, read, table, upd
+from tests.flows import pg_rows, run_worker, worker_env, worker_flow
 from tests.killkit import kill_at_random
 from tests.s3_server import s3_server  # noqa: F401 - the fixture
 from wallaby.core import registry
@@ -611,33 +612,8 @@ def lake_db(pg):
 
 
 def _flow(tmp: Path, dsn: str, flow_id: str, tables: str, destination: dict, **source) -> Path:
-    flow = {"id": flow_id, "name": flow_id,
-            "source": {"name": "pg", "type": "postgres", "options": {
-                "dsn": dsn, "slot": f"wallaby_{flow_id.replace('-', '_')}",
-                "publication": f"wallaby_{flow_id.replace('-', '_')}", "publication_tables": tables,
-                "batch_timeout": "50ms", "status_interval": "1s", **source}},
-            "destinations": [{"name": "lake", "type": "ducklake", "options": destination}]}
-    path = tmp / f"{flow_id}.json"
-    path.write_text(json.dumps(flow))
-    return path
+    return worker_flow(tmp, dsn, flow_id, tables, destination, dest_type="ducklake", dest_name="lake", **source)
 
-
-def _env(tmp: Path, epoch: str = "300ms") -> dict[str, str]:
-    return {**os.environ, "WALLABY_CHECKPOINT_BACKEND": "sqlite", "WALLABY_CHECKPOINT_PATH": str(tmp / "c.db"),
-            "WALLABY_RECOVERY_DIR": str(tmp / "recovery"), "WALLABY_EPOCH_INTERVAL": epoch, "PYTHONPATH": str(ROOT)}
-
-
-def _run(tmp: Path, flow: Path, *, args: tuple[str, ...] = ("-max-empty-reads", "2"), epoch: str = "300ms",
-         timeout: float = 180) -> subprocess.CompletedProcess:
-    r = subprocess.run([*WORKER, "-flow-file", str(flow), *args], env=_env(tmp, epoch), capture_output=True,
-                       text=True, timeout=timeout, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return r
-
-
-def _pg(dsn: str, sql: str) -> list[tuple]:
-    with psycopg.connect(dsn) as c:
-        return [tuple(r) for r in c.execute(sql).fetchall()]
 
 
 def _lake_table(opts: DuckLakeDestinationOptions, sql: str, table_name: str) -> list[tuple]:
@@ -658,14 +634,14 @@ def test_a_backfill_then_the_stream_into_the_lake(pgdb, tmp_path):
     dest = {"dsn": str(tmp_path / "lake.duckdb"), "catalog": f"sqlite:{tmp_path / 'cat.sqlite'}",
             "data_path": str(tmp_path / "data")}
     flow = _flow(tmp_path, pgdb, "lake-bf", "public.t", dest)
-    _run(tmp_path, flow, args=("-mode", "backfill", "-partition-count", "3"))
+    run_worker(tmp_path, flow, args=("-mode", "backfill", "-partition-count", "3"))
     with psycopg.connect(pgdb, autocommit=True) as c:
         c.execute("UPDATE t SET v = 'u' WHERE id % 7 = 0")
         c.execute("DELETE FROM t WHERE id % 11 = 0")
         c.execute("INSERT INTO t VALUES (5000, 'new')")
-    _run(tmp_path, flow)
+    run_worker(tmp_path, flow)
     opts = DuckLakeDestinationOptions.model_validate(dest)
-    want = _pg(pgdb, "SELECT id, v FROM t ORDER BY id")
+    want = pg_rows(pgdb, "SELECT id, v FROM t ORDER BY id")
     assert _lake_table(opts, "SELECT id, v FROM public.t ORDER BY id", "t") == want and len(want) == 2729
 
 
@@ -713,7 +689,7 @@ def test_the_tricky_table_ends_equal_to_postgres(pgdb, tmp_path):
     opts = {"dsn": str(tmp_path / "host.duckdb"), "catalog": f"sqlite:{tmp_path / 'tricky.sqlite'}",
             "data_path": str(tmp_path / "data")}
     flow = _flow(tmp_path, pgdb, "dl-tricky", "public.tricky,public.nokey", opts)
-    _run(tmp_path, flow)  # creates the slot
+    run_worker(tmp_path, flow)  # creates the slot
     with psycopg.connect(pgdb, autocommit=True) as c:
         c.execute("SET TimeZone = 'Asia/Kathmandu'")
         for row in TRICKY_ROWS:
@@ -724,7 +700,7 @@ def test_the_tricky_table_ends_equal_to_postgres(pgdb, tmp_path):
         c.execute("INSERT INTO nokey VALUES (1, 'a'), (1, 'a'), (2, NULL)")
         c.execute("DELETE FROM nokey WHERE ctid = (SELECT min(ctid) FROM nokey WHERE a = 1)")
         c.execute("UPDATE nokey SET b = 'b' WHERE a = 2")
-    _run(tmp_path, flow)
+    run_worker(tmp_path, flow)
     lake = DuckLakeDestinationOptions.model_validate(opts)
     for flushed in (False, True):
         if flushed:  # the same values once DuckLake moved the inlined rows into Parquet files
@@ -757,7 +733,7 @@ def test_the_tricky_table_ends_equal_to_postgres(pgdb, tmp_path):
         assert text[1][4] == text[1][5] == "1 year 2 months -3 days 04:05:06.789001"  # the documented fallback
         assert text[2][0] == "infinity" and text[2][2] == "-infinity" and text[2][4] == "-1 day -00:00:00.000001"
         # the interval text is exactly Postgres's interval
-        pg_iv = _pg(pgdb, "SELECT extract(epoch FROM iv)::numeric(30,6) FROM tricky WHERE id IN (1, 2) ORDER BY id")
+        pg_iv = pg_rows(pgdb, "SELECT extract(epoch FROM iv)::numeric(30,6) FROM tricky WHERE id IN (1, 2) ORDER BY id")
         lake_iv = read_lake(lake, "SELECT epoch(iv::INTERVAL) FROM public.tricky WHERE id IN (1, 2) ORDER BY id")
         assert [float(a) for (a,) in pg_iv] == [pytest.approx(b, abs=1e-6) for (b,) in lake_iv]
         assert sorted(read_lake(lake, "SELECT a, b FROM public.nokey"), key=str) == sorted([(1, "a"), (2, "b")],
@@ -813,16 +789,16 @@ def test_random_histories_streamed_by_a_worker_end_equal(pg, rounds, tmp_path_fa
             c.execute("ALTER TABLE k REPLICA IDENTITY FULL")
         opts = {"dsn": str(tmp / "host.duckdb"), "catalog": str(tmp / "meta.ducklake"), "data_path": str(tmp / "data")}
         flow = _flow(tmp, dsn, flow_id, "public.h,public.k", opts, batch_size="7")
-        _run(tmp, flow, epoch="100ms")  # creates the slot
+        run_worker(tmp, flow, epoch="100ms")  # creates the slot
         lake = DuckLakeDestinationOptions.model_validate(opts)
         for ops in rounds:
             with psycopg.connect(dsn) as conn:
                 _play(conn, ops)
-            _run(tmp, flow, epoch="100ms")
+            run_worker(tmp, flow, epoch="100ms")
             assert _lake_table(lake, "SELECT id, v, t FROM public.h ORDER BY id", "h") == \
-                _pg(dsn, "SELECT id, v, t FROM h ORDER BY id"), rounds
+                pg_rows(dsn, "SELECT id, v, t FROM h ORDER BY id"), rounds
             assert _lake_table(lake, "SELECT a, b FROM public.k ORDER BY a, b", "k") == \
-                _pg(dsn, "SELECT a, b FROM k ORDER BY a, b"), rounds
+                pg_rows(dsn, "SELECT a, b FROM k ORDER BY a, b"), rounds
     finally:
         _drop_database(pg.dsn(), name)
 
@@ -842,7 +818,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(pgdb, tmp_path):
     opts = {"dsn": str(tmp_path / "host.duckdb"), "catalog": f"sqlite:{tmp_path / 'kill.sqlite'}",
             "data_path": str(tmp_path / "data")}
     flow = _flow(tmp_path, pgdb, "dl-kill", "public.items,public.events", opts, batch_size="50")
-    _run(tmp_path, flow)  # the slot
+    run_worker(tmp_path, flow)  # the slot
     stop = threading.Event()
     written = [0]
 
@@ -865,18 +841,18 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(pgdb, tmp_path):
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
     try:
-        logs = kill_at_random([*WORKER, "-flow-file", str(flow)], _env(tmp_path), ROOT, tmp_path, runs=6,
+        logs = kill_at_random([*WORKER, "-flow-file", str(flow)], worker_env(tmp_path), ROOT, tmp_path, runs=6,
                               started="streaming from", window=(0.3, 3.0), seed=2024)
     finally:
         stop.set()
         thread.join(timeout=10)
     assert all("Traceback" not in log for log in logs), logs
-    _run(tmp_path, flow, args=("-max-empty-reads", "3"), timeout=300)
+    run_worker(tmp_path, flow, args=("-max-empty-reads", "3"), timeout=300)
     lake = DuckLakeDestinationOptions.model_validate(opts)
     assert written[0] > 100
-    assert read_lake(lake, "SELECT * FROM public.items ORDER BY id") == _pg(pgdb, "SELECT * FROM items ORDER BY id")
+    assert read_lake(lake, "SELECT * FROM public.items ORDER BY id") == pg_rows(pgdb, "SELECT * FROM items ORDER BY id")
     got = read_lake(lake, "SELECT n, count(*) FROM public.events GROUP BY n ORDER BY n")
-    assert got == [(n, 1) for (n,) in _pg(pgdb, "SELECT n FROM events ORDER BY n")]
+    assert got == [(n, 1) for (n,) in pg_rows(pgdb, "SELECT n FROM events ORDER BY n")]
 
 
 # --------------------------------------------------------------------------- reading while a flow runs
@@ -931,11 +907,11 @@ def test_a_second_process_reads_the_lake_while_a_worker_streams(pgdb, lake_db, t
     opts = {"dsn": str(tmp_path / "host.duckdb"), "catalog": catalog, "data_path": str(tmp_path / "data")}
     flow_id = f"dl-read-{kind}"
     flow = _flow(tmp_path, pgdb, flow_id, "public.items", opts)
-    _run(tmp_path, flow)  # the slot
+    run_worker(tmp_path, flow)  # the slot
     with psycopg.connect(pgdb, autocommit=True) as c:
         c.execute("UPDATE items SET qty = 1")  # the table reaches the lake in the first epoch
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
-    worker = subprocess.Popen([*WORKER, "-flow-file", str(flow)], env=_env(tmp_path, "200ms"), stdout=log,
+    worker = subprocess.Popen([*WORKER, "-flow-file", str(flow)], env=worker_env(tmp_path, "200ms"), stdout=log,
                               stderr=subprocess.STDOUT, cwd=ROOT)
     stop_file, out = tmp_path / "stop", tmp_path / "reader.json"
     reader = subprocess.Popen([sys.executable, "-c", READER, json.dumps(opts), str(stop_file), str(out)],
@@ -955,7 +931,7 @@ def test_a_second_process_reads_the_lake_while_a_worker_streams(pgdb, lake_db, t
                     c.execute("DELETE FROM items WHERE id %% 13 = %s AND id > 0", (i % 13,))
                 time.sleep(0.05)
         deadline = time.monotonic() + 120
-        want = _pg(pgdb, "SELECT count(*) FROM items")[0][0]
+        want = pg_rows(pgdb, "SELECT count(*) FROM items")[0][0]
         lake = DuckLakeDestinationOptions.model_validate(opts)
         while time.monotonic() < deadline and _lake_count(lake) != want:
             assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
@@ -969,7 +945,7 @@ def test_a_second_process_reads_the_lake_while_a_worker_streams(pgdb, lake_db, t
     result = json.loads(out.read_text())
     assert result["failures"] == [], result["failures"][:3]
     assert result["ok"] >= 30 and len(set(result["counts"])) > 1  # it read while the lake changed
-    assert read_lake(lake, "SELECT * FROM public.items ORDER BY id") == _pg(pgdb, "SELECT * FROM items ORDER BY id")
+    assert read_lake(lake, "SELECT * FROM public.items ORDER BY id") == pg_rows(pgdb, "SELECT * FROM items ORDER BY id")
 
 
 def test_a_type_change_the_lake_cannot_follow_holds_the_worker_at_the_gate(pgdb, tmp_path):
@@ -982,19 +958,19 @@ def test_a_type_change_the_lake_cannot_follow_holds_the_worker_at_the_gate(pgdb,
     opts = {"dsn": str(tmp_path / "host.duckdb"), "catalog": str(tmp_path / "gate.ducklake"),
             "data_path": str(tmp_path / "data")}
     flow = _flow(tmp_path, pgdb, "dl-gate", "public.t", opts)
-    _run(tmp_path, flow)
+    run_worker(tmp_path, flow)
     with psycopg.connect(pgdb, autocommit=True) as c:
         c.execute("INSERT INTO t VALUES (1, 7)")
-    _run(tmp_path, flow)
+    run_worker(tmp_path, flow)
     with psycopg.connect(pgdb, autocommit=True) as c:
         c.execute("ALTER TABLE t ALTER COLUMN v TYPE text")
         c.execute("INSERT INTO t VALUES (2, 'eight')")
-    r = subprocess.run([*WORKER, "-flow-file", str(flow), "-max-empty-reads", "2"], env=_env(tmp_path),
+    r = subprocess.run([*WORKER, "-flow-file", str(flow), "-max-empty-reads", "2"], env=worker_env(tmp_path),
                        capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert r.returncode == 75, r.stderr[-3000:]
     line = r.stderr.strip().splitlines()[-1]
     assert "'v'" in line and "DuckLake" in line and "pending" in line, line
-    store = open_store(_env(tmp_path))
+    store = open_store(worker_env(tmp_path))
     try:
         assert [e.status for e in store.flow_store.list_ddl(flow_id="dl-gate")] == ["pending"]
     finally:

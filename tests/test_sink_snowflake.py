@@ -30,6 +30,7 @@ from sinks.snowflake.options import SnowflakeDestinationOptions
 from sinks.snowflake.types import canonical_type, snowflake_type, widens
 from sinks.snowflake.writer import SnowflakeWriter
 from tests.builders import Stream, col, dele, evolve, ins, numeric_typmod, read, table, upd
+from tests.flows import pg_rows, run_worker, worker_env, worker_flow
 from tests.snowserver import snowflake  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -374,36 +375,9 @@ def test_a_dsn_it_cannot_connect_with_is_one_clear_error(snowflake, tmp_path):  
 WORKER = (sys.executable, "-m", "wallaby.control.worker")
 
 
-def _flow(tmp: Path, pg_dsn: str, flow_id: str, tables: str, destination: dict, **source) -> Path:
-    slot = f"wallaby_{flow_id.replace('-', '_')}"
-    flow = {"id": flow_id, "name": flow_id,
-            "source": {"name": "pg", "type": "postgres", "options": {
-                "dsn": pg_dsn, "slot": slot, "publication": slot, "publication_tables": tables,
-                "batch_timeout": "50ms", "status_interval": "1s", **source}},
-            "destinations": [{"name": "snow", "type": "snowflake", "options": destination}]}
-    path = tmp / f"{flow_id}.json"
-    path.write_text(json.dumps(flow))
-    return path
+def _flow(tmp: Path, dsn: str, flow_id: str, tables: str, destination: dict, **source) -> Path:
+    return worker_flow(tmp, dsn, flow_id, tables, destination, dest_type="snowflake", dest_name="snow", **source)
 
-
-def _env(tmp: Path, epoch: str = "300ms") -> dict[str, str]:
-    return {**os.environ, "WALLABY_CHECKPOINT_BACKEND": "sqlite", "WALLABY_CHECKPOINT_PATH": str(tmp / "c.db"),
-            "WALLABY_RECOVERY_DIR": str(tmp / "recovery"), "WALLABY_EPOCH_INTERVAL": epoch, "PYTHONPATH": str(ROOT)}
-
-
-def _run(tmp: Path, flow: Path, *, args: tuple[str, ...] = ("-max-empty-reads", "2"), epoch: str = "300ms",
-         timeout: float = 180) -> subprocess.CompletedProcess:
-    r = subprocess.run([*WORKER, "-flow-file", str(flow), *args], env=_env(tmp, epoch), capture_output=True,
-                       text=True, timeout=timeout, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return r
-
-
-def _pg(dsn: str, sql: str) -> list[tuple]:
-    import psycopg
-
-    with psycopg.connect(dsn) as c:
-        return [tuple(r) for r in c.execute(sql).fetchall()]
 
 
 def _snow(server, database: str, sql: str, table_name: str) -> list[tuple]:
@@ -411,6 +385,26 @@ def _snow(server, database: str, sql: str, table_name: str) -> list[tuple]:
     found = rows(server, database, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
                                    f" AND table_name = '{table_name}'")
     return rows(server, database, sql) if found[0][0] else []
+
+
+def test_a_backfill_then_the_stream_into_snowflake(snowflake, pgdb, tmp_path):  # noqa: F811
+    """-mode backfill reads the table's parts into Snowflake (read rows, upserted), then the stream goes on from the
+    backfill's slot: Snowflake ends equal to Postgres."""
+    import psycopg
+
+    database = _name()
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        c.execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 3000) g")
+    flow = _flow(tmp_path, pgdb, "sf-bf", "public.t", {"dsn": dsn_of(snowflake, database)})
+    run_worker(tmp_path, flow, args=("-mode", "backfill", "-partition-count", "3"))
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("UPDATE t SET v = 'u' WHERE id % 7 = 0")
+        c.execute("DELETE FROM t WHERE id % 11 = 0")
+        c.execute("INSERT INTO t VALUES (5000, 'new')")
+    run_worker(tmp_path, flow)
+    want = pg_rows(pgdb, "SELECT id, v FROM t ORDER BY id")
+    assert rows(snowflake, database, 'SELECT "id", "v" FROM "public"."t" ORDER BY "id"') == want and len(want) == 2729
 
 
 TYPES_SCHEMA = """
@@ -434,7 +428,7 @@ def test_a_table_of_many_types_streamed_by_a_worker_equals_postgres(snowflake, p
     with psycopg.connect(pgdb, autocommit=True) as c:
         c.execute(TYPES_SCHEMA)
     flow = _flow(tmp_path, pgdb, "sf-types", "public.many", {"dsn": dsn_of(snowflake, database)})
-    _run(tmp_path, flow)  # the slot
+    run_worker(tmp_path, flow)  # the slot
     with psycopg.connect(pgdb, autocommit=True) as c:
         c.execute("""INSERT INTO many VALUES (1, true, -32768, 2147483647, -9223372036854775808, 0.1, 5e-324,
             -12345678.1234, '12345678901234567890123456789012345678.12345678901234567890', 'NaN',
@@ -446,17 +440,17 @@ def test_a_table_of_many_types_streamed_by_a_worker_equals_postgres(snowflake, p
                   " 'infinity', '-infinity', 'infinity')")
         c.execute("INSERT INTO many (id) VALUES (3)")
         c.execute("UPDATE many SET t = 'changed' WHERE id = 1")  # big: unchanged TOAST, kept from Snowflake
-    _run(tmp_path, flow)
+    run_worker(tmp_path, flow)
     with psycopg.connect(pgdb, autocommit=True) as c:
         c.execute("UPDATE many SET id = 10, i4 = 5 WHERE id = 1")  # a key change, big still unchanged
-    _run(tmp_path, flow)
+    run_worker(tmp_path, flow)
     got = {r[0]: r for r in rows(snowflake, database, 'SELECT "id", "b", "i2", "i4", "i8", "f4", "f8", "n_small",'
                                  ' "n_big", "n_free", "t", "vc", "ch", "by", "d", "tm", "ts", "tstz", "iv", "tz", "u",'
                                  ' "j", "jb", "ia", "ta", "e", "dom", "ip", "mon", "big", "ts" IS NULL'
                                  ' FROM "public"."many" ORDER BY "id"')}
     assert sorted(got) == [2, 3, 10]
     r = got[10]
-    pgr = _pg(pgdb, "SELECT id, b, i2, i4, i8, f4, f8, n_small, n_big::text, n_free::text, t, vc, ch, by, d,"
+    pgr = pg_rows(pgdb, "SELECT id, b, i2, i4, i8, f4, f8, n_small, n_big::text, n_free::text, t, vc, ch, by, d,"
                     " tm::text, ts, tstz, iv::text, tz::text, u::text, j::text, jb::text, ia, ta, e::text, dom,"
                     " ip::text, mon::numeric, big FROM many WHERE id = 10")[0]
     assert r[:5] == pgr[:5]
@@ -472,7 +466,7 @@ def test_a_table_of_many_types_streamed_by_a_worker_equals_postgres(snowflake, p
     assert r[25:28] == pgr[25:28] and decimal.Decimal(r[28]) == pgr[28] and r[29] == BIG
     r2 = got[2]
     assert r2[5] == float("-inf") and r2[6] != r2[6]
-    assert r2[9] == _pg(pgdb, "SELECT n_free::text FROM many WHERE id = 2")[0][0] == "0." + "0" * 39 + "1"
+    assert r2[9] == pg_rows(pgdb, "SELECT n_free::text FROM many WHERE id = 2")[0][0] == "0." + "0" * 39 + "1"
     assert r2[14] == dt.date(9999, 12, 31) and r2[17] == dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC)
     assert r2[16] == dt.datetime(1, 1, 1)  # -infinity: the least timestamp
     names = ["b", "i2", "i4", "i8", "f4", "f8", "n_small", "n_big", "n_free", "t", "vc", "ch", "by", "d", "tm", "ts",
@@ -533,15 +527,15 @@ def test_random_histories_streamed_by_a_worker_end_equal(snowflake, pg, rounds, 
             c.execute("ALTER TABLE k REPLICA IDENTITY FULL")
         flow = _flow(tmp, dsn, f"sf-hist-{name}", "public.h,public.k", {"dsn": dsn_of(snowflake, database)},
                      batch_size="7")
-        _run(tmp, flow, epoch="100ms")  # creates the slot
+        run_worker(tmp, flow, epoch="100ms")  # creates the slot
         for ops in rounds:
             with psycopg.connect(dsn) as conn:
                 _play(conn, ops)
-            _run(tmp, flow, epoch="100ms")
+            run_worker(tmp, flow, epoch="100ms")
             assert _snow(snowflake, database, 'SELECT "id", "v", "t" FROM "public"."h" ORDER BY "id"', "h") == \
-                _pg(dsn, "SELECT id, v, t FROM h ORDER BY id"), rounds
+                pg_rows(dsn, "SELECT id, v, t FROM h ORDER BY id"), rounds
             assert _snow(snowflake, database, 'SELECT "a", "b" FROM "public"."k" ORDER BY "a", "b"', "k") == \
-                _pg(dsn, "SELECT a, b FROM k ORDER BY a, b"), rounds
+                pg_rows(dsn, "SELECT a, b FROM k ORDER BY a, b"), rounds
     finally:
         _drop_database(pg.dsn(), name)
 
@@ -610,7 +604,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(pgdb, tmp_path):
     flow = _flow(tmp_path, pgdb, "sf-kill", "public.items,public.events", {"dsn": dsn_of(snow.server(), database)},
                  batch_size="50")
     try:
-        _run(tmp_path, flow)  # the slot
+        run_worker(tmp_path, flow)  # the slot
         stop = threading.Event()
         written = [0]
 
@@ -635,7 +629,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(pgdb, tmp_path):
         logs = []
         try:
             for run in range(6):
-                logs += kill_at_random([*WORKER, "-flow-file", str(flow)], _env(tmp_path), ROOT, tmp_path, runs=1,
+                logs += kill_at_random([*WORKER, "-flow-file", str(flow)], worker_env(tmp_path), ROOT, tmp_path, runs=1,
                                        started="streaming from", window=(0.3, 3.0), seed=2025 + run)
                 snow.kill()
                 snow.start()
@@ -643,13 +637,13 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(pgdb, tmp_path):
             stop.set()
             thread.join(timeout=10)
         assert all("Traceback" not in log for log in logs), logs
-        _run(tmp_path, flow, args=("-max-empty-reads", "3"), timeout=300)
+        run_worker(tmp_path, flow, args=("-max-empty-reads", "3"), timeout=300)
         assert written[0] > 100
         server = snow.server()
         assert rows(server, database, 'SELECT "id", "qty", "note" FROM "public"."items" ORDER BY "id"') == \
-            _pg(pgdb, "SELECT * FROM items ORDER BY id")
+            pg_rows(pgdb, "SELECT * FROM items ORDER BY id")
         got = rows(server, database, 'SELECT "n", count(*) FROM "public"."events" GROUP BY "n" ORDER BY "n"')
-        assert got == [(n, 1) for (n,) in _pg(pgdb, "SELECT n FROM events ORDER BY n")]
+        assert got == [(n, 1) for (n,) in pg_rows(pgdb, "SELECT n FROM events ORDER BY n")]
     finally:
         snow.kill()
 

@@ -47,7 +47,7 @@ from sinks.base import PermanentSinkError, TransientSinkError, WriterSink, sourc
 from sinks.snowflake.dsn import DsnError, SnowflakeDsn, parse_dsn
 from sinks.snowflake.options import SnowflakeDestinationOptions
 from sinks.snowflake.types import canonical_type, is_json_type, snowflake_type, widens
-from sinks.sql.engine import ApplyError, RetypeError, TableEngine, _Pending
+from sinks.sql.engine import ApplyError, TableEngine, _Pending
 from sinks.sql.merge import merge_pending
 from sinks.sql.reduce import FROM, KEEP, SEQ_COL, VALUE, ReduceError, q, reduce_keyed, reduce_keyless
 from sources.postgres.pgtypes import DATE_NEG_INF, DATE_POS_INF, TS_NEG_INF, TS_POS_INF
@@ -308,40 +308,21 @@ class SnowflakeWriter(TableEngine):
 
     # ------------------------------------------------------------------ DDL before rows
 
-    def _apply_pending(self) -> None:
+    def _before_rows(self, pending: list[_Pending]) -> None:
         """Snowflake commits the open transaction at every DDL statement: the DDL of every pending table runs first,
         after what the transaction holds is committed with the high-water of exactly what it holds."""
-        if not self._pending:
-            return
-        import snowflake.connector.errors as sferr
-
         plans = []
-        for p in list(self._pending.values()):
-            try:
+        for p in pending:
+            with self._failing(p):
                 plan = self._plan(p)
-            except sferr.Error as exc:
-                self._fail(f"{p.dest[0]}.{p.dest[1]}", self._error_message(p, exc) or str(exc))
             if plan is not None:
                 plans.append((p, plan))
-        if plans:
-            if self._tx:
-                self._commit_at(self._applied_upto)
-            for p, plan in plans:
-                where = f"{p.dest[0]}.{p.dest[1]}"
-                try:
-                    self._run_plan(p, plan)
-                    self._con.commit()
-                except RetypeError as exc:
-                    first = next(i.first for i in p.items if isinstance(i, TableChanges))
-                    self._fail(where, exc.message, held=(p.table.qualified, exc.column, first))
-                except ApplyError as exc:
-                    self._fail(where, exc.message)
-                except Exception as exc:
-                    message = self._error_message(p, exc)
-                    if message is None:
-                        raise
-                    self._fail(where, message)
-        super()._apply_pending()
+        if plans and self._tx:
+            self._commit_at(self._applied_upto)
+        for p, plan in plans:
+            with self._failing(p):
+                self._run_plan(p, plan)
+                self._con.commit()
 
     def _columns(self, p: _Pending) -> dict[str, Column]:
         return self._columns_of(p.table, [i for i in p.items if isinstance(i, TableChanges)])

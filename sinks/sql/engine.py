@@ -19,13 +19,15 @@ not the destination's SQL.
 A destination subclasses it with its dialect: :meth:`_open_state` (connect, create its state table, read the
 stored high-water), :meth:`_begin` / :meth:`_commit_at` / :meth:`_rollback`, :meth:`_apply_rows` (tables, schema
 evolution, the rows: the shared :func:`sinks.sql.merge.merge_pending` and :mod:`sinks.sql.reduce`),
-:meth:`_where`, and optionally :meth:`_needs_ddl`, :meth:`_error_message`, :meth:`_meta_columns`,
+:meth:`_where`, and optionally :meth:`_before_rows`, :meth:`_needs_ddl`, :meth:`_error_message`, :meth:`_meta_columns`,
 :meth:`_acquire` / :meth:`_let_go` (a connection held only while needed), :meth:`_usable`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -403,6 +405,7 @@ class TableEngine(Writer):
         if not self._pending:
             return
         self._acquire()
+        self._before_rows(list(self._pending.values()))
         pending, self._pending = self._pending, {}
         self._buffered_rows = self._buffered_bytes = 0
         if self._tx and any(self._needs_ddl(p) for p in pending.values()):
@@ -411,25 +414,37 @@ class TableEngine(Writer):
             self._commit_at(self._applied_upto)
         self._begin()
         for p in pending.values():
-            where = f"{p.dest[0]}.{p.dest[1]}"
             try:
-                self._apply_table(p)
-            except RetypeError as exc:
-                first = next(i.first for i in p.items if isinstance(i, TableChanges))
-                self._fail(where, exc.message, held=(p.table.qualified, exc.column, first))
-            except (ApplyError, ReduceError) as exc:
-                self._fail(where, exc.message)
-            except pa.ArrowException as exc:
-                self._fail(where, f"cannot combine the epoch's batches: {exc}")
-            except Exception as exc:
-                message = self._error_message(p, exc)
-                if message is None:
-                    raise
-                self._fail(where, message)
+                with self._failing(p):
+                    self._apply_table(p)
             finally:
                 self._after_apply()
         self.stats["applies"] += 1
         self._applied_upto = max(self._hw.taken, self._taken_in_batch or ZERO)
+
+    def _before_rows(self, pending: list[_Pending]) -> None:
+        """Hook: what a destination does for the pending tables before any of their rows (Snowflake runs all their
+        DDL first, each statement committing); :meth:`_failing` turns its errors into the writer's."""
+
+    @contextmanager
+    def _failing(self, p: _Pending) -> Iterator[None]:
+        """Every failure applying ``p`` as the writer's one error naming the destination table (a type change the
+        destination cannot express: held at the DDL gate)."""
+        where = f"{p.dest[0]}.{p.dest[1]}"
+        try:
+            yield
+        except RetypeError as exc:
+            first = next(i.first for i in p.items if isinstance(i, TableChanges))
+            self._fail(where, exc.message, held=(p.table.qualified, exc.column, first))
+        except (ApplyError, ReduceError) as exc:
+            self._fail(where, exc.message)
+        except pa.ArrowException as exc:
+            self._fail(where, f"cannot combine the epoch's batches: {exc}")
+        except Exception as exc:
+            message = self._error_message(p, exc)
+            if message is None:
+                raise
+            self._fail(where, message)
 
     def _apply_table(self, p: _Pending) -> None:
         self._apply_rows(p)

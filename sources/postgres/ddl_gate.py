@@ -39,11 +39,24 @@ PASS, HOLD, DROP = "pass", "hold", "drop"
 POLL_SECONDS = settings.on_import().ddl_poll  # WALLABY_DDL_POLL
 
 
+# Why a rewrite holds a flow whatever its policy, when not every destination can take the table read again.
+NO_REREAD = ("{table} was rewritten at the source (its stored values changed with no row change: ALTER ... TYPE"
+             " ... USING, a volatile default) and not every destination of this flow can take the table read again"
+             " (docs/ddl.md); resync those destinations yourself (e.g. wallaby-worker -mode backfill -tables {table}"
+             " into a flow whose destinations take reads), then approve this event to go on; until then they hold"
+             " the old values")
+
+
 class DDLGate:
-    def __init__(self, flow_id: str, policy: DDLPolicy, flows: FlowStore | None):
+    """Decides each ``ddl`` event (module docstring). ``rereads``: every destination of the flow takes a table
+    read again (``dataflows.buildable.takes_reads``); when not, a drift that rewrote the table is held whatever the
+    policy (a destination that cannot resync says so and stops, rather than diverge)."""
+
+    def __init__(self, flow_id: str, policy: DDLPolicy, flows: FlowStore | None, *, rereads: bool = True):
         self.flow_id = flow_id
         self.policy = policy
         self.flows = flows
+        self.rereads = rereads
 
     def decide(self, ev: Event) -> str:
         table = ev.payload.get("table") or (ev.tables[0].qualified if ev.tables else "")
@@ -52,11 +65,15 @@ class DDLGate:
             return PASS
         record = self.flows.find_ddl(self.flow_id, str(ev.position), statement)
         if record is None:
-            if not self.policy.gate:
+            plan_of = {k: v for k, v in ev.payload.items() if k != "ddl"}
+            if ev.payload.get("rewritten") and not self.rereads:
+                status, plan_of["held"] = "pending", NO_REREAD.format(table=table)
+                log.warning("ddl: flow=%s: %s", self.flow_id, plan_of["held"], extra={"flow": self.flow_id})
+            elif not self.policy.gate:
                 status = "applied"
             else:
                 status = "approved" if self.policy.auto_approve else "pending"
-            plan = orjson.dumps({k: v for k, v in ev.payload.items() if k != "ddl"}).decode()
+            plan = orjson.dumps(plan_of).decode()
             record = self.flows.add_ddl(self.flow_id, table, statement, format_lsn(ev.position.lsn), status, plan,
                                         str(ev.position))
             if status == "pending":

@@ -158,7 +158,7 @@ class _PostgresPartition(StatefulSourcePartition):
         # in the snapshot, so a drift read but not emitted (read ahead, a reconnect, a held DDL, a restart) is
         # found again when its Relation message comes again.
         self.shapes: dict[int, TableSchema] = shapes_from_state(resume_state.get("shapes") if resume_state else None)
-        self.gate = DDLGate(self.flow_id, src.ddl_policy or DDLPolicy(gate=False), src.flows)
+        self.gate = DDLGate(self.flow_id, src.ddl_policy or DDLPolicy(gate=False), src.flows, rereads=src.resync)
         self.held: Event | None = None  # a ddl event the gate holds the flow at
         self.held_check = 0.0
         self.reader: StreamReader | None = None  # reads and decodes the stream on its own thread
