@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,20 +205,10 @@ def resolve_staging(name: str, flow_id: str, options: DuckDBDestinationOptions, 
     PermanentSinkError when DuckDB refuses (that table's transaction is rolled back)."""
     if not isinstance(options, DuckDBDestinationOptions):
         options = DuckDBDestinationOptions.model_validate(options)
-    what = f"destination {name!r}"
-    if options.batch_mode != "staging":
-        raise ConfigError(what, [FieldProblem("batch_mode", f"batch_mode={options.batch_mode!r}: this destination"
-                                                            " stages nothing (batch_mode='staging' stages loads)")])
-    if options.batch_resolution == "none":
-        raise ConfigError(what, [FieldProblem("batch_resolution", "batch_resolution='none': staged rows are kept in"
-                                                                  " their staging tables and never resolved; set"
-                                                                  " batch_resolution to 'append' or 'replace' to"
-                                                                  " resolve them")])
+    check_resolvable(name, options)
     dsn, shown = options.dsn, _safe_dsn(options.dsn)
     if dsn == ":memory:" or (not dsn.startswith(("md:", "motherduck:")) and not Path(dsn).expanduser().exists()):
-        existing: set[tuple[str, str]] = set()
-        cands: dict[tuple[str, str], _Candidate] = {}
-        _select(cands, existing, tables, schemas, what)  # names are unknown: nothing was written
+        _select({}, set(), tables, schemas, f"destination {name!r}")  # names are unknown: nothing was written
         return []
     try:
         con = _connect(str(Path(dsn).expanduser()) if not dsn.startswith(("md:", "motherduck:")) else dsn, {})
@@ -227,13 +218,40 @@ def resolve_staging(name: str, flow_id: str, options: DuckDBDestinationOptions, 
             raise TransientSinkError(name, f"DuckDB {shown} is held by another process (a running worker of the"
                                            f" flow?): {text}") from None
         raise PermanentSinkError(name, f"cannot open DuckDB {shown}: {text}") from None
+    try:
+        return resolve_in(con, name, flow_id, options, tables, schemas,
+                          lambda where, text: f"DuckDB {shown}{where}: cannot resolve staging:"
+                                              f" {text.replace(dsn, shown) if shown != dsn else text}")
+    finally:
+        con.close()
+
+
+def check_resolvable(name: str, options: DuckDBDestinationOptions) -> None:
+    """ConfigError unless ``options`` stage loads and say how to resolve them."""
+    what = f"destination {name!r}"
+    if options.batch_mode != "staging":
+        raise ConfigError(what, [FieldProblem("batch_mode", f"batch_mode={options.batch_mode!r}: this destination"
+                                                            " stages nothing (batch_mode='staging' stages loads)")])
+    if options.batch_resolution == "none":
+        raise ConfigError(what, [FieldProblem("batch_resolution", "batch_resolution='none': staged rows are kept in"
+                                                                  " their staging tables and never resolved; set"
+                                                                  " batch_resolution to 'append' or 'replace' to"
+                                                                  " resolve them")])
+
+
+def resolve_in(con: duckdb.DuckDBPyConnection, name: str, flow_id: str, options: DuckDBDestinationOptions,
+               tables: list[str] | None, schemas: list[str] | None,
+               failure: Callable[[str, str], str]) -> list[ResolvedTable]:
+    """Resolve the staging tables ``tables`` / ``schemas`` select (all when neither) through ``con`` (a DuckDB file,
+    or a lake attached as its default catalog), one transaction per target table. A DuckDB error is a
+    PermanentSinkError with ``failure(where, text)`` (``where``: ", table <t>" or "")."""
     out: list[ResolvedTable] = []
     current = ""
     try:
         existing = _existing(con)
         cands = _candidates(con, flow_id, options, existing)
         meta = options.meta_table_enabled and ("main", "__wallaby_meta") in existing
-        for c, staged in _select(cands, existing, tables, schemas, what):
+        for c, staged in _select(cands, existing, tables, schemas, f"destination {name!r}"):
             current = _name(c.target)
             if not staged:
                 out.append(ResolvedTable(name, current, _name(c.staging), 0, options.batch_resolution, staged=False))
@@ -243,12 +261,8 @@ def resolve_staging(name: str, flow_id: str, options: DuckDBDestinationOptions, 
                      options.batch_resolution, rows, extra={"flow": flow_id})
             out.append(ResolvedTable(name, current, _name(c.staging), rows, options.batch_resolution))
     except duckdb.Error as exc:
-        text = str(exc).replace(dsn, shown) if shown != dsn else str(exc)
-        where = f", table {current}" if current else ""
-        raise PermanentSinkError(name, f"DuckDB {shown}{where}: cannot resolve staging: {text}") from None
-    finally:
-        con.close()
+        raise PermanentSinkError(name, failure(f", table {current}" if current else "", str(exc))) from None
     return out
 
 
-__all__ = ["ResolvedTable", "resolve_staging"]
+__all__ = ["ResolvedTable", "check_resolvable", "resolve_in", "resolve_staging"]

@@ -73,13 +73,13 @@ import psycopg
 
 from sinks.base import PermanentSinkError, TransientSinkError, WriterSink
 from sinks.duckdb.apply import RetypeError, q
-from sinks.duckdb.staging import ResolvedTable, _candidates, _existing, _name, _resolve, _select
+from sinks.duckdb.staging import ResolvedTable, _select, check_resolvable, resolve_in
 from sinks.duckdb.writer import DUCKDB_LOCK_WAIT, STATE_TABLE, DuckDBWriter, _Pending, _safe_dsn
 from sinks.ducklake.options import DuckLakeDestinationOptions as DuckLakeOptions
 from sinks.ducklake.options import catalog_kind, is_remote
 from sinks.retry import Steps, retry
 from wallaby.core.changes import Column, Position
-from wallaby.core.errors import MASK, ConfigError, FieldProblem, redact_dsn
+from wallaby.core.errors import MASK, FieldProblem, redact_dsn
 from wallaby.core.identity import SourceCheck, SourceIdentity
 from wallaby.core.options import join_path
 
@@ -527,41 +527,17 @@ def resolve_staging(name: str, flow_id: str, options: DuckLakeOptions, tables: l
     DuckDB destination does (:mod:`sinks.duckdb.staging`; one transaction, so one DuckLake snapshot, per target
     table), through an in-memory connection with the lake attached."""
     options = _options(options)
-    what = f"destination {name!r}"
-    if options.batch_mode != "staging":
-        raise ConfigError(what, [FieldProblem("batch_mode", f"batch_mode={options.batch_mode!r}: this destination"
-                                                            " stages nothing (batch_mode='staging' stages loads)")])
-    if options.batch_resolution == "none":
-        raise ConfigError(what, [FieldProblem("batch_resolution", "batch_resolution='none': staged rows are kept in"
-                                                                  " their staging tables and never resolved; set"
-                                                                  " batch_resolution to 'append' or 'replace' to"
-                                                                  " resolve them")])
+    check_resolvable(name, options)
     if _local_catalog_missing(options):
-        _select({}, set(), tables, schemas, what)  # names are unknown: nothing was written
+        _select({}, set(), tables, schemas, f"destination {name!r}")  # names are unknown: nothing was written
         return []
     con = open_lake(options, name)
-    out: list[ResolvedTable] = []
-    current = ""
     try:
-        existing = _existing(con)
-        cands = _candidates(con, flow_id, options, existing)
-        meta = options.meta_table_enabled and ("main", "__wallaby_meta") in existing
-        for c, staged in _select(cands, existing, tables, schemas, what):
-            current = _name(c.target)
-            if not staged:
-                out.append(ResolvedTable(name, current, _name(c.staging), 0, options.batch_resolution, staged=False))
-                continue
-            rows = _resolve(con, flow_id, c, options.batch_resolution, meta)
-            log.info("destination %r: %s resolved into %s (%s, %d rows)", name, _name(c.staging), current,
-                     options.batch_resolution, rows, extra={"flow": flow_id})
-            out.append(ResolvedTable(name, current, _name(c.staging), rows, options.batch_resolution))
-    except duckdb.Error as exc:
-        where = f", table {current}" if current else ""
-        raise PermanentSinkError(name, f"DuckLake {shown_catalog(options.catalog)}{where}: cannot resolve staging:"
-                                       f" {mask(str(exc), options.catalog)}") from None
+        return resolve_in(con, name, flow_id, options, tables, schemas,
+                          lambda where, text: f"DuckLake {shown_catalog(options.catalog)}{where}: cannot resolve"
+                                              f" staging: {mask(text, options.catalog)}")
     finally:
         con.close()
-    return out
 
 
 def extension_problems(i: int, options: DuckLakeOptions) -> list[FieldProblem]:
