@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 RAPID_CHECKS ?= 100
 PYTEST_ARGS ?=
+# make test runs whole test files in this many processes (pytest-xdist, --dist loadfile): the suite mostly waits
+# on its servers and workers: on a 2-core machine two processes took 22 minutes where one took 33 (the machine
+# busy with other work too); TEST_PROCESSES=0 runs it in this process
+TEST_PROCESSES ?= 2
 
 .PHONY: setup quickstart test test-rapid test-soak bench lint proto clean
 
@@ -24,7 +28,7 @@ quickstart: setup
 	$(PY) examples/quickstart.py
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 test-rapid: setup
 	WALLABY_RAPID_CHECKS=$(RAPID_CHECKS) $(PY) -m pytest -q -p no:cacheprovider -m property $(PYTEST_ARGS)

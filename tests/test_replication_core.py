@@ -166,6 +166,17 @@ def test_short_of_stop_at_lsn_a_quiet_stream_asks_the_server_often():
     assert pump(c, [], T0 + 1.0 + STOPPING_STATUS_EVERY)[1] == []  # reached
 
 
+def test_short_of_a_wanted_position_a_quiet_stream_asks_the_server_often():
+    """The empty-read rule's wait for the server's flushed WAL: as for a stop_at_lsn, without stopping there."""
+    c = core()
+    assert pump(c, [], T0 + 2 * STOPPING_STATUS_EVERY)[1] == []  # nothing wanted: status_interval
+    c.wanted = START + 300
+    assert pump(c, [], T0 + 3 * STOPPING_STATUS_EVERY)[1] == [Status(START, START, START, True)]
+    pump(c, [keepalive(START + 300)], T0 + 1.0)
+    assert c.covered == START + 300
+    assert pump(c, [], T0 + 1.0 + STOPPING_STATUS_EVERY)[1] == []  # covered: quiet again
+
+
 def test_received_covered_and_activity_for_the_empty_read_rule():
     """The partition counts an empty read when no WAL data came for batch_timeout and received <= covered."""
     c = core(batch_timeout=1.0)

@@ -39,8 +39,9 @@ from sources.postgres.pgoutput import decode_copy_data, standby_status
 # ends a connection that has not answered for wal_sender_timeout (60s by default, settable per connection): at least
 # this often (or every status_interval, if shorter) it then sends a status update.
 FULL_STATUS_EVERY = 0.5
-# While a stop_at_lsn is not covered yet and a read brings nothing, a status update (asking for a reply) at most
-# this often: the server's answer carries its WAL end, which covers the stop LSN once nothing is open.
+# While a stop_at_lsn (or a position the partition waits for) is not covered yet and a read brings nothing, a status
+# update (asking for a reply) at most this often: the server's answer carries its WAL end, which covers the position
+# once nothing is open.
 STOPPING_STATUS_EVERY = 0.05
 
 # A queue item for the partition, in stream order (described in sources/postgres/reader.py).
@@ -75,6 +76,9 @@ class ReplicationProtocol:
         self.handed = covered  # the covered LSN of the last item handed over
         self.confirmed = confirmed  # set by the partition: the flush LSN to report
         self.received = covered  # server WAL end seen in keepalives
+        # a WAL position the partition waits to see covered (the empty-read rule's): while the stream is quiet and
+        # below it, status updates ask for the server's WAL end as often as for a stop_at_lsn
+        self.wanted: int | None = None
         self.status_interval = status_interval
         self.batch_timeout = batch_timeout
         self.stop_at_lsn = stop_at_lsn
@@ -122,8 +126,8 @@ class ReplicationProtocol:
             if self.covered > self.handed:
                 self.handed = self.covered
                 yield ("covered", None, self.covered)
-        stopping_soon = (self.stop_at_lsn is not None and not msgs and self.covered < self.stop_at_lsn
-                         and now - self.last_status >= STOPPING_STATUS_EVERY)
+        stopping_soon = (not msgs and now - self.last_status >= STOPPING_STATUS_EVERY
+                         and any(t is not None and self.covered < t for t in (self.stop_at_lsn, self.wanted)))
         if reply or stopping_soon or now - self.last_status >= self.status_interval:
             # Ask for a reply so an idle server tells us its WAL end: that lets the slot advance.
             yield self.status(reply=not reply)

@@ -95,6 +95,11 @@ class StreamReader(threading.Thread):
     def confirmed(self, lsn: int) -> None:
         self.core.confirmed = lsn
 
+    def want_covered(self, lsn: int | None) -> None:
+        """Ask the server for its WAL end often while the stream is quiet and has not covered ``lsn`` (None: no
+        longer)."""
+        self.core.wanted = lsn
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop reading; report the last confirmed LSN to the server; close the connection."""
         self._halt.set()

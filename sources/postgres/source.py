@@ -166,6 +166,10 @@ class _PostgresPartition(StatefulSourcePartition):
         self.reconnect_at = 0.0
         self.empty_reads = 0
         self.last_empty = time.monotonic()
+        # -max-empty-reads: the server's flushed WAL when this quiet stretch began; empty reads count once the stream
+        # has covered it (a walsender still decoding a large transaction under load sends nothing for a while, and
+        # its keepalives tell only what it has sent so far)
+        self.quiet_target: int | None = None
         self.done = False  # max-empty-reads reached: drain, confirm, stop
         self.done_snapshotted = False
         self.next_wake: datetime | None = None
@@ -323,6 +327,9 @@ class _PostgresPartition(StatefulSourcePartition):
         self._pause(0)
         if out or self.reader is None or self.resyncs:  # a table still to read again is not idle
             self.empty_reads = 0
+            if out and self.quiet_target is not None and self.reader is not None:
+                self.quiet_target = None
+                self.reader.want_covered(None)
             return
         idle_since = max(self.reader.last_activity, self.last_empty)
         if now - idle_since < self.opts.batch_timeout or self.reader.received > self.reader.covered:
@@ -332,6 +339,11 @@ class _PostgresPartition(StatefulSourcePartition):
         if self.opts.emit_empty:
             out.append((self.flow_id, ChangeBatch(self.flow_id, [], self.position)))
         if self.src.max_empty_reads is not None:
+            if self.quiet_target is None:
+                self.quiet_target = _wal_end(self.opts.dsn, self.server, flushed=True)
+            if self.reader.covered < self.quiet_target:
+                self.reader.want_covered(self.quiet_target)
+                return  # the server has WAL the stream has not covered yet: not the end of it
             self.empty_reads += 1
             if self.empty_reads >= self.src.max_empty_reads and not self.reader.holding:
                 log.info("source %s: %d empty reads, stopping after the final checkpoint", self.opts.slot,
@@ -352,7 +364,7 @@ class _PostgresPartition(StatefulSourcePartition):
                 self.resyncs.append(t.qualified)
             if not (self.resync_reader is not None and self.resyncs[0] == t.qualified):
                 self.resync_after[t.qualified] = max(self.resync_after.get(t.qualified, 0),
-                                                     _current_wal_lsn(self.opts.dsn, self.server))
+                                                     _wal_end(self.opts.dsn, self.server))
 
     def _resync_step(self) -> list[tuple[str, ChangeBatch]]:
         """One chunk of the table being read again (a batch of ``read`` rows, a snapshot mark ``resync:<table>``)."""
@@ -533,12 +545,17 @@ def _server_version(dsn: str) -> int:
         return conn.info.server_version
 
 
-def _current_wal_lsn(dsn: str, server: str) -> int:
+def _wal_end(dsn: str, server: str, *, flushed: bool = False) -> int:
+    """The server's WAL position now: where it inserts, or (``flushed``) what it has flushed, which is what a
+    walsender can send; a standby's: what it has replayed."""
+    now = "pg_current_wal_flush_lsn()" if flushed else "pg_current_wal_lsn()"
     try:
         with connect(dsn) as conn:
-            return parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
+            row = conn.execute(f"SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE {now} END"
+                               "::text").fetchone()
     except psycopg.Error as exc:
         raise SourceError(f"could not read the WAL position of {server}: {exc}", server=server) from exc
+    return parse_lsn(row[0]) if row and row[0] else 0
 
 
 def _slot_confirmed(dsn: str, slot: str) -> int | None:
