@@ -26,6 +26,7 @@ from tests.apiserver import current_lsn, wait_streaming
 from tests.builders import Stream, col, evolve, ins, numeric_typmod, table, upd
 from tests.flows import drain, flow_spec, rows_of, run_worker, source_part, worker_env, worker_flow
 from tests.killkit import kill_at_random
+from tests.snowserver import snowflake  # noqa: F401 - fixture
 from wallaby.core.changes import TableChanges, parse_lsn
 from wallaby.state.checkpoints import open_store
 
@@ -576,6 +577,45 @@ def test_schema_changes_end_equal_in_ducklake(pgdb, tmp_path):
     assert got_t == _pg(pgdb, "SELECT id, n, d, r FROM t ORDER BY id")
     query = "SELECT a, b, count(*) FROM {} GROUP BY a, b ORDER BY a, b"
     assert read_lake(opts, query.format("public.k")) == _pg(pgdb, query.format("k"))
+
+
+def test_schema_changes_end_equal_in_snowflake(pgdb, tmp_path, snowflake):  # noqa: F811
+    """The same schema changes into Snowflake (the fakesnow server, through the real connector): a constant and a
+    volatile default, ALTER ... TYPE ... USING (the keyed table read again, the keyless one replaced), a widened and
+    a dropped column, some while no worker ran: Snowflake ends equal on every Postgres column."""
+    from tests.test_sink_snowflake import _name, dsn_of, rows
+
+    database = _name()
+    path = worker_flow(tmp_path, pgdb, "sc", "public.t,public.k", {"dsn": dsn_of(snowflake, database)},
+                       dest_type="snowflake", dest_name="snow")
+
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, n int, s varchar(5))")
+        c.execute("CREATE TABLE k (a int, b text)")
+        c.execute("ALTER TABLE k REPLICA IDENTITY FULL")
+    run_worker(tmp_path, path)
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("INSERT INTO t SELECT g, g * 3, 's' || g % 10 FROM generate_series(1, 300) g")
+        c.execute("INSERT INTO k SELECT g % 20, 'b' || g % 3 FROM generate_series(1, 200) g")
+        c.execute("ALTER TABLE t ADD COLUMN d text DEFAULT 'dflt'")
+        c.execute("INSERT INTO t (id, n, s) VALUES (301, 1, 'x')")
+        c.execute("ALTER TABLE t ALTER COLUMN s TYPE varchar(20)")
+    run_worker(tmp_path, path)
+    with psycopg.connect(pgdb, autocommit=True) as c:  # while no worker runs
+        c.execute("UPDATE t SET n = 5 WHERE id < 10")
+        c.execute("ALTER TABLE t ADD COLUMN r int DEFAULT (random() * 1000)::int")
+        c.execute("ALTER TABLE t ALTER COLUMN n TYPE bigint USING n * 100")
+        c.execute("ALTER TABLE k ALTER COLUMN a TYPE bigint USING a * 10")
+        c.execute("INSERT INTO t (id, n, s) VALUES (302, 2, 'y')")
+        c.execute("INSERT INTO k VALUES (5, 'new'), (5, 'new')")
+        c.execute("DELETE FROM k WHERE a = 30")
+        c.execute("ALTER TABLE t DROP COLUMN s")
+        c.execute("UPDATE t SET d = 'u' WHERE id % 7 = 0")
+    run_worker(tmp_path, path)
+    got_t = rows(snowflake, database, 'SELECT "id", "n", "d", "r" FROM "public"."t" ORDER BY "id"')
+    assert got_t == _pg(pgdb, "SELECT id, n, d, r FROM t ORDER BY id")
+    query = 'SELECT "a", "b", count(*) FROM "public"."k" GROUP BY "a", "b" ORDER BY "a", "b"'
+    assert rows(snowflake, database, query) == _pg(pgdb, query.replace('"public"."k"', "k").replace('"', ""))
 
 
 # -- random histories of changes and schema changes, the worker killed -9 -------------------------------------------

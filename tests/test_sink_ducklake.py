@@ -47,6 +47,7 @@ from sinks.ducklake.writer import (
 from tests import WORKER
 from tests.builders import Stream, col, dele, evolve, ins, numeric_typmod, read, table, upd
 from tests.flows import pg_rows, run_worker, worker_env, worker_flow
+from tests.histories import create_tables, history, play
 from tests.killkit import kill_at_random
 from tests.s3_server import s3_server  # noqa: F401 - the fixture
 from wallaby.core import registry
@@ -742,37 +743,9 @@ def test_the_tricky_table_ends_equal_to_postgres(pgdb, tmp_path):
 
 # --------------------------------------------------------------------------- random histories (hypothesis)
 
-HISTORY = st.lists(st.tuples(st.sampled_from(["insert", "update", "delete", "key", "truncate", "commit"]),
-                             st.integers(1, 12), st.integers(-999, 999)), min_size=1, max_size=50)
-
-
-def _play(conn: psycopg.Connection, ops) -> None:
-    """Run ``ops`` on tables h (keyed) and k (keyless, REPLICA IDENTITY FULL); ``commit`` ends a transaction, so
-    transactions have random sizes."""
-    for op, key, val in ops:
-        if op == "insert":
-            conn.execute("INSERT INTO h VALUES (%s, %s, %s) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v",
-                         (key, val, f"t{val}"))
-            conn.execute("INSERT INTO k VALUES (%s, %s)", (key % 4, val % 3))
-        elif op == "update":
-            conn.execute("UPDATE h SET v = %s, t = t || 'u' WHERE id = %s", (val, key))
-            conn.execute("UPDATE k SET b = %s WHERE ctid = (SELECT min(ctid) FROM k WHERE a = %s)", (val % 3, key % 4))
-        elif op == "delete":
-            conn.execute("DELETE FROM h WHERE id = %s", (key,))
-            conn.execute("DELETE FROM k WHERE ctid = (SELECT max(ctid) FROM k WHERE a = %s)", (key % 4,))
-        elif op == "key":
-            conn.execute("UPDATE h SET id = id + 100 WHERE id = %s AND NOT EXISTS (SELECT 1 FROM h WHERE id = %s)",
-                         (key, key + 100))
-        elif op == "truncate" and val % 4 == 0:
-            conn.execute("TRUNCATE h, k")
-        elif op == "commit":
-            conn.commit()
-    conn.commit()
-
-
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
           phases=[Phase.explicit, Phase.reuse, Phase.generate])
-@given(rounds=st.lists(HISTORY, min_size=1, max_size=3))
+@given(rounds=st.lists(history(50), min_size=1, max_size=3))
 def test_random_histories_streamed_by_a_worker_end_equal(pg, rounds, tmp_path_factory):
     from tests.conftest import _drop_database
 
@@ -784,16 +757,14 @@ def test_random_histories_streamed_by_a_worker_end_equal(pg, rounds, tmp_path_fa
     dsn = pg.dsn(name)
     try:
         with psycopg.connect(dsn, autocommit=True) as c:
-            c.execute("CREATE TABLE h (id int PRIMARY KEY, v int, t text)")
-            c.execute("CREATE TABLE k (a int, b int)")
-            c.execute("ALTER TABLE k REPLICA IDENTITY FULL")
+            create_tables(c)
         opts = {"dsn": str(tmp / "host.duckdb"), "catalog": str(tmp / "meta.ducklake"), "data_path": str(tmp / "data")}
         flow = _flow(tmp, dsn, flow_id, "public.h,public.k", opts, batch_size="7")
         run_worker(tmp, flow, epoch="100ms")  # creates the slot
         lake = DuckLakeDestinationOptions.model_validate(opts)
         for ops in rounds:
             with psycopg.connect(dsn) as conn:
-                _play(conn, ops)
+                play(conn, ops)
             run_worker(tmp, flow, epoch="100ms")
             assert _lake_table(lake, "SELECT id, v, t FROM public.h ORDER BY id", "h") == \
                 pg_rows(dsn, "SELECT id, v, t FROM h ORDER BY id"), rounds

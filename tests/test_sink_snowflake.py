@@ -31,6 +31,7 @@ from sinks.snowflake.types import canonical_type, snowflake_type, widens
 from sinks.snowflake.writer import SnowflakeWriter
 from tests.builders import Stream, col, dele, evolve, ins, numeric_typmod, read, table, upd
 from tests.flows import pg_rows, run_worker, worker_env, worker_flow
+from tests.histories import create_tables, history, play
 from tests.snowserver import snowflake  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -476,38 +477,10 @@ def test_a_table_of_many_types_streamed_by_a_worker_equals_postgres(snowflake, p
     assert rows(snowflake, database, f'SELECT "id" FROM "public"."many" WHERE {nulls}') == [(3,)]
 
 
-HISTORY = st.lists(st.tuples(st.sampled_from(["insert", "update", "delete", "key", "truncate", "commit"]),
-                             st.integers(1, 12), st.integers(-999, 999)), min_size=1, max_size=40)
-
-
-def _play(conn, ops) -> None:
-    """Run ``ops`` on tables h (keyed, t TOASTed when long) and k (keyless, REPLICA IDENTITY FULL); ``commit`` ends
-    a transaction, so transactions have random sizes."""
-    for op, key, val in ops:
-        if op == "insert":
-            conn.execute("INSERT INTO h VALUES (%s, %s, %s) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v",
-                         (key, val, f"t{val}" * (3000 if val % 5 == 0 else 1)))
-            conn.execute("INSERT INTO k VALUES (%s, %s)", (key % 4, val % 3))
-        elif op == "update":
-            conn.execute("UPDATE h SET v = %s WHERE id = %s", (val, key))  # t unchanged (TOAST when long)
-            conn.execute("UPDATE k SET b = %s WHERE ctid = (SELECT min(ctid) FROM k WHERE a = %s)", (val % 3, key % 4))
-        elif op == "delete":
-            conn.execute("DELETE FROM h WHERE id = %s", (key,))
-            conn.execute("DELETE FROM k WHERE ctid = (SELECT max(ctid) FROM k WHERE a = %s)", (key % 4,))
-        elif op == "key":
-            conn.execute("UPDATE h SET id = id + 100 WHERE id = %s AND NOT EXISTS (SELECT 1 FROM h WHERE id = %s)",
-                         (key, key + 100))
-        elif op == "truncate" and val % 4 == 0:
-            conn.execute("TRUNCATE h, k")
-        elif op == "commit":
-            conn.commit()
-    conn.commit()
-
-
 @settings(max_examples=int(os.environ.get("WALLABY_SNOWFLAKE_EXAMPLES", "3")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture],
           phases=[Phase.explicit, Phase.reuse, Phase.generate])
-@given(rounds=st.lists(HISTORY, min_size=1, max_size=3))
+@given(rounds=st.lists(history(40), min_size=1, max_size=3))
 def test_random_histories_streamed_by_a_worker_end_equal(snowflake, pg, rounds, tmp_path_factory):  # noqa: F811
     import psycopg
 
@@ -521,16 +494,13 @@ def test_random_histories_streamed_by_a_worker_end_equal(snowflake, pg, rounds, 
     dsn = pg.dsn(name)
     try:
         with psycopg.connect(dsn, autocommit=True) as c:
-            c.execute("CREATE TABLE h (id int PRIMARY KEY, v int, t text)")
-            c.execute("ALTER TABLE h ALTER COLUMN t SET STORAGE EXTERNAL")
-            c.execute("CREATE TABLE k (a int, b int)")
-            c.execute("ALTER TABLE k REPLICA IDENTITY FULL")
+            create_tables(c, toast=True)
         flow = _flow(tmp, dsn, f"sf-hist-{name}", "public.h,public.k", {"dsn": dsn_of(snowflake, database)},
                      batch_size="7")
         run_worker(tmp, flow, epoch="100ms")  # creates the slot
         for ops in rounds:
             with psycopg.connect(dsn) as conn:
-                _play(conn, ops)
+                play(conn, ops, toast=True)
             run_worker(tmp, flow, epoch="100ms")
             assert _snow(snowflake, database, 'SELECT "id", "v", "t" FROM "public"."h" ORDER BY "id"', "h") == \
                 pg_rows(dsn, "SELECT id, v, t FROM h ORDER BY id"), rounds
