@@ -14,8 +14,9 @@ import pytest
 
 from dataflows.staging import resolve_flow_staging
 from sinks.duckdb import PLUGIN
-from sinks.duckdb.staging import ResolvedTable, resolve_staging
+from sinks.duckdb.staging import resolve_staging
 from sinks.duckdb.writer import DuckDBOptions, DuckDBWriter
+from sinks.sql.staging import ResolvedTable
 from tests.apiserver import make_server
 from tests.builders import Stream, col, dele, evolve, ins, read, table, upd
 from wallaby.core.changes import SnapshotMark

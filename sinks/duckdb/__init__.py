@@ -14,7 +14,7 @@ from wallaby.core.registry import Plugin
 
 if TYPE_CHECKING:
     from sinks.base import WriterSink
-    from sinks.duckdb.staging import ResolvedTable
+    from sinks.sql.staging import ResolvedTable
     from wallaby.core.changes import Position
     from wallaby.core.identity import SourceCheck, SourceIdentity
 

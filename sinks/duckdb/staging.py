@@ -29,49 +29,25 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
 from sinks.duckdb.apply import q
 from sinks.duckdb.options import DuckDBDestinationOptions
-from sinks.duckdb.writer import META_TABLE, _connect, _safe_dsn, staging_dest, target_dest
-from wallaby.core.errors import ConfigError, FieldProblem, PermanentSinkError, TransientSinkError
-from wallaby.core.options import did_you_mean
+from sinks.duckdb.writer import META_TABLE, _connect, _safe_dsn
+from sinks.sql.staging import (
+    Candidate,
+    ResolvedTable,
+    candidates_by_name,
+    candidates_of,
+    check_resolvable,
+    qualified,
+    select,
+)
+from wallaby.core.errors import PermanentSinkError, TransientSinkError
 
 log = logging.getLogger("wallaby.sinks.duckdb")
-
-
-@dataclass(frozen=True)
-class ResolvedTable:
-    """What resolving one target table did."""
-
-    destination: str
-    table: str  # the target, schema.table
-    staging_table: str  # schema.table
-    rows: int  # rows moved from the staging table
-    resolution: str  # append | replace
-    staged: bool = True  # False: nothing was staged for this table (rows 0, nothing changed)
-
-
-@dataclass
-class _Candidate:
-    target: tuple[str, str]
-    staging: tuple[str, str]
-    sources: set[str] = field(default_factory=set)  # source tables (schema.table) that land in the target
-
-    @property
-    def names(self) -> set[str]:
-        return {*self.sources, _name(self.target)}
-
-    @property
-    def schemas(self) -> set[str]:
-        return {s.split(".", 1)[0] for s in self.sources} | {self.target[0]}
-
-
-def _name(t: tuple[str, str]) -> str:
-    return f"{t[0]}.{t[1]}"
 
 
 def _existing(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str]]:
@@ -81,60 +57,13 @@ def _existing(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str]]:
 
 
 def _candidates(con: duckdb.DuckDBPyConnection, flow_id: str, options: DuckDBDestinationOptions,
-                existing: set[tuple[str, str]]) -> dict[tuple[str, str], _Candidate]:
+                existing: set[tuple[str, str]]) -> dict[tuple[str, str], Candidate]:
     """Target table -> its candidate (see the module docstring)."""
-    out: dict[tuple[str, str], _Candidate] = {}
     if options.meta_table_enabled and ("main", "__wallaby_meta") in existing:
         rows = con.execute(f"SELECT DISTINCT source_schema, source_table FROM {META_TABLE} WHERE flow_id = ?",
                            [flow_id]).fetchall()
-        for schema, name in rows:
-            target = target_dest(options, schema, name)
-            c = out.setdefault(target, _Candidate(target, staging_dest(options, target)))
-            c.sources.add(f"{schema}.{name}")
-        return {t: c for t, c in out.items() if c.staging != t}
-    suffix = options.staging_suffix
-    for schema, name in sorted(existing):
-        if name.startswith("__wallaby_"):
-            continue
-        staging = staging_dest(options, (schema, name))
-        if staging in existing and staging != (schema, name):
-            out.setdefault((schema, name), _Candidate((schema, name), staging))
-        if (options.staging_schema is None and options.staging_table is None and name.endswith(suffix)
-                and len(name) > len(suffix)):
-            target = (schema, options.table or name[: -len(suffix)])
-            if staging_dest(options, target) == (schema, name) and target != (schema, name):
-                out.setdefault(target, _Candidate(target, (schema, name)))
-    return out
-
-
-def _select(cands: dict[tuple[str, str], _Candidate], existing: set[tuple[str, str]], tables: list[str] | None,
-            schemas: list[str] | None, what: str) -> list[tuple[_Candidate, bool]]:
-    """(candidate, staged) of the selected target tables; ConfigError for names matching none."""
-    if not tables and not schemas:
-        return [(c, True) for _, c in sorted(cands.items()) if c.staging in existing]
-    chosen: dict[tuple[str, str], _Candidate] = {}
-    problems = []
-    known = sorted({n for c in cands.values() for n in c.names})
-    for t in tables or []:
-        if "." not in t.strip(".") or not t.strip():
-            problems.append(FieldProblem("tables", f"{t!r}: expected schema.table"))
-            continue
-        hits = [c for c in cands.values() if t in c.names]
-        if not hits:
-            problems.append(FieldProblem("tables", f"{t!r} is not a table of this flow in this destination"
-                                                   f"{did_you_mean(t, known)} (known: {', '.join(known) or 'none'})"))
-        chosen.update((c.target, c) for c in hits)
-    known_schemas = sorted({s for c in cands.values() for s in c.schemas})
-    for s in schemas or []:
-        hits = [c for c in cands.values() if s in c.schemas]
-        if not hits:
-            problems.append(FieldProblem("schemas", f"{s!r} holds no table of this flow in this destination"
-                                                    f"{did_you_mean(s, known_schemas)}"
-                                                    f" (known: {', '.join(known_schemas) or 'none'})"))
-        chosen.update((c.target, c) for c in hits)
-    if problems:
-        raise ConfigError(what, problems)
-    return [(c, c.staging in existing) for _, c in sorted(chosen.items())]
+        return candidates_of(options, rows)
+    return candidates_by_name(options, existing)
 
 
 def _columns(con: duckdb.DuckDBPyConnection, t: tuple[str, str]) -> dict[str, str]:
@@ -143,7 +72,7 @@ def _columns(con: duckdb.DuckDBPyConnection, t: tuple[str, str]) -> dict[str, st
     return dict(rows)
 
 
-def _move_meta(con: duckdb.DuckDBPyConnection, flow_id: str, c: _Candidate) -> None:
+def _move_meta(con: duckdb.DuckDBPyConnection, flow_id: str, c: Candidate) -> None:
     """The staging table's meta rows become the target's (see the module docstring)."""
     types = _columns(con, c.target)
     rows = con.execute(f"SELECT source_schema, source_table, schema_version, write_mode, columns_json FROM"
@@ -165,7 +94,7 @@ def _move_meta(con: duckdb.DuckDBPyConnection, flow_id: str, c: _Candidate) -> N
                 [flow_id, *c.staging])
 
 
-def _resolve(con: duckdb.DuckDBPyConnection, flow_id: str, c: _Candidate, mode: str, meta: bool) -> int:
+def _resolve(con: duckdb.DuckDBPyConnection, flow_id: str, c: Candidate, mode: str, meta: bool) -> int:
     """Move ``c``'s staging table into its target in one transaction; the rows moved."""
     qt, qs = f"{q(c.target[0])}.{q(c.target[1])}", f"{q(c.staging[0])}.{q(c.staging[1])}"
     con.execute("BEGIN TRANSACTION")
@@ -208,7 +137,7 @@ def resolve_staging(name: str, flow_id: str, options: DuckDBDestinationOptions, 
     check_resolvable(name, options)
     dsn, shown = options.dsn, _safe_dsn(options.dsn)
     if dsn == ":memory:" or (not dsn.startswith(("md:", "motherduck:")) and not Path(dsn).expanduser().exists()):
-        _select({}, set(), tables, schemas, f"destination {name!r}")  # names are unknown: nothing was written
+        select({}, set(), tables, schemas, f"destination {name!r}")  # names are unknown: nothing was written
         return []
     try:
         con = _connect(str(Path(dsn).expanduser()) if not dsn.startswith(("md:", "motherduck:")) else dsn, {})
@@ -226,19 +155,6 @@ def resolve_staging(name: str, flow_id: str, options: DuckDBDestinationOptions, 
         con.close()
 
 
-def check_resolvable(name: str, options: DuckDBDestinationOptions) -> None:
-    """ConfigError unless ``options`` stage loads and say how to resolve them."""
-    what = f"destination {name!r}"
-    if options.batch_mode != "staging":
-        raise ConfigError(what, [FieldProblem("batch_mode", f"batch_mode={options.batch_mode!r}: this destination"
-                                                            " stages nothing (batch_mode='staging' stages loads)")])
-    if options.batch_resolution == "none":
-        raise ConfigError(what, [FieldProblem("batch_resolution", "batch_resolution='none': staged rows are kept in"
-                                                                  " their staging tables and never resolved; set"
-                                                                  " batch_resolution to 'append' or 'replace' to"
-                                                                  " resolve them")])
-
-
 def resolve_in(con: duckdb.DuckDBPyConnection, name: str, flow_id: str, options: DuckDBDestinationOptions,
                tables: list[str] | None, schemas: list[str] | None,
                failure: Callable[[str, str], str]) -> list[ResolvedTable]:
@@ -251,18 +167,19 @@ def resolve_in(con: duckdb.DuckDBPyConnection, name: str, flow_id: str, options:
         existing = _existing(con)
         cands = _candidates(con, flow_id, options, existing)
         meta = options.meta_table_enabled and ("main", "__wallaby_meta") in existing
-        for c, staged in _select(cands, existing, tables, schemas, f"destination {name!r}"):
-            current = _name(c.target)
+        for c, staged in select(cands, existing, tables, schemas, f"destination {name!r}"):
+            current = qualified(c.target)
             if not staged:
-                out.append(ResolvedTable(name, current, _name(c.staging), 0, options.batch_resolution, staged=False))
+                out.append(ResolvedTable(name, current, qualified(c.staging), 0, options.batch_resolution,
+                                         staged=False))
                 continue
             rows = _resolve(con, flow_id, c, options.batch_resolution, meta)
-            log.info("destination %r: %s resolved into %s (%s, %d rows)", name, _name(c.staging), current,
+            log.info("destination %r: %s resolved into %s (%s, %d rows)", name, qualified(c.staging), current,
                      options.batch_resolution, rows, extra={"flow": flow_id})
-            out.append(ResolvedTable(name, current, _name(c.staging), rows, options.batch_resolution))
+            out.append(ResolvedTable(name, current, qualified(c.staging), rows, options.batch_resolution))
     except duckdb.Error as exc:
         raise PermanentSinkError(name, failure(f", table {current}" if current else "", str(exc))) from None
     return out
 
 
-__all__ = ["ResolvedTable", "check_resolvable", "resolve_in", "resolve_staging"]
+__all__ = ["ResolvedTable", "check_resolvable", "resolve_in", "resolve_staging"]  # (the first two: sinks.sql.staging)

@@ -16,7 +16,7 @@ from wallaby.core.registry import Plugin
 
 if TYPE_CHECKING:
     from sinks.base import WriterSink
-    from sinks.duckdb.staging import ResolvedTable
+    from sinks.sql.staging import ResolvedTable
     from wallaby.core.changes import Position
     from wallaby.core.identity import SourceCheck, SourceIdentity
     from wallaby.core.spec import Endpoint

@@ -73,11 +73,12 @@ import psycopg
 
 from sinks.base import PermanentSinkError, TransientSinkError, WriterSink
 from sinks.duckdb.apply import RetypeError, q
-from sinks.duckdb.staging import ResolvedTable, _select, check_resolvable, resolve_in
+from sinks.duckdb.staging import resolve_in
 from sinks.duckdb.writer import DUCKDB_LOCK_WAIT, STATE_TABLE, DuckDBWriter, _Pending, _safe_dsn
 from sinks.ducklake.options import DuckLakeDestinationOptions as DuckLakeOptions
 from sinks.ducklake.options import catalog_kind, is_remote
 from sinks.retry import Steps, retry
+from sinks.sql.staging import ResolvedTable, check_resolvable, select
 from wallaby.core.changes import Column, Position
 from wallaby.core.errors import MASK, FieldProblem, redact_dsn
 from wallaby.core.identity import SourceCheck, SourceIdentity
@@ -529,7 +530,7 @@ def resolve_staging(name: str, flow_id: str, options: DuckLakeOptions, tables: l
     options = _options(options)
     check_resolvable(name, options)
     if _local_catalog_missing(options):
-        _select({}, set(), tables, schemas, f"destination {name!r}")  # names are unknown: nothing was written
+        select({}, set(), tables, schemas, f"destination {name!r}")  # names are unknown: nothing was written
         return []
     con = open_lake(options, name)
     try:

@@ -52,7 +52,7 @@ DiscardPosition = Callable[[str, str, Any], None]
 # problems (raise TransientSinkError for "could not ask"). Never creates anything.
 DestinationCheck = Callable[[int, Any, Any], list[FieldProblem]]
 # resolve_staging(name, flow_id, options, tables=None, schemas=None) -> what was resolved, one record per table
-# (the duckdb plugin's are sinks.duckdb.staging.ResolvedTable: destination, table, staging_table, rows, resolution,
+# (sinks.sql.staging.ResolvedTable: destination, table, staging_table, rows, resolution,
 # staged): move the rows a backfill staged (batch_mode=staging) into the target tables by batch_resolution.
 ResolveStaging = Callable[..., list[Any]]
 
