@@ -250,6 +250,74 @@ def test_staging_mode_lands_reads_in_the_staging_table(snowflake, db):  # noqa: 
         w.close()
 
 
+def test_staging_resolves_by_append_and_replace(snowflake, db):  # noqa: F811
+    """batch_mode=staging, then resolve_staging: append adds the staged rows to the target (created LIKE the
+    staging table when absent); replace swaps the target's rows for them in one transaction; the meta rows follow,
+    the staging table is dropped; a name that is not the flow's is a ConfigError with a did-you-mean."""
+    from sinks.snowflake import PLUGIN
+    from wallaby.core.errors import ConfigError
+
+    t = table("users", USERS)
+    for mode in ("append", "replace"):
+        opts = {"batch_mode": "staging", "batch_resolution": mode}
+        database = _name()
+        s = Stream()
+        w = make(snowflake, database, **opts)
+        try:
+            apply(w, s.batch(s.rows(t, ins(id=9, name="old", big="O"))))
+            apply(w, s.batch(s.rows(t, read(id=1, name="a", big="A"), read(id=2, name="b", big="B"))))
+        finally:
+            w.close()
+        options = SnowflakeDestinationOptions(dsn=dsn_of(snowflake, database), **opts)
+        with pytest.raises(ConfigError, match="did you mean 'public.users'"):
+            PLUGIN.resolve_staging("snow", "flow1", options, tables=["public.user"])
+        (done,) = PLUGIN.resolve_staging("snow", "flow1", options)
+        assert (done.table, done.staging_table, done.rows, done.staged) == ("public.users", "public.users_staging",
+                                                                           2, True)
+        want = [(1, "a", "A"), (2, "b", "B")] if mode == "replace" else [(1, "a", "A"), (2, "b", "B"), (9, "old", "O")]
+        assert users(snowflake, database) == want
+        assert rows(snowflake, database, "SELECT count(*) FROM information_schema.tables WHERE table_name ="
+                                         " 'users_staging'") == [(0,)]
+        assert rows(snowflake, database, 'SELECT DISTINCT "DEST_TABLE" FROM "WALLABY_META"."__METADATA"') == \
+            [("users",)]
+        assert PLUGIN.resolve_staging("snow", "flow1", options) == []  # nothing staged any more
+        (again,) = PLUGIN.resolve_staging("snow", "flow1", options, tables=["public.users"])
+        assert not again.staged and users(snowflake, database) == want
+
+
+def test_a_resolution_stopped_before_its_drop_moves_nothing_twice(snowflake, db):  # noqa: F811
+    """A staging table with no meta rows left (the rows were moved, the drop did not happen) is dropped by the next
+    resolution without moving its rows again; without the meta table the staging table is emptied with the move."""
+    from sinks.snowflake import PLUGIN
+
+    t = table("users", USERS)
+    s = Stream()
+    opts = {"batch_mode": "staging", "batch_resolution": "append"}
+    w = make(snowflake, db, **opts)
+    try:
+        apply(w, s.batch(s.rows(t, read(id=1, name="a", big="A"))))
+    finally:
+        w.close()
+    options = SnowflakeDestinationOptions(dsn=dsn_of(snowflake, db), **opts)
+    PLUGIN.resolve_staging("snow", "flow1", options)
+    with snowflake.connect(database=db, schema=None) as c:  # the staging table as a stopped run leaves it
+        c.cursor().execute('CREATE TABLE "public"."users_staging" AS SELECT * FROM "public"."users"')
+    (done,) = PLUGIN.resolve_staging("snow", "flow1", options)
+    assert not done.staged and users(snowflake, db) == [(1, "a", "A")]
+    assert rows(snowflake, db, "SELECT count(*) FROM information_schema.tables WHERE table_name ="
+                               " 'users_staging'") == [(0,)]
+
+    database = _name()
+    w = make(snowflake, database, meta_table_enabled=False, **opts)
+    try:
+        apply(w, s.batch(s.rows(t, read(id=2, name="b", big="B"))))
+    finally:
+        w.close()
+    options = SnowflakeDestinationOptions(dsn=dsn_of(snowflake, database), meta_table_enabled=False, **opts)
+    (done,) = PLUGIN.resolve_staging("snow", "flow1", options)
+    assert done.rows == 1 and users(snowflake, database) == [(2, "b", "B")]
+
+
 def test_types_land_as_documented(snowflake, db):  # noqa: F811
     cols = [col("id", "int8", key=True), col("i2", "int2"), col("n", "numeric", typmod=numeric_typmod(12, 3)),
             col("nu", "numeric"), col("f", "float8"), col("b", "bool"), col("by", "bytea"), col("d", "date"),

@@ -14,6 +14,7 @@ from wallaby.core.registry import Plugin
 
 if TYPE_CHECKING:
     from sinks.base import WriterSink
+    from sinks.sql.staging import ResolvedTable
     from wallaby.core.changes import Position
     from wallaby.core.identity import SourceCheck, SourceIdentity
 
@@ -38,5 +39,13 @@ def discard_position(name: str, flow_id: str, options: SnowflakeDestinationOptio
     _writer().discard_position(name, flow_id, options)
 
 
+def resolve_staging(name: str, flow_id: str, options: SnowflakeDestinationOptions, tables: list[str] | None = None,
+                    schemas: list[str] | None = None) -> list[ResolvedTable]:
+    from sinks.snowflake import staging
+
+    return staging.resolve_staging(name, flow_id, options, tables=tables, schemas=schemas)
+
+
 PLUGIN = Plugin(name="snowflake", options=SnowflakeDestinationOptions, make_sink=make_sink,
-                stored_position=stored_position, discard_position=discard_position, checks=(check_snowflake_dsn,))
+                stored_position=stored_position, discard_position=discard_position, checks=(check_snowflake_dsn,),
+                resolve_staging=resolve_staging)

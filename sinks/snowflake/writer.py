@@ -138,6 +138,26 @@ def discard_position(name: str, flow_id: str, options: SnowflakeDestinationOptio
         con.close()
 
 
+def table_columns(cur: Any, table: tuple[str, str]) -> dict[str, str] | None:
+    """A table's columns (name -> Snowflake type, in table order) from information_schema; None: no such table."""
+    rows = cur.execute(
+        "SELECT column_name, data_type, numeric_precision, numeric_scale, character_maximum_length"
+        " FROM information_schema.columns WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+        table).fetchall()
+    if not rows:
+        return None
+    cols = {}
+    for name, dtype, prec, scale, length in rows:
+        dtype = str(dtype).upper()
+        if dtype in ("NUMBER", "DECIMAL", "NUMERIC") and prec is not None:
+            cols[name] = f"NUMBER({prec},{scale or 0})"
+        elif dtype in ("TEXT", "VARCHAR") and length is not None:
+            cols[name] = canonical_type(f"VARCHAR({length})")
+        else:  # ARRAY / OBJECT kept as such: their values are cast to them (fakesnow says VARIANT)
+            cols[name] = dtype if dtype in ("ARRAY", "OBJECT") else canonical_type(dtype)
+    return cols
+
+
 @dataclass(slots=True)
 class DestTable:
     columns: dict[str, str]  # name -> Snowflake type, in table order
@@ -328,22 +348,8 @@ class SnowflakeWriter(TableEngine):
         return self._columns_of(p.table, [i for i in p.items if isinstance(i, TableChanges)])
 
     def _load_dest(self, dest: tuple[str, str]) -> DestTable | None:
-        rows = self._sql(
-            "SELECT column_name, data_type, numeric_precision, numeric_scale, character_maximum_length"
-            " FROM information_schema.columns WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
-            dest).fetchall()
-        if not rows:
-            return None
-        cols = {}
-        for name, dtype, prec, scale, length in rows:
-            dtype = str(dtype).upper()
-            if dtype in ("NUMBER", "DECIMAL", "NUMERIC") and prec is not None:
-                cols[name] = f"NUMBER({prec},{scale or 0})"
-            elif dtype in ("TEXT", "VARCHAR") and length is not None:
-                cols[name] = canonical_type(f"VARCHAR({length})")
-            else:  # ARRAY / OBJECT kept as such: their values are cast to them (fakesnow says VARIANT)
-                cols[name] = dtype if dtype in ("ARRAY", "OBJECT") else canonical_type(dtype)
-        return DestTable(cols)
+        cols = table_columns(self._con.cursor(), dest)
+        return None if cols is None else DestTable(cols)
 
     def _plan(self, p: _Pending) -> _Plan | None:
         """The DDL applying ``p`` needs (None: none)."""
