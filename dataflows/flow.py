@@ -29,6 +29,7 @@ from operators.metadata import with_metadata
 from operators.toast import toast_step
 from sinks.fanout import fanout_sink
 from sources.postgres.source import PostgresSource
+from wallaby.core import telemetry
 from wallaby.core.changes import parse_lsn
 from wallaby.core.errors import ConfigError, FieldProblem, NotFoundError, WallabyError, exit_status
 from wallaby.core.identity import SourceCheck
@@ -130,6 +131,7 @@ def flow_from_env() -> Dataflow:
     same preflight as ``wallaby-worker`` (:func:`dataflows.preflight.preflight`): nothing is created for a flow
     that fails it."""
 
+    telemetry.start("wallaby-worker")  # WALLABY_METRICS_LISTEN, OTEL_*, as wallaby-worker
     given = env_value("WALLABY_FLOW_GENERATION", count(1))
     start = env_value("WALLABY_START_LSN", parse_lsn)
     empty = env_value("WALLABY_MAX_EMPTY_READS", count(1))

@@ -24,6 +24,16 @@ from sinks.base import Writer, WriterSink
 from sinks.spool import SpooledWriter, spool_root
 from wallaby.core.changes import ChangeBatch
 from wallaby.core.identity import SourceCheck
+from wallaby.core.metrics import (
+    DestinationCall,
+    batch_size,
+    change_bytes,
+    changes,
+    commit_duration,
+    commit_span,
+    destination_attributes,
+    epoch_write,
+)
 
 log = logging.getLogger("wallaby.sinks.fanout")
 
@@ -36,6 +46,9 @@ class FanoutWriter(Writer):
         self.writers = writers
         self.pool = ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="wallaby-dest") \
             if parallelism > 1 and len(writers) > 1 else None
+        self.attrs = {name: destination_attributes(flow_id, name) for name in writers}  # metric labels
+        self.pending = (0, 0)  # changes and their Arrow bytes written since the last commit (metrics)
+        self.write_time = dict.fromkeys(writers, 0.0)  # seconds each destination spent in write this epoch
 
     def _each(self, call: Callable[[str, Writer], Any]) -> dict[str, Any]:
         if self.pool is None:
@@ -44,10 +57,33 @@ class FanoutWriter(Writer):
         return {name: f.result() for name, f in futures.items()}  # re-raises the first failure
 
     def write(self, batch: ChangeBatch) -> None:
-        self._each(lambda name, w: w.write(batch))
+        n, size = batch_size(batch)  # per batch, not per row
+        self.pending = (self.pending[0] + n, self.pending[1] + size)
+        self._each(lambda name, w: self._write(name, w, batch))
+
+    def _write(self, name: str, w: Writer, batch: ChangeBatch) -> None:
+        call = DestinationCall(self.attrs[name], "write")
+        with call:
+            w.write(batch)
+        self.write_time[name] += call.elapsed
 
     def commit(self) -> Any:
-        return self._each(lambda name, w: w.commit())
+        n, size = self.pending
+        self.pending = (0, 0)
+
+        def commit_one(name: str, w: Writer) -> Any:
+            attrs = self.attrs[name]
+            with DestinationCall(attrs, "commit", commit_duration):
+                state = w.commit()
+            epoch_write.record(self.write_time[name], attrs)
+            self.write_time[name] = 0.0
+            if n:
+                changes.add(n, attrs)
+                change_bytes.add(size, attrs)
+            return state
+
+        with commit_span(self.flow_id, n):
+            return self._each(commit_one)
 
     def close(self) -> None:
         for name, w in self.writers.items():

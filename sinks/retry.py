@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+from wallaby.core import metrics
 from wallaby.core.errors import TransientError
 
 T = TypeVar("T")
@@ -97,5 +98,6 @@ def retry(call: Callable[[], T], *, policy: Policy, retryable: Callable[[Excepti
                 raise
             if on_retry is not None:
                 on_retry(exc, n, delay)
+            metrics.retried()  # wallaby_destination_retries_total of the destination calling
             sleep(delay)
             n += 1

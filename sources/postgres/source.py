@@ -52,6 +52,7 @@ from wallaby.core.changes import (
 )
 from wallaby.core.errors import SourceError
 from wallaby.core.identity import DISCARD, SourceCheck, SourceIdentity
+from wallaby.core.metrics import last_commit_us, watch_source
 from wallaby.core.runtime import STOP, tune_gc, tune_memory
 from wallaby.core.spec import DDLPolicy
 from wallaby.state.checkpoints import Checkpoint, CheckpointStore
@@ -187,6 +188,9 @@ class _PostgresPartition(StatefulSourcePartition):
         # the snapshot's consistent point (skip_before: table -> that LSN, kept in the snapshot until covered)
         self.resync_export: ExportedSnapshot | None = None
         self.skip_before: dict[str, int] = dict(resume_state.get("skip_before") or {}) if resume_state else {}
+        self.last_commit_us: int | None = None  # commit time of the last change emitted (the lag gauges)
+        self.wal_end = covered  # the server's WAL end as last reported (the lag gauges)
+        watch_source(self)
         log.info("source %s: resuming at %s (covered %s)", opts.slot, position, format_lsn(covered),
                  extra={"flow": self.flow_id})
 
@@ -315,6 +319,8 @@ class _PostgresPartition(StatefulSourcePartition):
                 raise err
         elif out:
             self.backoff = BACKOFF_FIRST
+        if out:
+            self.last_commit_us = last_commit_us(out[-1][1]) or self.last_commit_us
         self._after_drain(out)
         return out
 
@@ -499,6 +505,17 @@ class _PostgresPartition(StatefulSourcePartition):
 
     def next_awake(self) -> datetime | None:
         return self.next_wake
+
+    def metrics_view(self) -> tuple[str, int, int, int | None, bool]:
+        """What the lag gauges read when metrics are collected (:mod:`wallaby.core.metrics`, another thread): the
+        slot, the server's WAL end, the confirmed LSN, the commit time of the last change emitted, and whether
+        everything the server reported is read and handed over."""
+        reader = self.reader
+        if reader is not None:
+            self.wal_end = max(self.wal_end, reader.received)
+        caught_up = reader is not None and self.held is None and not self.resyncs and not reader.holding and \
+            reader.covered >= reader.received
+        return self.opts.slot, max(self.wal_end, self.covered), self.confirmed, self.last_commit_us, caught_up
 
     def snapshot(self) -> dict:
         self.to_confirm = self.covered

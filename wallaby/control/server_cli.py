@@ -25,7 +25,7 @@ import threading
 
 from wallaby.control.api.manager import FlowManager
 from wallaby.control.api.server import APIServer, ServerSettings
-from wallaby.core import logs
+from wallaby.core import logs, metrics, telemetry
 from wallaby.core.errors import ConfigError, WallabyError, redact_dsn
 from wallaby.core.spec import default_wire_format
 from wallaby.state.checkpoints import open_store
@@ -84,7 +84,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wallaby: {exposed}", file=sys.stderr)
             return 2
         default_wire_format()  # a bad WALLABY_WIRE_FORMAT is refused now, not at the first CreateFlow
+        observed = telemetry.start("wallaby")  # WALLABY_METRICS_LISTEN, OTEL_*
+        if observed.metrics_url:
+            # the workers this server launches inherit its environment: each serves its own /metrics on a free
+            # port of the same host (the worker logs it) instead of failing on the server's
+            os.environ[telemetry.METRICS_LISTEN] = telemetry.worker_listen(os.environ[telemetry.METRICS_LISTEN])
         store = open_store()
+        metrics.watch_flows(store.flow_store.list)
         server = APIServer(FlowManager(store), settings)
         server.start()
     except ConfigError as exc:
@@ -94,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wallaby: {exc}", file=sys.stderr)
         return 1
     log.info("flow store: %s", store.db.describe())
+    if observed.metrics_url:
+        log.info("metrics: %s", observed.metrics_url)
     print(f"wallaby: listening on {settings.listen} (port {server.port})", file=sys.stderr, flush=True)
 
     done = threading.Event()

@@ -59,7 +59,7 @@ from sources.postgres.ddl_gate import hold_schema_change
 from sources.postgres.snapshot_state import open_snapshot_state
 from wallaby.control.panicfilter import filtered_stderr
 from wallaby.control.progress import TerminalProgress
-from wallaby.core import logs, settings
+from wallaby.core import logs, metrics, settings, telemetry
 from wallaby.core.changes import parse_lsn
 from wallaby.core.errors import (
     ConfigError,
@@ -123,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if bool(args.flow_file) == bool(args.flow_id):
         raise ConfigError("wallaby-worker", [_problem("-flow-file", "give one of -flow-file FILE or -flow-id ID")])
+    observed = telemetry.start("wallaby-worker")  # WALLABY_METRICS_LISTEN, OTEL_*: before anything is claimed
     checkpoints = open_store()
     generation = None
     if args.flow_id:
@@ -130,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         spec = load_flow(args.flow_file)
     logs.setup(spec.id)
+    metrics.worker_started(spec.id, args.mode)
+    if observed.metrics_url:
+        log.info("flow %s: metrics on %s", spec.id, observed.metrics_url, extra={"flow": spec.id})
     install_stop_handler()
     check_buildable(spec)
     if args.mode == "backfill":

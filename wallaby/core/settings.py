@@ -117,6 +117,22 @@ def path(text: str) -> str:
     return text.strip()
 
 
+LISTEN_FORMAT = "use host:port, :port for every interface, or [v6 address]:port"
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    """``(host, port)`` of ``host:port``, ``:port`` (host ``''``: every interface) or ``[::1]:port``."""
+    m = re.fullmatch(r"\s*(\[[0-9A-Fa-f:.%\w]*\]|[^\s:\[\]]*):(\d{1,5})\s*", text)
+    if not m or int(m.group(2)) > 65535:
+        raise ValueError(f"{text!r} is not a listen address ({LISTEN_FORMAT}; port 0-65535)")
+    return m.group(1).strip("[]"), int(m.group(2))
+
+
+def listen_address(text: str) -> str:
+    split_listen(text)
+    return text.strip()
+
+
 def log_level(text: str) -> str:
     value = text.strip().lower()
     if value not in LOG_LEVELS:
@@ -152,6 +168,7 @@ class Settings:
     run_once_empty_reads: int = 1
     backfill_chunk_blocks: int = 1024
     backfill_chunk_rows: int = 0  # 0: backfill_chunk_blocks blocks' worth of rows (key-range parts)
+    metrics_listen: str | None = None  # host:port of the Prometheus /metrics endpoint; None: off
 
 
 # variable -> (Settings field, parser). What each does is documented where it is used and in docs/.
@@ -177,6 +194,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WALLABY_RUN_ONCE_EMPTY_READS": ("run_once_empty_reads", count(1)),
     "WALLABY_BACKFILL_CHUNK_BLOCKS": ("backfill_chunk_blocks", count(1)),  # sources/postgres/snapshot.py
     "WALLABY_BACKFILL_CHUNK_ROWS": ("backfill_chunk_rows", count(0)),  # key-range parts; 0: by the chunk's blocks
+    "WALLABY_METRICS_LISTEN": ("metrics_listen", listen_address),  # wallaby/core/telemetry.py; docs/metrics.md
 }
 
 
@@ -250,5 +268,5 @@ def env_value(name: str, parse: Callable[[str], Any], environ: Mapping[str, str]
 
 
 __all__ = ["BYTES_FORMAT", "DURATION_FORMAT", "VARIABLES", "Settings", "SettingsError", "byte_size", "count",
-           "current", "duration", "env_value", "load", "log_level_or_default", "on_import", "parse_byte_size",
-           "path"]
+           "current", "duration", "env_value", "listen_address", "load", "log_level_or_default", "on_import",
+           "parse_byte_size", "path", "split_listen"]
