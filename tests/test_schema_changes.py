@@ -529,6 +529,35 @@ def test_a_rewritten_keyless_table_is_replaced_as_of_an_exact_snapshot(pgdb, tmp
         assert c.execute("SELECT count(*) FROM pg_replication_slots WHERE temporary").fetchone() == (0,)
 
 
+def _warehouse_schema_changes(pgdb: str, run) -> None:
+    """Tables t (keyed) and k (keyless), a worker ``run()`` after each step: rows; a constant default and a widened
+    column; then, while no worker runs, a volatile default and USING rewrites of both tables, changes after them
+    and a dropped column."""
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, n int, s varchar(5))")
+        c.execute("CREATE TABLE k (a int, b text)")
+        c.execute("ALTER TABLE k REPLICA IDENTITY FULL")
+    run()
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("INSERT INTO t SELECT g, g * 3, 's' || g % 10 FROM generate_series(1, 300) g")
+        c.execute("INSERT INTO k SELECT g % 20, 'b' || g % 3 FROM generate_series(1, 200) g")
+        c.execute("ALTER TABLE t ADD COLUMN d text DEFAULT 'dflt'")
+        c.execute("INSERT INTO t (id, n, s) VALUES (301, 1, 'x')")
+        c.execute("ALTER TABLE t ALTER COLUMN s TYPE varchar(20)")
+    run()
+    with psycopg.connect(pgdb, autocommit=True) as c:  # while no worker runs
+        c.execute("UPDATE t SET n = 5 WHERE id < 10")
+        c.execute("ALTER TABLE t ADD COLUMN r int DEFAULT (random() * 1000)::int")
+        c.execute("ALTER TABLE t ALTER COLUMN n TYPE bigint USING n * 100")
+        c.execute("ALTER TABLE k ALTER COLUMN a TYPE bigint USING a * 10")
+        c.execute("INSERT INTO t (id, n, s) VALUES (302, 2, 'y')")
+        c.execute("INSERT INTO k VALUES (5, 'new'), (5, 'new')")
+        c.execute("DELETE FROM k WHERE a = 30")
+        c.execute("ALTER TABLE t DROP COLUMN s")
+        c.execute("UPDATE t SET d = 'u' WHERE id % 7 = 0")
+    run()
+
+
 def test_schema_changes_end_equal_in_ducklake(pgdb, tmp_path):
     """The same schema changes into DuckLake (a sqlite catalog): a constant default, a volatile default and an
     ALTER ... TYPE ... USING to a type DuckLake promotes to (rewrites: the keyed table read again, the keyless one
@@ -545,34 +574,7 @@ def test_schema_changes_end_equal_in_ducklake(pgdb, tmp_path):
     flow["destinations"] = [{"name": "lake", "type": "ducklake", "options": lake}]
     path.write_text(json.dumps(flow))
 
-    def run() -> None:
-        r = subprocess.run([*WORKER, "-flow-file", str(path), "-max-empty-reads", "2"], env=_worker_env(tmp_path),
-                           capture_output=True, text=True, timeout=180, cwd=ROOT)
-        assert r.returncode == 0, r.stderr[-3000:]
-
-    with psycopg.connect(pgdb, autocommit=True) as c:
-        c.execute("CREATE TABLE t (id int PRIMARY KEY, n int, s varchar(5))")
-        c.execute("CREATE TABLE k (a int, b text)")
-        c.execute("ALTER TABLE k REPLICA IDENTITY FULL")
-    run()
-    with psycopg.connect(pgdb, autocommit=True) as c:
-        c.execute("INSERT INTO t SELECT g, g * 3, 's' || g % 10 FROM generate_series(1, 300) g")
-        c.execute("INSERT INTO k SELECT g % 20, 'b' || g % 3 FROM generate_series(1, 200) g")
-        c.execute("ALTER TABLE t ADD COLUMN d text DEFAULT 'dflt'")
-        c.execute("INSERT INTO t (id, n, s) VALUES (301, 1, 'x')")
-        c.execute("ALTER TABLE t ALTER COLUMN s TYPE varchar(20)")
-    run()
-    with psycopg.connect(pgdb, autocommit=True) as c:  # while no worker runs
-        c.execute("UPDATE t SET n = 5 WHERE id < 10")
-        c.execute("ALTER TABLE t ADD COLUMN r int DEFAULT (random() * 1000)::int")
-        c.execute("ALTER TABLE t ALTER COLUMN n TYPE bigint USING n * 100")
-        c.execute("ALTER TABLE k ALTER COLUMN a TYPE bigint USING a * 10")
-        c.execute("INSERT INTO t (id, n, s) VALUES (302, 2, 'y')")
-        c.execute("INSERT INTO k VALUES (5, 'new'), (5, 'new')")
-        c.execute("DELETE FROM k WHERE a = 30")
-        c.execute("ALTER TABLE t DROP COLUMN s")
-        c.execute("UPDATE t SET d = 'u' WHERE id % 7 = 0")
-    run()
+    _warehouse_schema_changes(pgdb, lambda: run_worker(tmp_path, path, epoch="5s"))
     got_t = read_lake(opts, "SELECT id, n, d, r FROM public.t ORDER BY id")
     assert got_t == _pg(pgdb, "SELECT id, n, d, r FROM t ORDER BY id")
     query = "SELECT a, b, count(*) FROM {} GROUP BY a, b ORDER BY a, b"
@@ -589,29 +591,7 @@ def test_schema_changes_end_equal_in_snowflake(pgdb, tmp_path, snowflake):  # no
     path = worker_flow(tmp_path, pgdb, "sc", "public.t,public.k", {"dsn": dsn_of(snowflake, database)},
                        dest_type="snowflake", dest_name="snow")
 
-    with psycopg.connect(pgdb, autocommit=True) as c:
-        c.execute("CREATE TABLE t (id int PRIMARY KEY, n int, s varchar(5))")
-        c.execute("CREATE TABLE k (a int, b text)")
-        c.execute("ALTER TABLE k REPLICA IDENTITY FULL")
-    run_worker(tmp_path, path)
-    with psycopg.connect(pgdb, autocommit=True) as c:
-        c.execute("INSERT INTO t SELECT g, g * 3, 's' || g % 10 FROM generate_series(1, 300) g")
-        c.execute("INSERT INTO k SELECT g % 20, 'b' || g % 3 FROM generate_series(1, 200) g")
-        c.execute("ALTER TABLE t ADD COLUMN d text DEFAULT 'dflt'")
-        c.execute("INSERT INTO t (id, n, s) VALUES (301, 1, 'x')")
-        c.execute("ALTER TABLE t ALTER COLUMN s TYPE varchar(20)")
-    run_worker(tmp_path, path)
-    with psycopg.connect(pgdb, autocommit=True) as c:  # while no worker runs
-        c.execute("UPDATE t SET n = 5 WHERE id < 10")
-        c.execute("ALTER TABLE t ADD COLUMN r int DEFAULT (random() * 1000)::int")
-        c.execute("ALTER TABLE t ALTER COLUMN n TYPE bigint USING n * 100")
-        c.execute("ALTER TABLE k ALTER COLUMN a TYPE bigint USING a * 10")
-        c.execute("INSERT INTO t (id, n, s) VALUES (302, 2, 'y')")
-        c.execute("INSERT INTO k VALUES (5, 'new'), (5, 'new')")
-        c.execute("DELETE FROM k WHERE a = 30")
-        c.execute("ALTER TABLE t DROP COLUMN s")
-        c.execute("UPDATE t SET d = 'u' WHERE id % 7 = 0")
-    run_worker(tmp_path, path)
+    _warehouse_schema_changes(pgdb, lambda: run_worker(tmp_path, path))
     got_t = rows(snowflake, database, 'SELECT "id", "n", "d", "r" FROM "public"."t" ORDER BY "id"')
     assert got_t == _pg(pgdb, "SELECT id, n, d, r FROM t ORDER BY id")
     query = 'SELECT "a", "b", count(*) FROM "public"."k" GROUP BY "a", "b" ORDER BY "a", "b"'
