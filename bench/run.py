@@ -24,6 +24,11 @@ each slot with one reader and measures the rate and peak RSS:
    (rows/s, in its own process for its peak RSS): the ceiling of any leg into DuckLake. Target (narrow, 1M
    changes): e2e_ducklake >= 0.5x ducklake_bulk_load, peak RSS < 400 MB (a ``[<profile>] e2e_ducklake ...`` line
    says whether it is met; ``targets`` of the profile in the JSON).
+8. wallaby end to end into ClickHouse (``e2e_clickhouse``: the ClickHouse destination, target mode, into the chdb
+   test server of tests/chserver.py started for the run); beside it ``clickhouse_bulk_load``: that server taking
+   the leg's final table in one ``INSERT ... FORMAT Arrow`` into a fresh table of the same engine
+   (bench/clickhouse_ceiling.py). Target (narrow, 1M changes): e2e_clickhouse >= 0.5x clickhouse_bulk_load, peak
+   RSS < 400 MB.
 
 Each rate is printed with its ratio to pg_recvlogical's and written to
 bench/results/latest.json. wallaby's legs are timed from the first change to
@@ -73,6 +78,7 @@ leg over Debezium's, both headline rates).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import re
@@ -96,7 +102,7 @@ from wallaby.core.options import WIRE_FORMATS
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SLOTS = ("recv", "peek", "source", "e2e", "toast", "meta", "recovery", "hold",
-         *(f"kafka_{f}" for f in WIRE_FORMATS), "ducklake")
+         *(f"kafka_{f}" for f in WIRE_FORMATS), "ducklake", "clickhouse")
 # wallaby's legs: name -> (slot, sink, extra flowrun flags). The last two measure what an operator costs
 # beside plain end to end (ratio printed as "x e2e").
 LEGS = {
@@ -113,6 +119,8 @@ LEGS = {
     **{f"e2e_kafka_{f}": (f"kafka_{f}", "kafka", ["--format", f]) for f in WIRE_FORMATS},
     # Postgres -> DuckLake (a sqlite: catalog, Parquet in a local directory); beside it ducklake_bulk_load
     "e2e_ducklake": ("ducklake", "ducklake", []),
+    # Postgres -> ClickHouse (the chdb test server); beside it clickhouse_bulk_load (bench/clickhouse_ceiling.py)
+    "e2e_clickhouse": ("clickhouse", "clickhouse", []),
 }
 # The DuckLake leg's target (the issue's, for 1M narrow changes): its rate over ducklake_bulk_load's, peak RSS.
 DUCKLAKE_TARGETS = {"x_ceiling": 0.5, "peak_rss_mb": 400.0}
@@ -266,6 +274,9 @@ def leg_wallaby(dsn: str, slot: str, stop: str, sink: str, batch_size: int, tmp:
     elif sink == "ducklake":
         lake = ducklake_paths(tmp, slot)
         cmd += ["--duckdb", lake["dsn"], "--catalog", lake["catalog"], "--data-path", lake["data_path"]]
+    elif sink == "clickhouse":  # its own runner; extra holds the server's --url
+        cmd = [sys.executable, "-m", "bench.clickhouse_ceiling", "e2e", "--dsn", dsn, "--slot", slot, "--publication",
+               "bench", "--stop-lsn", stop, "--batch-size", str(batch_size), *(extra or [])]
     secs, rss, out = run_measured(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return secs, rss, orjson.loads(out.strip().splitlines()[-1])
 
@@ -373,11 +384,16 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
                       " 'proto_version', '4', 'publication_names', 'bench')", (f"{profile}_peek", stop)).fetchone()[0]
         results["walsender_decode_only"] = {"seconds": time.perf_counter() - t, "messages": n}
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
         for leg in legs:
             slot, sink, extra = LEGS[leg]
             topic = f"bench-{profile}-{slot}-{int(time.time())}"
             extra = [x.replace("{tmp}", tmp) for x in extra]
+            if sink == "clickhouse":
+                from bench import clickhouse_ceiling
+
+                ch_url = servers.enter_context(clickhouse_ceiling.clickhouse_server(Path(tmp)))
+                extra = [*extra, "--url", ch_url]
             if sink == "kafka":
                 extra = [*extra, "--kafka-brokers", kafka or "", "--kafka-topic", topic]
             with WalsenderCPU(dsn, f"{profile}_{slot}") as ws:
@@ -395,6 +411,8 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
             if leg == "e2e_ducklake":
                 results["ducklake_bulk_load"] = ducklake_ceiling(Path(tmp), ducklake_paths(Path(tmp),
                                                                                           f"{profile}_{slot}"))
+            if leg == "e2e_clickhouse":
+                results["clickhouse_bulk_load"] = clickhouse_ceiling.bulk_load(ch_url, run_measured)
 
     base = changes / results["pg_recvlogical"]["seconds"]
     for r in results.values():
@@ -409,12 +427,18 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
         e2e, direct = results.get(f"e2e_kafka_{fmt}"), results.get(f"direct_kafka_{fmt}")
         if e2e and direct:
             e2e["ratio_to_direct_kafka"] = e2e["changes_per_s"] / direct["changes_per_s"]
-    for leg, ceiling in (("wallaby_e2e_duckdb", "duckdb_bulk_load"), ("e2e_ducklake", "ducklake_bulk_load")):
+    for leg, ceiling in (("wallaby_e2e_duckdb", "duckdb_bulk_load"), ("e2e_ducklake", "ducklake_bulk_load"),
+                         ("e2e_clickhouse", "clickhouse_bulk_load")):
         if leg in results and ceiling in results:  # changes/s end to end over the ceiling's rows/s
             results[leg]["ratio_to_ceiling"] = results[leg]["changes_per_s"] / results[ceiling]["changes_per_s"]
     out = {"changes": changes, "wal_mb": wal_bytes / 1e6, "legs": results}
     if target := ducklake_target(results):
         out["targets"] = [target]
+    if "e2e_clickhouse" in results:
+        from bench import clickhouse_ceiling
+
+        if target := clickhouse_ceiling.target(results):
+            out.setdefault("targets", []).append(target)
     return out
 
 
@@ -825,10 +849,12 @@ def print_profiles(profiles: dict[str, dict]) -> None:
         for t in res.get("targets", []):
             note = "" if profile == "narrow" and res["changes"] >= 1_000_000 else \
                 f" (the target is set for 1M narrow changes; this is {res['changes']:,} {profile})"
-            print(f"[{profile}] e2e_ducklake={t['changes_per_s']:,.0f} changes/s ({t['ratio_to_pg_recvlogical']:.2f}x"
-                  f" pg_recvlogical), {t['ratio_to_ceiling']:.2f}x ducklake_bulk_load"
-                  f" ({t['ceiling_rows_per_s']:,.0f} rows/s), peak RSS {t['peak_rss_mb']:.0f} MB: target"
-                  f" (>= {DUCKLAKE_TARGETS['x_ceiling']}x the ceiling, peak RSS < {DUCKLAKE_TARGETS['peak_rss_mb']:.0f}"
+            x, most = t.get("x_ceiling", DUCKLAKE_TARGETS["x_ceiling"]), t.get("max_peak_rss_mb",
+                                                                               DUCKLAKE_TARGETS["peak_rss_mb"])
+            print(f"[{profile}] {t.get('leg', 'e2e_ducklake')}={t['changes_per_s']:,.0f} changes/s"
+                  f" ({t['ratio_to_pg_recvlogical']:.2f}x pg_recvlogical), {t['ratio_to_ceiling']:.2f}x"
+                  f" {t.get('ceiling', 'ducklake_bulk_load')} ({t['ceiling_rows_per_s']:,.0f} rows/s), peak RSS"
+                  f" {t['peak_rss_mb']:.0f} MB: target (>= {x}x the ceiling, peak RSS < {most:.0f}"
                   f" MB) {'met' if t['met'] else 'not met'}{note}")
 
 

@@ -55,7 +55,7 @@ def _unbuilt_options(opts: Any, unbuilt: dict[str, str], path: str) -> list[Fiel
 # Destinations a backfill (and a stream's resync of a rewritten table) can write to now. S3 and pgstream keep
 # exactly-once by stream position, and a receiving wallaby (grpc) applies by position: a snapshot's rows stand
 # outside that order; they come in a later version.
-BACKFILL_DESTINATIONS = ("duckdb", "ducklake", "snowflake", "kafka", "bufstream", "http")
+BACKFILL_DESTINATIONS = ("duckdb", "ducklake", "snowflake", "clickhouse", "kafka", "bufstream", "http")
 
 
 def takes_reads(spec: FlowSpec) -> bool:

@@ -257,14 +257,15 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(items, tmp_path):
     assert duck_table(duck) == pg_table(items)
 
 
-def test_destinations_not_built_yet_are_refused_not_ignored(tmp_path):
+def test_settings_not_built_yet_are_refused_not_ignored(tmp_path):
     bad = tmp_path / "later.json"
     bad.write_text(json.dumps({"name": "m", "source": {"name": "pg", "type": "postgres", "options": {
         "dsn": "postgresql://u@127.0.0.1:1/db", "slot": "s", "publication": "p"}},
         "destinations": [{"name": "d", "type": "duckdb", "options": {"dsn": "x.duckdb", "soft_delete": "true"}},
-                         {"name": "c", "type": "clickhouse", "options": {"dsn": "clickhouse://h:9000/db"}}]}))
+                         {"name": "c", "type": "clickhouse", "options": {"dsn": "clickhouse://h:8123/db",
+                                                                         "batch_resolution": "append"}}]}))
     r = subprocess.run([WORKER, "-flow-file", str(bad)], env=worker_env(tmp_path), capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2
-    assert "destinations[1].type" in r.stderr and "clickhouse" in r.stderr and "not available" in r.stderr
+    assert "destinations[1].options.batch_resolution" in r.stderr and "not built in this version" in r.stderr
     assert "destinations[0]" not in r.stderr  # soft_delete is built

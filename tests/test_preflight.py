@@ -208,7 +208,7 @@ def test_bytewax_run_runs_the_same_preflight(tmp_path, source):
     assert_clear(out, EXIT_CONFIG, "WALLABY_MAX_EMPTY_READS: 'x' is not a whole number")
 
 
-def test_create_flow_runs_the_preflight(tmp_path, source):
+def test_create_flow_runs_the_preflight(tmp_path, source, monkeypatch):
     """CreateFlow refuses what the preflight refuses and stores nothing; a destination (or source) that does not
     answer is accepted, as before, and the worker checks again."""
     from wallaby.control.api.manager import FlowManager
@@ -222,7 +222,11 @@ def test_create_flow_runs_the_preflight(tmp_path, source):
         bad = parse_flow(flow(source, [duck(tmp_path / "afile" / "w.duckdb")], flow_id="bad"))
         with pytest.raises(ConfigError, match=r"destinations\[0\]\.options\.dsn"):
             manager.create(bad)
-        unbuilt = parse_flow(flow(source, [{"name": "c", "type": "clickhouse", "options": {"dsn": "ch://h/db"}}],
+        from tests.test_registry import without_sink
+
+        without_sink(monkeypatch, "snowpipe")
+        unbuilt = parse_flow(flow(source, [{"name": "c", "type": "snowpipe", "options": {
+            "dsn": "u:pw@acct/db", "stage": "st", "schema": "s", "table": "t"}}],
                                   flow_id="later"))
         with pytest.raises(ConfigError, match="not available in this version"):
             manager.create(unbuilt)

@@ -25,9 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SINKS = ROOT / "sinks"
 # destination -> the driver modules its package must not import (they load when a sink is built)
 DRIVERS = {"duckdb": ["duckdb"], "ducklake": ["duckdb"], "snowflake": ["snowflake.connector", "duckdb"],
+           "clickhouse": ["clickhouse_connect", "duckdb"],
            "kafka": ["confluent_kafka"], "s3": ["boto3", "botocore"],
            "grpc": ["grpc", "wallaby.v1.ingest_pb2_grpc"], "http": ["urllib3"], "pgstream": ["psycopg"]}
-UNBUILT = {"clickhouse", "snowpipe"}
+UNBUILT: set[str] = set()  # destination types validated but without a sink in this version
 
 
 def _packages_with_plugin() -> dict[str, object]:
@@ -74,15 +75,16 @@ def test_aliases_and_names():
 
 
 def test_buildable_and_hooks():
-    assert available_destinations() == ["bufstream", "duckdb", "ducklake", "grpc", "http", "kafka", "pgstream", "s3",
-                                        "snowflake"]
+    assert available_destinations() == ["bufstream", "clickhouse", "duckdb", "ducklake", "grpc", "http", "kafka",
+                                        "pgstream", "s3", "snowflake", "snowpipe"]
     for p in registry.plugins():
         assert (p.make_sink is None) == (p.name in UNBUILT), p.name
-    for name in ("duckdb", "ducklake", "s3", "pgstream", "snowflake"):
+    for name in ("duckdb", "ducklake", "s3", "pgstream", "snowflake", "snowpipe", "clickhouse"):
         p = registry.plugin(name)
         assert p.stored_position is not None and p.discard_position is not None
     assert {p.name for p in registry.plugins() if p.checks} == {"duckdb", "ducklake", "s3", "kafka", "http", "grpc",
-                                                                 "snowflake"}
+                                                                 "snowflake", "snowpipe", "clickhouse"}
+    assert {p.name for p in registry.plugins() if p.resolve_staging} == {"duckdb", "ducklake", "snowflake"}
     with pytest.raises(TypeError, match="come together"):
         registry.Plugin(name="x", options=DestinationOptions, make_sink=None, stored_position=lambda *a: None)
 
@@ -105,13 +107,23 @@ def test_unknown_type_gives_the_spec_error():
         " grpc, http, kafka, pgstream, s3, snowflake, snowpipe)"]
 
 
-def test_an_unbuilt_destination_is_validated_then_refused():
-    spec = parse_flow(_flow("clickhouse", {"dsn": "clickhouse://user:pw@host/db"}))
+def without_sink(monkeypatch, name: str) -> None:
+    """Destination ``name`` as a plugin without a sink (``make_sink=None``: options validated, the type refused)."""
+    import dataclasses
+
+    plugins = registry._registry()
+    for t in plugins[name].types:
+        monkeypatch.setitem(plugins, t, dataclasses.replace(plugins[name], make_sink=None))
+
+
+def test_an_unbuilt_destination_is_validated_then_refused(monkeypatch):
+    without_sink(monkeypatch, "snowpipe")
+    spec = parse_flow(_flow("snowpipe", {"dsn": "u:pw@acct/db", "stage": "st", "schema": "s", "table": "t"}))
     with pytest.raises(ConfigError) as err:
         check_buildable(spec)
     assert [str(p) for p in err.value.problems] == [
-        "destinations[0].type: destination type 'clickhouse' is not available in this version of wallaby"
-        " (available: bufstream, duckdb, ducklake, grpc, http, kafka, pgstream, s3, snowflake)"]
+        "destinations[0].type: destination type 'snowpipe' is not available in this version of wallaby"
+        " (available: bufstream, clickhouse, duckdb, ducklake, grpc, http, kafka, pgstream, s3, snowflake)"]
 
 
 def test_importing_a_destination_package_does_not_import_its_driver():

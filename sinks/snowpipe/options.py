@@ -1,12 +1,23 @@
-"""USAGE.md "Snowpipe Destination": validated (a flow file can be checked) though this version has no sink for
-it."""
+"""USAGE.md "Snowpipe Destination": the options of a Snowpipe destination (docs/destinations.md "Snowpipe").
+``write_mode`` is ``append`` only: anything else is refused naming the option."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, model_validator
 
 from sinks.sql.options import MaterializingOptions
-from wallaby.core.options import Bool, OptionProblems, RequiredText, Text, choice
+from wallaby.core.options import Bool, OptionProblems, RequiredText, Text, choice, parse_text
+
+
+def _append_only(v: Any) -> str:
+    text = parse_text(v)
+    if text.strip().lower() != "append":
+        raise ValueError(f"{text!r}: Snowpipe only appends (each change is a row of a staged file, its operation in"
+                         " the __op column); use write_mode=append, or the snowflake destination to apply changes to"
+                         " a table (write_mode=target)")
+    return "append"
 
 
 class SnowpipeDestinationOptions(MaterializingOptions):
@@ -20,7 +31,7 @@ class SnowpipeDestinationOptions(MaterializingOptions):
     copy_on_write: Bool = True
     auto_ingest: Bool = False
     meta_table_enabled: Bool = True
-    write_mode: choice("append") = "append"  # Snowpipe only appends
+    write_mode: Annotated[str, BeforeValidator(_append_only)] = "append"  # Snowpipe only appends
 
     @model_validator(mode="after")
     def _check(self) -> SnowpipeDestinationOptions:
