@@ -103,8 +103,10 @@ class MetadataRewriter:
             fields.insert(at, pa.field(col.name, col.arrow_type))
             at += 1
         if t.columns and BEFORE_PREFIX + t.columns[0].name in rows.schema.names:
-            for col in self.columns():  # keep __before.* aligned with the columns
-                arrays.append(pa.nulls(n, col.arrow_type))
+            # keep __before.* aligned with the columns, holding the change's metadata too: a destination that
+            # writes a delete as its before image (write_mode=append) writes the delete's metadata with it
+            for col, values in zip(self.columns(), meta, strict=True):
+                arrays.append(values)
                 fields.append(pa.field(BEFORE_PREFIX + col.name, col.arrow_type))
         return TableChanges(self._schema(t), pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields)))
 

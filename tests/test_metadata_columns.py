@@ -121,3 +121,16 @@ def test_collision_is_refused_before_the_flow_starts(orders, tmp_path):
     assert out.returncode == 2 and "'__ds_op' is also a column of public.orders" in out.stderr
     with psycopg.connect(orders, autocommit=True) as c:  # nothing was created
         assert c.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'clash_slot'").fetchone()[0] == 0
+
+
+def test_meta_columns_of_a_delete_in_an_append_destination(orders, tmp_path):
+    """write_mode=append writes a delete as its before image: the delete's metadata columns come with it."""
+    path = tmp_path / "w.duckdb"
+    spec = flow_spec(orders, duckdb_path=path, source={"publication_tables": "public.orders"},
+                     destination={"meta_enabled": "true", "write_mode": "append"})
+    _run(spec)
+    _changes(orders)
+    _run(spec)
+    rows = _rows(path, "SELECT id, __op, __ds_op, __ds_is_deleted, __ds_synced_at IS NOT NULL, __ds_watermark IS NOT"
+                       " NULL FROM public.orders WHERE __op = 'delete'")
+    assert rows == [(2, "delete", "delete", True, True, True)]
