@@ -16,7 +16,6 @@ import os
 import random
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -763,50 +762,21 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(dbs, pgdb, tmp_pa
     catches up: the keyed table equals Postgres, and the keyless one holds every inserted row exactly once."""
     import psycopg
 
-    from tests.killkit import kill_at_random
+    from tests.killkit import ItemWrites, create_item_tables, kill_at_random
 
     with psycopg.connect(pgdb, autocommit=True) as c:
-        c.execute("CREATE TABLE items (id int PRIMARY KEY, qty int, note text)")
-        c.execute("ALTER TABLE items ALTER COLUMN note SET STORAGE EXTERNAL")
-        c.execute("CREATE TABLE events (n int, note text)")
-        c.execute("ALTER TABLE events REPLICA IDENTITY FULL")
+        create_item_tables(c, toast=True)
     flow = _flow(tmp_path, pgdb, "ch-kill", "public.items,public.events", {"dsn": dbs.dsn(), "database": dbs.target},
                  batch_size="50")
     run_worker(tmp_path, flow)  # the slot
-    stop = threading.Event()
-    written = [0]
-
-    def writer() -> None:
-        rnd = random.Random(11)
-        with psycopg.connect(pgdb, autocommit=True) as c:
-            i = 0
-            while not stop.is_set():
-                i += 1
-                with c.transaction():
-                    c.execute("INSERT INTO items VALUES (%s, %s, %s)", (i, i, f"w{i}" * (2000 if i % 9 == 0 else 1)))
-                    c.execute("INSERT INTO events VALUES (%s, 'e')", (i,))
-                    if i > 5:
-                        c.execute("UPDATE items SET qty = qty + 1 WHERE id = %s", (rnd.randint(1, i - 1),))
-                    if i % 7 == 0:
-                        c.execute("DELETE FROM items WHERE id = %s", (rnd.randint(1, i),))
-                    if i % 11 == 0:
-                        c.execute("UPDATE items SET id = -id WHERE id = %s", (rnd.randint(1, i),))
-                written[0] = i
-                time.sleep(0.003)
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
     logs = []
-    try:
+    with ItemWrites(pgdb, toast=True) as writes:
         for run in range(6):
             logs += kill_at_random([*WORKER, "-flow-file", str(flow)], worker_env(tmp_path), ROOT, tmp_path, runs=1,
                                    started="streaming from", window=(0.3, 3.0), seed=2025 + run)
-    finally:
-        stop.set()
-        thread.join(timeout=10)
     assert all("Traceback" not in log for log in logs), logs
     run_worker(tmp_path, flow, args=("-max-empty-reads", "3"), timeout=300)
-    assert written[0] > 100
+    assert writes.written > 100
     assert dbs.table("items", "id, qty, note", "id") == pg_rows(pgdb, "SELECT * FROM items ORDER BY id")
     got = dbs.rows(f"SELECT n, count() FROM `{dbs.target}`.events__current GROUP BY n ORDER BY n")
     assert got == [(n, 1) for (n,) in pg_rows(pgdb, "SELECT n FROM events ORDER BY n")]

@@ -17,7 +17,6 @@ import random
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 from decimal import Decimal
@@ -48,7 +47,7 @@ from tests import WORKER
 from tests.builders import Stream, col, dele, evolve, ins, numeric_typmod, read, table, upd
 from tests.flows import pg_rows, run_worker, slot_confirmed, worker_env, worker_flow
 from tests.histories import create_tables, history, play
-from tests.killkit import kill_at_random
+from tests.killkit import ItemWrites, create_item_tables, kill_at_random
 from tests.s3_server import s3_server  # noqa: F401 - the fixture
 from wallaby.core import registry
 from wallaby.core.changes import Position
@@ -783,44 +782,18 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(pgdb, tmp_path):
     6 random moments of its streaming; a last run catches up: the keyed table equals Postgres, and the keyless one
     holds every inserted row exactly once."""
     with psycopg.connect(pgdb, autocommit=True) as c:
-        c.execute("CREATE TABLE items (id int PRIMARY KEY, qty int, note text)")
-        c.execute("CREATE TABLE events (n int, note text)")
-        c.execute("ALTER TABLE events REPLICA IDENTITY FULL")
+        create_item_tables(c)
     opts = {"dsn": str(tmp_path / "host.duckdb"), "catalog": f"sqlite:{tmp_path / 'kill.sqlite'}",
             "data_path": str(tmp_path / "data")}
     flow = _flow(tmp_path, pgdb, "dl-kill", "public.items,public.events", opts, batch_size="50")
     run_worker(tmp_path, flow)  # the slot
-    stop = threading.Event()
-    written = [0]
-
-    def writer() -> None:
-        rnd = random.Random(11)
-        with psycopg.connect(pgdb, autocommit=True) as c:
-            i = 0
-            while not stop.is_set():
-                i += 1
-                with c.transaction():
-                    c.execute("INSERT INTO items VALUES (%s, %s, 'w')", (i, i))
-                    c.execute("INSERT INTO events VALUES (%s, 'e')", (i,))
-                    if i > 5:
-                        c.execute("UPDATE items SET qty = qty + 1 WHERE id = %s", (rnd.randint(1, i - 1),))
-                    if i % 7 == 0:
-                        c.execute("DELETE FROM items WHERE id = %s", (rnd.randint(1, i),))
-                written[0] = i
-                time.sleep(0.003)
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
-    try:
+    with ItemWrites(pgdb) as writes:
         logs = kill_at_random([*WORKER, "-flow-file", str(flow)], worker_env(tmp_path), ROOT, tmp_path, runs=6,
-                              started="streaming from", window=(0.3, 3.0), seed=2024)
-    finally:
-        stop.set()
-        thread.join(timeout=10)
+                               started="streaming from", window=(0.3, 3.0), seed=2024)
     assert all("Traceback" not in log for log in logs), logs
     run_worker(tmp_path, flow, args=("-max-empty-reads", "3"), timeout=300)
     lake = DuckLakeDestinationOptions.model_validate(opts)
-    assert written[0] > 100
+    assert writes.written > 100
     assert read_lake(lake, "SELECT * FROM public.items ORDER BY id") == pg_rows(pgdb, "SELECT * FROM items ORDER BY id")
     got = read_lake(lake, "SELECT n, count(*) FROM public.events GROUP BY n ORDER BY n")
     assert got == [(n, 1) for (n,) in pg_rows(pgdb, "SELECT n FROM events ORDER BY n")]

@@ -14,7 +14,6 @@ import os
 import random
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +28,7 @@ from sinks.snowflake.dsn import DsnError, parse_dsn
 from sinks.snowflake.options import SnowflakeDestinationOptions
 from sinks.snowflake.types import canonical_type, snowflake_type, widens
 from sinks.snowflake.writer import SnowflakeWriter
+from tests import WORKER
 from tests.builders import Stream, col, dele, evolve, ins, numeric_typmod, read, table, upd
 from tests.flows import pg_rows, run_worker, worker_env, worker_flow
 from tests.histories import create_tables, history, play
@@ -441,7 +441,6 @@ def test_a_dsn_it_cannot_connect_with_is_one_clear_error(snowflake, tmp_path):  
 # --------------------------------------------------------------------------- real workers
 
 
-WORKER = (sys.executable, "-m", "wallaby.control.worker")
 
 
 def _flow(tmp: Path, dsn: str, flow_id: str, tables: str, destination: dict, **source) -> Path:
@@ -630,53 +629,27 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(pgdb, tmp_path):
     row exactly once."""
     import psycopg
 
-    from tests.killkit import kill_at_random
+    from tests.killkit import ItemWrites, create_item_tables, kill_at_random
 
     snow = _FileSnow(tmp_path / "snow")
     snow.start()
     database = _name()
     with psycopg.connect(pgdb, autocommit=True) as c:
-        c.execute("CREATE TABLE items (id int PRIMARY KEY, qty int, note text)")
-        c.execute("CREATE TABLE events (n int, note text)")
-        c.execute("ALTER TABLE events REPLICA IDENTITY FULL")
+        create_item_tables(c)
     flow = _flow(tmp_path, pgdb, "sf-kill", "public.items,public.events", {"dsn": dsn_of(snow.server(), database)},
                  batch_size="50")
     try:
         run_worker(tmp_path, flow)  # the slot
-        stop = threading.Event()
-        written = [0]
-
-        def writer() -> None:
-            rnd = random.Random(11)
-            with psycopg.connect(pgdb, autocommit=True) as c:
-                i = 0
-                while not stop.is_set():
-                    i += 1
-                    with c.transaction():
-                        c.execute("INSERT INTO items VALUES (%s, %s, 'w')", (i, i))
-                        c.execute("INSERT INTO events VALUES (%s, 'e')", (i,))
-                        if i > 5:
-                            c.execute("UPDATE items SET qty = qty + 1 WHERE id = %s", (rnd.randint(1, i - 1),))
-                        if i % 7 == 0:
-                            c.execute("DELETE FROM items WHERE id = %s", (rnd.randint(1, i),))
-                    written[0] = i
-                    time.sleep(0.003)
-
-        thread = threading.Thread(target=writer, daemon=True)
-        thread.start()
         logs = []
-        try:
+        with ItemWrites(pgdb) as writes:
             for run in range(6):
                 logs += kill_at_random([*WORKER, "-flow-file", str(flow)], worker_env(tmp_path), ROOT, tmp_path, runs=1,
                                        started="streaming from", window=(0.3, 3.0), seed=2025 + run)
                 snow.kill()
                 snow.start()
-        finally:
-            stop.set()
-            thread.join(timeout=10)
         assert all("Traceback" not in log for log in logs), logs
         run_worker(tmp_path, flow, args=("-max-empty-reads", "3"), timeout=300)
-        assert written[0] > 100
+        assert writes.written > 100
         server = snow.server()
         assert rows(server, database, 'SELECT "id", "qty", "note" FROM "public"."items" ORDER BY "id"') == \
             pg_rows(pgdb, "SELECT * FROM items ORDER BY id")

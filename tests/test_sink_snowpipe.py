@@ -17,10 +17,8 @@ import glob
 import io
 import json
 import os
-import random
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -35,7 +33,9 @@ from sinks.base import PermanentSinkError
 from sinks.snowpipe.options import SnowpipeDestinationOptions
 from sinks.snowpipe.stage import StageError, stage_location
 from sinks.snowpipe.writer import SnowpipeWriter, file_name, parse_file_name
+from tests import WORKER
 from tests.builders import Stream, col, dele, evolve, ins, numeric_typmod, read, table, upd
+from tests.flows import pg_rows, run_worker, worker_env
 from tests.snowserver import snowflake  # noqa: F401 - fixture
 from wallaby.core.changes import Position
 
@@ -447,7 +447,6 @@ def test_stored_position_and_discard_position_through_the_plugin(snowflake, db):
 # --------------------------------------------------------------------------- a real worker, killed -9
 
 
-WORKER = (sys.executable, "-m", "wallaby.control.worker")
 
 # fakesnow in a process whose databases are DuckDB files in a directory and whose internal stages live in a fixed
 # directory: killed and started again between the worker's kills (dropping the transaction the killed worker left
@@ -501,25 +500,6 @@ class FileSnow:
         return SnowflakeServer(host="127.0.0.1", port=self.port, tmp_dir=str(self.dir))
 
 
-def _env(tmp: Path) -> dict[str, str]:
-    return {**os.environ, "WALLABY_CHECKPOINT_BACKEND": "sqlite", "WALLABY_CHECKPOINT_PATH": str(tmp / "c.db"),
-            "WALLABY_RECOVERY_DIR": str(tmp / "recovery"), "WALLABY_EPOCH_INTERVAL": "300ms",
-            "PYTHONPATH": str(ROOT)}
-
-
-def _run(tmp: Path, flow: Path, *, args: tuple[str, ...] = ("-max-empty-reads", "2"), timeout: float = 180) -> None:
-    r = subprocess.run([*WORKER, "-flow-file", str(flow), *args], env=_env(tmp), capture_output=True, text=True,
-                       timeout=timeout, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-4000:]
-
-
-def _pg(dsn: str, sql: str) -> list[tuple]:
-    import psycopg
-
-    with psycopg.connect(dsn) as c:
-        return [tuple(r) for r in c.execute(sql).fetchall()]
-
-
 @pytest.mark.slow
 def test_a_worker_killed_at_random_moments_lands_every_change_exactly_once(pgdb, tmp_path):
     """A writer thread inserts, updates and deletes while the worker streaming into Snowpipe (parquet, COPY) is
@@ -527,14 +507,14 @@ def test_a_worker_killed_at_random_moments_lands_every_change_exactly_once(pgdb,
     one row: no (__lsn, __ord) twice, every inserted id inserted once, and the log replayed equals Postgres."""
     import psycopg
 
-    from tests.killkit import kill_at_random
+    from tests.killkit import ItemWrites, create_item_tables, kill_at_random
 
     database = _name()
     snow = FileSnow(tmp_path / "snow", database)
     snow.start()
     server = snow.server()
     with psycopg.connect(pgdb, autocommit=True) as c:
-        c.execute("CREATE TABLE items (id int PRIMARY KEY, qty int, note text)")
+        create_item_tables(c, events=False)
     slot = "wallaby_sp_kill"
     flow = tmp_path / "flow.json"
     flow.write_text(json.dumps({
@@ -545,53 +525,30 @@ def test_a_worker_killed_at_random_moments_lands_every_change_exactly_once(pgdb,
         "destinations": [{"name": "pipe", "type": "snowpipe", "options": {
             "dsn": dsn_of(server, database), "stage": STAGE, "schema": "cdc", "table": "items"}}]}))
     try:
-        _run(tmp_path, flow)  # the slot
-        stop = threading.Event()
-        written = [0]
-
-        def writer() -> None:
-            rnd = random.Random(7)
-            with psycopg.connect(pgdb, autocommit=True) as c:
-                i = 0
-                while not stop.is_set():
-                    i += 1
-                    with c.transaction():
-                        c.execute("INSERT INTO items VALUES (%s, %s, 'w')", (i, i))
-                        if i > 5:
-                            c.execute("UPDATE items SET qty = qty + 1 WHERE id = %s", (rnd.randint(1, i - 1),))
-                        if i % 7 == 0:
-                            c.execute("DELETE FROM items WHERE id = %s", (rnd.randint(1, i),))
-                    written[0] = i
-                    time.sleep(0.003)
-
-        thread = threading.Thread(target=writer, daemon=True)
-        thread.start()
+        run_worker(tmp_path, flow)  # the slot
         logs = []
-        try:
+        with ItemWrites(pgdb, seed=7, events=False) as writes:
             for run in range(6):
-                logs += kill_at_random([*WORKER, "-flow-file", str(flow)], _env(tmp_path), ROOT, tmp_path, runs=1,
+                logs += kill_at_random([*WORKER, "-flow-file", str(flow)], worker_env(tmp_path), ROOT, tmp_path, runs=1,
                                        started="streaming from", window=(0.3, 2.5), seed=4242 + run)
                 snow.kill()
                 snow.start()
-        finally:
-            stop.set()
-            thread.join(timeout=10)
         assert all("Traceback" not in log for log in logs), logs
-        _run(tmp_path, flow, args=("-max-empty-reads", "3"), timeout=300)
-        assert written[0] > 100
+        run_worker(tmp_path, flow, args=("-max-empty-reads", "3"), timeout=300)
+        assert writes.written > 100
         got = rows(server, database, 'SELECT "id", "qty", "note", "__op", "__lsn", "__ord" FROM "cdc"."items"'
                                      ' ORDER BY "__lsn", "__ord"')
         positions = [(r[4], r[5]) for r in got]
         assert len(positions) == len(set(positions)), "a change landed twice"
         inserted = sorted(r[0] for r in got if r[3] == "insert")
-        assert inserted == list(range(1, written[0] + 1))
+        assert inserted == list(range(1, writes.written + 1))
         state: dict[int, tuple] = {}
         for id_, qty, note, op, _lsn, _ord in got:
             if op == "delete":
                 state.pop(id_, None)
             else:
                 state[id_] = (id_, qty, note)
-        assert sorted(state.values()) == _pg(pgdb, "SELECT * FROM items ORDER BY id")
+        assert sorted(state.values()) == pg_rows(pgdb, "SELECT * FROM items ORDER BY id")
         staged_files = os.listdir(snow.bucket / database / "LAND" / "FILES")
         assert staged_files and all(parse_file_name(n) is not None for n in staged_files)
     finally:
