@@ -30,8 +30,9 @@ from pydantic import ValidationError
 
 from dataflows.buildable import check_buildable
 from sinks.base import PermanentSinkError, WriterSink
-from sinks.duckdb.types import duckdb_type, numeric_precision_scale
+from sinks.duckdb.types import duckdb_type
 from sinks.duckdb.writer import DuckDBOptions, DuckDBWriter, _safe_dsn, duckdb_sink
+from sinks.sql.types import numeric_precision_scale
 from tests.builders import Stream, col, dele, evolve, ins, numeric_typmod, read, table, table_changes, upd
 from wallaby.core import registry
 from wallaby.core.changes import OP_DDL, ChangeBatch, Position

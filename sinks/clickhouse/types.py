@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from sinks.duckdb.types import _is_array, _list_depth, numeric_precision_scale
+from sinks.sql.types import is_array, list_depth, scalar_type
 from wallaby.core.changes import Column
 
 STRING = "String"
@@ -66,26 +66,9 @@ DEFAULT_TYPE_MAP: dict[str, str] = {
 }
 
 
-def _numeric_type(typmod: int) -> str:
-    ps = numeric_precision_scale(typmod)
-    if ps is None:
-        return STRING  # unconstrained numeric: any number of digits, NaN, +-Infinity
-    precision, scale = ps
-    if 1 <= precision <= 38 and 0 <= scale <= precision:
-        return f"Decimal({precision},{scale})"
-    return STRING
-
-
 def _scalar_type(name: str, typmod: int, overrides: Mapping[str, str], extension: str | None) -> str | None:
-    if extension:
-        for key in (f"ext:{extension}.{name}", f"ext:{extension}"):
-            if key in overrides:
-                return overrides[key]
-    if name in overrides:
-        return overrides[name]
-    if name in ("numeric", "decimal"):
-        return _numeric_type(typmod)
-    return DEFAULT_TYPE_MAP.get(name)
+    return scalar_type(name, typmod, overrides, extension, default_map=DEFAULT_TYPE_MAP, decimal="Decimal({p},{s})",
+                       fallback=STRING)
 
 
 def clickhouse_type(column: Column, overrides: Mapping[str, str] | None = None) -> str:
@@ -93,13 +76,13 @@ def clickhouse_type(column: Column, overrides: Mapping[str, str] | None = None) 
     map)."""
     overrides = overrides or {}
     name = column.type_name
-    if _is_array(column):
+    if is_array(column):
         if name in overrides:
             return overrides[name]
         element = column.base_type or (name[1:] if name.startswith("_") else name)
         inner = _scalar_type(element, column.typmod, overrides, column.extension) or STRING
         out = nullable(inner)
-        for _ in range(max(1, _list_depth(column.arrow_type))):
+        for _ in range(max(1, list_depth(column.arrow_type))):
             out = f"Array({out})"
         return out
     found = _scalar_type(name, column.typmod, overrides, column.extension)

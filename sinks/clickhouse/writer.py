@@ -60,19 +60,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sinks.base import PermanentSinkError, TransientSinkError, WriterSink, source_json
+from sinks.base import PermanentSinkError, WriterSink, source_json
 from sinks.clickhouse.dsn import ClickHouseDsn, DsnError, parse_dsn
 from sinks.clickhouse.options import ClickHouseDestinationOptions
 from sinks.clickhouse.types import bare, canonical_type, clickhouse_type, is_string, nullable, widens
-from sinks.sql.engine import ApplyError, RetypeError, TableEngine, _Pending
+from sinks.sql.engine import ApplyError, RetypeError, _Pending
 from sinks.sql.merge import merge_pending
 from sinks.sql.reduce import FROM, KEEP, SEQ_COL, VALUE, ReduceError, reduce_keyed, unchanged_names
 from sinks.sql.reduce import lit as dlit
 from sinks.sql.reduce import q as dq
+from sinks.sql.remote import RemoteTableEngine
 from wallaby.core.changes import (
     BEFORE_PREFIX,
     OP_COL,
@@ -200,7 +200,7 @@ class DestTable:
     guard: int | None = None  # keyed: the highest version the table held when this writer met it
 
 
-class ClickHouseWriter(TableEngine):
+class ClickHouseWriter(RemoteTableEngine):
     """Applies change batches to ClickHouse (see the module docstring)."""
 
     def __init__(self, name: str, flow_id: str, options: ClickHouseDestinationOptions, resume_state: Any = None, *,
@@ -212,9 +212,7 @@ class ClickHouseWriter(TableEngine):
         self.options = options
         self._dsn = _dsn(name, options)
         self._client = None
-        self._duck: duckdb.DuckDBPyConnection | None = None
         self._seq = 0
-        self._transient = False
         self._views: dict[tuple[str, str], tuple[str, ...]] = {}  # dest -> the columns of its view, as made
         db = qi(self._dsn.database)
         self._state = f"{db}.{qi(STATE)}"
@@ -263,8 +261,7 @@ class ClickHouseWriter(TableEngine):
                                                     f" {self._meta} with meta_engine={self.options.meta_engine!r}"
                                                     f" and meta_order_by={self.options.meta_order_by!r} (or set"
                                                     f" meta_table_enabled=false): {self._clean(exc)}") from None
-        self._duck = duckdb.connect(config={"threads": 1})
-        self._duck.execute("SET TimeZone = 'UTC'")
+        self._open_reduction()
         if not rows:
             return None
         lsn, ordinal, source = rows[0]
@@ -308,9 +305,7 @@ class ClickHouseWriter(TableEngine):
                 client.close()
             except Exception:
                 pass
-        duck, self._duck = getattr(self, "_duck", None), None
-        if duck is not None:
-            duck.close()
+        self._close_reduction()
 
     def _clean(self, exc: BaseException | str) -> str:
         return self._dsn.clean(str(exc)).strip()
@@ -319,35 +314,13 @@ class ClickHouseWriter(TableEngine):
         shown = self._dsn.shown
         return f"ClickHouse {shown}, table {where}: " if where else f"ClickHouse {shown}: "
 
-    def _error_message(self, p: _Pending | None, exc: Exception) -> str | None:
+    def _server_error(self, exc: Exception) -> bool | None:
         from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
-        if isinstance(exc, ClickHouseError):
-            code = getattr(exc, "code", None)
-            self._transient = isinstance(exc, OperationalError) or (
-                isinstance(exc, DatabaseError) and code in _TRANSIENT_CODES)
-            return self._clean(exc)
-        if isinstance(exc, duckdb.Error):
-            return f"cannot reduce the epoch's changes: {self._clean(exc)}"
-        return None
-
-    def _fail(self, where, message, held=None):
-        """As the engine's, but ClickHouse away or busy (a lost connection, a timeout, too many parts) is a
-        :class:`TransientSinkError`: the worker exits 75 and is started again, which replays the epoch."""
-        transient, self._transient = self._transient, False
-        try:
-            super()._fail(where, message, held)
-        except PermanentSinkError:
-            if transient and held is None:
-                raise TransientSinkError(self.name, self._where(where) + message) from None
-            raise
-
-    def _after_apply(self) -> None:
-        if self._duck is not None:
-            try:
-                self._duck.unregister("__wallaby_src")
-            except duckdb.Error:
-                pass
+        if not isinstance(exc, ClickHouseError):
+            return None
+        return isinstance(exc, OperationalError) or (
+            isinstance(exc, DatabaseError) and getattr(exc, "code", None) in _TRANSIENT_CODES)
 
     # ------------------------------------------------------------------ tables and schema evolution
 

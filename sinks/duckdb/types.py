@@ -54,8 +54,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-import pyarrow as pa
-
+from sinks.sql.types import is_array, list_depth, scalar_type
 from wallaby.core.changes import Column
 
 VARCHAR = "VARCHAR"
@@ -97,66 +96,20 @@ DEFAULT_TYPE_MAP: dict[str, str] = {
     "jsonb": "JSON",
 }
 
-_NUMERIC_NAMES = ("numeric", "decimal")
-_VARHDRSZ = 4
-
-
-def numeric_precision_scale(typmod: int) -> tuple[int, int] | None:
-    """``(precision, scale)`` of a ``numeric`` typmod, None when unconstrained.
-
-    Scale is signed since Postgres 15 (an 11-bit field), so ``numeric(3,-2)`` decodes as ``(3, -2)``.
-    """
-    if typmod < _VARHDRSZ:
-        return None
-    value = typmod - _VARHDRSZ
-    precision = (value >> 16) & 0xFFFF
-    scale = ((value & 0x7FF) ^ 1024) - 1024
-    return precision, scale
-
-
-def _numeric_type(typmod: int) -> str:
-    ps = numeric_precision_scale(typmod)
-    if ps is None:
-        return VARCHAR
-    precision, scale = ps
-    if 1 <= precision <= 38 and 0 <= scale <= precision:
-        return f"DECIMAL({precision},{scale})"
-    return VARCHAR
-
-
-def _list_depth(arrow_type: pa.DataType) -> int:
-    depth = 0
-    while pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
-        depth += 1
-        arrow_type = arrow_type.value_type
-    return depth
-
-
-def _is_array(column: Column) -> bool:
-    return column.type_name.startswith("_") or _list_depth(column.arrow_type) > 0
-
-
 def _scalar_type(name: str, typmod: int, overrides: Mapping[str, str], extension: str | None) -> str | None:
-    if extension:
-        for key in (f"ext:{extension}.{name}", f"ext:{extension}"):
-            if key in overrides:
-                return overrides[key]
-    if name in overrides:
-        return overrides[name]
-    if name in _NUMERIC_NAMES:
-        return _numeric_type(typmod)
-    return DEFAULT_TYPE_MAP.get(name)
+    return scalar_type(name, typmod, overrides, extension, default_map=DEFAULT_TYPE_MAP, decimal="DECIMAL({p},{s})",
+                       fallback=VARCHAR)
 
 
 def duckdb_type(column: Column, overrides: Mapping[str, str] | None = None) -> str:
     """The DuckDB column type for a source column (overrides first, then the default map)."""
     overrides = overrides or {}
     name = column.type_name
-    if _is_array(column):
+    if is_array(column):
         if name in overrides:
             return overrides[name]
         element = column.base_type or (name[1:] if name.startswith("_") else name)
-        dims = max(1, _list_depth(column.arrow_type))
+        dims = max(1, list_depth(column.arrow_type))
         inner = _scalar_type(element, column.typmod, overrides, column.extension) or VARCHAR
         return inner + "[]" * dims
     found = _scalar_type(name, column.typmod, overrides, column.extension)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from sinks.duckdb.types import _is_array, numeric_precision_scale
+from sinks.sql.types import is_array, scalar_type
 from wallaby.core.changes import Column
 
 VARCHAR = "VARCHAR"
@@ -55,33 +55,16 @@ DEFAULT_TYPE_MAP: dict[str, str] = {
 }
 
 
-def _numeric_type(typmod: int) -> str:
-    ps = numeric_precision_scale(typmod)
-    if ps is None:
-        return VARCHAR  # unconstrained numeric: any number of digits, NaN, +-Infinity
-    precision, scale = ps
-    if 1 <= precision <= 38 and 0 <= scale <= precision:
-        return f"NUMBER({precision},{scale})"
-    return VARCHAR
-
-
 def _scalar_type(name: str, typmod: int, overrides: Mapping[str, str], extension: str | None) -> str | None:
-    if extension:
-        for key in (f"ext:{extension}.{name}", f"ext:{extension}"):
-            if key in overrides:
-                return overrides[key]
-    if name in overrides:
-        return overrides[name]
-    if name in ("numeric", "decimal"):
-        return _numeric_type(typmod)
-    return DEFAULT_TYPE_MAP.get(name)
+    return scalar_type(name, typmod, overrides, extension, default_map=DEFAULT_TYPE_MAP, decimal="NUMBER({p},{s})",
+                       fallback=VARCHAR)
 
 
 def snowflake_type(column: Column, overrides: Mapping[str, str] | None = None) -> str:
     """The Snowflake column type of a source column (overrides first, then the default map)."""
     overrides = overrides or {}
     name = column.type_name
-    if _is_array(column):
+    if is_array(column):
         return overrides.get(name, "ARRAY")
     found = _scalar_type(name, column.typmod, overrides, column.extension)
     if found is None and column.base_type and column.base_type != name:

@@ -38,18 +38,18 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sinks.base import PermanentSinkError, TransientSinkError, WriterSink, source_json
+from sinks.base import PermanentSinkError, WriterSink, source_json
 from sinks.snowflake.dsn import DsnError, SnowflakeDsn, parse_dsn
 from sinks.snowflake.options import SnowflakeDestinationOptions
 from sinks.snowflake.types import canonical_type, is_json_type, snowflake_type, widens
-from sinks.sql.engine import ApplyError, TableEngine, _Pending
+from sinks.sql.engine import ApplyError, _Pending
 from sinks.sql.merge import merge_pending
 from sinks.sql.reduce import FROM, KEEP, SEQ_COL, VALUE, ReduceError, q, reduce_keyed, reduce_keyless
+from sinks.sql.remote import RemoteTableEngine
 from sources.postgres.pgtypes import DATE_NEG_INF, DATE_POS_INF, TS_NEG_INF, TS_POS_INF
 from wallaby.core.changes import BEFORE_PREFIX, OP_COL, OP_READ, Column, Position, TableChanges
 from wallaby.core.identity import SourceCheck, SourceIdentity
@@ -173,7 +173,7 @@ class _Plan:
     load: bool = False  # the load table must be (re)made
 
 
-class SnowflakeWriter(TableEngine):
+class SnowflakeWriter(RemoteTableEngine):
     """Applies change batches to Snowflake (see the module docstring)."""
 
     def __init__(self, name: str, flow_id: str, options: SnowflakeDestinationOptions, resume_state: Any = None, *,
@@ -188,7 +188,6 @@ class SnowflakeWriter(TableEngine):
         except DsnError as exc:
             raise PermanentSinkError(name, f"Snowflake dsn: {exc}") from None
         self._con = None
-        self._duck: duckdb.DuckDBPyConnection | None = None
         self._stage = ""
         self._tmp = tempfile.mkdtemp(prefix="wallaby-snowflake-")
         self._meta = f"{q(options.meta_schema)}.{q(options.meta_table)}"
@@ -232,7 +231,7 @@ class SnowflakeWriter(TableEngine):
             self.close()
             raise PermanentSinkError(self.name, f"cannot open Snowflake {self._dsn.shown}: {self._clean(exc)}") \
                 from None
-        self._duck = duckdb.connect(config={"threads": 1})
+        self._open_reduction()
         return (int(row[0]), int(row[1]), row[2]) if row else None
 
     def _forget_state(self) -> None:
@@ -280,9 +279,7 @@ class SnowflakeWriter(TableEngine):
                 con.close()  # an open transaction is rolled back
             except Exception:
                 pass
-        duck, self._duck = getattr(self, "_duck", None), None
-        if duck is not None:
-            duck.close()
+        self._close_reduction()
         tmp = getattr(self, "_tmp", None)
         if tmp:
             for f in os.listdir(tmp):
@@ -298,33 +295,10 @@ class SnowflakeWriter(TableEngine):
         shown = self._dsn.shown
         return f"Snowflake {shown}, table {where}: " if where else f"Snowflake {shown}: "
 
-    def _error_message(self, p: _Pending, exc: Exception) -> str | None:
+    def _server_error(self, exc: Exception) -> bool | None:
         import snowflake.connector.errors as sferr
 
-        if isinstance(exc, sferr.Error):
-            self._transient = _is_transient(exc)
-            return self._clean(exc)
-        if isinstance(exc, duckdb.Error):
-            return f"cannot reduce the epoch's changes: {self._clean(exc)}"
-        return None
-
-    def _fail(self, where, message, held=None):
-        """As the engine's, but Snowflake away or busy (a lost connection, HTTP 5xx, a lock timeout) is a
-        :class:`TransientSinkError`: the worker exits 75 and is started again, which replays the epoch."""
-        transient, self._transient = getattr(self, "_transient", False), False
-        try:
-            super()._fail(where, message, held)
-        except PermanentSinkError:
-            if transient and held is None:
-                raise TransientSinkError(self.name, self._where(where) + message) from None
-            raise
-
-    def _after_apply(self) -> None:
-        if self._duck is not None:
-            try:
-                self._duck.unregister("__wallaby_src")
-            except duckdb.Error:
-                pass
+        return _is_transient(exc) if isinstance(exc, sferr.Error) else None
 
     # ------------------------------------------------------------------ DDL before rows
 
