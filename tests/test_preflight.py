@@ -162,16 +162,16 @@ def test_a_bad_setting_exits_2_with_one_line_naming_the_variable_and_format(tmp_
     assert_nothing_created(source, target)
 
 
-def test_dbos_and_k8s_variables_are_refused_by_the_worker(tmp_path, source):
+def test_dbos_variables_are_refused_by_the_worker(tmp_path, source):
     target = tmp_path / "w.duckdb"
     out = run_worker(tmp_path, flow(source, [duck(target)]), WALLABY_DBOS_ENABLED="true",
                      WALLABY_K8S_JOB_IMAGE="ghcr.io/x/wallaby:1")
-    assert_clear(out, EXIT_CONFIG, "WALLABY_DBOS_ENABLED, WALLABY_K8S_JOB_IMAGE", "not available in this version")
+    assert_clear(out, EXIT_CONFIG, "WALLABY_DBOS_ENABLED", "not available in this version")
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert_nothing_created(source, target)
 
 
-def test_dbos_and_k8s_variables_are_refused_by_the_api_server_at_start(tmp_path):
+def test_job_dispatch_without_an_image_is_refused_by_the_api_server_at_start(tmp_path):
     from tests.apiserver import server_env
 
     env = server_env(tmp_path, WALLABY_K8S_ENABLED="true")
@@ -179,8 +179,8 @@ def test_dbos_and_k8s_variables_are_refused_by_the_api_server_at_start(tmp_path)
                          text=True, timeout=120)
     assert out.returncode == EXIT_CONFIG, out.stderr
     lines = out.stderr.strip().splitlines()
-    assert lines[-1] == ("wallaby: WALLABY_K8S_ENABLED: not available in this version of wallaby (Kubernetes job"
-                         " dispatch is not built; workers run as local processes of the API server): unset them")
+    assert lines[-1] == ("wallaby: WALLABY_K8S_JOB_IMAGE: required with WALLABY_K8S_ENABLED=true (the worker image,"
+                         " like ghcr.io/josephjohncox/wallaby:0.1.0)")
     assert "Traceback" not in out.stderr and "listening" not in out.stderr
 
 

@@ -63,14 +63,13 @@ def test_a_bad_value_names_the_variable_and_the_format_on_one_line():
     assert "WALLABY_LOG_LEVEL: 'loud' is not a log level" in text
 
 
-def test_dbos_and_k8s_variables_are_refused_by_name():
+def test_dbos_variables_are_refused_by_name():
     assert load({"WALLABY_DBOS_ENABLED": ""}) == Settings()  # empty: not set
     with pytest.raises(SettingsError) as err:
         load({"WALLABY_DBOS_ENABLED": "true", "WALLABY_DBOS_QUEUE": "q", "WALLABY_K8S_NAMESPACE": "cdc"})
     assert str(err.value) == (
-        "WALLABY_DBOS_ENABLED, WALLABY_DBOS_QUEUE, WALLABY_K8S_NAMESPACE: not available in this version of wallaby"
-        " (DBOS scheduling and Kubernetes job dispatch are not built; workers run as local processes of the API"
-        " server): unset them")
+        "WALLABY_DBOS_ENABLED, WALLABY_DBOS_QUEUE: not available in this version of wallaby"
+        " (DBOS scheduling is not built; workers run as local processes of the API server): unset them")
 
 
 def test_module_constants_come_from_the_settings():

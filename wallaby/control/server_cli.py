@@ -26,6 +26,7 @@ import threading
 from wallaby.control.api.manager import FlowManager
 from wallaby.control.api.server import APIServer, ServerSettings
 from wallaby.core import logs, metrics, telemetry
+from wallaby.core import settings as tuning
 from wallaby.core.errors import ConfigError, WallabyError, redact_dsn
 from wallaby.core.spec import default_wire_format
 from wallaby.state.checkpoints import open_store
@@ -85,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         default_wire_format()  # a bad WALLABY_WIRE_FORMAT is refused now, not at the first CreateFlow
         observed = telemetry.start("wallaby")  # WALLABY_METRICS_LISTEN, OTEL_*
-        if observed.metrics_url:
+        if observed.metrics_url and not tuning.load(strict=False).k8s_enabled:
             # the workers this server launches inherit its environment: each serves its own /metrics on a free
-            # port of the same host (the worker logs it) instead of failing on the server's
+            # port of the same host (the worker logs it) instead of failing on the server's (a Job's pod has its
+            # own address: it keeps the port)
             os.environ[telemetry.METRICS_LISTEN] = telemetry.worker_listen(os.environ[telemetry.METRICS_LISTEN])
         store = open_store()
         metrics.watch_flows(store.flow_store.list)

@@ -14,8 +14,9 @@ GB, TB are powers of 1000, KiB, MiB, GiB, TiB of 1024, as DuckDB reads them);
 a *count* is a whole number. An empty value counts as not set.
 
 Variables of features this version does not have (``WALLABY_DBOS_*``: DBOS
-scheduling, ``WALLABY_K8S_*``: Kubernetes job dispatch) are refused when set,
-never accepted and ignored. ``wallaby-worker`` and ``bytewax.run`` of
+scheduling) are refused when set, never accepted and ignored. ``WALLABY_K8S_*``
+(Kubernetes job dispatch, :mod:`wallaby.control.api.kubernetes`, docs/kubernetes.md)
+are parsed here like the others. ``wallaby-worker`` and ``bytewax.run`` of
 ``dataflows.flow:flow`` load the settings strictly in
 :func:`dataflows.preflight.preflight`, the API server in
 :class:`wallaby.control.api.manager.FlowManager`, each before anything runs; module-level
@@ -37,19 +38,19 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 from wallaby.core.errors import ConfigError, FieldProblem
-from wallaby.core.options import parse_duration
+from wallaby.core.options import parse_bool, parse_duration
 
 DURATION_FORMAT = "use seconds like 2.5 or 2s, 500ms, 1m"
 BYTES_FORMAT = "use a number of bytes, or a size like 512KB, 3MiB, 1GB"
 COUNT_FORMAT = "use a whole number"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
-# Prefixes of the variables of features this version does not have (USAGE.md "DBOS Scheduling" and the
-# Kubernetes dispatcher): refused when set.
-UNAVAILABLE_PREFIXES = {"WALLABY_DBOS_": "DBOS scheduling", "WALLABY_K8S_": "Kubernetes job dispatch"}
+# Prefixes of the variables of features this version does not have (USAGE.md "DBOS Scheduling"): refused when set.
+UNAVAILABLE_PREFIXES = {"WALLABY_DBOS_": "DBOS scheduling"}
 
 
 class SettingsError(ConfigError):
@@ -133,6 +134,124 @@ def listen_address(text: str) -> str:
     return text.strip()
 
 
+# -- Kubernetes job dispatch (WALLABY_K8S_*) --------------------------------------------------------
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+# labels and annotations the Jobs carry whatever WALLABY_K8S_JOB_LABELS says (wallaby.control.api.kubernetes)
+RESERVED_LABEL_PREFIXES = ("wallaby.io/", "app.kubernetes.io/name", "app.kubernetes.io/component")
+
+
+def k8s_bool(text: str) -> bool:
+    return parse_bool(text)
+
+
+def dns_label(text: str) -> str:
+    value = text.strip()
+    if not _DNS_LABEL.fullmatch(value):
+        raise ValueError(f"{text!r} is not a Kubernetes name (lower-case letters, digits and '-', at most 63)")
+    return value
+
+
+def dns_subdomain(text: str) -> str:
+    value = text.strip()
+    if not _DNS_SUBDOMAIN.fullmatch(value):
+        raise ValueError(f"{text!r} is not a Kubernetes name (lower-case letters, digits, '-' and '.', at most 253)")
+    return value
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """``a,b,c`` -> ``("a", "b", "c")`` (items stripped, empty ones dropped)."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def command_list(text: str) -> tuple[str, ...]:
+    items = comma_list(text)
+    if not items:
+        raise ValueError(f"{text!r} is not a command (a comma-separated list, like wallaby-worker)")
+    return items
+
+
+def image(text: str) -> str:
+    value = text.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"{text!r} is not a container image (like ghcr.io/josephjohncox/wallaby:0.1.0)")
+    return value
+
+
+def _qualified_key(key: str) -> str | None:
+    """Why ``key`` is not a label/annotation key (``[prefix/]name``), else None."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and not _DNS_SUBDOMAIN.fullmatch(prefix):
+        return f"key {key!r}: its prefix {prefix!r} is not a DNS subdomain"
+    if not _QUALIFIED_NAME.fullmatch(name):
+        return f"key {key!r} is not a valid name (letters, digits, '-', '_', '.', at most 63, alphanumeric at the ends)"
+    return None
+
+
+def key_values(kind: str) -> Callable[[str], tuple[tuple[str, str], ...]]:
+    """``k=v,k2=v2`` -> ``(("k", "v"), ("k2", "v2"))``; keys checked as Kubernetes keys, label values too."""
+
+    def parse(text: str) -> tuple[tuple[str, str], ...]:
+        pairs: dict[str, str] = {}
+        for item in comma_list(text):
+            key, eq, value = item.partition("=")
+            key, value = key.strip(), value.strip()
+            if not eq or not key:
+                raise ValueError(f"{item!r} is not key=value (use a comma list like team=data,tier=cdc)")
+            why = _qualified_key(key)
+            if why:
+                raise ValueError(why)
+            if kind == "label":
+                if key.startswith(RESERVED_LABEL_PREFIXES):
+                    raise ValueError(f"label {key!r} is set by wallaby (wallaby.io/*, app.kubernetes.io/name and"
+                                     " /component)")
+                if value and not _QUALIFIED_NAME.fullmatch(value):
+                    raise ValueError(f"label {key!r}: {value!r} is not a label value (letters, digits, '-', '_',"
+                                     " '.', at most 63, alphanumeric at the ends)")
+            pairs[key] = value
+        return tuple(pairs.items())
+
+    return parse
+
+
+def env_from(text: str) -> tuple[tuple[str, str], ...]:
+    """``secret:a,configmap:b`` -> ``(("secret", "a"), ("configmap", "b"))``."""
+    refs = []
+    for item in comma_list(text):
+        kind, colon, name = item.partition(":")
+        kind = kind.strip().lower().replace("_", "").replace("-", "")
+        if not colon or kind not in ("secret", "configmap"):
+            raise ValueError(f"{item!r} is not secret:NAME or configmap:NAME")
+        refs.append((kind, dns_subdomain(name)))
+    return tuple(refs)
+
+
+def api_server(text: str) -> str:
+    value = text.strip().rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/:]+(:\d{1,5})?(/\S*)?", value):
+        raise ValueError(f"{text!r} is not an API server URL (like https://10.0.0.1:6443)")
+    return value
+
+
+def ca_data(text: str) -> str:
+    """The CA certificate(s), PEM, given as such or base64-encoded (as in a kubeconfig's
+    ``certificate-authority-data``); returned as PEM text."""
+    import base64
+    import binascii
+
+    value = text.strip()
+    if not value.startswith("-----BEGIN"):
+        try:
+            value = base64.b64decode(value, validate=True).decode().strip()
+        except (binascii.Error, UnicodeDecodeError):
+            value = ""
+    if "-----BEGIN CERTIFICATE-----" not in value:
+        raise ValueError("not a PEM certificate, nor one base64-encoded")
+    return value
+
+
 def log_level(text: str) -> str:
     value = text.strip().lower()
     if value not in LOG_LEVELS:
@@ -169,6 +288,26 @@ class Settings:
     backfill_chunk_blocks: int = 1024
     backfill_chunk_rows: int = 0  # 0: backfill_chunk_blocks blocks' worth of rows (key-range parts)
     metrics_listen: str | None = None  # host:port of the Prometheus /metrics endpoint; None: off
+    # Kubernetes job dispatch (wallaby/control/api/kubernetes.py; docs/kubernetes.md "Job dispatch")
+    k8s_enabled: bool = False
+    k8s_namespace: str | None = None  # None: the in-cluster namespace, else the kubeconfig context's, else default
+    k8s_job_image: str | None = None  # required when enabled
+    k8s_job_service_account: str | None = None
+    k8s_job_env_from: tuple[tuple[str, str], ...] = ()  # (secret|configmap, name)
+    k8s_job_max_empty_reads: int | None = None
+    k8s_job_args: tuple[str, ...] = ()
+    k8s_job_command: tuple[str, ...] = ("wallaby-worker",)
+    k8s_job_labels: tuple[tuple[str, str], ...] = ()
+    k8s_job_annotations: tuple[tuple[str, str], ...] = ()
+    k8s_kubeconfig: str | None = None
+    k8s_context: str | None = None
+    k8s_api_server: str | None = None
+    k8s_token: str | None = dataclass_field(default=None, repr=False)
+    k8s_ca_file: str | None = None
+    k8s_ca_data: str | None = dataclass_field(default=None, repr=False)
+    k8s_client_cert: str | None = dataclass_field(default=None, repr=False)  # a PEM file, or PEM text
+    k8s_client_key: str | None = dataclass_field(default=None, repr=False)
+    k8s_insecure_skip_tls: bool = False
 
 
 # variable -> (Settings field, parser). What each does is documented where it is used and in docs/.
@@ -195,11 +334,45 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WALLABY_BACKFILL_CHUNK_BLOCKS": ("backfill_chunk_blocks", count(1)),  # sources/postgres/snapshot.py
     "WALLABY_BACKFILL_CHUNK_ROWS": ("backfill_chunk_rows", count(0)),  # key-range parts; 0: by the chunk's blocks
     "WALLABY_METRICS_LISTEN": ("metrics_listen", listen_address),  # wallaby/core/telemetry.py; docs/metrics.md
+    # Kubernetes job dispatch: wallaby/control/api/kubernetes.py, docs/kubernetes.md
+    "WALLABY_K8S_ENABLED": ("k8s_enabled", k8s_bool),
+    "WALLABY_K8S_NAMESPACE": ("k8s_namespace", dns_label),
+    "WALLABY_K8S_JOB_IMAGE": ("k8s_job_image", image),
+    "WALLABY_K8S_JOB_SERVICE_ACCOUNT": ("k8s_job_service_account", dns_subdomain),
+    "WALLABY_K8S_JOB_ENV_FROM": ("k8s_job_env_from", env_from),
+    "WALLABY_K8S_JOB_MAX_EMPTY_READS": ("k8s_job_max_empty_reads", count(1)),
+    "WALLABY_K8S_JOB_ARGS": ("k8s_job_args", comma_list),
+    "WALLABY_K8S_JOB_COMMAND": ("k8s_job_command", command_list),
+    "WALLABY_K8S_JOB_LABELS": ("k8s_job_labels", key_values("label")),
+    "WALLABY_K8S_JOB_ANNOTATIONS": ("k8s_job_annotations", key_values("annotation")),
+    # files: checked where they are read, by the API server at start (a worker's pod need not have them)
+    "WALLABY_K8S_KUBECONFIG": ("k8s_kubeconfig", path),
+    "WALLABY_K8S_CONTEXT": ("k8s_context", path),
+    "WALLABY_K8S_API_SERVER": ("k8s_api_server", api_server),
+    "WALLABY_K8S_TOKEN": ("k8s_token", path),
+    "WALLABY_K8S_CA_FILE": ("k8s_ca_file", path),
+    "WALLABY_K8S_CA_DATA": ("k8s_ca_data", ca_data),
+    "WALLABY_K8S_CLIENT_CERT": ("k8s_client_cert", path),  # a PEM file, or the PEM text
+    "WALLABY_K8S_CLIENT_KEY": ("k8s_client_key", path),
+    "WALLABY_K8S_INSECURE_SKIP_TLS": ("k8s_insecure_skip_tls", k8s_bool),
 }
 
 
+def _k8s_problems(values: Mapping[str, Any], failed: set[str]) -> list[FieldProblem]:
+    """What the WALLABY_K8S_* variables lack together (each parsed alone above)."""
+    problems = []
+    if values.get("k8s_enabled") and not values.get("k8s_job_image") and "WALLABY_K8S_JOB_IMAGE" not in failed:
+        problems.append(FieldProblem("WALLABY_K8S_JOB_IMAGE", "required with WALLABY_K8S_ENABLED=true (the worker"
+                                                              " image, like ghcr.io/josephjohncox/wallaby:0.1.0)"))
+    cert, key = "WALLABY_K8S_CLIENT_CERT", "WALLABY_K8S_CLIENT_KEY"
+    if bool(values.get("k8s_client_cert") or cert in failed) != bool(values.get("k8s_client_key") or key in failed):
+        missing = key if values.get("k8s_client_cert") or cert in failed else cert
+        problems.append(FieldProblem(missing, f"mTLS needs both {cert} and {key}"))
+    return problems
+
+
 def unavailable_variables(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The set variables of features this version does not have (``WALLABY_DBOS_*``, ``WALLABY_K8S_*``)."""
+    """The set variables of features this version does not have (``WALLABY_DBOS_*``)."""
     env = os.environ if environ is None else environ
     return sorted(k for k, v in env.items() if k.startswith(tuple(UNAVAILABLE_PREFIXES)) and v.strip())
 
@@ -220,6 +393,7 @@ def load(environ: Mapping[str, str] | None = None, *, strict: bool = True) -> Se
             values[field] = parse(raw)
         except ValueError as exc:
             problems.append(FieldProblem(var, str(exc)))
+    problems += _k8s_problems(values, {p.path for p in problems})
     unavailable = unavailable_variables(env)
     if unavailable:
         features = " and ".join(f for p, f in UNAVAILABLE_PREFIXES.items() if any(v.startswith(p) for v in unavailable))

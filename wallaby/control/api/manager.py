@@ -37,6 +37,7 @@ from dataflows.staging import resolve_flow_staging
 from wallaby.control.api import sourceops
 from wallaby.control.api.convert import check_wire_format
 from wallaby.control.api.dispatch import LocalDispatcher, WorkerExit
+from wallaby.control.api.kubernetes import KubernetesDispatcher
 from wallaby.core import settings
 from wallaby.core.changes import format_lsn
 from wallaby.core.errors import (
@@ -64,14 +65,18 @@ RESTART_WINDOW = 600.0
 
 class FlowManager:
     def __init__(self, checkpoints: Checkpoints, env: Mapping[str, str] | None = None,
-                 dispatcher: LocalDispatcher | None = None):
+                 dispatcher: LocalDispatcher | KubernetesDispatcher | None = None):
         self.env = dict(os.environ if env is None else env)
-        # Every WALLABY_* setting is checked at server start: a bad value, or a WALLABY_DBOS_*/WALLABY_K8S_*
-        # variable of a feature this version does not have, refuses to start (exit 2, one line).
-        self.max_restarts = settings.load(self.env).worker_max_restarts
+        # Every WALLABY_* setting is checked at server start: a bad value, or a WALLABY_DBOS_* variable of a
+        # feature this version does not have, refuses to start (exit 2, one line).
+        tuned = settings.load(self.env)
+        self.max_restarts = tuned.worker_max_restarts
         self.checkpoints = checkpoints
         self.store: FlowStore = checkpoints.flow_store
-        self.dispatcher = dispatcher or LocalDispatcher(self.worker_exited)
+        if dispatcher is None:  # WALLABY_K8S_ENABLED=true: a Kubernetes Job per flow run, else a local process
+            dispatcher = (KubernetesDispatcher(self.worker_exited, tuned, self.env) if tuned.k8s_enabled
+                          else LocalDispatcher(self.worker_exited))
+        self.dispatcher = dispatcher
         self._restarts: dict[str, list[float]] = {}
         self._backfills: dict[str, tuple[int, bool]] = {}  # flow -> (the backfill worker's generation, resume after)
         self._flow_locks: dict[str, threading.RLock] = {}
