@@ -24,6 +24,7 @@ from sinks.duckdb.writer import DuckDBOptions, DuckDBWriter
 from tests import WORKER
 from tests.apiserver import current_lsn, wait_streaming
 from tests.builders import Stream, col, evolve, ins, numeric_typmod, table, upd
+from tests.chserver import clickhouse  # noqa: F401 - fixture
 from tests.flows import drain, flow_spec, rows_of, run_worker, source_part, worker_env, worker_flow
 from tests.killkit import kill_at_random
 from tests.snowserver import snowflake  # noqa: F401 - fixture
@@ -596,6 +597,20 @@ def test_schema_changes_end_equal_in_snowflake(pgdb, tmp_path, snowflake):  # no
     assert got_t == _pg(pgdb, "SELECT id, n, d, r FROM t ORDER BY id")
     query = 'SELECT "a", "b", count(*) FROM "public"."k" GROUP BY "a", "b" ORDER BY "a", "b"'
     assert rows(snowflake, database, query) == _pg(pgdb, query.replace('"public"."k"', "k").replace('"', ""))
+
+
+def test_schema_changes_end_equal_in_clickhouse(pgdb, tmp_path, clickhouse):  # noqa: F811
+    """The same schema changes into ClickHouse (the chdb test server), read through the writer's __current views:
+    ClickHouse ends equal on every Postgres column."""
+    from tests.test_sink_clickhouse import Dbs, _name
+
+    dbs = Dbs(clickhouse, _name("tgt"), _name("state"))
+    path = worker_flow(tmp_path, pgdb, "sc", "public.t,public.k", {"dsn": dbs.dsn(), "database": dbs.target},
+                       dest_type="clickhouse", dest_name="ch")
+    _warehouse_schema_changes(pgdb, lambda: run_worker(tmp_path, path))
+    assert dbs.table("t", "id, n, d, r", "id") == _pg(pgdb, "SELECT id, n, d, r FROM t ORDER BY id")
+    query = "SELECT a, b, count(*) FROM {} GROUP BY a, b ORDER BY a, b"
+    assert dbs.rows(query.format(f"`{dbs.target}`.`k__current`")) == _pg(pgdb, query.format("k"))
 
 
 # -- random histories of changes and schema changes, the worker killed -9 -------------------------------------------
