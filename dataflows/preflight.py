@@ -7,7 +7,7 @@ publication, the source-state table or any destination table or file exists:
 (:func:`dataflows.flow.flow_from_env`). The checks, in order:
 
 1. process settings (:mod:`wallaby.core.settings`): every ``WALLABY_*`` tuning
-   variable parses (``WALLABY_K8S_*`` too), and no ``WALLABY_DBOS_*`` variable is set;
+   variable parses (``WALLABY_K8S_*`` too; ``WALLABY_DBOS_*`` is the API server's);
 2. what this build can run (:func:`dataflows.buildable.check_buildable`): destination
    types, and options the spec validates but this version does not implement
    (backfill options, DuckDB staging), refused by name when set;

@@ -162,15 +162,6 @@ def test_a_bad_setting_exits_2_with_one_line_naming_the_variable_and_format(tmp_
     assert_nothing_created(source, target)
 
 
-def test_dbos_variables_are_refused_by_the_worker(tmp_path, source):
-    target = tmp_path / "w.duckdb"
-    out = run_worker(tmp_path, flow(source, [duck(target)]), WALLABY_DBOS_ENABLED="true",
-                     WALLABY_K8S_JOB_IMAGE="ghcr.io/x/wallaby:1")
-    assert_clear(out, EXIT_CONFIG, "WALLABY_DBOS_ENABLED", "not available in this version")
-    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert_nothing_created(source, target)
-
-
 def test_job_dispatch_without_an_image_is_refused_by_the_api_server_at_start(tmp_path):
     from tests.apiserver import server_env
 

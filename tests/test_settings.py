@@ -63,13 +63,18 @@ def test_a_bad_value_names_the_variable_and_the_format_on_one_line():
     assert "WALLABY_LOG_LEVEL: 'loud' is not a log level" in text
 
 
-def test_dbos_variables_are_refused_by_name():
-    assert load({"WALLABY_DBOS_ENABLED": ""}) == Settings()  # empty: not set
+def test_variables_of_features_not_built_are_refused_by_name(monkeypatch):
+    from wallaby.core import settings
+
+    # DBOS and Kubernetes are built: their variables are the API server's (wallaby.control.scheduling) or parsed
+    assert load({"WALLABY_DBOS_ENABLED": "true", "WALLABY_DBOS_QUEUE": "q", "WALLABY_K8S_NAMESPACE": "cdc"}) == \
+        Settings(k8s_namespace="cdc")
+    monkeypatch.setattr(settings, "UNAVAILABLE_PREFIXES", {"WALLABY_LATER_": "a later feature"})
+    assert load({"WALLABY_LATER_X": ""}) == Settings()  # empty: not set
     with pytest.raises(SettingsError) as err:
-        load({"WALLABY_DBOS_ENABLED": "true", "WALLABY_DBOS_QUEUE": "q", "WALLABY_K8S_NAMESPACE": "cdc"})
-    assert str(err.value) == (
-        "WALLABY_DBOS_ENABLED, WALLABY_DBOS_QUEUE: not available in this version of wallaby"
-        " (DBOS scheduling is not built; workers run as local processes of the API server): unset them")
+        load({"WALLABY_LATER_X": "1", "WALLABY_LATER_Y": "2"})
+    assert str(err.value).startswith("WALLABY_LATER_X, WALLABY_LATER_Y: not available in this version of wallaby"
+                                     " (a later feature is not built")
 
 
 def test_module_constants_come_from_the_settings():

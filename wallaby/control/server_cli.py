@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 
+from wallaby.control import scheduling
 from wallaby.control.api.manager import FlowManager
 from wallaby.control.api.server import APIServer, ServerSettings
 from wallaby.core import logs, metrics, telemetry
@@ -93,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[telemetry.METRICS_LISTEN] = telemetry.worker_listen(os.environ[telemetry.METRICS_LISTEN])
         store = open_store()
         metrics.watch_flows(store.flow_store.list)
-        server = APIServer(FlowManager(store), settings)
+        manager = FlowManager(store)
+        scheduler = scheduling.attach(manager)  # WALLABY_DBOS_*: checked now; None when DBOS is off
+        server = APIServer(manager, settings)
         server.start()
+        if scheduler is not None:  # after the relaunch of running flows: DBOS recovers the runs of a killed server
+            scheduler.start()
     except ConfigError as exc:
         print(f"wallaby: {exc}", file=sys.stderr)
         return 2
@@ -119,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.stop()
     finally:
+        if scheduler is not None:
+            scheduler.stop()
         store.close()
     return 0
 

@@ -13,10 +13,12 @@ Formats: a *duration* is seconds (``2.5``) or a number with a unit (``500ms``,
 GB, TB are powers of 1000, KiB, MiB, GiB, TiB of 1024, as DuckDB reads them);
 a *count* is a whole number. An empty value counts as not set.
 
-Variables of features this version does not have (``WALLABY_DBOS_*``: DBOS
-scheduling) are refused when set, never accepted and ignored. ``WALLABY_K8S_*``
+Variables of features a version does not have (``UNAVAILABLE_PREFIXES``; none in
+this one) are refused when set, never accepted and ignored. ``WALLABY_K8S_*``
 (Kubernetes job dispatch, :mod:`wallaby.control.api.kubernetes`, docs/kubernetes.md)
-are parsed here like the others. ``wallaby-worker`` and ``bytewax.run`` of
+are parsed here like the others. ``WALLABY_DBOS_*`` (DBOS scheduling) belong to the
+API server alone: :func:`wallaby.control.scheduling.load` checks them at its start
+(core may not import control); workers ignore them. ``wallaby-worker`` and ``bytewax.run`` of
 ``dataflows.flow:flow`` load the settings strictly in
 :func:`dataflows.preflight.preflight`, the API server in
 :class:`wallaby.control.api.manager.FlowManager`, each before anything runs; module-level
@@ -49,8 +51,8 @@ BYTES_FORMAT = "use a number of bytes, or a size like 512KB, 3MiB, 1GB"
 COUNT_FORMAT = "use a whole number"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
-# Prefixes of the variables of features this version does not have (USAGE.md "DBOS Scheduling"): refused when set.
-UNAVAILABLE_PREFIXES = {"WALLABY_DBOS_": "DBOS scheduling"}
+# Prefixes of the variables of features a version does not have: refused when set (none in this version).
+UNAVAILABLE_PREFIXES: dict[str, str] = {}
 
 
 class SettingsError(ConfigError):

@@ -67,8 +67,8 @@ class FlowManager:
     def __init__(self, checkpoints: Checkpoints, env: Mapping[str, str] | None = None,
                  dispatcher: LocalDispatcher | KubernetesDispatcher | None = None):
         self.env = dict(os.environ if env is None else env)
-        # Every WALLABY_* setting is checked at server start: a bad value, or a WALLABY_DBOS_* variable of a
-        # feature this version does not have, refuses to start (exit 2, one line).
+        # Every WALLABY_* setting is checked at server start (WALLABY_DBOS_* by wallaby.control.scheduling): a bad
+        # value refuses to start (exit 2, one line).
         tuned = settings.load(self.env)
         self.max_restarts = tuned.worker_max_restarts
         self.checkpoints = checkpoints
