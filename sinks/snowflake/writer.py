@@ -373,7 +373,8 @@ class SnowflakeWriter(RemoteTableEngine):
         plan.load = bool(plan.add or plan.widen) or dest.load is None
         return plan if (plan.add or plan.widen or plan.load) else None
 
-    def _run_plan(self, p: _Pending, plan: _Plan) -> None:
+    def _run_ddl(self, p: _Pending, plan: _Plan) -> DestTable:
+        """The table's DDL of ``plan`` (create, add, widen); the table as Snowflake lists it now."""
         qt = f"{q(p.dest[0])}.{q(p.dest[1])}"
         if plan.create is not None:
             self._sql(f"CREATE SCHEMA IF NOT EXISTS {q(p.dest[0])}")
@@ -383,6 +384,8 @@ class SnowflakeWriter(RemoteTableEngine):
         fills = []
         for c, want in plan.add:
             self._sql(f"ALTER TABLE {qt} ADD COLUMN {q(c.name)} {want}")
+            log.info("destination %r: %s gained column %s %s", self.name, qt, c.name, want,
+                     extra={"flow": self.flow_id})
             if c.missing is not None:
                 fills.append(c)
         for name, have, want in plan.widen:
@@ -394,6 +397,10 @@ class SnowflakeWriter(RemoteTableEngine):
         if dest is None:
             raise ApplyError("the table was created but Snowflake does not list its columns")
         self._tables[p.dest] = dest
+        return dest
+
+    def _run_plan(self, p: _Pending, plan: _Plan) -> None:
+        dest = self._run_ddl(p, plan)
         # the load table: C<i> the value of column i (JSON text for VARIANT/ARRAY/OBJECT), K<i> keep the target's
         # value, F<i> the key before the epoch; __SET / __N / __M / __G / append mode's columns
         h = hashlib.sha1(json.dumps([self.flow_id, self.name, *p.dest]).encode()).hexdigest()[:16].upper()

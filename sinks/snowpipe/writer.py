@@ -281,29 +281,7 @@ class SnowpipeWriter(sfw.SnowflakeWriter):
 
     def _run_plan(self, p: _Pending, plan: sfw._Plan) -> None:
         """The Snowflake writer's DDL (create, add, widen) without its load table: COPY loads the target."""
-        qt = f"{q(p.dest[0])}.{q(p.dest[1])}"
-        if plan.create is not None:
-            self._sql(f"CREATE SCHEMA IF NOT EXISTS {q(p.dest[0])}")
-            body = ", ".join(f"{q(n)} {t}" for n, t in plan.create)
-            self._sql(f"CREATE TABLE IF NOT EXISTS {qt} ({body})")
-            log.info("destination %r: created %s", self.name, qt, extra={"flow": self.flow_id})
-        fills = []
-        for c, want in plan.add:
-            self._sql(f"ALTER TABLE {qt} ADD COLUMN {q(c.name)} {want}")
-            log.info("destination %r: %s gained column %s %s", self.name, qt, c.name, want,
-                     extra={"flow": self.flow_id})
-            if c.missing is not None:
-                fills.append(c)
-        for name, have, want in plan.widen:
-            self._sql(f"ALTER TABLE {qt} ALTER COLUMN {q(name)} SET DATA TYPE {want}")
-            log.info("destination %r: %s.%s widened from %s to %s", self.name, qt, name, have, want,
-                     extra={"flow": self.flow_id})
-        p.fills = fills
-        dest = self._load_dest(p.dest)
-        if dest is None:
-            raise ApplyError("the table was created but Snowflake does not list its columns")
-        dest.load = "-"  # (no load table: COPY loads the target)
-        self._tables[p.dest] = dest
+        self._run_ddl(p, plan).load = "-"
 
     # ------------------------------------------------------------------ rows
 

@@ -50,16 +50,20 @@ class WorkerExit:
 
 
 def last_error(path: Path, limit: int = 64 << 10) -> str:
-    """The worker's own error report (``wallaby-worker: ...``, with the ``- problem`` lines of a bad flow spec
-    after it, joined by "; "), else its last line, from the end of its log."""
+    """The worker's own error report from the end of its log (:func:`worker_error`)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - limit))
-            lines = f.read().decode("utf-8", "replace").splitlines()
+            return worker_error(f.read().decode("utf-8", "replace"))
     except OSError:
         return ""
-    lines = [ln.strip() for ln in lines if ln.strip()]
+
+
+def worker_error(text: str) -> str:
+    """The worker's own error report in its output (``wallaby-worker: ...``, with the ``- problem`` lines of a bad
+    flow spec after it, joined by "; "), else its last line; DSNs redacted."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for i in range(len(lines) - 1, -1, -1):
         if lines[i].startswith("wallaby-worker:"):
             problems = []

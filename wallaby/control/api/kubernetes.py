@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wallaby.control.api.dispatch import WorkerExit
+from wallaby.control.api.dispatch import WorkerExit, worker_error
 from wallaby.core import settings
 from wallaby.core.errors import (
     EXIT_OK,
@@ -59,7 +59,6 @@ from wallaby.core.errors import (
     FieldProblem,
     TerminalError,
     TransientError,
-    redact_dsn,
 )
 
 log = logging.getLogger("wallaby.api.kubernetes")
@@ -137,19 +136,8 @@ def label_value(flow_id: str) -> str:
 
 
 def reason_from_log(text: str) -> str:
-    """The worker's own error report (``wallaby-worker: ...`` with the ``- problem`` lines after it joined by
-    "; "), else its last line: :func:`wallaby.control.api.dispatch.last_error` on a pod's message or log."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for i in range(len(lines) - 1, -1, -1):
-        if lines[i].startswith("wallaby-worker:"):
-            problems = []
-            for ln in lines[i + 1:]:
-                if not ln.startswith("- "):
-                    break
-                problems.append(ln.removeprefix("- "))
-            head = lines[i].removeprefix("wallaby-worker:").strip()
-            return redact_dsn(f"{head} {'; '.join(problems)}" if problems else head)
-    return redact_dsn(lines[-1][-500:]) if lines else ""
+    """The worker's own error report in a pod's termination message or log (:func:`dispatch.worker_error`)."""
+    return worker_error(text)
 
 
 def worker_env(env: Mapping[str, str]) -> dict[str, str]:
