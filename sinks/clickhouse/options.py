@@ -31,5 +31,10 @@ class ClickHouseDestinationOptions(TableWriterOptions):
     def target_database(self) -> str | None:
         return self.database or self.schema_
 
+    @property
+    def schema_name(self) -> str | None:
+        """The tables' database: ``database``, or its alias ``schema`` (what the table engine names targets by)."""
+        return self.target_database
+
 
 __all__ = ["ClickHouseDestinationOptions"]

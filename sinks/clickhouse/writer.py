@@ -324,11 +324,6 @@ class ClickHouseWriter(RemoteTableEngine):
 
     # ------------------------------------------------------------------ tables and schema evolution
 
-    def _dest(self, table) -> tuple[str, str]:
-        """The ``database`` (or ``schema``) option, else the source table's schema; the ``table`` option, else its
-        name."""
-        return (self.options.target_database or table.schema, self.options.table or table.name)
-
     def _qt(self, dest: tuple[str, str]) -> str:
         return f"{qi(dest[0])}.{qi(dest[1])}"
 
