@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from sinks.sql.types import is_array, list_depth, scalar_type
+from sinks.sql.types import TypeMap, is_array, list_depth
 from wallaby.core.changes import Column
 
 STRING = "String"
@@ -66,9 +66,7 @@ DEFAULT_TYPE_MAP: dict[str, str] = {
 }
 
 
-def _scalar_type(name: str, typmod: int, overrides: Mapping[str, str], extension: str | None) -> str | None:
-    return scalar_type(name, typmod, overrides, extension, default_map=DEFAULT_TYPE_MAP, decimal="Decimal({p},{s})",
-                       fallback=STRING)
+TYPE_MAP = TypeMap(DEFAULT_TYPE_MAP, decimal="Decimal({p},{s})", fallback=STRING)
 
 
 def clickhouse_type(column: Column, overrides: Mapping[str, str] | None = None) -> str:
@@ -79,16 +77,11 @@ def clickhouse_type(column: Column, overrides: Mapping[str, str] | None = None) 
     if is_array(column):
         if name in overrides:
             return overrides[name]
-        element = column.base_type or (name[1:] if name.startswith("_") else name)
-        inner = _scalar_type(element, column.typmod, overrides, column.extension) or STRING
-        out = nullable(inner)
+        out = nullable(TYPE_MAP.element(column, overrides))
         for _ in range(max(1, list_depth(column.arrow_type))):
             out = f"Array({out})"
         return out
-    found = _scalar_type(name, column.typmod, overrides, column.extension)
-    if found is None and column.base_type and column.base_type != name:
-        found = _scalar_type(column.base_type, column.typmod, overrides, None)
-    return found or STRING
+    return TYPE_MAP.of(column, overrides)
 
 
 _NOT_NULLABLE = ("Nullable(", "Array(", "Map(", "Tuple(", "LowCardinality(", "JSON", "Object(", "Dynamic", "Variant(",

@@ -54,7 +54,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from sinks.sql.types import is_array, list_depth, scalar_type
+from sinks.sql.types import TypeMap, is_array, list_depth
 from wallaby.core.changes import Column
 
 VARCHAR = "VARCHAR"
@@ -96,9 +96,7 @@ DEFAULT_TYPE_MAP: dict[str, str] = {
     "jsonb": "JSON",
 }
 
-def _scalar_type(name: str, typmod: int, overrides: Mapping[str, str], extension: str | None) -> str | None:
-    return scalar_type(name, typmod, overrides, extension, default_map=DEFAULT_TYPE_MAP, decimal="DECIMAL({p},{s})",
-                       fallback=VARCHAR)
+TYPE_MAP = TypeMap(DEFAULT_TYPE_MAP, decimal="DECIMAL({p},{s})", fallback=VARCHAR)
 
 
 def duckdb_type(column: Column, overrides: Mapping[str, str] | None = None) -> str:
@@ -108,14 +106,9 @@ def duckdb_type(column: Column, overrides: Mapping[str, str] | None = None) -> s
     if is_array(column):
         if name in overrides:
             return overrides[name]
-        element = column.base_type or (name[1:] if name.startswith("_") else name)
-        dims = max(1, list_depth(column.arrow_type))
-        inner = _scalar_type(element, column.typmod, overrides, column.extension) or VARCHAR
-        return inner + "[]" * dims
-    found = _scalar_type(name, column.typmod, overrides, column.extension)
-    if found is None and column.base_type and column.base_type != name:
-        found = _scalar_type(column.base_type, column.typmod, overrides, None)
-    return found or VARCHAR
+        return TYPE_MAP.element(column, overrides) + "[]" * max(1, list_depth(column.arrow_type))
+    return TYPE_MAP.of(column, overrides)
+
 
 # DuckDB reports some types under another name than the one we create them with.
 _TYPE_ALIASES = (("TIMESTAMPTZ", "TIMESTAMP WITH TIME ZONE"), ("TIMETZ", "TIME WITH TIME ZONE"), ("REAL", "FLOAT"))

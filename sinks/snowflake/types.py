@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from sinks.sql.types import is_array, scalar_type
+from sinks.sql.types import TypeMap, is_array
 from wallaby.core.changes import Column
 
 VARCHAR = "VARCHAR"
@@ -55,9 +55,7 @@ DEFAULT_TYPE_MAP: dict[str, str] = {
 }
 
 
-def _scalar_type(name: str, typmod: int, overrides: Mapping[str, str], extension: str | None) -> str | None:
-    return scalar_type(name, typmod, overrides, extension, default_map=DEFAULT_TYPE_MAP, decimal="NUMBER({p},{s})",
-                       fallback=VARCHAR)
+TYPE_MAP = TypeMap(DEFAULT_TYPE_MAP, decimal="NUMBER({p},{s})", fallback=VARCHAR)
 
 
 def snowflake_type(column: Column, overrides: Mapping[str, str] | None = None) -> str:
@@ -66,10 +64,7 @@ def snowflake_type(column: Column, overrides: Mapping[str, str] | None = None) -
     name = column.type_name
     if is_array(column):
         return overrides.get(name, "ARRAY")
-    found = _scalar_type(name, column.typmod, overrides, column.extension)
-    if found is None and column.base_type and column.base_type != name:
-        found = _scalar_type(column.base_type, column.typmod, overrides, None)
-    return found or VARCHAR
+    return TYPE_MAP.of(column, overrides)
 
 
 _ALIASES = {

@@ -6,6 +6,7 @@ decimal when it fits 38 digits; then the default map."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -60,4 +61,30 @@ def scalar_type(name: str, typmod: int, overrides: Mapping[str, str], extension:
     return default_map.get(name)
 
 
-__all__ = ["NUMERIC_NAMES", "is_array", "list_depth", "numeric_precision_scale", "scalar_type"]
+@dataclass(frozen=True)
+class TypeMap:
+    """A destination's default type map, its decimal (``{p}``, ``{s}``) and its text fallback, applied to columns."""
+
+    default_map: Mapping[str, str]
+    decimal: str
+    fallback: str
+
+    def scalar(self, name: str, typmod: int, overrides: Mapping[str, str], extension: str | None) -> str | None:
+        return scalar_type(name, typmod, overrides, extension, default_map=self.default_map, decimal=self.decimal,
+                           fallback=self.fallback)
+
+    def of(self, column: Column, overrides: Mapping[str, str]) -> str:
+        """A scalar column's type: its own, else its domain's base type's, else the fallback."""
+        found = self.scalar(column.type_name, column.typmod, overrides, column.extension)
+        if found is None and column.base_type and column.base_type != column.type_name:
+            found = self.scalar(column.base_type, column.typmod, overrides, None)
+        return found or self.fallback
+
+    def element(self, column: Column, overrides: Mapping[str, str]) -> str:
+        """An array column's element type (``_int4`` -> ``int4``), else the fallback."""
+        name = column.type_name
+        element = column.base_type or (name[1:] if name.startswith("_") else name)
+        return self.scalar(element, column.typmod, overrides, column.extension) or self.fallback
+
+
+__all__ = ["NUMERIC_NAMES", "TypeMap", "is_array", "list_depth", "numeric_precision_scale", "scalar_type"]
