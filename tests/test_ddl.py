@@ -346,3 +346,33 @@ def test_gate_decisions_for_every_policy(tmp_path, monkeypatch):
     monkeypatch.setenv("WALLABY_DDL_AUTO_APPROVE", "false")
     assert DDLGate("f", DDLPolicy().effective(), store).decide(event(6)) == HOLD
     store.close()
+
+
+def test_a_drift_read_again_finds_its_record_whatever_it_judges_of_the_rewrite(tmp_path):
+    """The storage behind a drift is read when its Relation message is resolved: a worker started again may judge
+    the rewrite otherwise than the one that recorded the event (a column dropped meanwhile hides what its volatile
+    default wrote; a later rewrite shows). It is the same event: found again, not recorded twice (a held flow would
+    otherwise hold at a second copy of a DDL already decided)."""
+    from sources.postgres.batcher import describe_drift
+    from sources.postgres.ddl_gate import HOLD, PASS, DDLGate
+    from wallaby.core.changes import Position
+    from wallaby.core.spec import DDLPolicy
+    from wallaby.state.flowstore import FlowStore
+    from wallaby.state.sqldb import SQLiteDatabase
+
+    store = FlowStore(SQLiteDatabase(tmp_path / "s.db"))
+    gate = DDLGate("f", DDLPolicy(gate=True, auto_approve=False, auto_apply=True), store)
+
+    def drift(rewritten: bool, at: int = 100) -> Event:
+        payload = {"kind": "drift", "table": "public.h", "added": ["r0"], "dropped": [], "retyped": [],
+                   "rewritten": rewritten}
+        return Event(OP_DDL, Position(at, 3), 0, 1, (), {**payload, "ddl": describe_drift(payload)})
+
+    assert gate.decide(drift(False)) == HOLD
+    assert gate.decide(drift(True)) == HOLD  # the next worker's reading of it
+    [event] = store.list_ddl(flow_id="f")
+    store.set_ddl_status(event.id, "approved")
+    assert gate.decide(drift(True)) == PASS
+    assert gate.decide(drift(True, at=200)) == HOLD  # another position: another event
+    assert len(store.list_ddl(flow_id="f")) == 2
+    store.close()

@@ -793,7 +793,8 @@ def test_random_histories_through_the_ddl_gate_hold_until_decided(pg, steps, see
                     worker.wait(30)
                     worker = _gated_worker(tmp, flow_path, log)
                     time.sleep(1.5)
-                    assert [e.id for e in store.flow_store.list_ddl("pending", "sc")] == [event.id]
+                    now_pending = store.flow_store.list_ddl("pending", "sc")
+                    assert [e.id for e in now_pending] == [event.id], [(e.id, e.position, e.ddl) for e in now_pending]
                 store.flow_store.set_ddl_status(event.id, rng.choice(["approved", "applied"]))
                 continue
             cp = store.get("sc", "wallaby_sc")

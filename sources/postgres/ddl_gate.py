@@ -26,6 +26,7 @@ import logging
 
 import orjson
 
+from sources.postgres.batcher import describe_drift
 from wallaby.core import settings
 from wallaby.core.changes import Event, Position, format_lsn, parse_lsn
 from wallaby.core.errors import SchemaChangeError
@@ -64,6 +65,12 @@ class DDLGate:
         if self.flows is None:  # no store to record in (an embedded run): the gate cannot hold
             return PASS
         record = self.flows.find_ddl(self.flow_id, str(ev.position), statement)
+        if record is None and ev.payload.get("kind") == "drift":
+            # the same drift read again (a restart, a reconnect) may judge the rewrite otherwise: the storage is read
+            # as it is when the Relation message is resolved, so a column dropped meanwhile hides what its default
+            # wrote, and a later rewrite shows. It is the same event; what it plans now (a reread) still holds.
+            other = describe_drift({**ev.payload, "rewritten": not ev.payload.get("rewritten")})
+            record = self.flows.find_ddl(self.flow_id, str(ev.position), other)
         if record is None:
             plan_of = {k: v for k, v in ev.payload.items() if k != "ddl"}
             if ev.payload.get("rewritten") and not self.rereads:
