@@ -66,6 +66,28 @@ def takes_reads(spec: FlowSpec) -> bool:
                         for i in range(len(spec.destinations))))
 
 
+# Destinations that take a flow's slots in parallel (source option slots > 1): each slot writes through writers of
+# its own, keeping its own high-water (wallaby.core.identity.part_name). A DuckDB file has one writer; DuckLake and
+# Snowpipe keep one.
+PARTED_DESTINATIONS = ("kafka", "bufstream", "s3", "http", "grpc", "pgstream", "clickhouse", "snowflake")
+
+
+def _slot_problems(spec: FlowSpec) -> list[FieldProblem]:
+    opts = spec.source_options()
+    if opts.slots == 1:
+        return []
+    problems = [FieldProblem(f"destinations[{i}].type",
+                             f"a {d.type} destination has one writer, and source option slots={opts.slots} needs"
+                             f" destinations that take each slot's changes in parallel"
+                             f" ({', '.join(PARTED_DESTINATIONS)}): set slots to 1 (docs/scaling.md)")
+                for i, d in enumerate(spec.destinations) if d.type not in PARTED_DESTINATIONS]
+    if opts.capture_ddl:
+        problems.append(FieldProblem("source.options.capture_ddl", f"captured DDL is one stream of logical messages"
+                                     f" every slot decodes; with slots={opts.slots} set capture_ddl=false (schema"
+                                     f" changes are still found per table, from the stream's relation messages)"))
+    return problems
+
+
 def check_buildable(spec: FlowSpec) -> None:
     """Refuse, before anything is connected to, what this build cannot do yet: destination types without a sink,
     and options that are validated but not implemented (:data:`UNBUILT_SOURCE_OPTIONS`,
@@ -82,6 +104,7 @@ def check_buildable(spec: FlowSpec) -> None:
     else:
         problems += _unbuilt_options(spec.source_options(), UNBUILT_SOURCE_OPTIONS.get(spec.source.type, {}),
                                      "source.options")
+        problems += _slot_problems(spec)
     for i, d in enumerate(spec.destinations):
         if i not in missing and d.type in UNBUILT_DESTINATION_OPTIONS:
             problems += _unbuilt_options(spec.destination_options(i), UNBUILT_DESTINATION_OPTIONS[d.type],

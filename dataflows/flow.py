@@ -23,16 +23,16 @@ from bytewax import operators as op
 from bytewax.dataflow import Dataflow, Stream
 
 from dataflows.buildable import check_buildable, sink_factory, takes_reads
-from dataflows.positions import Start, prepare_start
+from dataflows.positions import Start, prepare_starts
 from dataflows.preflight import preflight
 from operators.metadata import with_metadata
 from operators.toast import toast_step
-from sinks.fanout import fanout_sink
-from sources.postgres.source import PostgresSource
+from sinks.fanout import FanoutPart, fanout_sink, parted_fanout_sink
+from sources.postgres.source import READ_CHECKPOINT, PostgresSource, SlotPart
 from wallaby.core import telemetry
 from wallaby.core.changes import parse_lsn
 from wallaby.core.errors import ConfigError, FieldProblem, NotFoundError, WallabyError, exit_status
-from wallaby.core.identity import SourceCheck
+from wallaby.core.identity import SourceCheck, part_name
 from wallaby.core.options import did_you_mean
 from wallaby.core.settings import count, env_value
 from wallaby.core.spec import FlowSpec, load_flow, parse_flow
@@ -41,20 +41,26 @@ from wallaby.state.checkpoints import Checkpoints, CheckpointStore, open_store
 
 def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads: int | None = None,
                checkpoints: CheckpointStore | None = None, prepared: bool = False,
-               generation: int | None = None, start: Start | None = None) -> Dataflow:
+               generation: int | None = None, start: Start | list[Start] | None = None) -> Dataflow:
     """The dataflow of ``spec``. With ``generation`` (a worker of a stored flow) the source is fenced: it stops
     before advancing the slot once a newer generation of the flow exists. With ``start``
     (:func:`dataflows.positions.prepare_start`: the source prepared, stored positions judged) the source resumes
     from the vetted checkpoint and every stored position is judged against, and written with, the source's
     identity."""
-    source_check = start.check if start is not None else None
-    extra = {"source_check": source_check, "resume": start.checkpoint, "prepared": True} if start is not None else {
+    starts = start if isinstance(start, list) else [start] if start is not None else []
+    source_check = starts[0].check if starts else None
+    extra = {"source_check": source_check, "resume": starts[0].checkpoint, "prepared": True} if starts else {
         "prepared": prepared}
     check_buildable(spec)
     source_opts = spec.source_options()
+    parts = None
+    if len(starts) > 1:
+        parts = [SlotPart(st.opts, st.check, st.checkpoint, st.index) for st in starts]
+    elif source_opts.slots > 1:
+        parts = [SlotPart(v, None, READ_CHECKPOINT, i) for i, v in enumerate(source_opts.slot_views())]
     flow = Dataflow(f"wallaby-{spec.id}")
     source = PostgresSource(spec.id, source_opts, start_lsn=start_lsn, max_empty_reads=max_empty_reads,
-                            checkpoints=checkpoints, generation=generation, **extra,
+                            checkpoints=checkpoints, generation=generation, **extra, parts=parts,
                             flows=checkpoints.flow_store if isinstance(checkpoints, Checkpoints) else None,
                             ddl_policy=spec.ddl_policy(), resync=takes_reads(spec),
                             keep_wal=any(getattr(spec.destination_options(i), "payload_mode", None) == "wal"
@@ -62,25 +68,44 @@ def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads:
     changes = op.input("source", flow, source)
     if source_opts.toast_fetch != "off":
         changes = toast_step(changes, spec)
-    output_destinations(spec, changes, source_check)
+    if parts is not None:
+        output_destinations(spec, changes, None, slots=[(p.opts.slot, p.index, p.source_check) for p in parts])
+    else:
+        output_destinations(spec, changes, source_check)
     return flow
 
 
 def output_destinations(spec: FlowSpec, changes: Stream, source_check: SourceCheck | None,
-                        wrap: Callable[[str, Callable], Callable] | None = None) -> None:
+                        wrap: Callable[[str, Callable], Callable] | None = None,
+                        slots: list[tuple[str, int, SourceCheck | None]] | None = None) -> None:
     """Every destination of ``spec`` behind one bytewax output step (metadata rewrite per destination; fan-out
     with the flow's ``parallelism`` and ``ack_policy``): the streaming and the backfill dataflows end alike.
-    ``wrap(name, make_writer)``: a writer factory around each destination's (the backfill records progress)."""
+    ``wrap(name, make_writer)``: a writer factory around each destination's (the backfill records progress).
+    ``slots`` (a flow of several: each slot's key, index and source check): one part of the output per slot, each
+    with writers of its own."""
+    primary = spec.config.primary_destination if spec.config.ack_policy == "primary" else None
+    if slots is None:
+        makers = _makers(spec, source_check, None, wrap)
+        op.output("destinations", changes, fanout_sink(spec.id, makers, parallelism=spec.parallelism,
+                                                       primary=primary, source=source_check))
+        return
+    parts = [FanoutPart(key, index, _makers(spec, check, index, wrap), check) for key, index, check in slots]
+    op.output("destinations", changes, parted_fanout_sink(spec.id, parts, parallelism=spec.parallelism,
+                                                          primary=primary))
+
+
+def _makers(spec: FlowSpec, source_check: SourceCheck | None, index: int | None,
+            wrap: Callable[[str, Callable], Callable] | None) -> dict[str, Callable]:
+    """Destination name -> writer factory (keeping its state under its part name for slot ``index``)."""
     makers = {}
     for i, dest in enumerate(spec.destinations):
         opts = spec.destination_options(i)
-        sink = sink_factory(dest.type)(dest.name, spec.id, opts, source=source_check)
-        makers[dest.name] = with_metadata(dest.name, opts, sink.new_writer)
+        name = part_name(dest.name, index)
+        sink = sink_factory(dest.type)(name, spec.id, opts, source=source_check)
+        makers[dest.name] = with_metadata(name, opts, sink.new_writer)
         if wrap is not None:
             makers[dest.name] = wrap(dest.name, makers[dest.name])
-    primary = spec.config.primary_destination if spec.config.ack_policy == "primary" else None
-    op.output("destinations", changes, fanout_sink(spec.id, makers, parallelism=spec.parallelism, primary=primary,
-                                                   source=source_check))
+    return makers
 
 
 def stored_flow(checkpoints: Checkpoints, flow_id: str, generation: int | None = None,
@@ -140,7 +165,7 @@ def flow_from_env() -> Dataflow:
     preflight(spec)
     # bytewax.run's own -r/--recovery-directory is the recovery store here (this process cannot know it), so
     # its positions are judged when the source resumes from them
-    prepared = prepare_start(spec, checkpoints, start_lsn=start)
+    prepared = prepare_starts(spec, checkpoints, start_lsn=start)
     return build_flow(spec, start_lsn=start, checkpoints=checkpoints, max_empty_reads=empty, generation=generation,
                       start=prepared)
 

@@ -26,18 +26,19 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sources.postgres.connection import server_name
+from sources.postgres.connection import connect, server_name
 from sources.postgres.identity import SourceFacts, read_source
-from sources.postgres.setup import SourcePlan, prepare_source
+from sources.postgres.setup import SourcePlan, prepare_source, split_table
 from sources.postgres.source_state import owner_problem
 from wallaby.core import registry
 from wallaby.core.changes import format_lsn
 from wallaby.core.errors import LocalStoreError, TerminalSourceError
-from wallaby.core.identity import DISCARD, RESET_HINT, PositionMismatchError, SourceCheck, SourceIdentity
+from wallaby.core.identity import DISCARD, RESET_HINT, PositionMismatchError, SourceCheck, SourceIdentity, part_name
 from wallaby.state.checkpoints import ALL, Checkpoint, Checkpoints
 
 log = logging.getLogger("wallaby.positions")
@@ -56,36 +57,91 @@ class Start:
     checkpoint: Checkpoint | None  # resume here when there is no recovery state (None: the slot's position)
     facts: SourceFacts
     keep_recovery: bool = True  # False: the recovery store is emptied before the flow runs
+    opts: object = None  # the slot's source options (one of PostgresSourceOptions.slot_views())
+    index: int | None = None  # the slot's index when the flow has several (source option slots), else None
 
 
-def read_check(spec, reset: frozenset[str] = frozenset()) -> tuple[SourceCheck, SourceFacts]:
-    """The source as it is now (nothing created), as a :class:`SourceCheck` with ``reset``."""
-    opts = spec.source_options()
+def read_check(spec, reset: frozenset[str] = frozenset(), opts=None) -> tuple[SourceCheck, SourceFacts]:
+    """The source as it is now (nothing created), as a :class:`SourceCheck` with ``reset``; ``opts``: one slot's
+    source options (:meth:`~wallaby.core.options.PostgresSourceOptions.slot_views`), by default the flow's."""
+    opts = opts or spec.source_options()
     facts = read_source(opts, spec.id)
     return SourceCheck(spec.id, facts.identity, facts.wal_end, facts.switches, reset), facts
 
 
+def prepare_starts(spec, checkpoints: Checkpoints | None, *, reset_all: bool = False,
+                   start_lsn: int | None = None, recovery_dir: Path | None = None) -> list[Start]:
+    """:func:`prepare_start` for each slot of the flow (source option ``slots``), in slot order. A flow whose
+    stored positions are of other slots (``slots`` or ``slot_tables`` changed since: tables would move to slots
+    created now, and their changes in between be lost) is refused before anything is created."""
+    views = spec.source_options().slot_views()
+    if checkpoints is not None and not reset_all:
+        names, base = {v.slot for v in views}, spec.source_options().slot
+        layout = re.compile(re.escape(base) + r"_\d+" + ("|" + re.escape(base) if len(views) > 1 else ""))
+        stray = sorted(cp.slot for cp in checkpoints.list(spec.id) if cp.slot not in names
+                       and layout.fullmatch(cp.slot))
+        if stray:
+            raise TerminalSourceError(
+                f"flow {spec.id!r} has stored positions for replication slot(s) {', '.join(stray)}, not in its"
+                f" slot layout now ({', '.join(sorted(names))}): its source options slots / slot_tables changed, and"
+                f" a table moved to a new slot would lose the changes made before that slot exists. Put the options"
+                f" back, or start over: wallaby-worker -flow-id {spec.id} -reset-position, then backfill",
+                server=server_name(views[0].dsn))
+    if len(views) > 1 or (checkpoints is not None and checkpoints.list(spec.id)):
+        moved = moved_tables(views, spec.source_options())
+        if moved:
+            raise TerminalSourceError(
+                f"flow {spec.id!r}: its slot layout (source options slots / slot_tables) places "
+                + "; ".join(f"{t} in {now} while publication {pub} of an earlier layout publishes it"
+                            for t, pub, now in moved)
+                + ": a table moved to another slot would be read twice, or lose the changes between the slots' "
+                  "positions. Put the options back, or start over (drop the flow's slots and publications, then "
+                  "backfill)", server=server_name(views[0].dsn))
+    starts = [prepare_start(spec, checkpoints, reset_all=reset_all, start_lsn=start_lsn,
+                            recovery_dir=recovery_dir, opts=v) for v in views]
+    return starts
+
+
+def moved_tables(views: list, opts) -> list[tuple[str, str, str]]:
+    """(table, the publication of this flow's layout that publishes it, the publication it belongs to now) for each
+    table an existing publication of another slot of the flow (``<publication>`` or ``<publication>_<i>``)
+    publishes."""
+    if len(views) == 1 and opts.slots == 1 and not views[0].publication_tables:
+        return []
+    home = {".".join(split_table(t)): v.publication for v in views for t in v.publication_tables}
+    base = opts.publication
+    with connect(opts.dsn, application_name="wallaby-setup") as conn:
+        rows = conn.execute("SELECT pubname, schemaname || '.' || tablename FROM pg_publication_tables"
+                            " WHERE pubname = %s OR pubname ~ %s", (base, f"^{re.escape(base)}_[0-9]+$")).fetchall()
+    return sorted((t, pub, home[t]) for pub, t in rows if t in home and home[t] != pub)
+
+
 def prepare_start(spec, checkpoints: Checkpoints | None, *, reset_all: bool = False,
-                  start_lsn: int | None = None, recovery_dir: Path | None = None, export: bool = False) -> Start:
+                  start_lsn: int | None = None, recovery_dir: Path | None = None, export: bool = False,
+                  opts=None) -> Start:
     """Judge every stored position of ``spec``'s flow against its source, then prepare the source (``export``: a
-    slot created now comes with its exported snapshot, ``start.plan.snapshot``: a backfill reads in it)."""
-    opts = spec.source_options()
+    slot created now comes with its exported snapshot, ``start.plan.snapshot``: a backfill reads in it).
+    ``opts``: one slot's source options (:func:`prepare_starts`), by default the flow's (one slot)."""
+    opts = opts or spec.source_options()
+    slots = spec.source_options().slots
+    index = int(opts.slot.rpartition("_")[2]) if slots > 1 else None
     reset = (checkpoints.resets(spec.id) if checkpoints is not None else frozenset()) | (
         frozenset({ALL}) if reset_all else frozenset())
     if reset:
         log.warning("flow %s: resetting stored positions: %s", spec.id,
                     "all" if ALL in reset else ", ".join(sorted(reset)), extra={"flow": spec.id})
-    check, facts = read_check(spec, reset)
+    check, facts = read_check(spec, reset, opts)
     if problem := owner_problem(facts.slot_rows, opts.flow_id or spec.id, opts):
         raise TerminalSourceError(problem, server=server_name(opts.dsn))
     checkpoint = None
     if checkpoints is not None and start_lsn is None:
         checkpoint = vet_checkpoint(checkpoints.get(spec.id, opts.slot), check, facts, checkpoints.db.describe())
     keep_recovery = vet_recovery(recovery_dir, check, facts) if recovery_dir is not None else True
-    check_destinations(spec, check)
+    check_destinations(spec, check, index)
     plan = prepare_source(opts, spec.id, check.current.system_id, export=export)
     check.current = replace(check.current, slot_id=plan.slot_id)
-    return Start(check=check, plan=plan, checkpoint=checkpoint, facts=facts, keep_recovery=keep_recovery)
+    return Start(check=check, plan=plan, checkpoint=checkpoint, facts=facts, keep_recovery=keep_recovery,
+                 opts=opts, index=index)
 
 
 def vet_checkpoint(cp: Checkpoint | None, check: SourceCheck, facts: SourceFacts, store: str) -> Checkpoint | None:
@@ -124,25 +180,27 @@ def vet_checkpoint(cp: Checkpoint | None, check: SourceCheck, facts: SourceFacts
     return cp
 
 
-def check_destinations(spec, check: SourceCheck) -> None:
-    """Every destination's stored high-water judged against the source (raises on the first mismatch)."""
+def check_destinations(spec, check: SourceCheck, index: int | None = None) -> None:
+    """Every destination's stored high-water judged against the source (raises on the first mismatch); ``index``:
+    the slot's, whose writers keep their high-water under the part name (:func:`wallaby.core.identity.part_name`)."""
     for i, dest in enumerate(spec.destinations):
         plugin = registry.plugin(dest.type)
         reader = plugin.stored_position if plugin is not None else None
         if reader is None:
             continue
+        name = part_name(dest.name, index)
         try:
-            found = reader(dest.name, spec.id, spec.destination_options(i))
+            found = reader(name, spec.id, spec.destination_options(i))
         except Exception as exc:  # unreachable now: the writer reads (and judges) it again when it opens
             log.info("flow %s: destination %r: stored position not read before start (%s); checked at open",
                      spec.id, dest.name, type(exc).__name__, extra={"flow": spec.id})
             continue
         if found is not None:
             position, identity, where = found
-            where = f"{where} (destination {dest.name!r})"
+            where = f"{where} (destination {name!r})"
             if check.judge(identity, position.lsn, where, reset_as=dest.name) == DISCARD:
                 # now, not when the writer opens: bytewax builds a sink only once something reaches it
-                plugin.discard_position(dest.name, spec.id, spec.destination_options(i))
+                plugin.discard_position(name, spec.id, spec.destination_options(i))
                 log.warning("flow %s: discarded the stored position in %s", spec.id, where, extra={"flow": spec.id})
 
 

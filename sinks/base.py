@@ -91,6 +91,26 @@ class WriterSink(FixedPartitionedSink):
         return self._make_writer(resume_state)
 
 
+class PartedWriterSink(FixedPartitionedSink):
+    """A bytewax sink of several parts, each a :class:`Writer` of its own (a flow of several slots: one part per
+    slot, each slot's changes in their own order). ``parts``: the part names and writer factories, in order;
+    ``route``: an item's key -> the index of its part."""
+
+    def __init__(self, parts: list[tuple[str, Callable[[Any], Writer]]], route: dict[str, int]):
+        self._parts = dict(parts)
+        self._route = route
+
+    def list_parts(self) -> list[str]:
+        return list(self._parts)
+
+    def part_fn(self, item_key: str) -> int:
+        return self._route[item_key]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _WriterPartition:
+        tune_memory()
+        return _WriterPartition(self._parts[for_part](resume_state))
+
+
 def trusted_high_water(source: SourceCheck | None, name: str, stored: Position, identity: SourceIdentity | None,
                        where: str) -> Position:
     """The stored high-water a writer may skip at or below, judged against the flow's source

@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-from sinks.base import Writer, WriterSink
+from sinks.base import PartedWriterSink, Writer, WriterSink
 from sinks.spool import SpooledWriter, spool_root
 from wallaby.core.changes import ChangeBatch
-from wallaby.core.identity import SourceCheck
+from wallaby.core.identity import SourceCheck, part_name
 from wallaby.core.metrics import (
     DestinationCall,
     batch_size,
@@ -98,7 +99,33 @@ class FanoutWriter(Writer):
 def fanout_sink(flow_id: str, makers: dict[str, MakeWriter], *, parallelism: int = 1,
                 primary: str | None = None, source: SourceCheck | None = None) -> WriterSink:
     """One sink for ``makers`` (destination name -> writer factory). With ``primary``, the others are spooled."""
+    return WriterSink("destinations", _fanout_maker(flow_id, makers, parallelism, primary, source, None))
 
+
+@dataclass
+class FanoutPart:
+    """The destinations of one slot of a flow of several (source option ``slots``): ``key`` the slot (what its
+    items are keyed by), ``makers`` its writer factories (destination name -> factory, each keeping its state
+    under :func:`~wallaby.core.identity.part_name`), ``source`` the slot as judged at start."""
+
+    key: str
+    index: int
+    makers: dict[str, MakeWriter]
+    source: SourceCheck | None = None
+
+
+def parted_fanout_sink(flow_id: str, parts: list[FanoutPart], *, parallelism: int = 1,
+                       primary: str | None = None) -> PartedWriterSink:
+    """One sink part per slot, each a fan-out of its own writers (a spool of its own for each secondary): bytewax
+    spreads the parts over its workers, and routes each slot's items to its part."""
+    return PartedWriterSink(
+        [(part_name("destinations", p.index), _fanout_maker(flow_id, p.makers, parallelism, primary, p.source,
+                                                            p.index)) for p in parts],
+        {p.key: i for i, p in enumerate(parts)})
+
+
+def _fanout_maker(flow_id: str, makers: dict[str, MakeWriter], parallelism: int, primary: str | None,
+                  source: SourceCheck | None, index: int | None) -> MakeWriter:
     def make(resume_state: Any) -> FanoutWriter:
         state = resume_state if isinstance(resume_state, dict) else {}
         writers: dict[str, Writer] = {}
@@ -106,7 +133,8 @@ def fanout_sink(flow_id: str, makers: dict[str, MakeWriter], *, parallelism: int
             if primary is None or name == primary:
                 writers[name] = maker(state.get(name))
             else:
-                writers[name] = SpooledWriter(name, flow_id, maker, spool_root() / flow_id / name, source)
+                part = part_name(name, index)
+                writers[name] = SpooledWriter(part, flow_id, maker, spool_root() / flow_id / part, source)
         return FanoutWriter(flow_id, writers, parallelism)
 
-    return WriterSink("destinations", make)
+    return make

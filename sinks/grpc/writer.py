@@ -34,7 +34,7 @@ from sinks.grpc.options import GRPCDestinationOptions
 from sinks.retry import Backoff, retry
 from wallaby.core.changes import ChangeBatch, format_lsn
 from wallaby.core.errors import redact_dsn
-from wallaby.core.identity import SourceCheck
+from wallaby.core.identity import SourceCheck, destination_of
 from wallaby.v1 import ingest_pb2, ingest_pb2_grpc, types_pb2
 from wallaby.wire import encode
 from wallaby.wire.jsonfmt import json_records
@@ -58,7 +58,7 @@ class GRPCWriter(Writer):
             raise PermanentSinkError(name, "payload_mode=wal is for HTTP destinations; IngestBatch takes wire or"
                                            " record_json payloads")
         self.remote_flow = options.flow_id or flow_id
-        self.remote_destination = options.destination or name
+        self.remote_destination = options.destination or destination_of(name)
         self.metadata = (*((k.lower(), v) for k, v in options.headers.items()),
                          ("x-wallaby-payload-mode", options.payload_mode), ("x-wallaby-flow", flow_id))
         self.channel = self._channel()

@@ -40,7 +40,7 @@ from sinks.base import HighWater, PermanentSinkError, TransientSinkError, Writer
 from sinks.pgstream.options import PGStreamDestinationOptions
 from wallaby.core.changes import ZERO, ChangeBatch, Position, format_lsn
 from wallaby.core.errors import is_transient, redact_dsn
-from wallaby.core.identity import SourceCheck, SourceIdentity
+from wallaby.core.identity import SourceCheck, SourceIdentity, destination_of
 from wallaby.wire import encode
 
 log = logging.getLogger("wallaby.sinks.pgstream")
@@ -96,7 +96,7 @@ class PGStreamWriter(Writer):
     def __init__(self, name: str, flow_id: str, options: PGStreamDestinationOptions, source: SourceCheck | None = None):
         self.name, self.flow_id, self.options = name, flow_id, options
         self.source = source
-        self.stream = options.stream or name
+        self.stream = options.stream or destination_of(name)
         self._shown = redact_dsn(options.dsn)
         try:
             self.conn = psycopg.connect(options.dsn, autocommit=True, application_name=f"wallaby-pgstream:{flow_id}")
@@ -168,7 +168,7 @@ def discard_position(name: str, flow_id: str, options: PGStreamDestinationOption
     with psycopg.connect(options.dsn, autocommit=True, connect_timeout=10,
                          application_name=f"wallaby-reset:{flow_id}") as conn:
         conn.execute("DELETE FROM wallaby.stream_state WHERE stream = %s AND flow_id = %s AND destination = %s",
-                     (options.stream or name, flow_id, name))
+                     (options.stream or destination_of(name), flow_id, name))
 
 
 def stored_position(name: str, flow_id: str,
@@ -183,10 +183,10 @@ def stored_position(name: str, flow_id: str,
             return None
         row = conn.execute(f"SELECT position_lsn, position_ordinal, {'source' if 'source' in cols else 'NULL'}"
                            " FROM wallaby.stream_state WHERE stream = %s AND flow_id = %s AND destination = %s",
-                           (options.stream or name, flow_id, name)).fetchone()
+                           (options.stream or destination_of(name), flow_id, name)).fetchone()
     if row is None:
         return None
-    where = f"stream {options.stream or name!r} in {redact_dsn(options.dsn)}"
+    where = f"stream {options.stream or destination_of(name)!r} in {redact_dsn(options.dsn)}"
     return Position(int(row[0]), int(row[1])), SourceIdentity.from_json(row[2]), where
 
 

@@ -6,6 +6,9 @@ Layout. One object per segment of a batch (:func:`wallaby.wire.encode`) and part
     {prefix}/_events/{flow_id}-....{ext}[.gz]         truncates and logical messages
     {prefix}/_wallaby/{flow_id}/{destination}.json    state: the high-water position
 
+A flow of several slots (source option ``slots``) writes through one writer per slot: slot i's objects are named
+``{flow_id}.{i}-...`` and its state is ``{destination}#{i}.json`` (URL-quoted).
+
 LSNs are 16 upper-case hex digits, ordinals 8: names sort in WAL order and give back their positions. ``ext``:
 json, arrow, parquet, avro, pb (proto); ``wallaby.wire.decode(data, format)`` reads every object. Partition
 directories: ``col=value``; ``col:day|hour|month|year`` -> ``col_day=2024-03-10``, ``col_hour=2024-03-10T07``,
@@ -78,7 +81,7 @@ from wallaby.core.changes import (
     Position,
     TableChanges,
 )
-from wallaby.core.identity import SourceCheck, SourceIdentity
+from wallaby.core.identity import SourceCheck, SourceIdentity, destination_of
 from wallaby.wire import decode, encode_segment, segment_of
 from wallaby.wire.formats import CONTENT_TYPES
 from wallaby.wire.model import plain_type
@@ -229,6 +232,10 @@ class S3Writer(Writer):
                  client: Any = None, source: SourceCheck | None = None):
         self.name = name
         self.flow_id = flow_id
+        # what its objects are named by: the flow, and the slot of a flow of several (each slot's part writes and
+        # recovers its own objects: positions of two slots may be alike)
+        part = name[len(destination_of(name)) + 1:]
+        self.tag = f"{flow_id}.{part}" if part else flow_id
         self.options = options
         self.bucket = options.bucket
         self.fmt = options.format
@@ -335,7 +342,7 @@ class S3Writer(Writer):
     def _submit(self, directory: str, seg: TableChanges | Event) -> None:
         payload = encode_segment(segment_of(self.flow_id, seg), self.fmt)
         data = gzip.compress(payload.data, mtime=0) if self.gzip else payload.data
-        key = directory + object_name(self.flow_id, payload.first, payload.last, self.fmt, self.gzip)
+        key = directory + object_name(self.tag, payload.first, payload.last, self.fmt, self.gzip)
         meta = {"wallaby-flow": self.flow_id, "wallaby-format": self.fmt, "wallaby-rows": str(payload.rows),
                 "wallaby-first": str(payload.first), "wallaby-last": str(payload.last)}
         content_type = "application/gzip" if self.gzip else CONTENT_TYPES[self.fmt]
@@ -415,7 +422,7 @@ class S3Writer(Writer):
                     if key.startswith(state_dir):
                         continue
                     parsed = parse_object_name(key)
-                    if (parsed and parsed[0] == self.flow_id and parsed[3] == ext and parsed[4] == self.gzip
+                    if (parsed and parsed[0] == self.tag and parsed[3] == ext and parsed[4] == self.gzip
                             and parsed[2] > self._hw.stored):
                         orphans.append(key)
         except (ClientError, BotoCoreError) as exc:

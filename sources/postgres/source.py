@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,6 +40,7 @@ from sources.postgres.snapshot import Part, PartReader
 from wallaby.core.changes import (
     LSN_COL,
     OP_DDL,
+    OP_MESSAGE,
     OP_TRUNCATE,
     ZERO,
     ChangeBatch,
@@ -72,15 +74,28 @@ DRAIN_ITEMS = 4
 READ_CHECKPOINT = object()
 
 
+@dataclass
+class SlotPart:
+    """One slot of a flow (source option ``slots``): its source options
+    (:meth:`~wallaby.core.options.PostgresSourceOptions.slot_views`), the source as judged at start, where to
+    resume without recovery state, and its index (None when the flow has one slot)."""
+
+    opts: Any
+    source_check: SourceCheck | None = None
+    resume: Checkpoint | object | None = READ_CHECKPOINT
+    index: int | None = None
+
+
 class PostgresSource(FixedPartitionedSource):
-    """Reads one flow's replication slot. Items are ``(flow_id, ChangeBatch)``."""
+    """Reads one flow's replication slots, one input partition each. Items are ``(slot, ChangeBatch)``: keyed by
+    the slot, so each slot's changes reach its own part of every destination (:mod:`sinks.fanout`)."""
 
     def __init__(self, flow_id: str, options: Any, *, start_lsn: int | None = None,
                  max_empty_reads: int | None = None, checkpoints: CheckpointStore | None = None,
                  prepared: bool = False, stop_at_lsn: int | None = None, generation: int | None = None,
                  ddl_policy: Any = None, keep_wal: bool = False, source_check: SourceCheck | None = None,
                  resume: Checkpoint | object | None = READ_CHECKPOINT, flows: FlowStore | None = None,
-                 resync: bool = False):
+                 resync: bool = False, parts: list[SlotPart] | None = None):
         self.flow_id = flow_id
         # every destination takes a snapshot's rows: a keyed table rewritten at the source is read again in the
         # stream (its rows as of now, as reads after the DDL); else the rewrite is only said (docs/ddl.md)
@@ -101,21 +116,29 @@ class PostgresSource(FixedPartitionedSource):
         self.max_empty_reads = max_empty_reads
         self.checkpoints = checkpoints
         self.prepared = prepared
+        views = options.slot_views()
+        if parts is None:
+            parts = [SlotPart(views[0], source_check, resume)] if len(views) == 1 else \
+                [SlotPart(v, None, resume, i) for i, v in enumerate(views)]
+        self.parts = {p.opts.slot: p for p in parts}
 
     def list_parts(self) -> list[str]:
-        return [self.opts.slot]
+        return list(self.parts)
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _PostgresPartition:
         tune_gc()
         tune_memory()
-        return _PostgresPartition(self, resume_state)
+        return _PostgresPartition(self, resume_state, self.parts[for_part])
 
 
 class _PostgresPartition(StatefulSourcePartition):
-    def __init__(self, src: PostgresSource, resume_state: Any):
+    def __init__(self, src: PostgresSource, resume_state: Any, part: SlotPart):
         self.src = src
-        self.opts = opts = src.opts
+        self.opts = opts = part.opts
+        self.part = part
+        self.check = part.source_check
         self.flow_id = src.flow_id
+        self.key = opts.slot  # what items are keyed by: each slot's part of the destinations takes them
         self._fence()
         self.server = server_name(opts.dsn)
         if opts.aws_rds_iam:
@@ -126,7 +149,7 @@ class _PostgresPartition(StatefulSourcePartition):
 
         # Where to resume: bytewax's recovery state, else the checkpoint store.
         position, covered = ZERO, 0
-        check = src.source_check
+        check = self.check
         if resume_state and check is not None and check.judge(
                 SourceIdentity.from_json(resume_state.get("source")), int(resume_state.get("covered", 0)),
                 "the bytewax recovery store") == DISCARD:
@@ -135,8 +158,8 @@ class _PostgresPartition(StatefulSourcePartition):
             position = Position.from_state(resume_state["position"])
             covered = int(resume_state.get("covered", 0))
         else:
-            cp = src.checkpoints.get(self.flow_id, opts.slot) if src.resume is READ_CHECKPOINT and \
-                src.checkpoints is not None else src.resume
+            cp = src.checkpoints.get(self.flow_id, opts.slot) if part.resume is READ_CHECKPOINT and \
+                src.checkpoints is not None else part.resume
             if isinstance(cp, Checkpoint):
                 position, covered = cp.position, cp.confirmed_lsn
         if src.start_lsn is not None:
@@ -252,7 +275,7 @@ class _PostgresPartition(StatefulSourcePartition):
         self._fence()
         if lsn <= self.confirmed:
             return
-        check = self.src.source_check
+        check = self.check
         if self.src.checkpoints is not None:  # first: the store is never behind the slot
             self.src.checkpoints.put(Checkpoint(self.flow_id, self.opts.slot, lsn, self.snapshot_position,
                                                 time.time(), check.current if check else None),
@@ -293,7 +316,7 @@ class _PostgresPartition(StatefulSourcePartition):
         assert reader is not None
 
         def on_batch(batch: ChangeBatch, covered: int) -> None:
-            out.append((self.flow_id, batch))
+            out.append((self.key, batch))
             self.position = batch.position
             self.covered = max(self.covered, covered)
 
@@ -303,6 +326,8 @@ class _PostgresPartition(StatefulSourcePartition):
         err = drain(reader, DRAIN_ITEMS, IDLE_POLL, on_batch, on_covered)
         if self.skip_before:
             out = self._skip_replaced(out)
+        if self.part.index:  # every slot decodes every logical message: the first slot passes them on, once
+            out = [(k, _without_messages(b)) for k, b in out]
         if any(isinstance(s, Event) and s.op == OP_DDL for _, b in out for s in b.segments):
             out = self._gate(out, before)
         for _, b in out:
@@ -343,7 +368,7 @@ class _PostgresPartition(StatefulSourcePartition):
         # An empty read: a whole batch_timeout with no WAL data, and everything the server reported is covered.
         self.last_empty = now
         if self.opts.emit_empty:
-            out.append((self.flow_id, ChangeBatch(self.flow_id, [], self.position)))
+            out.append((self.key, ChangeBatch(self.flow_id, [], self.position)))
         if self.src.max_empty_reads is not None:
             if self.quiet_target is None:
                 self.quiet_target = _wal_end(self.opts.dsn, self.server, flushed=True)
@@ -411,7 +436,7 @@ class _PostgresPartition(StatefulSourcePartition):
             self.resync_after.pop(self.resyncs.pop(0), None)
             log.info("source %s: %s read again (%d rows)", self.opts.slot, table, self.resync_rows,
                      extra={"flow": self.flow_id})
-        return [(self.flow_id, batch)]
+        return [(self.key, batch)]
 
     def _keyless(self, table: str) -> bool:
         shape = next((t for t in self.shapes.values() if t.qualified == table), None)
@@ -522,7 +547,7 @@ class _PostgresPartition(StatefulSourcePartition):
         self.snapshot_position = self.position
         if self.done:
             self.done_snapshotted = True
-        check = self.src.source_check
+        check = self.check
         return {"position": self.position.to_state(), "covered": self.covered, "shapes": shapes_to_state(self.shapes),
                 "source": check.current.to_json() if check else None, "resync": list(self.resyncs),
                 "skip_before": dict(self.skip_before), "resync_after": dict(self.resync_after)}
@@ -550,6 +575,13 @@ def shapes_from_state(state: list | None) -> dict[int, TableSchema]:
                                                              in cols), ri, version,
                                  filenode=rest[0] if rest else None, storage_after=bool(rest[1:] and rest[1]))
     return out
+
+
+def _without_messages(batch: ChangeBatch) -> ChangeBatch:
+    if not any(isinstance(seg, Event) and seg.op == OP_MESSAGE for seg in batch.segments):
+        return batch
+    kept = [seg for seg in batch.segments if not (isinstance(seg, Event) and seg.op == OP_MESSAGE)]
+    return ChangeBatch(batch.flow_id, kept, batch.position, snapshot=batch.snapshot)
 
 
 def _last_position(segments: list) -> Position:

@@ -52,7 +52,7 @@ from bytewax.run import cli_main
 
 from dataflows.backfill import prepare_backfill
 from dataflows.flow import build_flow, check_buildable, stored_flow
-from dataflows.positions import RECOVERY_MIN_FREE, lock_recovery, open_recovery, prepare_start, recovery_store_error
+from dataflows.positions import RECOVERY_MIN_FREE, lock_recovery, open_recovery, prepare_starts, recovery_store_error
 from dataflows.preflight import preflight
 from dataflows.staging import resolve_flow_staging
 from sources.postgres.ddl_gate import hold_schema_change
@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-max-empty-reads", "--max-empty-reads", dest="max_empty_reads", type=int, default=None,
                    help="stop cleanly after N empty polls (one poll = batch_timeout with no WAL data, everything the"
                         " server reported read)")
+    p.add_argument("-workers", "--workers", dest="workers", type=int, default=1,
+                   help="bytewax workers (threads) in this process: a flow of several slots (source option slots)"
+                        " reads one slot per worker at a time, and its destinations' parts are spread alike")
     p.add_argument("-start-lsn", "--start-lsn", dest="start_lsn", default=None,
                    help="start from this LSN (X/Y); the slot must still retain it")
     p.add_argument("-recovery-dir", "--recovery-dir", dest="recovery_dir", default=None,
@@ -136,6 +139,13 @@ def run(args: argparse.Namespace) -> int:
         log.info("flow %s: metrics on %s", spec.id, observed.metrics_url, extra={"flow": spec.id})
     install_stop_handler()
     check_buildable(spec)
+    if args.workers < 1:
+        raise ConfigError("wallaby-worker", [_problem("-workers", f"must be at least 1, got {args.workers}")])
+    if args.mode == "backfill" and spec.source_options().slots > 1:
+        raise ConfigError("wallaby-worker", [_problem(
+            "-mode", f"backfill of a flow of several slots (source option slots={spec.source_options().slots}) is"
+                     " not available in this version of wallaby: backfill through a flow of the same tables with"
+                     " slots=1 into the same destinations, then stream with this one")])
     if args.mode == "backfill":
         return run_backfill(args, spec, checkpoints)
     if args.resolve_staging:
@@ -160,18 +170,18 @@ def run(args: argparse.Namespace) -> int:
     preflight(spec)  # every check that needs nothing created, before prepare_start creates anything
     rdir = recovery_dir(spec.id, args.recovery_dir, checkpoints)
     held = lock_recovery(rdir, spec.id)  # noqa: F841 - one worker of a flow at a time on its recovery store
-    start = prepare_start(spec, checkpoints, reset_all=args.reset_position, start_lsn=start_lsn, recovery_dir=rdir)
-    plan = start.plan
+    starts = prepare_starts(spec, checkpoints, reset_all=args.reset_position, start_lsn=start_lsn, recovery_dir=rdir)
+    plan = starts[0].plan
     if generation is not None:
         log.info("flow %s: worker generation %d", spec.id, generation)
     log.info("flow %s: source ready (server %d, pgoutput protocol %d)", spec.id, plan.server_version,
              plan.proto_version)
     flow = build_flow(spec, start_lsn=start_lsn, max_empty_reads=args.max_empty_reads, checkpoints=checkpoints,
-                      generation=generation, start=start)
-    open_recovery(rdir, start.check, start.keep_recovery)
+                      generation=generation, start=starts)
+    open_recovery(rdir, starts[0].check, all(st.keep_recovery for st in starts))
     log.info("flow %s: recovery store %s", spec.id, rdir)
     try:
-        _run_dataflow(flow, rdir, epoch)
+        _run_dataflow(flow, rdir, epoch, args.workers)
     except Exception as exc:
         _hold_schema_change(exc, spec, checkpoints)
         raise

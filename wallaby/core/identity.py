@@ -93,6 +93,22 @@ DEST_RESET_HINT = ("To start this destination over against this source, give it 
                    " -reset-position` for every stored position of the flow).")
 
 
+# A flow of several slots (source option ``slots``) writes each slot's changes through writers of their own: a
+# destination's part for slot i keeps its high-water under ``<name>#<i>`` (each slot is its own ordered stream).
+PART_SEP = "#"
+
+
+def part_name(name: str, index: int | None) -> str:
+    """The name destination ``name``'s writer for slot ``index`` keeps its state under (``name`` with one slot)."""
+    return name if index is None else f"{name}{PART_SEP}{index}"
+
+
+def destination_of(name: str) -> str:
+    """The destination a part name belongs to (``lake#1`` -> ``lake``)."""
+    base, sep, index = name.rpartition(PART_SEP)
+    return base if sep and index.isdigit() else name
+
+
 @dataclass
 class SourceCheck:
     """The source as found at start, against which every stored position is judged.
@@ -111,7 +127,7 @@ class SourceCheck:
     reset: frozenset[str] = frozenset()
 
     def resets(self, what: str) -> bool:
-        return "*" in self.reset or what in self.reset
+        return "*" in self.reset or what in self.reset or destination_of(what) in self.reset
 
     def judge(self, stored: SourceIdentity | None, stored_lsn: int, where: str, *, reset_as: str = "*") -> str:
         """KEEP, ADOPT or DISCARD for a position ``stored_lsn`` stored with ``stored`` in ``where`` (a phrase

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
@@ -288,6 +289,34 @@ SlotName = Annotated[str, BeforeValidator(_slot_name)]
 PostgresDsn = Annotated[str, BeforeValidator(_postgres_dsn)]
 HttpUrl = Annotated[str, BeforeValidator(_http_url)]
 Headers = Annotated[dict[str, str], BeforeValidator(parse_headers)]
+
+
+def parse_slot_tables(v: Any) -> dict[str, int]:
+    """``"public.orders:0, public.items:0"`` (or a JSON object ``{"public.orders": 0}``) -> ``{table: slot}``."""
+    items: list[tuple[Any, Any]]
+    if isinstance(v, Mapping):
+        items = list(v.items())
+    elif isinstance(v, str):
+        items = []
+        for i, part in enumerate(x.strip() for x in v.split(",")):
+            if not part:
+                continue
+            table, sep, index = part.rpartition(":")
+            if not sep or not table.strip():
+                raise ValueError(f"item {i + 1} ({part!r}) is not table:slot (e.g. public.orders:0)")
+            items.append((table.strip(), index.strip()))
+    else:
+        raise ValueError(f"expected table:slot pairs or an object of them, got {_kind(v)}")
+    out: dict[str, int] = {}
+    for table, index in items:
+        try:
+            out[str(table)] = _at_least(0, parse_int)(index)
+        except ValueError as exc:
+            raise ValueError(f"{table}: {exc}") from None
+    return out
+
+
+SlotTables = Annotated[dict[str, int], BeforeValidator(parse_slot_tables)]
 WireFormat = choice(*WIRE_FORMATS)
 PayloadMode = choice("wire", "record_json", "wal", aliases={"raw": "record_json", "record": "record_json"})
 
@@ -387,6 +416,10 @@ class PostgresSourceOptions(Options):
     aws_role_external_id: Text | None = None
     aws_endpoint: Text | None = None
     format: WireFormat | None = None  # upstream examples set the wire format on the source too
+    # Scaling (docs/scaling.md): the tables split over this many slots, one publication each, each slot one input
+    # partition of the dataflow; slot_tables places tables (the same slot keeps them together), others by hash
+    slots: PositiveInt = 1
+    slot_tables: SlotTables = Field(default_factory=dict)
     # Backfill + Replay
     snapshot_workers: PositiveInt = 1
     parallel_tables: PositiveInt | None = None  # alias of snapshot_workers
@@ -419,14 +452,70 @@ class PostgresSourceOptions(Options):
             problems.append(("snapshot_state_path", "required when snapshot_state_backend=file"))
         if self.sync_publication and not (self.publication_tables or self.publication_schemas):
             problems.append(("sync_publication", "needs publication_tables or publication_schemas to sync from"))
+        problems += self._slot_problems()
         if problems:
             raise OptionProblems(problems)
         return self
+
+    def _slot_problems(self) -> list[tuple[str, str]]:
+        if self.slots == 1:
+            return [("slot_tables", "places tables in slots; it needs slots > 1")] if self.slot_tables else []
+        problems = []
+        if not self.publication_tables:
+            problems.append(("slots", "needs publication_tables: each slot publishes its share of the listed"
+                                      " tables (a publication of all tables, or of schemas, cannot be split)"))
+        if self.publication_schemas:
+            problems.append(("publication_schemas", "cannot be split over slots (slots > 1): list the tables in"
+                                                    " publication_tables"))
+        if len(f"{self.slot}_{self.slots - 1}") > 63 or len(f"{self.publication}_{self.slots - 1}") > 63:
+            problems.append(("slots", f"slot i is named {self.slot}_<i> and its publication"
+                                      f" {self.publication}_<i>: shorten slot / publication to fit 63 characters"))
+        listed = {_table_key(t) for t in self.publication_tables}
+        for table, index in self.slot_tables.items():
+            if index >= self.slots:
+                problems.append(("slot_tables", f"{table}: slot {index} does not exist (slots are 0 to"
+                                                f" {self.slots - 1})"))
+            if self.publication_tables and _table_key(table) not in listed:
+                hint = did_you_mean(table, list(self.publication_tables))
+                problems.append(("slot_tables", f"{table} is not in publication_tables{hint}"))
+        if self.publication_tables and not problems:
+            used = {slot_of(self, t) for t in self.publication_tables}
+            empty = [i for i in range(self.slots) if i not in used]
+            if empty:
+                problems.append(("slots", f"slot(s) {', '.join(map(str, empty))} would publish no table: lower"
+                                          " slots, or place tables in them with slot_tables"))
+        return problems
+
+    def slot_views(self) -> list[PostgresSourceOptions]:
+        """One source per slot: with ``slots`` > 1, slot i is ``<slot>_<i>`` publishing its share of
+        ``publication_tables`` as ``<publication>_<i>`` (:func:`slot_of`); with one slot, these options."""
+        if self.slots == 1:
+            return [self]
+        return [self.model_copy(update={
+            "slot": f"{self.slot}_{i}", "publication": f"{self.publication}_{i}", "slots": 1, "slot_tables": {},
+            "publication_tables": [t for t in self.publication_tables if slot_of(self, t) == i]})
+            for i in range(self.slots)]
 
     @property
     def region(self) -> str | None:
         """The AWS region for RDS IAM: ``aws_region``, else inferred from the dsn host."""
         return self.aws_region or rds_region_from_dsn(self.dsn)
+
+
+def _table_key(table: str) -> str:
+    """``orders`` / ``public.orders`` / ``"public"."orders"`` -> ``public.orders`` (how tables are compared)."""
+    schema, _, name = table.strip().rpartition(".")
+    return f"{(schema or 'public').strip(chr(34))}.{name.strip(chr(34))}"
+
+
+def slot_of(opts: PostgresSourceOptions, table: str) -> int:
+    """The slot index of ``table``: its place in ``slot_tables``, else a stable hash of its name (CRC-32 of
+    ``schema.table``: the same on every host and run) modulo ``slots``."""
+    key = _table_key(table)
+    for t, index in opts.slot_tables.items():
+        if _table_key(t) == key:
+            return index
+    return zlib.crc32(key.encode()) % opts.slots
 
 
 _RDS_HOST = re.compile(r"\.(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)\.rds\.amazonaws\.com(?:\.cn)?\.?$", re.IGNORECASE)
