@@ -170,3 +170,18 @@ def test_a_changed_slot_layout_is_refused_before_anything_is_created(tmp_path, p
     flow.write_text(json.dumps(spec))
     r = run_worker(tmp_path, flow, args=("-max-empty-reads", "1"), status=2)
     assert "destinations[0].type" in r.stderr and "has one writer" in r.stderr
+
+
+def test_cleaning_up_a_flow_of_several_slots_drops_each_slot_and_publication(tmp_path, pgdb):
+    """DeleteFlow's source clean-up (and failure_mode=drop_slot) reaches every slot of the flow, not just one."""
+    from wallaby.control.api import sourceops
+
+    _tables(pgdb)
+    flow = _flow(tmp_path, pgdb)
+    run_worker(tmp_path, flow, args=("-max-empty-reads", "1"))
+    opts = PostgresSourceOptions.parse(json.loads(flow.read_text())["source"]["options"])
+    done = sourceops.cleanup(opts, "sl", slot=True, publication=True, state=False)
+    assert sorted(done) == ["dropped publication wallaby_sl_0", "dropped publication wallaby_sl_1",
+                            "dropped slot wallaby_sl_0", "dropped slot wallaby_sl_1"]
+    assert pg_rows(pgdb, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'wallaby_sl%'") == [(0,)]
+    assert pg_rows(pgdb, "SELECT count(*) FROM pg_publication WHERE pubname LIKE 'wallaby_sl%'") == [(0,)]

@@ -70,7 +70,7 @@ from wallaby.core.errors import (
     exit_status,
     redact_dsn,
 )
-from wallaby.core.options import parse_duration
+from wallaby.core.options import parse_duration, slot_of
 from wallaby.core.runtime import STOP, install_stop_handler
 from wallaby.core.spec import load_flow
 from wallaby.state.checkpoints import open_store
@@ -200,7 +200,9 @@ def _hold_schema_change(exc: BaseException, spec, checkpoints) -> None:
     flows = getattr(checkpoints, "flow_store", None)
     if err is None or flows is None:
         return
-    cp = checkpoints.get(spec.id, spec.source_options().slot)
+    opts = spec.source_options()
+    slot = opts.slot_views()[slot_of(opts, err.table)].slot if opts.slots > 1 else opts.slot  # the table's slot
+    cp = checkpoints.get(spec.id, slot)
     before = {e.id: e.status for e in flows.list_ddl(flow_id=spec.id)}
     event = hold_schema_change(flows, spec.id, err, cp.position if cp is not None else None)
     if event is None or before.get(event.id) == "pending":

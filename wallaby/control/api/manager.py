@@ -339,17 +339,20 @@ class FlowManager:
         try:
             opts = parse_options(SOURCE_OPTIONS[src["type"]], src["options"], what=f"flow {flow.id!r}",
                                  path="source.options", context={"endpoint_name": src["name"], "flow_id": flow.id})
-            found, _ = sourceops.drop_slot(opts.dsn, opts.slot, True, flow.id)
+            slots = [v.slot for v in opts.slot_views()]  # every slot of a flow of several
+            found = [v.slot for v in opts.slot_views() if sourceops.drop_slot(v.dsn, v.slot, True, flow.id)[0]]
         except Exception as exc:
             log.error("flow %s: failure_mode=drop_slot: could not drop the slot: %s", flow.id, exc,
                       extra={"flow": flow.id})
             return f"; failure_mode=drop_slot, but dropping the slot failed: {exc}"
         if not found:
-            return "; failure_mode=drop_slot: the slot was already gone"
-        log.error("flow %s: failure_mode=drop_slot: DROPPED replication slot %r; changes not delivered before it"
-                  " are lost to this flow: backfill before starting it again", flow.id, opts.slot,
+            return "; failure_mode=drop_slot: the slot was already gone" if len(slots) == 1 else \
+                "; failure_mode=drop_slot: the slots were already gone"
+        names = ", ".join(repr(s) for s in found)
+        log.error("flow %s: failure_mode=drop_slot: DROPPED replication slot %s; changes not delivered before it"
+                  " are lost to this flow: backfill before starting it again", flow.id, names,
                   extra={"flow": flow.id})
-        return f"; failure_mode=drop_slot: dropped replication slot {opts.slot!r} (backfill before restarting)"
+        return f"; failure_mode=drop_slot: dropped replication slot {names} (backfill before restarting)"
 
     # -- server start / stop -----------------------------------------------------------------------
     def recover(self) -> None:

@@ -135,15 +135,18 @@ def scrape_tables(dsn: str, publication: str, schemas: list[str], apply: bool,
 def cleanup(opts, flow_id: str, *, slot: bool, publication: bool, state: bool) -> list[str]:
     """Drop what a flow created on its source. What was done, as words."""
     done: list[str] = []
+    views = opts.slot_views()  # a flow of several slots (source option slots): each slot and publication
     if slot:
-        found, _ = drop_slot(opts.dsn, opts.slot, True, flow_id)
-        if found:
-            done.append(f"dropped slot {opts.slot}")
+        for view in views:
+            found, _ = drop_slot(view.dsn, view.slot, True, flow_id)
+            if found:
+                done.append(f"dropped slot {view.slot}")
     with _conn(opts.dsn, flow_id) as conn:
-        if publication and conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s",
-                                        (opts.publication,)).fetchone():
-            conn.execute(f"DROP PUBLICATION {quote_ident(opts.publication)}")
-            done.append(f"dropped publication {opts.publication}")
+        for view in views:
+            if publication and conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s",
+                                            (view.publication,)).fetchone():
+                conn.execute(f"DROP PUBLICATION {quote_ident(view.publication)}")
+                done.append(f"dropped publication {view.publication}")
         if state:
             exists = conn.execute("SELECT to_regclass(%s)", (f"{quote_ident(opts.state_schema)}."
                                                             f"{quote_ident(opts.state_table)}",)).fetchone()[0]
