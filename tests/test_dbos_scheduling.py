@@ -330,3 +330,35 @@ def _kill_workers(tmp_path) -> None:
                     os.kill(int(pid), signal.SIGKILL)
         except OSError:
             pass
+
+
+def _worker_cmdline(flow_id: str) -> str:
+    out = subprocess.run(["pgrep", "-af", f"wallaby.control.worker -flow-id {flow_id} "], capture_output=True,
+                         text=True)
+    return out.stdout.strip()
+
+
+def test_max_empty_reads_of_the_runs(tmp_path, pgdb):
+    """WALLABY_DBOS_MAX_EMPTY_READS (the Go build's): each scheduled run's worker stops after that many empty reads
+    (here so many that it is still running when looked at); refused when not a whole number of at least 1."""
+    assert scheduling.load(_dbos_env(WALLABY_DBOS_MAX_EMPTY_READS="4")).max_empty_reads == 4
+    assert scheduling.load(_dbos_env()).max_empty_reads is None  # WALLABY_RUN_ONCE_EMPTY_READS
+    for bad, says in (("0", "must be at least 1"), ("many", "is not a whole number")):
+        with pytest.raises(SettingsError) as err:
+            scheduling.load(_dbos_env(WALLABY_DBOS_MAX_EMPTY_READS=bad))
+        assert str(err.value).startswith("WALLABY_DBOS_MAX_EMPTY_READS: ") and says in str(err.value)
+    assert str(_problem({"WALLABY_DBOS_MAX_EMPTY_READS": "3"})).startswith("WALLABY_DBOS_MAX_EMPTY_READS: set, but")
+
+    _setup_source(pgdb, "orders")
+    flow_id = f"dbosme{os.getpid()}"
+    server = make_server(tmp_path, None, **_dbos_env(WALLABY_DBOS_SCHEDULE="*/2 * * * * *",
+                                                     WALLABY_DBOS_MAX_EMPTY_READS="100000")).start()
+    try:
+        server.admin("flow", "create", "-file", str(flow_file(tmp_path, pgdb, flow_id, duck=tmp_path / "m.duckdb")))
+        server.admin("flow", "start", "-flow-id", flow_id)
+        cmdline = _wait("a run's worker", lambda: _worker_cmdline(flow_id), log=lambda: server.log_path.read_text())
+        assert "-max-empty-reads 100000" in cmdline, cmdline
+        server.admin("flow", "pause", "-flow-id", flow_id)
+        _wait("the run's worker stopped", lambda: not _worker_cmdline(flow_id))
+    finally:
+        server.stop()

@@ -441,3 +441,89 @@ def test_flow_lifecycle_with_job_dispatch(tmp_path, pgdb, kube):
     finally:
         server.stop()
     assert isinstance(WorkerExit, type)
+
+
+# -- the Go build's WALLABY_K8S_JOB_* settings (issue 19) ------------------------------------------------------
+
+
+def test_go_job_settings_shape_the_job(tmp_path):
+    """WALLABY_K8S_JOB_NAME_PREFIX, _IMAGE_PULL_POLICY, _TTL_SECONDS, _ENV and _BACKOFF_LIMIT=0 as the Go build
+    means them, in Jobs the server takes (OpenAPI-valid)."""
+    kube = KubeAPI(tmp_path, run_pods=False).start()
+    try:
+        env = k8s_env(kube, WALLABY_K8S_JOB_NAME_PREFIX="cdc-worker", WALLABY_K8S_JOB_IMAGE_PULL_POLICY="never",
+                      WALLABY_K8S_JOB_TTL_SECONDS="600", WALLABY_K8S_JOB_BACKOFF_LIMIT="0",
+                      WALLABY_K8S_JOB_ENV="TZ=UTC,WALLABY_EPOCH_INTERVAL=5s,EMPTY=",
+                      WALLABY_POSTGRES_DSN="postgresql://u@db/store", WALLABY_EPOCH_INTERVAL="1s")
+        d = dispatcher(env)
+        try:
+            d.launch("orders", 7)
+            d.launch("Orders_Big.flow", 2, once=True)
+        finally:
+            d.close(5)
+        jobs = {j["metadata"]["name"]: j for j in kube.created}
+        assert set(jobs) == {"cdc-worker-orders-7", job_name("Orders_Big.flow", 2, "cdc-worker")}
+        assert all(len(n) <= 63 for n in jobs)
+        job = jobs["cdc-worker-orders-7"]
+        assert job["spec"]["backoffLimit"] == 0 and job["spec"]["ttlSecondsAfterFinished"] == 600
+        c = container(job)
+        assert c["imagePullPolicy"] == "Never"
+        # JOB_ENV is added to the server's settings, and wins over them for a name in both
+        assert {e["name"]: e["value"] for e in c["env"]} == {
+            "WALLABY_POSTGRES_DSN": "postgresql://u@db/store", "WALLABY_EPOCH_INTERVAL": "5s", "TZ": "UTC",
+            "EMPTY": ""}
+        for j in kube.created:
+            kubernetes_validate.validate(j, "1.37.0", strict=True)
+        assert d.running("orders") is None  # closed: its Jobs were deleted
+
+        # defaults: Jobs named wallaby-..., an hour's TTL, the pull policy left to Kubernetes; TTL 0: no TTL
+        kube.created.clear()
+        d = dispatcher(k8s_env(kube, WALLABY_K8S_JOB_TTL_SECONDS="0"))
+        try:
+            d.launch("orders", 8)
+        finally:
+            d.close(5)
+        [job] = kube.created
+        assert job["metadata"]["name"] == "wallaby-orders-8" and "ttlSecondsAfterFinished" not in job["spec"]
+        assert "imagePullPolicy" not in container(job)
+        kube.created.clear()
+        d = dispatcher(k8s_env(kube))
+        try:
+            d.launch("orders", 9)
+        finally:
+            d.close(5)
+        assert kube.created[0]["spec"]["ttlSecondsAfterFinished"] == 3600
+    finally:
+        kube.close()
+
+
+def test_job_env_reaches_the_worker(tmp_path, kube):
+    """WALLABY_K8S_JOB_ENV is in the worker's process environment (through the kubelet), over the server's."""
+    exits: list[WorkerExit] = []
+    code = ("import os;import sys;print('wallaby-worker: '+os.environ['WHO']+' '"
+            "+os.environ['WALLABY_EPOCH_INTERVAL']);sys.exit(1)")
+    d = dispatcher(k8s_env(kube, WALLABY_K8S_JOB_ENV_FROM="", WALLABY_K8S_JOB_COMMAND=f"{sys.executable},-c,{code}",
+                           WALLABY_K8S_JOB_ENV="WHO=go-env,WALLABY_EPOCH_INTERVAL=9s", WALLABY_EPOCH_INTERVAL="1s"),
+                   exits)
+    try:
+        d.launch("envy", 1)
+        _wait("the Job's end", lambda: exits, timeout=30)
+    finally:
+        d.close(5)
+    assert exits[0].returncode == 1 and exits[0].reason == "go-env 9s", exits
+
+
+def test_go_job_settings_refused_at_server_start(tmp_path, kube):
+    env = server_env(tmp_path, **k8s_env(kube, WALLABY_K8S_JOB_BACKOFF_LIMIT="2", WALLABY_K8S_JOB_TTL_SECONDS="10",
+                                         WALLABY_K8S_JOB_IMAGE_PULL_POLICY="sometimes",
+                                         WALLABY_K8S_JOB_NAME_PREFIX="x" * 41, WALLABY_K8S_JOB_ENV="1BAD=x"))
+    out = subprocess.run([*SERVER], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == EXIT_CONFIG, out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    for var, says in (("WALLABY_K8S_JOB_BACKOFF_LIMIT", "always have backoffLimit 0"),
+                      ("WALLABY_K8S_JOB_TTL_SECONDS", "under 60 seconds"),
+                      ("WALLABY_K8S_JOB_IMAGE_PULL_POLICY", "not an image pull policy"),
+                      ("WALLABY_K8S_JOB_NAME_PREFIX", "longer than 40"),
+                      ("WALLABY_K8S_JOB_ENV", "not an environment variable name")):
+        assert f"{var}: " in line and says in line, (var, line)
+    assert "Traceback" not in out.stderr

@@ -349,3 +349,31 @@ def test_every_metric_is_documented_and_the_dashboard_uses_only_them():
     json.loads(dashboard)
     used = {re.sub(r"_(bucket|count|sum)$", "", n) for n in re.findall(r"\b(wallaby_[a-z_]+)", dashboard)}
     assert used and used <= documented, used - documented
+
+
+def test_wallaby_otel_service_names_the_worker(pgdb, tmp_path):
+    """WALLABY_OTEL_SERVICE (the Go build's name for the service name) names the worker's telemetry; the standard
+    OTEL_SERVICE_NAME wins over it."""
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    flow = worker_flow(tmp_path, pgdb, "svc", "public.t", {"dsn": str(tmp_path / "s.duckdb")}, dest_type="duckdb")
+    for extra, want in (({"WALLABY_OTEL_SERVICE": "go-cdc"}, "go-cdc"),
+                        ({"WALLABY_OTEL_SERVICE": "go-cdc", "OTEL_SERVICE_NAME": "std-cdc"}, "std-cdc")):
+        port = free_port()
+        env = {k: v for k, v in worker_env(tmp_path).items() if k != "OTEL_SERVICE_NAME"}
+        env.update({"WALLABY_METRICS_LISTEN": f"127.0.0.1:{port}", **extra})
+        log_path = tmp_path / f"{want}.log"
+        with open(log_path, "ab") as log:
+            worker = subprocess.Popen([*WORKER, "-flow-file", str(flow)], env=env, stdout=log,
+                                      stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            samples = wait_for(f"http://127.0.0.1:{port}/metrics", lambda s: value(s, "target_info") is not None,
+                               proc=worker, log=log_path)
+            assert value(samples, "target_info", service_name=want) == 1, \
+                {k: v for k, v in samples.items() if k[0] == "target_info"}
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(60) == 0, log_path.read_text()[-3000:]
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(30)

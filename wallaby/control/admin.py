@@ -26,6 +26,11 @@ Global flags (before the command or after it): ``-addr HOST:PORT`` (``WALLABY_AD
 localhost:8080), ``-token T`` (``WALLABY_API_TOKEN``; sent as ``authorization: Bearer T``), ``-tls``,
 ``-ca-file PEM``, ``-o table|json``, ``-timeout SECONDS`` (30).
 
+The Go wallaby-admin's spellings of them are taken too, in either place: ``-endpoint HOST:PORT`` (``-addr``),
+``-insecure`` (plaintext gRPC, the default; it contradicts ``-tls``; ``-insecure=false`` asks for TLS, as ``-tls``),
+``-json`` (JSON on one line), ``-pretty`` (indented JSON, as ``-o json``); Go's ``-flag=true|false`` form of them
+as well. The JSON is the API's messages (field names as in the proto), not the Go tool's own shapes.
+
 Flags take one dash or two (``-flow-id X``, ``--flow-id=X``). Exit status: 0 on success, 1 for an
 API error, 2 for bad usage or a bad flow file, 3 when the API server cannot be reached.
 """
@@ -83,13 +88,21 @@ def _flag(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
 def _globals(p: argparse.ArgumentParser) -> None:
     # SUPPRESS: a flag given before the subcommand is not overwritten by the subparser's default.
     s = argparse.SUPPRESS
-    _flag(p, "addr", default=s, help="API server HOST:PORT (env WALLABY_ADMIN_ADDR, default localhost:8080)")
+    p.add_argument("-addr", "--addr", "-endpoint", "--endpoint", dest="addr", default=s,
+                   help="API server HOST:PORT (env WALLABY_ADMIN_ADDR, default localhost:8080); -endpoint: the Go"
+                        " wallaby-admin's spelling")
     _flag(p, "token", default=s, help="bearer token (env WALLABY_API_TOKEN)")
     _flag(p, "tls", action="store_true", default=s, help="connect with TLS")
     _flag(p, "ca-file", dest="ca_file", default=s, help="root CA PEM file for -tls")
     p.add_argument("-o", "-output", "--output", dest="output", choices=["table", "json"], default=s,
                    help="output format (default table)")
     _flag(p, "timeout", type=float, default=s, help="RPC deadline in seconds (default 30)")
+    # the Go wallaby-admin's spellings (docs/migrating.md); -insecure=false and the like: _go_bool_flags
+    _flag(p, "insecure", action="store_true", default=s,
+          help="plaintext gRPC, as without -tls (the Go tool's default; -insecure=false asks for TLS, as -tls)")
+    _flag(p, "json", dest="json_line", action="store_true", default=s, help="JSON output on one line (as -o json,"
+                                                                            " not indented)")
+    _flag(p, "pretty", action="store_true", default=s, help="indented JSON output (as -o json)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -576,8 +589,49 @@ def _rpc_error(exc: grpc.RpcError, addr: str) -> int:
     return 1
 
 
+# The Go tool's boolean flags written -name=VALUE (Go's flag package; argparse takes a bare -name only).
+GO_BOOL_FLAGS = ("insecure", "json", "pretty", "tls")
+
+
+def _go_bool_flags(argv: Sequence[str]) -> list[str]:
+    """``-insecure=false`` -> ``-tls`` (the Go tool refuses it: no TLS there; here it asks for TLS),
+    ``-json=true`` -> ``-json``, ``-pretty=0`` -> nothing, ..."""
+    out = []
+    for arg in argv:
+        name, eq, value = arg.lstrip("-").partition("=")
+        if not (arg.startswith("-") and eq and name in GO_BOOL_FLAGS):
+            out.append(arg)
+            continue
+        try:
+            on = parse_bool(value)
+        except ValueError:
+            raise UsageError(f"-{name}={value}: not a boolean (use true or false)") from None
+        if on:
+            out.append(f"-{name}")
+        elif name == "insecure":
+            out.append("-tls")
+    return out
+
+
+def _output_and_transport(args: argparse.Namespace, explicit_output: str | None) -> None:
+    """Settle -json / -pretty with -o, and -insecure with -tls (UsageError when they contradict each other)."""
+    if getattr(args, "insecure", False) and args.tls:
+        raise UsageError("-insecure (plaintext gRPC) contradicts -tls (or -insecure=false): give one")
+    if getattr(args, "json_line", False) or getattr(args, "pretty", False):
+        flag = "-pretty" if getattr(args, "pretty", False) else "-json"
+        if explicit_output == "table":
+            raise UsageError(f"{flag} (JSON output) contradicts -o table: give one")
+        args.output = "json" if getattr(args, "pretty", False) else "json-line"
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        argv = _go_bool_flags(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
     args = _parser().parse_args(argv)
+    explicit_output = getattr(args, "output", None)
     for key, default in GLOBAL_DEFAULTS.items():
         if not hasattr(args, key):
             setattr(args, key, default)
@@ -586,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.token is None:
         args.token = os.environ.get("WALLABY_API_TOKEN") or ""
     try:
+        _output_and_transport(args, explicit_output)
         service, method, request = _request(args)
         channel = _channel(args)
     except UsageError as exc:
@@ -605,8 +660,9 @@ def main(argv: list[str] | None = None) -> int:
         return _rpc_error(exc, args.addr)
     except KeyboardInterrupt:
         return 130
-    if args.output == "json":
-        print(json_format.MessageToJson(resp, preserving_proto_field_name=True))
+    if args.output in ("json", "json-line"):
+        print(json_format.MessageToJson(resp, preserving_proto_field_name=True,
+                                        indent=None if args.output == "json-line" else 2))
     else:
         print(_render(resp, args))
     return 0

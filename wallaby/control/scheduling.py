@@ -6,15 +6,16 @@ file beside it (``dbos.sqlite``). It registers the queue ``WALLABY_DBOS_QUEUE`` 
 ``WALLABY_DBOS_SCHEDULE`` is set (a 6-field cron with seconds: ``*/10 * * * * *``), a DBOS schedule whose every tick
 enqueues one run per flow in ``running`` state on that queue.
 
-A run is a durable DBOS workflow with one step: claim a new generation of the flow, launch its worker through the
-API server's dispatcher with ``-max-empty-reads`` (``WALLABY_RUN_ONCE_EMPTY_READS``, as RunFlowOnce; a Kubernetes
-Job with ``WALLABY_K8S_ENABLED=true``) and wait for its exit. A transient failure (exit 75, a death by signal)
-fails the step, which DBOS retries up to ``WALLABY_DBOS_MAX_RETRIES`` times (default 3) with back-off; the same
-number bounds the workflow's recovery attempts. A permanent one (exit 1 or 2) fails the flow, as the API server
-does for a streaming worker, and is not retried. A server killed mid-run leaves the workflow PENDING in the system
-database: the next start with the same executor id (``WALLABY_DBOS_EXECUTOR_ID``, default ``wallaby``) and the
-same application version (this wallaby's version) recovers it and runs the step again, under a new generation (the
-orphaned worker of the killed server is fenced off by it).
+A run is a durable DBOS workflow with one step: claim a new generation of the flow, launch its worker through the API
+server's dispatcher with ``-max-empty-reads`` (``WALLABY_DBOS_MAX_EMPTY_READS``, else
+``WALLABY_RUN_ONCE_EMPTY_READS``; with DBOS on, RunFlowOnce's workers stop after as many, as the Go build's do; a
+Kubernetes Job with ``WALLABY_K8S_ENABLED=true``, where ``WALLABY_K8S_JOB_MAX_EMPTY_READS`` wins) and wait for its
+exit. A transient failure (exit 75, a death by signal) fails the step, which DBOS retries up to
+``WALLABY_DBOS_MAX_RETRIES`` times (default 3) with back-off; the same number bounds the workflow's recovery attempts.
+A permanent one (exit 1 or 2) fails the flow, as the API server does for a streaming worker, and is not retried. A
+server killed mid-run leaves the workflow PENDING in the system database: the next start with the same executor id
+(``WALLABY_DBOS_EXECUTOR_ID``, default ``wallaby``) and the same application version (this wallaby's version) recovers
+it and runs the step again, under a new generation (the orphaned worker of the killed server is fenced off by it).
 
 Running flows vs fencing: with a schedule, the schedule is what runs a running flow. The API server starts no
 streaming worker for it (StartFlow, ResumeFlow, UpdateFlow and the relaunch at server start claim a generation and
@@ -53,7 +54,8 @@ QUEUE = "WALLABY_DBOS_QUEUE"
 SCHEDULE = "WALLABY_DBOS_SCHEDULE"
 MAX_RETRIES = "WALLABY_DBOS_MAX_RETRIES"
 EXECUTOR_ID = "WALLABY_DBOS_EXECUTOR_ID"
-VARIABLES = (ENABLED, APP, QUEUE, SCHEDULE, MAX_RETRIES, EXECUTOR_ID)
+MAX_EMPTY_READS = "WALLABY_DBOS_MAX_EMPTY_READS"
+VARIABLES = (ENABLED, APP, QUEUE, SCHEDULE, MAX_RETRIES, EXECUTOR_ID, MAX_EMPTY_READS)
 
 SCHEDULE_NAME = "wallaby-catch-up"
 RUN_PREFIX = "wallaby-run:"
@@ -69,6 +71,7 @@ class DBOSSettings:
     schedule: str | None = None
     max_retries: int = 3
     executor_id: str = "wallaby"
+    max_empty_reads: int | None = None  # None: WALLABY_RUN_ONCE_EMPTY_READS
 
 
 def _name(text: str) -> str:
@@ -105,6 +108,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     SCHEDULE: ("schedule", parse_schedule),
     MAX_RETRIES: ("max_retries", count(0)),
     EXECUTOR_ID: ("executor_id", _name),
+    MAX_EMPTY_READS: ("max_empty_reads", count(1)),  # a run must end: at least 1
 }
 
 
@@ -228,6 +232,8 @@ class Scheduler:
         self._waiters: dict[tuple[str, int], tuple[threading.Event, list]] = {}
         self._lock = threading.Lock()
         self._inner = manager.dispatcher
+        if settings.max_empty_reads is not None:  # every run-once worker: the scheduled runs and RunFlowOnce
+            self._inner.run_once_empty_reads = settings.max_empty_reads
         self._on_exit = self._inner.on_exit
         self._inner.on_exit = self._worker_exited
         manager.dispatcher = _Dispatcher(self._inner, self)

@@ -2,7 +2,13 @@
 
     wallaby-worker -flow-file examples/flows/quickstart.json | -flow-id ID [-generation N]
                    [-max-empty-reads N] [-start-lsn X/Y] [-recovery-dir DIR] [-epoch-interval 2s]
-                   [-reset-position]
+                   [-reset-position] [-config GO_RUNTIME_CONFIG.yaml]
+    wallaby-worker -flow-id ID -mode backfill [-tables s.t1,s.t2 | -schemas s1,s2] ...
+
+The Go worker's spellings are taken too: ``-mode cdc`` is ``-mode stream``; ``-schemas`` backfills every table
+of the schemas (in the flow's publication); ``-config FILE`` reads the Go build's runtime config file into the
+settings it stands for (:mod:`wallaby.control.goconfig`). With ``WALLABY_DDL_CATALOG_ENABLED=true`` a streaming
+worker also scans its source's catalog for schema changes (:mod:`sources.postgres.ddl_catalog`).
 
 ``-flow-id`` reads the flow from the flow store (the database the
 ``WALLABY_CHECKPOINT_*`` / ``WALLABY_POSTGRES_DSN`` variables name, shared with the
@@ -55,8 +61,11 @@ from dataflows.flow import build_flow, check_buildable, stored_flow
 from dataflows.positions import RECOVERY_MIN_FREE, lock_recovery, open_recovery, prepare_starts, recovery_store_error
 from dataflows.preflight import preflight
 from dataflows.staging import resolve_flow_staging
+from sources.postgres.ddl_catalog import CatalogScan
 from sources.postgres.ddl_gate import hold_schema_change
+from sources.postgres.schema_tables import schema_tables
 from sources.postgres.snapshot_state import open_snapshot_state
+from wallaby.control import goconfig
 from wallaby.control.panicfilter import filtered_stderr
 from wallaby.control.progress import TerminalProgress
 from wallaby.core import logs, metrics, settings, telemetry
@@ -102,11 +111,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-generation", "--generation", dest="generation", type=int, default=None,
                    help="with -flow-id: run at this generation of the flow (set by the API server; default: claim a"
                         " new one, which fences off any older worker of the flow)")
-    p.add_argument("-mode", "--mode", dest="mode", default="stream", choices=["stream", "backfill"],
-                   help="stream (default): the changes of the slot; backfill: what the tables hold now, through the"
-                        " same destinations, then exit")
+    p.add_argument("-mode", "--mode", dest="mode", default="stream", choices=["stream", "cdc", "backfill"],
+                   help="stream (default; cdc, the Go worker's name for it): the changes of the slot; backfill: what"
+                        " the tables hold now, through the same destinations, then exit")
     p.add_argument("-tables", "--tables", dest="tables", default=None,
                    help="backfill: the tables (schema.table,...); default: every table of the flow's publication")
+    p.add_argument("-schemas", "--schemas", dest="schemas", default=None,
+                   help="backfill (or -resolve-staging): every table of these schemas (a,b) in the flow's"
+                        " publication (in the source when the publication is not made yet); not with -tables")
+    p.add_argument("-config", "--config", dest="config", default=None,
+                   help="the Go WALlaby's runtime config file (YAML or JSON: postgres.dsn, ddl.*, kubernetes.*,"
+                        " ...): its keys set the WALLABY_* settings they stand for, over the environment"
+                        " (wallaby/control/goconfig.py). Not a flow: that is -flow-file")
     p.add_argument("-snapshot-workers", "--snapshot-workers", dest="snapshot_workers", type=int, default=None,
                    help="backfill: parts read at once (default: the source option snapshot_workers, 1)")
     p.add_argument("-partition-count", "--partition-count", dest="partition_count", type=int, default=None,
@@ -126,6 +142,13 @@ def _parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if bool(args.flow_file) == bool(args.flow_id):
         raise ConfigError("wallaby-worker", [_problem("-flow-file", "give one of -flow-file FILE or -flow-id ID")])
+    if args.mode == "cdc":  # the Go worker's name for the stream
+        args.mode = "stream"
+    overrides = goconfig.load(args.config) if args.config else {}
+    os.environ.update(overrides)  # the file wins over the environment, as in the Go build
+    if args.schemas is not None and args.tables is not None:
+        raise ConfigError("wallaby-worker", [_problem("-schemas", "give -tables or -schemas, not both (the Go worker"
+                                                                  " ignores -schemas when -tables is given)")])
     observed = telemetry.start("wallaby-worker")  # WALLABY_METRICS_LISTEN, OTEL_*: before anything is claimed
     checkpoints = open_store()
     generation = None
@@ -134,6 +157,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         spec = load_flow(args.flow_file)
     logs.setup(spec.id)
+    if args.config:
+        log.info("flow %s: -config %s sets %s", spec.id, args.config, ", ".join(sorted(overrides)) or "nothing",
+                 extra={"flow": spec.id})
     metrics.worker_started(spec.id, args.mode)
     if observed.metrics_url:
         log.info("flow %s: metrics on %s", spec.id, observed.metrics_url, extra={"flow": spec.id})
@@ -150,13 +176,14 @@ def run(args: argparse.Namespace) -> int:
         return run_backfill(args, spec, checkpoints)
     if args.resolve_staging:
         checkpoints.close()
-        _resolve_staging(spec, _tables(args))
+        _resolve_staging(spec, _tables(args, spec))
         return 0
     backfill_only = [f for f, v in (("-snapshot-workers", args.snapshot_workers),
                                     ("-partition-count", args.partition_count),
                                     ("-partition-column", args.partition_column)) if v is not None]
-    if args.tables is not None:
-        backfill_only.insert(0, "-tables")
+    for flag, value in (("-schemas", args.schemas), ("-tables", args.tables)):
+        if value is not None:
+            backfill_only.insert(0, flag)
     if backfill_only:
         raise ConfigError("wallaby-worker", [_problem(f, "applies to -mode backfill (-tables: or -resolve-staging)")
                                              for f in backfill_only])
@@ -168,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("wallaby-worker", [_problem("-start-lsn", str(exc))]) from None
     epoch = parse_duration(args.epoch_interval)
     preflight(spec)  # every check that needs nothing created, before prepare_start creates anything
+    scan = _catalog_scan(spec)  # WALLABY_DDL_CATALOG_*: checked now, started with the stream
     rdir = recovery_dir(spec.id, args.recovery_dir, checkpoints)
     held = lock_recovery(rdir, spec.id)  # noqa: F841 - one worker of a flow at a time on its recovery store
     starts = prepare_starts(spec, checkpoints, reset_all=args.reset_position, start_lsn=start_lsn, recovery_dir=rdir)
@@ -180,12 +208,17 @@ def run(args: argparse.Namespace) -> int:
                       generation=generation, start=starts)
     open_recovery(rdir, starts[0].check, all(st.keep_recovery for st in starts))
     log.info("flow %s: recovery store %s", spec.id, rdir)
+    if scan is not None:
+        scan.run_once()  # the baseline, before the stream starts
+        scan.start(settings.current().ddl_catalog_interval)
     try:
         _run_dataflow(flow, rdir, epoch, args.workers)
     except Exception as exc:
         _hold_schema_change(exc, spec, checkpoints)
         raise
     finally:
+        if scan is not None:
+            scan.stop()
         checkpoints.close()
     log.info("flow %s: stopped", spec.id)
     return 0
@@ -256,7 +289,7 @@ def run_backfill(args: argparse.Namespace, spec, checkpoints) -> int:
     rdir = Path(args.recovery_dir).expanduser() if args.recovery_dir else \
         recovery_dir(f"{spec.id}.backfill", None, checkpoints)
     held = lock_recovery(rdir, spec.id)  # noqa: F841 - one backfill of a flow at a time
-    tables = _tables(args)
+    tables = _tables(args, spec)
     progress = TerminalProgress(spec.id) if sys.stderr.isatty() else None
     flow, snapshot, parts = prepare_backfill(spec, checkpoints, tables, args.partition_count,
                                              reset_all=args.reset_position, recovery_dir=rdir, progress=progress,
@@ -280,8 +313,32 @@ def run_backfill(args: argparse.Namespace, spec, checkpoints) -> int:
     return 0
 
 
-def _tables(args: argparse.Namespace) -> list[str] | None:
+def _tables(args: argparse.Namespace, spec) -> list[str] | None:
+    """``-tables``, or the tables of ``-schemas``, or None (every table)."""
+    if args.schemas is not None:
+        schemas = [x.strip() for x in args.schemas.split(",") if x.strip()]
+        if not schemas:
+            raise ConfigError("wallaby-worker", [_problem("-schemas", "names no schema (use a comma list like"
+                                                                      " public,sales)")])
+        opts = spec.source_options()
+        return schema_tables(opts.dsn, opts.publication, schemas, flow_id=spec.id)
     return [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
+
+
+def _catalog_scan(spec) -> CatalogScan | None:
+    """The DDL catalog scan of the flow's source while it streams (``WALLABY_DDL_CATALOG_ENABLED``;
+    sources/postgres/ddl_catalog.py), not started; None when off. Its schemas are checked (an error naming
+    ``WALLABY_DDL_CATALOG_SCHEMAS``)."""
+    tuned = settings.current()
+    if not tuned.ddl_catalog_enabled:
+        return None
+    opts = spec.source_options()
+    scan = CatalogScan(spec.id, opts.dsn, tuned.ddl_catalog_schemas, open_store,
+                       auto_approve=bool(spec.ddl_policy().auto_approve))
+    scan.check()
+    log.info("flow %s: DDL catalog scan of %s every %gs", spec.id, ", ".join(scan.schemas),
+             tuned.ddl_catalog_interval, extra={"flow": spec.id})
+    return scan
 
 
 def _resolve_staging(spec, tables: list[str] | None) -> None:

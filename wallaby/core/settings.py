@@ -14,7 +14,11 @@ GB, TB are powers of 1000, KiB, MiB, GiB, TiB of 1024, as DuckDB reads them);
 a *count* is a whole number. An empty value counts as not set.
 
 Variables of features a version does not have (``UNAVAILABLE_PREFIXES``; none in
-this one) are refused when set, never accepted and ignored. ``WALLABY_K8S_*``
+this one), and the Go WALlaby's variables wallaby does not implement (``REFUSED``:
+``WALLABY_TRACE_PATH``, with the reason), are refused when set, never accepted and ignored.
+The Go build's ``WALLABY_K8S_JOB_BACKOFF_LIMIT`` / ``_ENV`` / ``_IMAGE_PULL_POLICY`` /
+``_NAME_PREFIX`` / ``_TTL_SECONDS``, ``WALLABY_OTEL_SERVICE`` and ``WALLABY_DDL_CATALOG_*``
+are parsed here with their meaning there (docs/kubernetes.md, docs/metrics.md, docs/ddl.md). ``WALLABY_K8S_*``
 (Kubernetes job dispatch, :mod:`wallaby.control.api.kubernetes`, docs/kubernetes.md)
 are parsed here like the others. ``WALLABY_DBOS_*`` (DBOS scheduling) belong to the
 API server alone: :func:`wallaby.control.scheduling.load` checks them at its start
@@ -254,6 +258,76 @@ def ca_data(text: str) -> str:
     return value
 
 
+_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+# Kubernetes deletes an ended Job this long after it ended at the soonest: the API server must still find it to
+# read how its worker ended (an ended Job gone before that is a worker that died).
+MIN_JOB_TTL = 60
+
+
+def env_pairs(text: str) -> tuple[tuple[str, str], ...]:
+    """``NAME=value,NAME2=value2`` -> pairs; names as Kubernetes takes them for a container's ``env``."""
+    pairs: dict[str, str] = {}
+    for item in comma_list(text):
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise ValueError(f"{item!r} is not NAME=value (use a comma list like TZ=UTC,LOG_FORMAT=json)")
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not an environment variable name (letters, digits, '_', '-', '.', not"
+                             " starting with a digit)")
+        pairs[name] = value.strip()
+    return tuple(pairs.items())
+
+
+def pull_policy(text: str) -> str:
+    """``Always``, ``IfNotPresent`` or ``Never``, in any case (as the Go build takes them)."""
+    value = text.strip()
+    for policy in PULL_POLICIES:
+        if value.lower() == policy.lower():
+            return policy
+    raise ValueError(f"{text!r} is not an image pull policy (use one of {', '.join(PULL_POLICIES)})")
+
+
+def job_name_prefix(text: str) -> str:
+    value = dns_label(text.lower())
+    if len(value) > 40:
+        raise ValueError(f"{text!r} is longer than 40 characters (a Job name is the prefix, the flow and the"
+                         " generation in at most 63)")
+    return value
+
+
+def backoff_limit(text: str) -> int:
+    value = count(0)(text)
+    if value:
+        raise ValueError(f"{text!r}: wallaby's Jobs always have backoffLimit 0: the API server decides restarts"
+                         " (by the flow's give_up_policy, up to WALLABY_WORKER_MAX_RESTARTS, under a new generation"
+                         " that fences off the old worker); a pod retried by Kubernetes would run the same"
+                         " generation behind its back. Unset it (or set 0)")
+    return value
+
+
+def job_ttl(text: str) -> int | None:
+    """``ttlSecondsAfterFinished`` of the Jobs; 0 (as in the Go build): none, an ended Job is kept."""
+    value = count(0)(text)
+    if 0 < value < MIN_JOB_TTL:
+        raise ValueError(f"{text!r} is under {MIN_JOB_TTL} seconds: the API server reads how a worker ended from its"
+                         f" ended Job, which must outlive a short outage of the server; use at least {MIN_JOB_TTL},"
+                         " or 0 to keep ended Jobs")
+    return value or None
+
+
+def schema_list(text: str) -> tuple[str, ...]:
+    items = comma_list(text)
+    if not items:
+        raise ValueError(f"{text!r} names no schema (use a comma list like public,sales)")
+    return items
+
+
+def service_name(text: str) -> str:
+    return text.strip()
+
+
 def log_level(text: str) -> str:
     value = text.strip().lower()
     if value not in LOG_LEVELS:
@@ -310,6 +384,17 @@ class Settings:
     k8s_client_cert: str | None = dataclass_field(default=None, repr=False)  # a PEM file, or PEM text
     k8s_client_key: str | None = dataclass_field(default=None, repr=False)
     k8s_insecure_skip_tls: bool = False
+    k8s_job_backoff_limit: int = 0  # only 0: restarts are the API server's (backoff_limit)
+    k8s_job_env: tuple[tuple[str, str], ...] = ()  # extra env of the worker container, over the server's
+    k8s_job_image_pull_policy: str | None = None  # None: Kubernetes' default (Always for :latest, else IfNotPresent)
+    k8s_job_name_prefix: str = "wallaby"  # Jobs are <prefix>-<flow>-<generation>
+    k8s_job_ttl_seconds: int | None = 3600  # ttlSecondsAfterFinished; None (WALLABY_K8S_JOB_TTL_SECONDS=0): kept
+    # OpenTelemetry service name (OTEL_SERVICE_NAME wins); None: the process's own (wallaby, wallaby-worker)
+    otel_service: str | None = None
+    # the DDL catalog scan (sources/postgres/ddl_catalog.py; docs/ddl.md "Catalog scan")
+    ddl_catalog_enabled: bool = False
+    ddl_catalog_interval: float = 30.0
+    ddl_catalog_schemas: tuple[str, ...] = ("public",)
 
 
 # variable -> (Settings field, parser). What each does is documented where it is used and in docs/.
@@ -357,6 +442,26 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WALLABY_K8S_CLIENT_CERT": ("k8s_client_cert", path),  # a PEM file, or the PEM text
     "WALLABY_K8S_CLIENT_KEY": ("k8s_client_key", path),
     "WALLABY_K8S_INSECURE_SKIP_TLS": ("k8s_insecure_skip_tls", k8s_bool),
+    "WALLABY_K8S_JOB_BACKOFF_LIMIT": ("k8s_job_backoff_limit", backoff_limit),
+    "WALLABY_K8S_JOB_ENV": ("k8s_job_env", env_pairs),
+    "WALLABY_K8S_JOB_IMAGE_PULL_POLICY": ("k8s_job_image_pull_policy", pull_policy),
+    "WALLABY_K8S_JOB_NAME_PREFIX": ("k8s_job_name_prefix", job_name_prefix),
+    "WALLABY_K8S_JOB_TTL_SECONDS": ("k8s_job_ttl_seconds", job_ttl),
+    # OpenTelemetry: wallaby/core/telemetry.py, docs/metrics.md
+    "WALLABY_OTEL_SERVICE": ("otel_service", service_name),
+    # the DDL catalog scan of a streaming worker: sources/postgres/ddl_catalog.py, docs/ddl.md
+    "WALLABY_DDL_CATALOG_ENABLED": ("ddl_catalog_enabled", k8s_bool),
+    "WALLABY_DDL_CATALOG_INTERVAL": ("ddl_catalog_interval", duration(0, strict=True)),
+    "WALLABY_DDL_CATALOG_SCHEMAS": ("ddl_catalog_schemas", schema_list),
+}
+
+# Variables the Go WALlaby reads that wallaby does not implement: refused when set, with the reason (never accepted
+# and ignored).
+REFUSED: dict[str, str] = {
+    "WALLABY_TRACE_PATH": "the Go build's JSONL trace of its runner's steps (read, deliver, ack, checkpoint), made"
+                          " for its TLA+ trace validator, is not built in wallaby; its steps are OpenTelemetry spans"
+                          " and metrics here (OTEL_EXPORTER_OTLP_ENDPOINT, WALLABY_METRICS_LISTEN: docs/metrics.md):"
+                          " unset it",
 }
 
 
@@ -396,6 +501,8 @@ def load(environ: Mapping[str, str] | None = None, *, strict: bool = True) -> Se
         except ValueError as exc:
             problems.append(FieldProblem(var, str(exc)))
     problems += _k8s_problems(values, {p.path for p in problems})
+    problems += [FieldProblem(var, f"not available in wallaby: {why}") for var, why in REFUSED.items()
+                 if (env.get(var) or "").strip()]
     unavailable = unavailable_variables(env)
     if unavailable:
         features = " and ".join(f for p, f in UNAVAILABLE_PREFIXES.items() if any(v.startswith(p) for v in unavailable))
@@ -443,6 +550,6 @@ def env_value(name: str, parse: Callable[[str], Any], environ: Mapping[str, str]
         raise SettingsError([FieldProblem(name, str(exc))]) from None
 
 
-__all__ = ["BYTES_FORMAT", "DURATION_FORMAT", "VARIABLES", "Settings", "SettingsError", "byte_size", "count",
+__all__ = ["BYTES_FORMAT", "DURATION_FORMAT", "REFUSED", "VARIABLES", "Settings", "SettingsError", "byte_size", "count",
            "current", "duration", "env_value", "listen_address", "load", "log_level_or_default", "on_import",
            "parse_byte_size", "path", "split_listen"]

@@ -2,7 +2,8 @@
 ``/metrics`` endpoint of ``WALLABY_METRICS_LISTEN``, and the signals of a held DDL (docs/metrics.md).
 
 :func:`start` is called once per process by each entry point (``wallaby``: service ``wallaby``;
-``wallaby-worker`` and ``bytewax.run dataflows.flow:flow``: ``wallaby-worker``; ``OTEL_SERVICE_NAME`` wins):
+``wallaby-worker`` and ``bytewax.run dataflows.flow:flow``: ``wallaby-worker``; ``OTEL_SERVICE_NAME`` wins, then
+``WALLABY_OTEL_SERVICE``, the Go build's name for it):
 
 - ``WALLABY_METRICS_LISTEN=host:port`` (off by default): a ``MeterProvider`` with a Prometheus reader, served at
   ``http://host:port/metrics`` (any path answers) with the process's own collectors (``process_*``,
@@ -38,6 +39,7 @@ log = logging.getLogger("wallaby.ddl")
 tlog = logging.getLogger("wallaby.telemetry")
 
 METRICS_LISTEN = "WALLABY_METRICS_LISTEN"
+OTEL_SERVICE = "WALLABY_OTEL_SERVICE"
 SIGNALS = ("traces", "metrics", "logs")
 PROTOCOLS = ("http/protobuf", "grpc")
 
@@ -104,6 +106,13 @@ def _exporter(signal: str, protocol: str):
     return HTTPLogExporter()
 
 
+def service_name(default_service: str, environ: Mapping[str, str] | None = None) -> str:
+    """The OpenTelemetry service name: ``OTEL_SERVICE_NAME`` (the standard variable), else ``WALLABY_OTEL_SERVICE``
+    (the Go build's name for it), else the process's own (``wallaby``, ``wallaby-worker``)."""
+    env = os.environ if environ is None else environ
+    return (env.get("OTEL_SERVICE_NAME") or "").strip() or (env.get(OTEL_SERVICE) or "").strip() or default_service
+
+
 def start(default_service: str, environ: Mapping[str, str] | None = None) -> Telemetry:
     """Set up OpenTelemetry for this process once (module docstring); later calls return what the first did. A bad
     ``WALLABY_METRICS_LISTEN`` or OTLP protocol is a :class:`~wallaby.core.settings.SettingsError` naming it."""
@@ -114,7 +123,7 @@ def start(default_service: str, environ: Mapping[str, str] | None = None) -> Tel
             return _started
         listen = env_value(METRICS_LISTEN, listen_address, env)
         otlp = _otlp_signals(env)
-        done = Telemetry(service=(env.get("OTEL_SERVICE_NAME") or "").strip() or default_service, otlp=otlp)
+        done = Telemetry(service=service_name(default_service, env), otlp=otlp)
         if listen is None and not otlp:
             _started = done
             return done
@@ -214,4 +223,5 @@ def _ddl_events(span, attrs: dict, statement: str) -> None:
     _logs.get_logger("wallaby").emit(event_name="ddl.gated", attributes=attrs, body=f"ddl gate: {statement[:200]}")
 
 
-__all__ = ["METRICS_LISTEN", "Telemetry", "ddl_gated", "start", "stop", "worker_listen"]
+__all__ = ["METRICS_LISTEN", "OTEL_SERVICE", "Telemetry", "ddl_gated", "service_name", "start", "stop",
+           "worker_listen"]

@@ -3,13 +3,16 @@
 :class:`KubernetesDispatcher` has :class:`~wallaby.control.api.dispatch.LocalDispatcher`'s interface, so the
 :class:`~wallaby.control.api.manager.FlowManager` runs flows the same way:
 
-- ``launch`` creates a Job ``wallaby-<flow>-<generation>`` (``backoffLimit: 0``, ``restartPolicy: Never``: the
-  manager decides restarts, by the flow's ``give_up_policy``) running ``WALLABY_K8S_JOB_COMMAND`` (default
+- ``launch`` creates a Job ``<prefix>-<flow>-<generation>`` (``WALLABY_K8S_JOB_NAME_PREFIX``, default ``wallaby``;
+  ``backoffLimit: 0``, ``restartPolicy: Never``: the manager decides restarts, by the flow's ``give_up_policy``, so
+  ``WALLABY_K8S_JOB_BACKOFF_LIMIT`` is refused unless 0; ``ttlSecondsAfterFinished``
+  ``WALLABY_K8S_JOB_TTL_SECONDS``, default 3600, 0 for none; ``imagePullPolicy``
+  ``WALLABY_K8S_JOB_IMAGE_PULL_POLICY`` when set) running ``WALLABY_K8S_JOB_COMMAND`` (default
   ``wallaby-worker``) ``-flow-id ID -generation N`` [``-max-empty-reads N``] [``-mode backfill -tables ...``]
   ``WALLABY_K8S_JOB_ARGS``, in ``WALLABY_K8S_JOB_IMAGE``, with the service account, ``envFrom``, labels and
   annotations of the ``WALLABY_K8S_JOB_*`` settings and the server's own ``WALLABY_*`` settings (flow store,
-  checkpoints, tuning) as ``env``, so the worker opens the same flow store (as a local worker does by inheriting
-  the server's environment);
+  checkpoints, tuning) with ``WALLABY_K8S_JOB_ENV`` (``NAME=value,...``, winning over them) as ``env``, so the
+  worker opens the same flow store (as a local worker does by inheriting the server's environment);
 - ``stop`` deletes the Job with ``propagationPolicy: Foreground``: the pod gets SIGTERM, finishes and checkpoints
   its epoch within ``terminationGracePeriodSeconds`` (``WALLABY_WORKER_STOP_TIMEOUT``), then SIGKILL; ``stop``
   returns when the Job is gone;
@@ -68,7 +71,8 @@ CONTAINER = "worker"
 SELECTOR = "app.kubernetes.io/name=wallaby,app.kubernetes.io/component=worker"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set on a Job's pods by the Job controller
 FLOW_ANNOTATION = "wallaby.io/flow-id"  # the exact flow id (the label may be shortened)
-FINISHED_TTL = 3600  # ttlSecondsAfterFinished: an ended Job (and its pod's log) stays an hour for kubectl
+# ttlSecondsAfterFinished by default (WALLABY_K8S_JOB_TTL_SECONDS): an ended Job (and its pod's log) stays an hour
+FINISHED_TTL = settings.Settings.k8s_job_ttl_seconds
 # The server's settings a worker needs (the flow store, checkpoints, recovery, tuning, formats): every WALLABY_*
 # but the server's own (its gRPC listener and auth, how it runs workers) and the dispatch settings themselves.
 NOT_FOR_WORKERS = ("WALLABY_K8S_", "WALLABY_DBOS_", "WALLABY_GRPC_", "WALLABY_API_", "WALLABY_WORKER_")
@@ -114,15 +118,16 @@ def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
-def job_name(flow_id: str, generation: int) -> str:
-    """``wallaby-<flow>-<generation>``: a DNS-1123 label (at most 63). A flow id that is not one already (capitals,
-    ``_`` or ``.``, too long) is lowered, cut and given a hash of itself, so two flows never share a name."""
+def job_name(flow_id: str, generation: int, prefix: str = "wallaby") -> str:
+    """``<prefix>-<flow>-<generation>`` (prefix ``WALLABY_K8S_JOB_NAME_PREFIX``, default ``wallaby``): a DNS-1123
+    label (at most 63). A flow id that is not one already (capitals, ``_`` or ``.``, too long) is lowered, cut and
+    given a hash of itself, so two flows never share a name."""
     suffix = f"-{generation}"
     base = re.sub(r"[^a-z0-9-]+", "-", flow_id.lower()).strip("-") or "flow"
-    room = 63 - len("wallaby-") - len(suffix)
+    room = 63 - len(prefix) - 1 - len(suffix)
     if base != flow_id or len(base) > room:
         base = f"{base[:room - 7].rstrip('-')}-{_short_hash(flow_id)}".lstrip("-")
-    return f"wallaby-{base}{suffix}"
+    return f"{prefix}-{base}{suffix}"
 
 
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
@@ -276,6 +281,8 @@ class KubernetesDispatcher:
         self.env = dict(os.environ if env is None else env)
         self.tuned = tuned or settings.load(self.env)
         self.stop_timeout = self.tuned.worker_stop_timeout
+        # empty reads of a run-once Job without WALLABY_K8S_JOB_MAX_EMPTY_READS (DBOS sets its own: scheduling.py)
+        self.run_once_empty_reads = self.tuned.run_once_empty_reads
         self.poll_interval = poll_interval
         self.stuck_after = stuck_after
         cfg, self.namespace, self._temps = client_configuration(self.tuned, self.env)
@@ -388,14 +395,14 @@ class KubernetesDispatcher:
         if backfill is not None:
             args += ["-mode", "backfill", "-tables", ",".join(backfill)]
         elif once or empty_reads:
-            args += ["-max-empty-reads", str(empty_reads or self.tuned.run_once_empty_reads)]
+            args += ["-max-empty-reads", str(empty_reads or self.run_once_empty_reads)]
         return args + list(self.tuned.k8s_job_args)
 
     def manifest(self, flow_id: str, generation: int, once: bool = False,
                  backfill: list[str] | None = None) -> dict:
         """The Job of a flow run."""
         t = self.tuned
-        name = job_name(flow_id, generation)
+        name = job_name(flow_id, generation, t.k8s_job_name_prefix)
         run = "backfill" if backfill is not None else "once" if once else "stream"
         labels = {**dict(t.k8s_job_labels), "app.kubernetes.io/name": "wallaby",
                   "app.kubernetes.io/component": "worker", "wallaby.io/flow": label_value(flow_id),
@@ -406,20 +413,25 @@ class KubernetesDispatcher:
         container: dict[str, Any] = {
             "name": CONTAINER, "image": t.k8s_job_image, "command": list(t.k8s_job_command),
             "args": self.args(flow_id, generation, once, backfill),
-            "env": [{"name": k, "value": v} for k, v in worker_env(self.env).items()],
+            # WALLABY_K8S_JOB_ENV over the server's own settings (a name in both: the JOB_ENV value)
+            "env": [{"name": k, "value": v} for k, v in {**worker_env(self.env), **dict(t.k8s_job_env)}.items()],
             # the worker's last lines (its "wallaby-worker: <cause>") become the termination message on a failure
             "terminationMessagePolicy": "FallbackToLogsOnError",
         }
         if env_from:
             container["envFrom"] = env_from
+        if t.k8s_job_image_pull_policy:
+            container["imagePullPolicy"] = t.k8s_job_image_pull_policy
         pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container],
                                "terminationGracePeriodSeconds": max(1, math.ceil(self.stop_timeout))}
         if t.k8s_job_service_account:
             pod["serviceAccountName"] = t.k8s_job_service_account
+        # WALLABY_K8S_JOB_TTL_SECONDS (default FINISHED_TTL); 0: no TTL, ended Jobs are kept until deleted
+        ttl = {} if t.k8s_job_ttl_seconds is None else {"ttlSecondsAfterFinished": t.k8s_job_ttl_seconds}
         return {
             "apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": name, "namespace": self.namespace, "labels": labels, "annotations": annotations},
-            "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": FINISHED_TTL,
+            "spec": {"backoffLimit": 0, **ttl,
                      "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod}},
         }
 
