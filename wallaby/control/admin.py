@@ -21,6 +21,8 @@
     wallaby-admin stream pull -stream S -group G [-max 10] [-visibility 30] [-consumer ID]
     wallaby-admin stream ack -stream S -group G -ids 1,2,3
     wallaby-admin stream replay -stream S -group G -since 2025-01-01T00:00:00Z | -from-lsn X/Y
+    wallaby-admin migrate go-wallaby -dsn GO_DSN [-dry-run] [-flow-id ID]  (the Go WALlaby's flows, state and
+                                     checkpoints into our store; docs/migrating.md)
 
 Global flags (before the command or after it): ``-addr HOST:PORT`` (``WALLABY_ADMIN_ADDR``, else
 localhost:8080), ``-token T`` (``WALLABY_API_TOKEN``; sent as ``authorization: Bearer T``), ``-tls``,
@@ -50,6 +52,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from wallaby.control import migrate_go
 from wallaby.control.api.convert import option_text
 from wallaby.core.errors import redact_dsn
 from wallaby.core.options import parse_bool
@@ -625,8 +628,11 @@ def _output_and_transport(args: argparse.Namespace, explicit_output: str | None)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if migrate_go.is_migrate(argv):  # reads the Go WALlaby's database and writes our store: no API server
+        return migrate_go.main(argv)
     try:
-        argv = _go_bool_flags(sys.argv[1:] if argv is None else argv)
+        argv = _go_bool_flags(argv)
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ import psycopg
 
 from sources.postgres.connection import connect, quote_ident, server_name
 from sources.postgres.setup import _publication_tables, _schema_tables, qualified_table, split_table, sync_publication
+from sources.postgres.source_state import delete_state
 from wallaby.core.errors import ConfigError, FieldProblem, IllegalStateError, NotFoundError, SourceError
 
 
@@ -148,14 +149,10 @@ def cleanup(opts, flow_id: str, *, slot: bool, publication: bool, state: bool) -
                 conn.execute(f"DROP PUBLICATION {quote_ident(view.publication)}")
                 done.append(f"dropped publication {view.publication}")
         if state:
-            exists = conn.execute("SELECT to_regclass(%s)", (f"{quote_ident(opts.state_schema)}."
-                                                            f"{quote_ident(opts.state_table)}",)).fetchone()[0]
-            if exists:
-                try:
-                    conn.execute(f"DELETE FROM {quote_ident(opts.state_schema)}.{quote_ident(opts.state_table)}"
-                                 " WHERE flow_id = %s", (opts.flow_id or flow_id,))
-                except psycopg.Error as exc:
-                    raise SourceError(f"cannot clear the source state of flow {flow_id!r}: {exc}",
-                                      server=server_name(opts.dsn)) from None
-                done.append("cleared source state")
+            try:  # the flow's rows only (in a table shared with the Go WALlaby, its rows stay)
+                if delete_state(conn, opts, opts.flow_id or flow_id):
+                    done.append("cleared source state")
+            except psycopg.Error as exc:
+                raise SourceError(f"cannot clear the source state of flow {flow_id!r}: {exc}",
+                                  server=server_name(opts.dsn)) from None
     return done
