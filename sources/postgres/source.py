@@ -30,6 +30,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from sources.postgres.batcher import Batcher
 from sources.postgres.connection import connect, is_transient, server_name
 from sources.postgres.ddl_gate import DROP, HOLD, POLL_SECONDS, DDLGate
+from sources.postgres.heartbeat import Heartbeat
 from sources.postgres.pgoutput import DecodeError
 from sources.postgres.rds_iam import register
 from sources.postgres.reader import StreamReader, drain
@@ -205,6 +206,10 @@ class _PostgresPartition(StatefulSourcePartition):
         # later in the WAL, and reading before the stream passed it would miss it)
         self.resync_after: dict[str, int] = dict(resume_state.get("resync_after") or {}) if resume_state else {}
         self.resync_reader: PartReader | None = None
+        # a little WAL while the slot is idle (source option heartbeat); not in a run-once worker, whose stream
+        # must go quiet to end
+        self.heartbeat = Heartbeat(opts, self.flow_id) if opts.heartbeat != "off" and \
+            src.max_empty_reads is None else None
         self.resync_rows = 0
         # a table without a key is replaced, as of an exact snapshot (a temporary slot's exported snapshot, held
         # open by resync_export while it is read): the stream then skips that table's changes committed before
@@ -351,6 +356,8 @@ class _PostgresPartition(StatefulSourcePartition):
 
     def _after_drain(self, out: list[tuple[str, ChangeBatch]]) -> None:
         now = time.monotonic()
+        if self.heartbeat is not None and self.reader is not None and not out:
+            self.heartbeat.maybe(self.reader.last_activity, now)
         if self.src.stop_at_lsn is not None and self.covered >= self.src.stop_at_lsn and not self.done:
             log.info("source %s: reached %s, stopping after the final checkpoint", self.opts.slot,
                      format_lsn(self.src.stop_at_lsn), extra={"flow": self.flow_id})
@@ -553,6 +560,8 @@ class _PostgresPartition(StatefulSourcePartition):
                 "skip_before": dict(self.skip_before), "resync_after": dict(self.resync_after)}
 
     def close(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.close()
         self._stop_reader()
         if self.resync_reader is not None:
             self.resync_reader.close()

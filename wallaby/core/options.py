@@ -420,6 +420,11 @@ class PostgresSourceOptions(Options):
     # partition of the dataflow; slot_tables places tables (the same slot keeps them together), others by hash
     slots: PositiveInt = 1
     slot_tables: SlotTables = Field(default_factory=dict)
+    # Idle slots (docs/heartbeat.md): while no change has come for heartbeat_interval, write a little WAL in the
+    # source database (a non-transactional logical message, or a row of heartbeat_table), so its slot moves on
+    heartbeat: choice("off", "message", "table") = "off"
+    heartbeat_interval: PositiveDuration = 10.0
+    heartbeat_table: Text = "wallaby.heartbeat"
     # Backfill + Replay
     snapshot_workers: PositiveInt = 1
     parallel_tables: PositiveInt | None = None  # alias of snapshot_workers
@@ -453,6 +458,10 @@ class PostgresSourceOptions(Options):
         if self.sync_publication and not (self.publication_tables or self.publication_schemas):
             problems.append(("sync_publication", "needs publication_tables or publication_schemas to sync from"))
         problems += self._slot_problems()
+        if self.heartbeat == "table" and not re.fullmatch(r"[a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*",
+                                                          self.heartbeat_table):
+            problems.append(("heartbeat_table", f"{self.heartbeat_table!r} is not schema.table (lower-case"
+                                                " identifiers, e.g. wallaby.heartbeat)"))
         if problems:
             raise OptionProblems(problems)
         return self
