@@ -144,3 +144,27 @@ def test_rows_of_a_flow_of_several_slots_and_their_cleanup(pgdb):
             [("pg", True, "stopped")]
         assert delete_state(c, opts("wallaby_pos_0"), "multi") == 2
     assert go_rows(pgdb) == [("pg", "wallaby_pos", "wallaby_pos", "stopped", None, False)]
+
+
+# The Go build's wallaby.snapshot_state (connectors/sources/postgres/snapshot_state.go, ``ensure``).
+GO_SNAPSHOT_STATE = (
+    "CREATE TABLE IF NOT EXISTS wallaby.snapshot_state (flow_id TEXT NOT NULL, table_name TEXT NOT NULL,"
+    " partition_index INTEGER NOT NULL DEFAULT 0, partition_count INTEGER NOT NULL DEFAULT 1, cursor TEXT,"
+    " status TEXT NOT NULL DEFAULT 'running', updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
+    " PRIMARY KEY (flow_id, table_name, partition_index))"
+)
+
+
+def test_a_backfill_on_a_database_where_the_go_build_backfilled_names_the_option_to_set(pgdb, tmp_path):
+    """The Go build's backfill state table has our default name and other columns: a backfill says which option
+    to set (nothing written to that table); with its own table name it runs."""
+    env = worker_env(tmp_path)
+    sql(pgdb, TABLE, "CREATE SCHEMA wallaby", GO_SNAPSHOT_STATE,
+        "INSERT INTO wallaby.snapshot_state (flow_id, table_name) VALUES ('go', 'public.items')")
+    insert(pgdb, 1, 5)
+    line = refused(run(flow_file(tmp_path, pgdb, tmp_path / "a.duckdb"), env, "-mode", "backfill"))
+    assert '"wallaby"."snapshot_state" exists with other columns' in line and "snapshot_state_table" in line
+    assert one(pgdb, "SELECT count(*) FROM wallaby.snapshot_state")[0] == 1
+    ok(run(flow_file(tmp_path, pgdb, tmp_path / "a.duckdb", snapshot_state_table="wallaby_snapshot_state"), env,
+           "-mode", "backfill"))
+    assert duck_table(tmp_path / "a.duckdb") == pg_table(pgdb)

@@ -30,7 +30,7 @@ import psycopg
 from sources.postgres.connection import connect, quote_ident, server_name
 from sources.postgres.snapshot import Part
 from wallaby.core.changes import SnapshotMark
-from wallaby.core.errors import SourceError
+from wallaby.core.errors import SourceError, TerminalSourceError
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,11 @@ KEY_RANGE_COLUMNS = {"partition_column": "text", "range_lo": "text", "range_hi":
                      "null_part": "boolean NOT NULL DEFAULT false", "next_key": "text"}
 
 
+# The columns wallaby's state table has had from its first version (KEY_RANGE_COLUMNS are added when missing).
+OWN_COLUMNS = frozenset({"flow_id", "table_name", "part_index", "part_count", "first_block", "end_block",
+                         "destination", "next_block", "rows", "done"})
+
+
 class PostgresSnapshotState:
     """``snapshot_state_backend=postgres``: a table in the source database (created when first needed)."""
 
@@ -178,6 +183,16 @@ class PostgresSnapshotState:
                 raise SourceError(f"cannot create the backfill's state table {self.qt}: {exc}"
                                   " (grant CREATE on the schema, or set snapshot_state_backend=file|none)",
                                   server=server_name(self.dsn)) from None
+            have = {r[0] for r in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass"
+                                               " AND attnum > 0 AND NOT attisdropped", (self.qt,)).fetchall()}
+            lacking = sorted(OWN_COLUMNS - have)
+            if lacking:  # another program's table of the same name (the Go WALlaby's has this default name)
+                conn.close()
+                raise TerminalSourceError(
+                    f"the backfill's state table {self.qt} exists with other columns (it lacks"
+                    f" {', '.join(lacking)}: another program's, e.g. the Go WALlaby's); set the source option"
+                    f" snapshot_state_table to another name (e.g. wallaby_snapshot_state)",
+                    server=server_name(self.dsn))
             self._ready = True
         return conn
 
