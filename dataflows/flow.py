@@ -8,9 +8,9 @@ flow store), and works with bytewax's own ``-w/-i/-a/-r/-s/-b`` flags.
 
 Shape: one input step (the Postgres source, one partition per slot) whose
 items are ``(flow_id, ChangeBatch)``, the TOAST step when ``toast_fetch`` is on
-(:mod:`operators.toast`), then one output step holding every
-destination (:mod:`sinks.fanout`: ``parallelism``, ``ack_policy``). bytewax waits
-for that output's epoch before the source may confirm it.
+(:mod:`operators.toast`), then one output step per destination
+(:mod:`sinks.fanout`: ``parallelism``, ``ack_policy``). bytewax waits
+for every output's epoch before the source may confirm it.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from dataflows.positions import Start, prepare_starts
 from dataflows.preflight import preflight
 from operators.metadata import with_metadata
 from operators.toast import toast_step
-from sinks.fanout import FanoutPart, fanout_sink, parted_fanout_sink
+from sinks.fanout import FanoutPart, destination_sinks
 from sources.postgres.source import READ_CHECKPOINT, PostgresSource, SlotPart
-from wallaby.core import telemetry
+from wallaby.core import logs, telemetry
 from wallaby.core.changes import parse_lsn
 from wallaby.core.errors import ConfigError, FieldProblem, NotFoundError, WallabyError, exit_status
 from wallaby.core.identity import SourceCheck, part_name
@@ -78,20 +78,17 @@ def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads:
 def output_destinations(spec: FlowSpec, changes: Stream, source_check: SourceCheck | None,
                         wrap: Callable[[str, Callable], Callable] | None = None,
                         slots: list[tuple[str, int, SourceCheck | None]] | None = None) -> None:
-    """Every destination of ``spec`` behind one bytewax output step (metadata rewrite per destination; fan-out
-    with the flow's ``parallelism`` and ``ack_policy``): the streaming and the backfill dataflows end alike.
-    ``wrap(name, make_writer)``: a writer factory around each destination's (the backfill records progress).
-    ``slots`` (a flow of several: each slot's key, index and source check): one part of the output per slot, each
-    with writers of its own."""
+    """Every destination of ``spec`` as a bytewax output step of its own (``dest_<name>``: metadata rewrite, the
+    flow's ``parallelism`` and ``ack_policy``, :mod:`sinks.fanout`): the streaming and the backfill dataflows end
+    alike. ``wrap(name, make_writer)``: a writer factory around each destination's (the backfill records
+    progress). ``slots`` (a flow of several: each slot's key, index and source check): one part of each output
+    per slot, each with writers of its own."""
     primary = spec.config.primary_destination if spec.config.ack_policy == "primary" else None
-    if slots is None:
-        makers = _makers(spec, source_check, None, wrap)
-        op.output("destinations", changes, fanout_sink(spec.id, makers, parallelism=spec.parallelism,
-                                                       primary=primary, source=source_check))
-        return
-    parts = [FanoutPart(key, index, _makers(spec, check, index, wrap), check) for key, index, check in slots]
-    op.output("destinations", changes, parted_fanout_sink(spec.id, parts, parallelism=spec.parallelism,
-                                                          primary=primary))
+    parts = [FanoutPart("", None, _makers(spec, source_check, None, wrap), source_check)] if slots is None else \
+        [FanoutPart(key, index, _makers(spec, check, index, wrap), check) for key, index, check in slots]
+    for step, sink in destination_sinks(spec.id, [d.name for d in spec.destinations], parts,
+                                        parallelism=spec.parallelism, primary=primary):
+        op.output(step, changes, sink)
 
 
 def _makers(spec: FlowSpec, source_check: SourceCheck | None, index: int | None,
@@ -162,6 +159,7 @@ def flow_from_env() -> Dataflow:
     empty = env_value("WALLABY_MAX_EMPTY_READS", count(1))
     checkpoints = open_store()
     spec, generation = spec_from_env(checkpoints, "dataflows.flow", given)
+    logs.setup(spec.id)  # JSON lines on stderr naming the flow, as wallaby-worker's
     preflight(spec)
     # bytewax.run's own -r/--recovery-directory is the recovery store here (this process cannot know it), so
     # its positions are judged when the source resumes from them

@@ -8,7 +8,7 @@ through the sink partition's ``snapshot()`` at the end of each epoch in which
 the partition received data; the source confirms a position to Postgres only
 after that (see docs/ARCHITECTURE.md, "When the slot may advance").
 
-Every destination is a bytewax ``FixedPartitionedSink`` with one partition:
+Every destination is a bytewax ``FixedPartitionedSink`` with one partition (one per slot of a flow of several):
 bytewax waits for a stateful sink's epoch before the source may confirm, which
 it does not do for a ``DynamicSink`` when recovery is on.
 """
@@ -44,6 +44,11 @@ class Writer(ABC):
     def write(self, batch: ChangeBatch) -> None:
         """Take a batch. Need not be durable until :meth:`commit`."""
 
+    def write_many(self, batches: list[ChangeBatch]) -> None:
+        """Take several batches in order (what bytewax hands a sink at once)."""
+        for batch in batches:
+            self.write(batch)
+
     @abstractmethod
     def commit(self) -> Any:
         """Make every written batch durable; return the state to resume from (JSON-able)."""
@@ -57,8 +62,7 @@ class _WriterPartition(StatefulSinkPartition):
         self._writer = writer
 
     def write_batch(self, values: list[ChangeBatch]) -> None:
-        for batch in values:
-            self._writer.write(batch)
+        self._writer.write_many(values)
 
     def snapshot(self) -> Any:
         state = self._writer.commit()

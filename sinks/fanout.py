@@ -1,7 +1,13 @@
-"""All of a flow's destinations behind one bytewax sink: fan-out with the flow's policies.
+"""A flow's destinations: one bytewax output step each, with the flow's policies.
 
-- ``parallelism``: how many destinations write one batch at the same time
-  (a thread pool; each destination still sees batches in WAL order).
+Each destination is a bytewax output step of its own (``destination_sinks``; the step is ``dest_<name>``), a
+``FixedPartitionedSink`` with one part (one per slot in a flow of several, :mod:`wallaby.core.identity`
+``part_name``): bytewax places the parts over its workers, and waits for every output's epoch before the source
+may confirm it. Around each destination's writer, a :class:`DestinationWriter` records its metrics and carries:
+
+- ``parallelism``: how many destinations write at the same time (a thread pool of the flow shared by its
+  destinations: each destination's write runs there while bytewax hands the next destination its batch; one write
+  in flight per destination, so each still sees batches in WAL order; ``commit()`` waits for its write first).
 - ``config.ack_policy=all`` (default): the epoch ends, and so the slot may
   advance, only when every destination committed it; a destination that is
   down holds the slot.
@@ -10,16 +16,19 @@
   a delivery thread drains, so a secondary that is down catches up when it
   returns, and loses nothing.
 
-The resume state is ``{destination name: its writer's state}``.
+A part's resume state is its writer's state.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+from bytewax.outputs import FixedPartitionedSink
 
 from sinks.base import PartedWriterSink, Writer, WriterSink
 from sinks.spool import SpooledWriter, spool_root
@@ -41,65 +50,78 @@ log = logging.getLogger("wallaby.sinks.fanout")
 MakeWriter = Callable[[Any], Writer]
 
 
-class FanoutWriter(Writer):
-    def __init__(self, flow_id: str, writers: dict[str, Writer], parallelism: int = 1):
-        self.flow_id = flow_id
-        self.writers = writers
-        self.pool = ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="wallaby-dest") \
-            if parallelism > 1 and len(writers) > 1 else None
-        self.attrs = {name: destination_attributes(flow_id, name) for name in writers}  # metric labels
-        self.pending = (0, 0)  # changes and their Arrow bytes written since the last commit (metrics)
-        self.write_time = dict.fromkeys(writers, 0.0)  # seconds each destination spent in write this epoch
+class DestinationWriter(Writer):
+    """One destination's writer in its output step: its metrics (changes, bytes, write and commit times, errors)
+    and, with a ``pool`` (``parallelism`` > 1), its writes run there, one at a time."""
 
-    def _each(self, call: Callable[[str, Writer], Any]) -> dict[str, Any]:
-        if self.pool is None:
-            return {name: call(name, w) for name, w in self.writers.items()}
-        futures = {name: self.pool.submit(call, name, w) for name, w in self.writers.items()}
-        return {name: f.result() for name, f in futures.items()}  # re-raises the first failure
+    def __init__(self, flow_id: str, name: str, writer: Writer, pool: ThreadPoolExecutor | None = None):
+        self.flow_id = flow_id
+        self.name = name
+        self.writer = writer
+        self.pool = pool
+        self.attrs = destination_attributes(flow_id, name)  # metric labels
+        self.pending = (0, 0)  # changes and their Arrow bytes written since the last commit (metrics)
+        self.write_time = 0.0  # seconds spent in write this epoch
+        self._in_flight: Future | None = None
 
     def write(self, batch: ChangeBatch) -> None:
-        n, size = batch_size(batch)  # per batch, not per row
-        self.pending = (self.pending[0] + n, self.pending[1] + size)
-        self._each(lambda name, w: self._write(name, w, batch))
+        self.write_many([batch])
 
-    def _write(self, name: str, w: Writer, batch: ChangeBatch) -> None:
-        call = DestinationCall(self.attrs[name], "write")
+    def write_many(self, batches: list[ChangeBatch]) -> None:
+        for batch in batches:
+            n, size = batch_size(batch)  # per batch, not per row
+            self.pending = (self.pending[0] + n, self.pending[1] + size)
+        if self.pool is None:
+            self._write(batches)
+            return
+        self._wait()  # one write in flight: batches stay in order
+        self._in_flight = self.pool.submit(self._write, batches)
+
+    def _write(self, batches: list[ChangeBatch]) -> None:
+        call = DestinationCall(self.attrs, "write")
         with call:
-            w.write(batch)
-        self.write_time[name] += call.elapsed
+            for batch in batches:
+                self.writer.write(batch)
+        self.write_time += call.elapsed
+
+    def _wait(self) -> None:
+        if self._in_flight is not None:
+            f, self._in_flight = self._in_flight, None
+            f.result()  # re-raises the write's failure
 
     def commit(self) -> Any:
+        self._wait()
         n, size = self.pending
         self.pending = (0, 0)
-
-        def commit_one(name: str, w: Writer) -> Any:
-            attrs = self.attrs[name]
-            with DestinationCall(attrs, "commit", commit_duration):
-                state = w.commit()
-            epoch_write.record(self.write_time[name], attrs)
-            self.write_time[name] = 0.0
-            if n:
-                changes.add(n, attrs)
-                change_bytes.add(size, attrs)
-            return state
-
-        with commit_span(self.flow_id, n):
-            return self._each(commit_one)
+        with commit_span(self.flow_id, n, self.name), DestinationCall(self.attrs, "commit", commit_duration):
+            state = self.writer.commit()
+        epoch_write.record(self.write_time, self.attrs)
+        self.write_time = 0.0
+        if n:
+            changes.add(n, self.attrs)
+            change_bytes.add(size, self.attrs)
+        return state
 
     def close(self) -> None:
-        for name, w in self.writers.items():
-            try:
-                w.close()
-            except Exception:
-                log.exception("destination %s: close failed", name, extra={"flow": self.flow_id})
-        if self.pool is not None:
-            self.pool.shutdown(wait=False)
+        try:
+            if self._in_flight is not None:
+                self._in_flight.cancel()
+            self.writer.close()
+        except Exception:
+            log.exception("destination %s: close failed", self.name, extra={"flow": self.flow_id})
 
 
-def fanout_sink(flow_id: str, makers: dict[str, MakeWriter], *, parallelism: int = 1,
-                primary: str | None = None, source: SourceCheck | None = None) -> WriterSink:
-    """One sink for ``makers`` (destination name -> writer factory). With ``primary``, the others are spooled."""
-    return WriterSink("destinations", _fanout_maker(flow_id, makers, parallelism, primary, source, None))
+def step_ids(names: list[str]) -> dict[str, str]:
+    """Destination name -> its output step's id (``dest_<name>``, what bytewax allows in a step id, made unique)."""
+    out: dict[str, str] = {}
+    for name in names:
+        base = "dest_" + (re.sub(r"[^0-9A-Za-z_-]", "_", name) or "_")
+        step, i = base, 1
+        while step in out.values():
+            i += 1
+            step = f"{base}_{i}"
+        out[name] = step
+    return out
 
 
 @dataclass
@@ -109,32 +131,40 @@ class FanoutPart:
     under :func:`~wallaby.core.identity.part_name`), ``source`` the slot as judged at start."""
 
     key: str
-    index: int
+    index: int | None  # None: the flow has one slot
     makers: dict[str, MakeWriter]
     source: SourceCheck | None = None
 
 
-def parted_fanout_sink(flow_id: str, parts: list[FanoutPart], *, parallelism: int = 1,
-                       primary: str | None = None) -> PartedWriterSink:
-    """One sink part per slot, each a fan-out of its own writers (a spool of its own for each secondary): bytewax
-    spreads the parts over its workers, and routes each slot's items to its part."""
-    return PartedWriterSink(
-        [(part_name("destinations", p.index), _fanout_maker(flow_id, p.makers, parallelism, primary, p.source,
-                                                            p.index)) for p in parts],
-        {p.key: i for i, p in enumerate(parts)})
+def destination_sinks(flow_id: str, names: list[str], parts: list[FanoutPart], *, parallelism: int = 1,
+                      primary: str | None = None) -> list[tuple[str, FixedPartitionedSink]]:
+    """``(step id, sink)`` of each destination in ``names``: one part (a flow of one slot: ``parts`` holds one,
+    its ``index`` None) or one part per slot, routed by the items' key. With ``primary``, the others are spooled;
+    with ``parallelism`` > 1 the destinations' writes share a pool of that many threads."""
+    pool = ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="wallaby-dest") \
+        if parallelism > 1 and len(names) > 1 else None
+    steps = step_ids(names)
+    out: list[tuple[str, FixedPartitionedSink]] = []
+    for name in names:
+        makes = [(part_name(name, p.index), _maker(flow_id, name, p, primary, pool)) for p in parts]
+        if len(parts) == 1 and parts[0].index is None:
+            sink: FixedPartitionedSink = WriterSink(name, makes[0][1])
+        else:
+            sink = PartedWriterSink(makes, {p.key: i for i, p in enumerate(parts)})
+        out.append((steps[name], sink))
+    return out
 
 
-def _fanout_maker(flow_id: str, makers: dict[str, MakeWriter], parallelism: int, primary: str | None,
-                  source: SourceCheck | None, index: int | None) -> MakeWriter:
-    def make(resume_state: Any) -> FanoutWriter:
-        state = resume_state if isinstance(resume_state, dict) else {}
-        writers: dict[str, Writer] = {}
-        for name, maker in makers.items():
-            if primary is None or name == primary:
-                writers[name] = maker(state.get(name))
-            else:
-                part = part_name(name, index)
-                writers[name] = SpooledWriter(part, flow_id, maker, spool_root() / flow_id / part, source)
-        return FanoutWriter(flow_id, writers, parallelism)
+def _maker(flow_id: str, name: str, part: FanoutPart, primary: str | None,
+           pool: ThreadPoolExecutor | None) -> MakeWriter:
+    maker = part.makers[name]
+
+    def make(resume_state: Any) -> DestinationWriter:
+        if primary is None or name == primary:
+            inner: Writer = maker(resume_state)
+        else:
+            spooled = part_name(name, part.index)
+            inner = SpooledWriter(spooled, flow_id, maker, spool_root() / flow_id / spooled, part.source)
+        return DestinationWriter(flow_id, part_name(name, part.index), inner, pool)
 
     return make

@@ -278,7 +278,7 @@ GATED = textwrap.dedent("""
 
     # a destination that retries in write and fails its commit: counted against it
     from sinks.base import Writer
-    from sinks.fanout import FanoutWriter
+    from sinks.fanout import DestinationWriter
     from wallaby.core import metrics as wm
     from wallaby.core.changes import ZERO, ChangeBatch
     from wallaby.core.errors import TransientSinkError
@@ -291,7 +291,7 @@ GATED = textwrap.dedent("""
         def commit(self):
             raise TransientSinkError("flaky", "away")
 
-    fan = FanoutWriter("gm", {"flaky": Flaky()})
+    fan = DestinationWriter("gm", "flaky", Flaky())
     fan.write(ChangeBatch("gm", [], ZERO))
     try:
         fan.commit()

@@ -9,6 +9,7 @@ import random
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -185,3 +186,65 @@ def test_cleaning_up_a_flow_of_several_slots_drops_each_slot_and_publication(tmp
                             "dropped slot wallaby_sl_0", "dropped slot wallaby_sl_1"]
     assert pg_rows(pgdb, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'wallaby_sl%'") == [(0,)]
     assert pg_rows(pgdb, "SELECT count(*) FROM pg_publication WHERE pubname LIKE 'wallaby_sl%'") == [(0,)]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_one_killed_lose_and_duplicate_nothing(tmp_path, pgdb):
+    """The same flow as two bytewax processes (python -m bytewax.run dataflows.flow:flow -i/-a, one slot each):
+    one process killed -9 while writing goes on (the other stops with it, or is stopped), then both run again until
+    drained: every change delivered once, in each table's commit order."""
+    _tables(pgdb)
+    flow = _flow(tmp_path, pgdb)
+    run_worker(tmp_path, flow, args=("-max-empty-reads", "1"))  # the slots: changes from here on are streamed
+    rdir = tmp_path / "bytewax-recovery"
+    rdir.mkdir()
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(rdir), "1"], check=True, cwd=ROOT)
+    env = {**worker_env(tmp_path), "WALLABY_FLOW_FILE": str(flow)}
+
+    def processes(extra: dict, tag: str) -> list[subprocess.Popen]:
+        ports = [_free_port(), _free_port()]
+        addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
+        cmd = [sys.executable, "-m", "bytewax.run", "dataflows.flow:flow", "-w", "1", "-a", addresses, "-r", str(rdir),
+               "-s", "1", "-b", "0"]
+        return [subprocess.Popen([*cmd, "-i", str(i)], env={**env, **extra}, cwd=ROOT,
+                                 stdout=open(tmp_path / f"{tag}{i}.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+                for i in range(2)]
+
+    def logs(tag: str) -> str:
+        return "".join((tmp_path / f"{tag}{i}.log").read_text() for i in range(2))
+
+    procs = processes({}, "run")
+    writer = subprocess.Popen([sys.executable, "-c", f"from tests.test_slots import _write; _write({pgdb!r}, 300, 3)"],
+                              cwd=ROOT, env=worker_env(tmp_path))
+    try:
+        deadline = time.monotonic() + 120
+        while logs("run").count("streaming from") < 2 and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), logs("run")[-3000:]
+            time.sleep(0.1)
+        time.sleep(random.Random(5).uniform(0.5, 2.0))
+        procs[1].kill()
+        procs[1].wait(30)
+        try:
+            procs[0].wait(30)  # its peer is gone: it ends too
+        except subprocess.TimeoutExpired:
+            procs[0].kill()
+            procs[0].wait(30)
+    finally:
+        assert writer.wait(180) == 0
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(30)
+    procs = processes({"WALLABY_MAX_EMPTY_READS": "2"}, "again")
+    for p in procs:
+        assert p.wait(180) == 0, logs("again")[-4000:]
+    got, want = _delivered(pgdb), _made(pgdb)
+    assert {t: len(v) for t, v in got.items()} == {t: len(v) for t, v in want.items()}
+    assert got == want

@@ -9,8 +9,8 @@ instruments record into it. Prometheus shows ``wallaby.changes`` as
 ``wallaby_commit_duration_seconds``, and so on.
 
 Recorded at batch and epoch granularity, never per row: the source notes the
-commit time of the last change of each ``next_batch`` (one Arrow scalar), the
-fan-out sink counts each batch once (its length and Arrow size) and times each
+commit time of the last change of each ``next_batch`` (one Arrow scalar), each
+destination's output step counts each batch once (its length and Arrow size) and times each
 destination's ``write``/``commit``; everything else (lag, confirmed LSN, the
 flow store's flows) is read when a scrape or an export collects, by callbacks
 on objects that registered themselves (:func:`watch_source`,
@@ -125,9 +125,10 @@ def _kind(exc: BaseException) -> str:
         return "permanent"
 
 
-def commit_span(flow_id: str, n: int):
-    """The span of one epoch's commit in every destination (``wallaby.commit``)."""
-    return _tracer.start_as_current_span("wallaby.commit", attributes={"wallaby.flow": flow_id, "wallaby.changes": n})
+def commit_span(flow_id: str, n: int, destination: str = ""):
+    """The span of one epoch's commit in a destination (``wallaby.commit``)."""
+    return _tracer.start_as_current_span("wallaby.commit", attributes={
+        "wallaby.flow": flow_id, "wallaby.destination": destination, "wallaby.changes": n})
 
 
 def retried() -> None:
