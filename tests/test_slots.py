@@ -214,7 +214,7 @@ def test_two_processes_one_killed_lose_and_duplicate_nothing(tmp_path, pgdb):
         cmd = [sys.executable, "-m", "bytewax.run", "dataflows.flow:flow", "-w", "1", "-a", addresses, "-r", str(rdir),
                "-s", "1", "-b", "0"]
         return [subprocess.Popen([*cmd, "-i", str(i)], env={**env, **extra}, cwd=ROOT,
-                                 stdout=open(tmp_path / f"{tag}{i}.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+                                 stdout=open(tmp_path / f"{tag}{i}.log", "wb"), stderr=subprocess.STDOUT)
                 for i in range(2)]
 
     def logs(tag: str) -> str:
