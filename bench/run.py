@@ -42,6 +42,11 @@ targets: no client reads a slot faster than the walsender decodes it (2.), and n
 ``duckdb_bulk_load`` (4.), nor into DuckLake than ``ducklake_bulk_load`` (7.; their ratio is in the ``x base``
 column).
 
+Two more leg groups, each part of the default run and runnable alone with ``--legs <group>``: ``binary_decode``
+(bench/binary_decode.py: per profile, walsender and client CPU per change with pgoutput's text values against its
+binary ones, the source option ``binary``) and ``slots`` (bench/slots.py: the same rows into Kafka through a flow
+of one slot and one of two slots with ``-workers 2``, whole worker processes, ``--slots-changes``).
+
 The ``backfill`` leg group (``--legs backfill`` runs it alone; part of the default run) reads one generated
 narrow table (bench/backfill_readers.py's, ``--backfill-rows`` / ``BENCH_BACKFILL_ROWS``, default 2,000,000
 rows, vacuumed and read once untimed first so every leg finds it in memory), each leg in its own process:
@@ -96,6 +101,7 @@ import orjson
 import psutil
 import psycopg
 
+from bench.binary_decode import bench_binary, print_binary
 from wallaby.control.localpg import LocalPostgres
 from wallaby.core.options import WIRE_FORMATS
 
@@ -459,6 +465,9 @@ def ducklake_target(results: dict[str, dict]) -> dict | None:
 # -- the backfill leg group -----------------------------------------------------------------------------------
 
 BACKFILL = "backfill"  # the --legs name of the group
+BINARY = "binary_decode"  # the --legs name of bench/binary_decode.py's legs
+SLOTS = "slots"  # the --legs name of bench/slots.py's group: 1 and 2 slots into Kafka
+GROUPS = (BACKFILL, BINARY, SLOTS)  # leg groups besides the replication legs
 BACKFILL_TABLE = "narrow"  # bench/backfill_readers.py's generated table
 BACKFILL_PARTS = (1, 2, 4)
 BACKFILL_PUBLICATION = "bench_backfill"
@@ -864,8 +873,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profiles", default=None, help="row profiles of the replication legs (default narrow,wide;"
                     " none when --legs names only backfill)")
     ap.add_argument("--batch-size", type=int, default=10_000)
-    ap.add_argument("--legs", default=",".join([*LEGS, BACKFILL]),
-                    help=f"legs to run (default all: {', '.join(LEGS)}, and {BACKFILL}: the backfill leg group)")
+    ap.add_argument("--legs", default=",".join([*LEGS, *GROUPS]),
+                    help=f"legs to run (default all: {', '.join(LEGS)}, and {BACKFILL}: the backfill leg group,"
+                    f" {BINARY}: text against binary values, bench/binary_decode.py, {SLOTS}: 1 and 2 slots into"
+                    f" Kafka, bench/slots.py)")
+    ap.add_argument("--slots-changes", type=int, default=int(os.environ.get("BENCH_SLOTS_CHANGES", 400_000)),
+                    help="changes of the slots legs (default 400,000; BENCH_SLOTS_CHANGES)")
     ap.add_argument("--backfill-rows", type=int, default=int(os.environ.get("BENCH_BACKFILL_ROWS", 2_000_000)),
                     help="rows of the backfill legs' table (default 2,000,000; BENCH_BACKFILL_ROWS)")
     ap.add_argument("--dsn", default=None, help="run the backfill legs in this database rather than on the bench's"
@@ -873,13 +886,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "latest.json"), help="the results file (default %(default)s)")
     a = ap.parse_args(argv)
     chosen = [x for x in a.legs.split(",") if x]
-    unknown = [x for x in chosen if x not in LEGS and x != BACKFILL]
+    unknown = [x for x in chosen if x not in LEGS and x not in GROUPS]
     if unknown:
-        ap.error(f"unknown legs {unknown}; known: {', '.join([*LEGS, BACKFILL])}")
+        ap.error(f"unknown legs {unknown}; known: {', '.join([*LEGS, *GROUPS])}")
     legs = [x for x in chosen if x in LEGS]
     backfill = BACKFILL in chosen
-    if a.profiles is None:  # --legs backfill alone: no replication profiles
-        profiles = [] if backfill and not legs else ["narrow", "wide"]
+    binary = BINARY in chosen
+    slots = SLOTS in chosen
+    if a.profiles is None:  # --legs backfill (or slots) alone: no replication profiles
+        profiles = [] if not legs and not binary else ["narrow", "wide"]
     else:
         profiles = [x for x in a.profiles.split(",") if x]
     if unknown_profiles := [x for x in profiles if x not in PROFILES]:
@@ -888,12 +903,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--dsn runs the backfill legs only: give --legs backfill")
 
     pg = None
-    if profiles or (backfill and not a.dsn):
+    if profiles or slots or (backfill and not a.dsn):
         pg = LocalPostgres(ROOT / ".cache" / "bench-pg")
         pg.start()
         pg.wait_ready()
     broker = None
-    if profiles and any(LEGS[x][1] == "kafka" for x in legs):
+    if slots or (profiles and any(LEGS[x][1] == "kafka" for x in legs)):
         from tests.kafka_broker import KafkaBroker
 
         broker = KafkaBroker(Path(tempfile.mkdtemp(prefix="wallaby-bench-kafka-")))
@@ -901,8 +916,11 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"changes": a.changes, "batch_size": a.batch_size, "profiles": {}}
     try:
         for profile in profiles:
-            report["profiles"][profile] = bench_profile(pg, profile, a.changes, a.batch_size, legs,
-                                                        broker.bootstrap if broker else None)
+            if legs:
+                report["profiles"][profile] = bench_profile(pg, profile, a.changes, a.batch_size, legs,
+                                                            broker.bootstrap if broker else None)
+        if binary and profiles:
+            report[BINARY] = {p: bench_binary(pg, p, a.changes, a.batch_size) for p in profiles}
         if backfill:
             dsn = a.dsn
             if dsn is None:
@@ -911,6 +929,10 @@ def main(argv: list[str] | None = None) -> int:
                         c.execute("CREATE DATABASE bench_backfill")
                 dsn = pg.dsn("bench_backfill")
             report["backfill"] = bench_backfill(dsn, a.backfill_rows)
+        if slots:
+            from bench.slots import bench_slots  # it imports this module's measuring helpers
+
+            report[SLOTS] = bench_slots(pg, broker.bootstrap, a.slots_changes)
     finally:
         if pg is not None:
             pg.stop()
@@ -920,6 +942,12 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     print_profiles(report["profiles"])
+    if BINARY in report:
+        print_binary(report[BINARY])
+    if SLOTS in report:
+        from bench.slots import print_slots
+
+        print_slots(report[SLOTS])
     failed = []
     if "backfill" in report:
         print_backfill(report["backfill"])

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from sources.postgres import pgtypes
+from sources.postgres import pgbinary, pgtypes
 from sources.postgres.pgoutput import (
     Begin,
     Commit,
@@ -78,6 +78,9 @@ class TableState:
 
     schema: TableSchema
     types: list[pgtypes.ColumnType]
+    # (type oid, binary values) -> their text, through the server: for values pgoutput sent in binary (source
+    # option binary) of a type sources/postgres/pgbinary.py has no decoder for; None: no server to ask
+    recv_text: Callable[[int, pa.Array], pa.Array] | None = None
 
 
 def ddl_payload(content: bytes) -> dict:
@@ -358,7 +361,8 @@ def _build(run: _Run, keep_wal: bool = False) -> TableChanges:
             else:
                 unchanged[r].append(name)
 
-    arrays: list[pa.Array] = [_decode(after.values[i], state.types[i], state.schema, i) for i in range(ncols)]
+    arrays: list[pa.Array] = [_decode(after.values[i], state.types[i], state.schema, i, after.binary[i], state)
+                              for i in range(ncols)]
     fields = [pa.field(cols[i].name, arrays[i].type) for i in range(ncols)]
     arrays += [
         pa.array(ops, pa.string()),
@@ -372,7 +376,7 @@ def _build(run: _Run, keep_wal: bool = False) -> TableChanges:
     if run.has_before:
         before = parse_tuples(list(befores), ncols)
         for i in range(ncols):
-            arr = _decode(before.values[i], state.types[i], state.schema, i)
+            arr = _decode(before.values[i], state.types[i], state.schema, i, before.binary[i], state)
             arrays.append(arr)
             fields.append(pa.field(BEFORE_PREFIX + cols[i].name, arr.type))
     if keep_wal:  # the message a row came from: its after image's, else its before image's
@@ -381,8 +385,13 @@ def _build(run: _Run, keep_wal: bool = False) -> TableChanges:
     return TableChanges(state.schema, pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields)))
 
 
-def _decode(raw: pa.Array, ctype: pgtypes.ColumnType, table: TableSchema, i: int) -> pa.Array:
+def _decode(raw: pa.Array, ctype: pgtypes.ColumnType, table: TableSchema, i: int, binary: bool | np.ndarray = False,
+            state: TableState | None = None) -> pa.Array:
     try:
-        return pgtypes.decode_column(ctype, raw)
+        if binary is False:
+            return pgtypes.decode_column(ctype, raw)
+        recv = state.recv_text if state is not None else None
+        oid = table.columns[i].type_oid
+        return pgbinary.decode_values(ctype, raw, binary, None if recv is None else lambda v: recv(oid, v))
     except (ValueError, pa.ArrowInvalid) as exc:
         raise DecodeError(f"{table.qualified}.{table.columns[i].name} ({ctype.type_name}): {exc}") from exc

@@ -232,6 +232,9 @@ class ColumnType:
     delim: str = ","  # arrays: the element delimiter
     # The server guarantees valid UTF-8 (a UTF8 database sending UTF8): text values are not validated again.
     utf8_valid: bool = False
+    # Which decoder of sources/postgres/pgbinary.py reads the type's binary send format (pgoutput ``binary 'true'``);
+    # None: none does, such values go through the server's receive and output functions (pgbinary's docstring).
+    binary: str | None = field(default=None, compare=False)  # derived from the type: not part of its identity
 
 
 def utf8_guaranteed(server_encoding: str | None, client_encoding: str | None) -> bool:
@@ -294,17 +297,25 @@ def _resolve_domain(t: PgType, typmod: int, types: Mapping[int, PgType]) -> tupl
     return t, typmod, ext
 
 
+# Text-family types whose binary send format pgbinary reads: the text itself (textsend, namesend, json_send,
+# enum_send all send the output function's bytes), jsonb (a version byte, then the text), uuid (16 bytes), pg_lsn
+# (uint64; wallaby's own state table has one, published by FOR ALL TABLES publications).
+_BINARY_TEXT = {"text": "text", "varchar": "text", "bpchar": "text", "name": "text", "json": "text",
+                "jsonb": "jsonb", "uuid": "uuid", "pg_lsn": "pg_lsn"}
+
+
 def _scalar(name: str, base: PgType, typmod: int, base_name: str | None, ext: str | None) -> ColumnType:
     key = base.name if base.schema == "pg_catalog" else ""
     if key == "numeric":
         ps = numeric_precision(typmod)
         if ps and 1 <= ps[0] <= 38 and 0 <= ps[1] <= ps[0]:
-            return ColumnType(name, base_name, ext, typmod, 1, pa.decimal128(*ps), "numeric")
-        return ColumnType(name, base_name, ext, typmod, 1, pa.string(), "numeric_text")
+            return ColumnType(name, base_name, ext, typmod, 1, pa.decimal128(*ps), "numeric", binary="numeric")
+        return ColumnType(name, base_name, ext, typmod, 1, pa.string(), "numeric_text", binary="numeric")
     if key in _SCALAR:
         family, arrow = _SCALAR[key]
-        return ColumnType(name, base_name, ext, typmod, 1, arrow, family)
-    return ColumnType(name, base_name, ext, typmod, 1, pa.string(), "text", delim=base.delim)
+        return ColumnType(name, base_name, ext, typmod, 1, arrow, family, binary=family)
+    binary = _BINARY_TEXT.get(key) or ("text" if base.kind == "e" else None)
+    return ColumnType(name, base_name, ext, typmod, 1, pa.string(), "text", delim=base.delim, binary=binary)
 
 
 def column_type(oid: int, typmod: int, types: Mapping[int, PgType], ndims: int = 1) -> ColumnType:
@@ -334,7 +345,8 @@ def column_type(oid: int, typmod: int, types: Mapping[int, PgType], ndims: int =
     elem_base = elem.base_type or elem.type_name
     # typmod: the element's (a column's atttypmod of numeric(10,2)[] is the element's; price[] takes the domain's)
     return ColumnType(t.name, base_name if base_name else elem_base, ext or elem.extension, elem.typmod, n, arrow,
-                      "array", elem, elem_t.delim if elem_t is not None else ",")
+                      "array", elem, elem_t.delim if elem_t is not None else ",",
+                      binary="array" if n == 1 and elem.binary else None)
 
 
 # -- per-value parsers (the slow path, and decode_value) -----------------------------------------------------

@@ -24,8 +24,9 @@ from psycopg import pq
 from sources.postgres.connection import connect, connect_error, quote_ident, quote_literal, server_name
 from sources.postgres.pgoutput import PG_EPOCH_OFFSET_US, standby_status
 from sources.postgres.pgtypes import utf8_guaranteed
+from sources.postgres.resolver import binary_blockers
 from wallaby.core.changes import format_lsn
-from wallaby.core.errors import SourceError
+from wallaby.core.errors import SourceError, TerminalSourceError
 
 log = logging.getLogger("wallaby.source")
 
@@ -40,6 +41,41 @@ READ_CHUNK = 20_000
 SEND_TIMEOUT = 10.0
 
 
+# pgoutput takes the option ``binary`` from Postgres 14 (values in their types' send format, kind 'b').
+BINARY_MIN_SERVER = 140000
+
+
+def binary_choice(mode: str, server_version: int, blockers: list[str] | None, server: str = "") -> tuple[bool, str]:
+    """(on, why) for the source option ``binary``: ``true``, ``false``, or ``auto`` (on when the server is 14 or
+    later and ``blockers``, the published column types pgbinary does not decode, is empty).
+
+    ``true`` on a server before 14 is a TerminalSourceError naming the option."""
+    major = server_version // 10000
+    if mode == "false":
+        return False, "off (binary=false)"
+    if server_version < BINARY_MIN_SERVER:
+        if mode == "true":
+            raise TerminalSourceError(f"the source option binary=true needs Postgres 14 or later (pgoutput's binary"
+                                      f" option); {server or 'the server'} runs Postgres {major}: set binary=auto or"
+                                      " binary=false", server=server)
+        return False, f"off (Postgres {major} sends text only; binary needs 14 or later)"
+    if mode == "true":
+        return True, "on (binary=true)"
+    if blockers:
+        return False, ("off: published columns have types without a binary decoder (" + ", ".join(blockers[:10])
+                       + (", ..." if len(blockers) > 10 else "") + "); binary=true would send those through the"
+                       " server per batch")
+    return True, "on (every published column's type decodes from binary)"
+
+
+def binary_mode(option: str, keep_wal: bool, resolve_types: bool = True) -> str:
+    """The source option ``binary`` as the stream asks for it: ``auto`` stays off when a destination takes the raw
+    pgoutput messages (HTTP ``payload_mode=wal``), whose receivers read text values, and with ``resolve_types``
+    off (custom types are then unknown to the decoders: each batch of them would go through the server);
+    ``true`` is as asked."""
+    return "false" if option == "auto" and (keep_wal or not resolve_types) else option
+
+
 class StreamClosed(Exception):
     """The server ended the COPY (walsender gone, shutdown). Reconnect and resume."""
 
@@ -50,7 +86,7 @@ def now_pg_us() -> int:
 
 class ReplicationStream:
     def __init__(self, dsn: str, slot: str, publication: str, proto_version: int, start_lsn: int,
-                 flow_id: str, messages: bool = True):
+                 flow_id: str, messages: bool = True, binary: str = "false"):
         self.dsn = dsn
         self.slot = slot
         self.server = server_name(dsn)
@@ -63,6 +99,13 @@ class ReplicationStream:
             opts.append("messages 'true'")
         if proto_version >= 2:
             opts.append("streaming 'off'")  # the server spills big transactions; we never hold them whole
+        try:
+            self.binary = self._binary(binary, publication, flow_id)
+        except BaseException:
+            self.close()
+            raise
+        if self.binary:
+            opts.append("binary 'true'")  # values in their types' send format (sources/postgres/pgbinary.py)
         cmd = f"START_REPLICATION SLOT {quote_ident(slot)} LOGICAL {format_lsn(start_lsn)} ({', '.join(opts)})"
         self.pgconn.send_query(cmd.encode())
         res = self.pgconn.get_result()
@@ -78,6 +121,20 @@ class ReplicationStream:
         self.sock = self.pgconn.socket
         enc = [self.pgconn.parameter_status(k) for k in (b"server_encoding", b"client_encoding")]
         self.utf8_valid = utf8_guaranteed(*(e.decode() if e else None for e in enc))
+
+    def _binary(self, mode: str, publication: str, flow_id: str) -> bool:
+        """Whether to ask for binary values (the source option ``binary``); ``auto`` asks the catalog."""
+        version = self.pgconn.server_version
+        blockers = None
+        if mode == "auto" and version >= BINARY_MIN_SERVER:
+            try:
+                with connect(self.dsn, application_name=f"wallaby-types:{flow_id}") as conn:
+                    blockers = binary_blockers(conn, [publication])
+            except psycopg.Error as exc:
+                raise connect_error(self.dsn, exc, what="read the published column types on") from None
+        on, why = binary_choice(mode, version, blockers, self.server)
+        log.info("source %s: binary=%s: %s", self.slot, mode, why, extra={"flow": flow_id})
+        return on
 
     def read(self, limit: int = READ_CHUNK) -> list[memoryview]:
         """Every CopyData payload that has arrived, up to ``limit``. Never blocks.
@@ -128,6 +185,7 @@ class ReplicationStream:
         self.pgconn = pgconn
         self.sock = pgconn.socket
         self.utf8_valid = False
+        self.binary = False
         return self
 
     def send_status(self, written: int, flushed: int, applied: int, reply: bool = False) -> None:

@@ -34,7 +34,7 @@ from sources.postgres.heartbeat import Heartbeat
 from sources.postgres.pgoutput import DecodeError
 from sources.postgres.rds_iam import register
 from sources.postgres.reader import StreamReader, drain
-from sources.postgres.replication import ReplicationStream, StreamClosed
+from sources.postgres.replication import ReplicationStream, StreamClosed, binary_mode
 from sources.postgres.resolver import TypeResolver
 from sources.postgres.setup import ExportedSnapshot, create_slot, prepare_source, proto_version_for
 from sources.postgres.snapshot import Part, PartReader
@@ -228,7 +228,8 @@ class _PostgresPartition(StatefulSourcePartition):
                           ddl_prefix=self.opts.ddl_message_prefix, known=dict(self.shapes),
                           drift=not self.opts.capture_ddl, keep_wal=self.src.keep_wal)
         stream = ReplicationStream(self.opts.dsn, self.opts.slot, self.opts.publication, self.proto_version,
-                                   self.covered, self.flow_id)
+                                   self.covered, self.flow_id,
+                                   binary=binary_mode(self.opts.binary, self.src.keep_wal, self.opts.resolve_types))
         self.resolver.utf8_valid = stream.utf8_valid  # before the reader resolves any Relation message
         self.reader = StreamReader(stream, batcher, covered=self.covered, confirmed=self.confirmed,
                                    status_interval=self.opts.status_interval, batch_timeout=self.opts.batch_timeout,

@@ -10,12 +10,17 @@ format requires.
 
 This replaces a per-row, per-column Python loop (~0.25 µs a column) with a
 few vector operations per column of the batch.
+
+A value may come as text (kind 't') or, with pgoutput's ``binary 'true'``, in
+its type's binary send format (kind 'b'); the views are the same either way,
+and :attr:`ParsedColumns.binary` says which a column's values are, for
+:func:`sources.postgres.pgbinary.decode_values`.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -52,10 +57,14 @@ def skip_tuple(buf: bytes, pos: int) -> int:
 
 @dataclass
 class ParsedColumns:
-    """Per column: the raw values (binary_view, NULL where absent) and which rows were 'unchanged'."""
+    """Per column: the raw values (binary_view, NULL where absent), which rows were 'unchanged', and which values
+    came in binary (pgoutput ``binary 'true'``: kind 'b', the type's send format) rather than text (kind 't')."""
 
     values: list[pa.Array]
     unchanged: list[np.ndarray | None]  # bool per row, None when the column had none
+    # False: no value in binary; True: every value present in binary; else the bool mask of the binary rows
+    # (the server picks per type, so within one relation's shape a column is one or the other)
+    binary: list[bool | np.ndarray] = field(default_factory=list)
 
 
 def parse_tuples(images: list[tuple[bytes, int] | None], ncols: int) -> ParsedColumns:
@@ -66,7 +75,7 @@ def parse_tuples(images: list[tuple[bytes, int] | None], ncols: int) -> ParsedCo
     m = len(rows)
     if m == 0:
         nulls = pa.nulls(n, pa.binary_view())
-        return ParsedColumns([nulls] * ncols, [None] * ncols)
+        return ParsedColumns([nulls] * ncols, [None] * ncols, [False] * ncols)
     payloads = [r[0] for r in rows]
     big = b"".join([*payloads, _PAD])  # the padding keeps every 4- and 12-byte gather below in bounds
     if len(big) >= 2**31:
@@ -93,22 +102,27 @@ def parse_tuples(images: list[tuple[bytes, int] | None], ncols: int) -> ParsedCo
 
     values: list[pa.Array] = []
     unchanged: list[np.ndarray | None] = []
+    binary: list[bool | np.ndarray] = []
     for _ in range(ncols):
         kind = u8[pos]
         start = pos + 5
-        if (kind == KIND_TEXT).all():  # the usual case: a value in every row
+        is_text = kind == KIND_TEXT
+        if is_text.all() or (kind == KIND_BINARY).all():  # the usual case: a value in every row
             ln = be32[pos + 1]
             pos = start + ln
             valid = None
             u = None
+            b: bool | np.ndarray = not bool(is_text[0])
         else:
-            has = (kind == KIND_TEXT) | (kind == KIND_BINARY)
+            is_binary = kind == KIND_BINARY
+            has = is_text | is_binary
             ln = np.where(has, be32[pos + 1], 0)
             pos = np.where(has, start + ln, pos + 1)
             valid = has
             u = kind == KIND_UNCHANGED
             if not u.any():
                 u = None
+            b = bool(is_binary.any()) if not (is_binary.any() and is_text.any()) else is_binary
 
         views = np.zeros((m, 4), dtype=np.int32)
         views[:, 0] = ln
@@ -116,7 +130,11 @@ def parse_tuples(images: list[tuple[bytes, int] | None], ncols: int) -> ParsedCo
         n_short = int(np.count_nonzero(short))
         if n_short == m:  # ints, dates, flags, NULLs: every value inline, zero-padded
             head = b12[start].view(np.uint8).reshape(m, 12)
-            views.view(np.uint8).reshape(m, 16)[:, 4:16] = np.where(ln[:, None] > _ARANGE12, head, 0)
+            width = int(ln[0])
+            if valid is None and (ln == width).all():  # one width (binary ints, timestamps): the bytes as they are
+                views.view(np.uint8).reshape(m, 16)[:, 4:4 + width] = head[:, :width]
+            else:
+                views.view(np.uint8).reshape(m, 16)[:, 4:16] = np.where(ln[:, None] > _ARANGE12, head, 0)
         elif n_short == 0:  # text, bytea, json: a 4-byte prefix and the value's offset in the joined buffer
             views[:, 1] = ne32[start]
             views[:, 3] = start
@@ -136,7 +154,12 @@ def parse_tuples(images: list[tuple[bytes, int] | None], ncols: int) -> ParsedCo
                 full_u = np.zeros(n, dtype=bool)
                 full_u[present] = u
                 u = full_u
+            if isinstance(b, np.ndarray):
+                full_b = np.zeros(n, dtype=bool)
+                full_b[present] = b
+                b = full_b
         bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
         values.append(pa.Array.from_buffers(pa.binary_view(), n, [bitmap, pa.py_buffer(views), big_buf]))
         unchanged.append(u)
-    return ParsedColumns(values, unchanged)
+        binary.append(b)
+    return ParsedColumns(values, unchanged, binary)
