@@ -51,6 +51,7 @@ type name is then ``oid:<n>``).
 from __future__ import annotations
 
 import binascii
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -511,7 +512,10 @@ def _dec_bool(ct: ColumnType, raw: pa.Array) -> pa.Array:
     return pc.equal(_str(raw), "t")
 
 
-_SPECIAL_NUMERIC = pa.array(["NaN", "Infinity", "-Infinity"])
+@functools.cache
+def _special_numeric() -> pa.Array:
+    # made on first use: pa.array from a list imports pandas (to look for its types), ~0.25 s of a worker's start
+    return pa.array(["NaN", "Infinity", "-Infinity"])
 
 
 def _dec_numeric(ct: ColumnType, raw: pa.Array) -> pa.Array:
@@ -519,7 +523,7 @@ def _dec_numeric(ct: ColumnType, raw: pa.Array) -> pa.Array:
         return raw.cast(ct.arrow_type)
     except pa.ArrowInvalid:
         s = _str(raw)
-        if pc.any(pc.is_in(s, value_set=_SPECIAL_NUMERIC)).as_py():
+        if pc.any(pc.is_in(s, value_set=_special_numeric())).as_py():
             return s  # NaN / ±Infinity: this batch carries the exact text
         raise
 

@@ -31,7 +31,6 @@ from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
-import adbc_driver_postgresql.dbapi as adbc
 import numpy as np
 import psycopg
 import pyarrow as pa
@@ -64,6 +63,15 @@ from wallaby.core.changes import (
     TableChanges,
 )
 from wallaby.core.errors import SourceError, redact_dsn
+
+
+def _adbc() -> Any:
+    """The ADBC Postgres driver's DB-API module, imported when a read first needs it (it imports pyarrow.dataset and
+    pandas: ~0.3 s of every worker's start, though a stream reads a table only to resync it)."""
+    import adbc_driver_postgresql.dbapi as adbc
+
+    return adbc
+
 
 log = logging.getLogger("wallaby.backfill")
 
@@ -509,9 +517,9 @@ class PartReader:
                          for n, nat in zip(self.names, self.native, strict=True))
         self.select = f"SELECT {cols}{self._range.extra} FROM {qualified_table(part.table)}"
         try:
-            self.data = adbc.connect(libpq_conninfo(dsn, app), autocommit=True)
+            self.data = _adbc().connect(libpq_conninfo(dsn, app), autocommit=True)
             self.cursor = self.data.cursor()
-        except adbc.Error as exc:
+        except _adbc().Error as exc:
             raise SourceError(f"backfill of {part.table}: could not connect: {redact_dsn(str(exc))}",
                               server=self.server) from None
         try:
@@ -526,7 +534,7 @@ class PartReader:
         DROP TABLE from then on waits for the part's end; :class:`TableDroppedError` when it was dropped meanwhile."""
         try:
             self.cursor.execute(f"LOCK TABLE {qualified_table(self.part.table)} IN ACCESS SHARE MODE")
-        except adbc.Error as exc:
+        except _adbc().Error as exc:
             if getattr(exc, "sqlstate", None) == "42P01":  # undefined_table
                 raise TableDroppedError(self.part.table, server=self.server) from None
             raise SourceError(f"backfill of {self.part.table} ({self.part.key}): {str(exc).strip()}",
@@ -615,7 +623,7 @@ class PartReader:
         try:
             self.cursor.execute(self.select + self._range.where(span))
             table = self.cursor.fetch_arrow_table()
-        except adbc.Error as exc:
+        except _adbc().Error as exc:
             raise SourceError(f"backfill of {self.part.table} ({self.part.key}): {str(exc).strip()}",
                               server=self.server) from None
         following, done = self._range.after(span, table)
@@ -677,5 +685,5 @@ class PartReader:
         for closing in (self.cursor.close, self.data.close):
             try:
                 closing()
-            except adbc.Error:
+            except _adbc().Error:
                 pass
