@@ -45,7 +45,11 @@ column).
 Two more leg groups, each part of the default run and runnable alone with ``--legs <group>``: ``binary_decode``
 (bench/binary_decode.py: per profile, walsender and client CPU per change with pgoutput's text values against its
 binary ones, the source option ``binary``) and ``slots`` (bench/slots.py: the same rows into Kafka through a flow
-of one slot and one of two slots with ``-workers 2``, whole worker processes, ``--slots-changes``).
+of one slot and one of two slots with ``-workers 2``, whole worker processes, ``--slots-changes``). And
+``latency`` (bench/latency.py: p50/p95/p99 from commit to visible in DuckDB, Kafka and pgstream at offered rates
+of 1k, 10k and 50k changes/s, with the default epoch and with 200ms) and ``debezium_stream``
+(bench/debezium_stream.py: Debezium embedded streaming ``--stream-changes`` inserts, counting them with no sink,
+against wallaby end to end into DuckDB, both timed as whole processes).
 
 The ``backfill`` leg group (``--legs backfill`` runs it alone; part of the default run) reads one generated
 narrow table (bench/backfill_readers.py's, ``--backfill-rows`` / ``BENCH_BACKFILL_ROWS``, default 2,000,000
@@ -466,8 +470,10 @@ def ducklake_target(results: dict[str, dict]) -> dict | None:
 
 BACKFILL = "backfill"  # the --legs name of the group
 BINARY = "binary_decode"  # the --legs name of bench/binary_decode.py's legs
-SLOTS = "slots"  # the --legs name of bench/slots.py's group: 1 and 2 slots into Kafka
-GROUPS = (BACKFILL, BINARY, SLOTS)  # leg groups besides the replication legs
+SLOTS_GROUP = "slots"  # the --legs name of bench/slots.py's group: 1 and 2 slots into Kafka
+LATENCY = "latency"  # bench/latency.py: commit to visible at offered rates, into DuckDB, Kafka and pgstream
+DEBEZIUM_STREAM = "debezium_stream"  # bench/debezium_stream.py: Debezium embedded streaming against wallaby
+GROUPS = (BACKFILL, BINARY, SLOTS_GROUP, LATENCY, DEBEZIUM_STREAM)  # leg groups besides the replication legs
 BACKFILL_TABLE = "narrow"  # bench/backfill_readers.py's generated table
 BACKFILL_PARTS = (1, 2, 4)
 BACKFILL_PUBLICATION = "bench_backfill"
@@ -875,8 +881,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=10_000)
     ap.add_argument("--legs", default=",".join([*LEGS, *GROUPS]),
                     help=f"legs to run (default all: {', '.join(LEGS)}, and {BACKFILL}: the backfill leg group,"
-                    f" {BINARY}: text against binary values, bench/binary_decode.py, {SLOTS}: 1 and 2 slots into"
-                    f" Kafka, bench/slots.py)")
+                    f" {BINARY}: text against binary values, bench/binary_decode.py, {SLOTS_GROUP}: 1 and 2 slots into"
+                    f" Kafka, bench/slots.py, {LATENCY}: commit to visible, bench/latency.py, {DEBEZIUM_STREAM}:"
+                    f" Debezium embedded streaming, bench/debezium_stream.py)")
+    ap.add_argument("--stream-changes", type=int, default=int(os.environ.get("BENCH_STREAM_CHANGES", 200_000)),
+                    help="changes of the debezium_stream legs (default 200,000; BENCH_STREAM_CHANGES)")
     ap.add_argument("--slots-changes", type=int, default=int(os.environ.get("BENCH_SLOTS_CHANGES", 400_000)),
                     help="changes of the slots legs (default 400,000; BENCH_SLOTS_CHANGES)")
     ap.add_argument("--backfill-rows", type=int, default=int(os.environ.get("BENCH_BACKFILL_ROWS", 2_000_000)),
@@ -892,7 +901,9 @@ def main(argv: list[str] | None = None) -> int:
     legs = [x for x in chosen if x in LEGS]
     backfill = BACKFILL in chosen
     binary = BINARY in chosen
-    slots = SLOTS in chosen
+    slots = SLOTS_GROUP in chosen
+    latency = LATENCY in chosen
+    dbz_stream = DEBEZIUM_STREAM in chosen
     if a.profiles is None:  # --legs backfill (or slots) alone: no replication profiles
         profiles = [] if not legs and not binary else ["narrow", "wide"]
     else:
@@ -903,12 +914,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--dsn runs the backfill legs only: give --legs backfill")
 
     pg = None
-    if profiles or slots or (backfill and not a.dsn):
+    if profiles or slots or latency or dbz_stream or (backfill and not a.dsn):
         pg = LocalPostgres(ROOT / ".cache" / "bench-pg")
         pg.start()
         pg.wait_ready()
     broker = None
-    if slots or (profiles and any(LEGS[x][1] == "kafka" for x in legs)):
+    if slots or latency or (profiles and any(LEGS[x][1] == "kafka" for x in legs)):
         from tests.kafka_broker import KafkaBroker
 
         broker = KafkaBroker(Path(tempfile.mkdtemp(prefix="wallaby-bench-kafka-")))
@@ -932,7 +943,15 @@ def main(argv: list[str] | None = None) -> int:
         if slots:
             from bench.slots import bench_slots  # it imports this module's measuring helpers
 
-            report[SLOTS] = bench_slots(pg, broker.bootstrap, a.slots_changes)
+            report[SLOTS_GROUP] = bench_slots(pg, broker.bootstrap, a.slots_changes)
+        if latency:
+            from bench.latency import bench_latency
+
+            report[LATENCY] = bench_latency(pg, broker.bootstrap)
+        if dbz_stream:
+            from bench.debezium_stream import bench_debezium_stream
+
+            report[DEBEZIUM_STREAM] = bench_debezium_stream(pg, a.stream_changes)
     finally:
         if pg is not None:
             pg.stop()
@@ -944,10 +963,18 @@ def main(argv: list[str] | None = None) -> int:
     print_profiles(report["profiles"])
     if BINARY in report:
         print_binary(report[BINARY])
-    if SLOTS in report:
+    if SLOTS_GROUP in report:
         from bench.slots import print_slots
 
-        print_slots(report[SLOTS])
+        print_slots(report[SLOTS_GROUP])
+    if LATENCY in report:
+        from bench.latency import print_latency
+
+        print_latency(report[LATENCY])
+    if DEBEZIUM_STREAM in report:
+        from bench.debezium_stream import print_debezium_stream
+
+        print_debezium_stream(report[DEBEZIUM_STREAM])
     failed = []
     if "backfill" in report:
         print_backfill(report["backfill"])

@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     from tests.kafka_broker import KafkaBroker
 
     pg = LocalPostgres(ROOT / ".cache" / "bench-pg")
+    ours = not pg.running()  # a server another run started (same directory) is used, and left running
     pg.start()
     pg.wait_ready()
     broker = KafkaBroker(Path(tempfile.mkdtemp(prefix="wallaby-bench-kafka-")))
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         res = bench_slots(pg, broker.bootstrap, a.changes)
     finally:
         broker.stop()
-        pg.stop()
+        if ours:
+            pg.stop()
     print(orjson.dumps(res).decode())
     print_slots(res)
     return 0

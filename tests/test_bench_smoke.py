@@ -76,3 +76,26 @@ def test_duckdb_and_ducklake_legs_run_beside_their_ceilings_at_a_tiny_size(pg, c
     assert "ducklake_bulk_load" in shown and "duckdb_bulk_load" in shown
     assert "[narrow] e2e_ducklake=" in shown and "x ducklake_bulk_load" in shown and "peak RSS" in shown
     assert ("target (>= 0.5x the ceiling, peak RSS < 400 MB) met" in shown) == target["met"]
+
+
+def test_latency_group_runs_into_pgstream_at_one_low_rate(pg, capsys):
+    """bench/latency.py's group, one worker (pgstream, 200ms epochs) at 500 changes/s for 3 s: every row written is
+    seen, its percentiles are in order and positive (what they are depends on the machine: no threshold here)."""
+    from bench.latency import DB, SINK_DB, bench_latency, print_latency
+
+    try:
+        res = bench_latency(pg, None, rates=[500], seconds=3, destinations=["pgstream"], epochs=["200ms"])
+    finally:
+        with psycopg.connect(pg.dsn(), autocommit=True) as c:
+            for db in (DB, SINK_DB):
+                c.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    (leg,) = res["legs"]
+    assert (leg["destination"], leg["epoch"], leg["rate"]) == ("pgstream", "200ms", 500)
+    assert leg["rows"] == 1500 and leg["seen"] == 1500 and not leg["lower_bounds"]
+    assert leg["achieved_rate"] > 0 and leg["drain_s"] >= 0
+    assert 0 < leg["p50_ms"] <= leg["p95_ms"] <= leg["p99_ms"] <= leg["max_ms"]
+    assert res["targets"] == []  # the target is at 10k/s with the default epoch: not run here
+    capsys.readouterr()
+    print_latency(res)
+    shown = capsys.readouterr().out
+    assert "pgstream" in shown and "200ms" in shown and "1,500/1,500" in shown
