@@ -1098,3 +1098,39 @@ def test_bench(tmp_path):
     inserts = _bench(tmp_path / "ins.duckdb", mixed=False)
     mixed = _bench(tmp_path / "mixed.duckdb", mixed=True)
     print(f"\n1M narrow inserts: {inserts:,.0f} rows/s; 1M mixed insert/update/delete: {mixed:,.0f} rows/s")
+
+
+def test_inserts_above_every_key_skip_the_upsert_delete_and_others_still_upsert():
+    """An epoch of inserts whose integer keys are all above the target's highest needs no delete before its insert
+    (an ETL load, ids that only grow); any other epoch still upserts: an insert of a key already there, after an
+    update that moved a key up, after a delete, across a writer started again on the same file."""
+    path = Path(tempfile.mkdtemp()) / "k.duckdb"
+    w, s = make(path, release_file=False), Stream()  # one connection: the spy below sees every statement
+    deletes: list[str] = []
+    real = w._con
+
+    class Spy:  # counts the statements that delete from the target
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def execute(self, sql, *args):
+            if sql.startswith('DELETE FROM "public"."users"'):
+                deletes.append(sql)
+            return real.execute(sql, *args)
+
+    w._con = Spy()
+    apply(w, s.batch(s.rows(USERS, ins(id=1, name="a", big=None), ins(id=2, name="b", big=None))))
+    apply(w, s.batch(s.rows(USERS, ins(id=3, name="c", big=None), ins(id=5, name="e", big=None))))
+    assert deletes == []  # an empty table, then keys above 2
+    apply(w, s.batch(s.rows(USERS, ins(id=4, name="d", big=None))))  # below the highest: it may be there
+    assert len(deletes) == 1
+    apply(w, s.batch(s.rows(USERS, upd({"id": 9, "name": "a9", "big": None}, before={"id": 1}))))
+    deletes.clear()
+    apply(w, s.batch(s.rows(USERS, ins(id=9, name="again", big=None))))  # 9 is there now: an upsert
+    assert len(deletes) == 1
+    assert users(w) == [(2, "b", None), (3, "c", None), (4, "d", None), (5, "e", None), (9, "again", None)]
+    w.close()
+    w2 = make(path)  # a new writer reads the bound from the file
+    apply(w2, s.batch(s.rows(USERS, ins(id=9, name="upsert", big=None), ins(id=10, name="j", big=None))))
+    assert users(w2)[-2:] == [(9, "upsert", None), (10, "j", None)]
+    w2.close()

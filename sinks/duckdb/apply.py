@@ -35,13 +35,14 @@ class DestTable:
 
 def apply_keyed(
     con: duckdb.DuckDBPyConnection, qt: str, src: pa.Table, columns: dict[str, Column], dest: DestTable,
-    keys: tuple[str, ...], reads_once: bool = False, fresh: bool = False,
+    keys: tuple[str, ...], reads_once: bool = False, fresh: bool = False, absent: bool = False,
 ) -> None:
     """The epoch reduced by :func:`sinks.sql.reduce.reduce_keyed` in this connection (keys cast to the target's
     types), then every touched key deleted and the final rows inserted. ``reads_once``: read rows come from one
     snapshot (each key once; see ``SnapshotMark.consistent``). ``fresh``: the target holds no row these changes
     could match (the writer knows it: see ``DuckDBWriter._still_fresh``), so read rows are appended without looking
-    for their keys."""
+    for their keys. ``absent``: an epoch of inserts only whose keys the target cannot hold (all above its highest:
+    ``DuckDBWriter._keys_absent``), appended without the delete that makes an insert an upsert."""
     T = dest.columns
     for k in keys:
         if k not in columns:
@@ -55,7 +56,7 @@ def apply_keyed(
     if ops == {"insert"} or (ops == {OP_READ} and reads_once):
         # only inserts, or only reads of one snapshot: keys are unique within the epoch (a second insert needs a
         # delete in between; a snapshot reads each row once)
-        if not (fresh and ops == {OP_READ}):
+        if not (fresh and ops == {OP_READ}) and not (absent and ops == {"insert"}):
             match_s = " AND ".join(f"t.{q(k)} = {cast('s.' + q(k), k)}" for k in keys)
             con.execute(f"DELETE FROM {qt} AS t USING __wallaby_src AS s WHERE {match_s}")  # an insert upserts
         sel = ", ".join(cast(q(c), c) for c in names)

@@ -45,7 +45,9 @@ Apply, ``write_mode=target``, tables with a key (replica identity default/index)
 
     An epoch of inserts only skips the reduction (its keys are unique):
     ``DELETE ... USING src`` (an insert of a present key upserts) and a plain
-    ``INSERT ... SELECT``. Delete+insert beats ``UPDATE`` (DuckDB updates of
+    ``INSERT ... SELECT``; under one integer key whose values are all above the
+    highest the table may hold (an upper bound the writer keeps), not even the
+    delete (``_keys_absent``: ids that only grow, an ETL load). Delete+insert beats ``UPDATE`` (DuckDB updates of
     VARCHAR columns are ~5x slower) and ``MERGE``. Unchanged TOAST values (``__unchanged``) and
     target-only columns (dropped at the source) are resolved before the
     delete: per row identity, ``arg_max({'v': col}, __seq) FILTER (WHERE col
@@ -174,6 +176,7 @@ DUCKDB_LOCK_WAIT = _SETTINGS.duckdb_lock_wait
 # (a catch-up) keeps the file, unless it was held RELEASE_MAX_HOLD seconds: readers wait at most that long.
 RELEASE_BUSY_BYTES = 16 << 20
 RELEASE_MAX_HOLD = 30.0
+_UNKNOWN = object()  # no bound known for a table's keys (DuckDBWriter._keys_absent)
 _LOCK_STEPS = Steps(0.1, 2.0, 2.0)  # the waits while the file is held: 0.1 s doubling to 2 s
 
 
@@ -276,6 +279,7 @@ class DuckDBWriter(TableEngine):
         self._release = bool(getattr(options, "release_file", False)) and options.dsn != ":memory:"
         self._released = False
         self._held_since = time.monotonic()  # when the file was last opened
+        self._key_max: dict[tuple[str, str], Any] = {}  # dest -> an upper bound of its integer keys (_keys_absent)
         self._con: duckdb.DuckDBPyConnection | None = None
         super().__init__(name, flow_id, options, resume_state, source=source, max_buffer_rows=max_buffer_rows,
                          max_buffer_bytes=max_buffer_bytes, max_tx_bytes=max_tx_bytes,
@@ -519,9 +523,28 @@ class DuckDBWriter(TableEngine):
             apply_keyless(self._con, qt, src, columns, dest)
         elif table.replica_identity != "f" and table.key_names:
             apply_keyed(self._con, qt, src, columns, dest, table.key_names, self._reads_once,
-                        self._still_fresh(p, qt, src))
+                        self._still_fresh(p, qt, src), self._keys_absent(p, qt, src, table.key_names))
         else:
             apply_keyless(self._con, qt, src, columns, dest)
+
+    def _keys_absent(self, p: _Pending, qt: str, src: pa.Table, keys: tuple[str, ...]) -> bool:
+        """Whether ``src`` is inserts only under one integer key, all above the highest key the target may hold: then
+        no insert can meet its key, and the apply skips the delete that makes an insert an upsert (an ETL load or
+        an append-mostly table: ids that only grow). The writer keeps an upper bound of the target's keys per table
+        (read once with ``max()``, raised by each such epoch, forgotten at anything else: reads, updates, deletes,
+        truncates, a schema change), so a bound too high only costs the delete, never a duplicate key."""
+        bound = self._key_max.pop(p.dest, _UNKNOWN)  # forgotten unless this epoch keeps it
+        if len(keys) != 1 or p.truncate or not pa.types.is_integer(src.column(keys[0]).type) or \
+                not pc.all(pc.equal(src.column(OP_COL), "insert")).as_py():
+            return False
+        lo_hi = pc.min_max(src.column(keys[0]))
+        lo, hi = lo_hi["min"].as_py(), lo_hi["max"].as_py()
+        if bound is _UNKNOWN:
+            bound = self._con.execute(f"SELECT max({q(keys[0])}) FROM {qt}").fetchone()[0]
+        if bound is not None and not isinstance(bound, int):  # the key is mapped to a non-integer type
+            return False
+        self._key_max[p.dest] = hi if bound is None else max(bound, hi)
+        return bound is None or lo > bound
 
     def _still_fresh(self, p: _Pending, qt: str, src: pa.Table) -> bool:
         """Whether the target holds only rows of this writer's reads and ``src`` holds only reads: then no read
