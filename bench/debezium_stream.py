@@ -36,7 +36,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 import psycopg
@@ -107,32 +106,16 @@ def _drop(dsn: str, slot: str, timeout: float = 30) -> None:
 def debezium_child(dsn: str, slot: str, changes: int, idle_timeout: float = 60.0) -> dict:
     """Debezium embedded streaming from ``slot`` (existing, with its publication of the same name) until it has
     counted ``changes`` records (or nothing came for ``idle_timeout`` s)."""
-    from bench.backfill_readers import _debezium_properties, prepare_debezium_embedded
+    from bench.backfill_readers import _debezium_properties, debezium_counter, prepare_debezium_embedded
 
     prepared = prepare_debezium_embedded(dsn, TABLE)  # the JVM and the engine's classes: before the engine
-    from pydbzengine import BasePythonChangeHandler, DebeziumJsonEngine
+    from pydbzengine import DebeziumJsonEngine
 
     work: Path = prepared["work"]
     props = _debezium_properties(dsn, TABLE, work, slot)
     props.update({"snapshot.mode": "no_data", "slot.drop.on.stop": "false", "publication.autocreate.mode": "disabled"})
     done = threading.Event()
-
-    class Count(BasePythonChangeHandler):
-        def __init__(self) -> None:
-            self.rows = self.json_bytes = 0
-            self.first = self.last = None
-
-        def handleJsonBatch(self, records: Any) -> None:  # a Java List of ChangeEvent<String, String>
-            values = [str(r.value()) for r in records]
-            if self.first is None and values:
-                self.first = time.perf_counter()
-            self.rows += len(values)
-            self.json_bytes += sum(map(len, values))
-            if self.rows >= changes:
-                self.last = time.perf_counter()
-                done.set()
-
-    handler = Count()
+    handler = debezium_counter(done, lambda h, _values: h.rows >= changes)
     error: list[BaseException] = []
     t0 = time.perf_counter()
     engine = DebeziumJsonEngine(properties=props, handler=handler)
