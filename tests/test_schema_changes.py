@@ -916,3 +916,40 @@ def test_a_rewrite_holds_a_flow_whose_destination_cannot_read_the_table_again(pg
                        timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert changes()[2:] == [("ddl", None), ("insert", 3)]  # the DDL event and the insert after it
+
+
+def test_a_column_dropped_and_added_again_alike_with_a_volatile_default_is_read_again(pgdb, tmp_path):
+    """DROP COLUMN r0, then ADD COLUMN r0 of the same type with a volatile default: the stream's shape is what it
+    was, but Postgres wrote new values into every row (found by CI in a random history). The source sees the
+    storage moved with a column dropped since, reads the table again, and DuckDB ends equal; a VACUUM FULL (new
+    storage, no column dropped) is no such event."""
+    duck = tmp_path / "d.duckdb"
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE h (id int PRIMARY KEY, v int)")
+    _run_worker(tmp_path, pgdb, duck, epoch="300ms", publication_tables="public.h")
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("INSERT INTO h SELECT g, g FROM generate_series(1, 20) g")
+        c.execute("ALTER TABLE h ADD COLUMN r0 int DEFAULT (random() * 1000)::int")
+        c.execute("INSERT INTO h (id, v) VALUES (21, 21)")
+    _run_worker(tmp_path, pgdb, duck, epoch="300ms", publication_tables="public.h")
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("ALTER TABLE h DROP COLUMN r0")
+        c.execute("ALTER TABLE h ADD COLUMN r0 int DEFAULT (random() * 1000)::int + 2000")
+        c.execute("INSERT INTO h (id, v) VALUES (22, 22)")
+    _run_worker(tmp_path, pgdb, duck, epoch="300ms", publication_tables="public.h")
+    want = _pg(pgdb, "SELECT id, v, r0 FROM h ORDER BY id")
+    assert all(r0 >= 2000 for _, _, r0 in want)
+    with duckdb.connect(str(duck), read_only=True) as d:
+        assert [tuple(r) for r in d.execute("SELECT id, v, r0 FROM public.h ORDER BY id").fetchall()] == want
+    store = open_store(worker_env(tmp_path))
+    events = store.flow_store.list_ddl(flow_id="sc")
+    assert sum("its storage (the same columns)" in e.ddl for e in events) == 1
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("VACUUM FULL h")
+        c.execute("INSERT INTO h (id, v) VALUES (23, 23)")
+    _run_worker(tmp_path, pgdb, duck, epoch="300ms", publication_tables="public.h")
+    after = store.flow_store.list_ddl(flow_id="sc")
+    assert len(after) == len(events), [(e.ddl[:60], e.position) for e in after]  # nothing to decide, nothing read again
+    with duckdb.connect(str(duck), read_only=True) as d:
+        assert d.execute("SELECT count(*) FROM public.h").fetchone()[0] == 23
+    store.close()

@@ -100,7 +100,8 @@ def describe_drift(p: dict) -> str:
     parts = [f"added {', '.join(p['added'])}" if p["added"] else "",
              f"dropped {', '.join(p['dropped'])}" if p["dropped"] else "",
              f"retyped {', '.join(p['retyped'])}" if p["retyped"] else ""]
-    text = f"schema drift of {p['table']}: " + ("; ".join(x for x in parts if x) or "replica identity or keys")
+    same = "its storage (the same columns)" if p.get("storage_only") else "replica identity or keys"
+    text = f"schema drift of {p['table']}: " + ("; ".join(x for x in parts if x) or same)
     if p.get("rewritten"):
         text += (f"; the table was rewritten (its stored values changed without row changes): plan: resync"
                  f" {p['table']} (wallaby-worker -mode backfill -tables {p['table']})")
@@ -209,12 +210,12 @@ class Batcher:
     def _relation(self, msg: Relation) -> None:
         old = self.tables.get(msg.relid)
         state = self.resolve(msg, self.types, old)
-        if old is not None and old.schema.same_shape(state.schema):
+        if old is not None and old.schema.same_shape(state.schema) and not state.schema.storage_moved(old.schema):
             return
         self.tables[msg.relid] = state
         self.open_runs.pop(msg.relid, None)  # a new shape starts a new run
         before = self.known.get(msg.relid)
-        if before is not None and before.same_shape(state.schema):
+        if before is not None and before.same_shape(state.schema) and not state.schema.storage_moved(before):
             return  # a shape keeps the storage it was first seen with: a rewrite while no worker ran shows later
         self.known[msg.relid] = state.schema
         if before is None:
@@ -245,6 +246,8 @@ class Batcher:
         # kept with the flow's state; the storage is read as it is now, so the rewrite may come later in the WAL
         # than this drift: the source reads the table again once the stream has passed where it stands now)
         payload["rewritten"] = bool(payload["retyped"] or after.rewritten_since(before))
+        if before.same_shape(after):  # a column dropped and added again alike (storage_moved): nothing to decide on
+            payload["storage_only"] = True
         payload["ddl"] = describe_drift(payload)
         if self.skipping:
             return

@@ -73,7 +73,14 @@ class DDLGate:
             record = self.flows.find_ddl(self.flow_id, str(ev.position), other)
         if record is None:
             plan_of = {k: v for k, v in ev.payload.items() if k != "ddl"}
-            if ev.payload.get("rewritten") and not self.rereads:
+            if ev.payload.get("storage_only"):
+                # a column dropped and added again alike: no schema to approve; read again where every destination
+                # can; where not, held as any rewrite (below)
+                status = "applied" if self.rereads else "pending"
+                if not self.rereads:
+                    plan_of["held"] = NO_REREAD.format(table=table)
+                    log.warning("ddl: flow=%s: %s", self.flow_id, plan_of["held"], extra={"flow": self.flow_id})
+            elif ev.payload.get("rewritten") and not self.rereads:
                 status, plan_of["held"] = "pending", NO_REREAD.format(table=table)
                 log.warning("ddl: flow=%s: %s", self.flow_id, plan_of["held"], extra={"flow": self.flow_id})
             elif not self.policy.gate:

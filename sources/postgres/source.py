@@ -505,7 +505,8 @@ class _PostgresPartition(StatefulSourcePartition):
         for seg in segments:
             for t in (seg.table,) if isinstance(seg, TableChanges) else seg.tables:
                 before = self.shapes.get(t.relid)
-                if before is None or not before.same_shape(t):  # a shape keeps the storage it was first seen with
+                # a shape keeps the storage it was first seen with, unless a column was dropped and added alike
+                if before is None or not before.same_shape(t) or t.storage_moved(before):
                     self.shapes[t.relid] = t
 
     def _hold(self, ev: Event, last: Position) -> None:
@@ -574,7 +575,8 @@ class _PostgresPartition(StatefulSourcePartition):
 def shapes_to_state(shapes: dict[int, TableSchema]) -> list:
     """Relation shapes for a snapshot: what schema drift is judged by (names, types, keys)."""
     return [[t.relid, t.schema, t.name, t.replica_identity, t.version,
-             [[c.name, c.type_oid, c.type_name, c.typmod, c.key] for c in t.columns], t.filenode, t.storage_after]
+             [[c.name, c.type_oid, c.type_name, c.typmod, c.key] for c in t.columns], t.filenode, t.storage_after,
+             t.dropped]
             for t in shapes.values()]
 
 
@@ -583,7 +585,8 @@ def shapes_from_state(state: list | None) -> dict[int, TableSchema]:
     for relid, schema, name, ri, version, cols, *rest in state or []:  # rest: the storage (none before 0.1.0)
         out[relid] = TableSchema(relid, schema, name, tuple(Column(n, oid, tn, mod, key) for n, oid, tn, mod, key
                                                              in cols), ri, version,
-                                 filenode=rest[0] if rest else None, storage_after=bool(rest[1:] and rest[1]))
+                                 filenode=rest[0] if rest else None, storage_after=bool(rest[1:] and rest[1]),
+                                 dropped=rest[2] if rest[2:] else None)
     return out
 
 

@@ -144,6 +144,18 @@ class TableSchema:
     # True when the catalog had already moved past this shape when its storage was read (a worker behind the DDL):
     # the storage read may be that of a rewrite after the shape, so the next shape change counts as one.
     storage_after: bool = field(default=False, compare=False)
+    # How many dropped columns the catalog keeps for the table (pg_attribute.attisdropped) when this shape was read;
+    # None when unknown. With the same columns and other storage, one more means a column dropped and one of the
+    # same name and type added again (storage_moved).
+    dropped: int | None = field(default=None, compare=False)
+
+    def storage_moved(self, before: TableSchema) -> bool:
+        """The same columns as ``before`` over a table whose storage changed and that dropped a column since: a
+        column dropped and one of the same name and type added again, whose volatile default Postgres wrote into
+        the rows (a rewrite nothing in the stream shows). A VACUUM FULL, CLUSTER or TRUNCATE changes the storage
+        alone, and is not one."""
+        return (before.filenode is not None and self.filenode is not None and before.filenode != self.filenode
+                and before.dropped is not None and self.dropped is not None and self.dropped > before.dropped)
 
     def rewritten_since(self, before: TableSchema) -> bool:
         """Whether the table's storage may have changed between ``before`` and this shape (both known): it differs;
