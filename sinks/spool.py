@@ -188,6 +188,7 @@ class SpooledWriter(Writer):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.last_error: str | None = None
+        self.failures = 0  # delivery attempts that failed
         self._thread = threading.Thread(target=self._deliver, name=f"wallaby-spool-{name}", daemon=True)
         self._thread.start()
 
@@ -220,6 +221,7 @@ class SpooledWriter(Writer):
                 self.last_error, delay = None, 1.0
             except Exception as exc:  # the destination is down or refused: keep the spool, retry later
                 self.last_error = str(exc)
+                self.failures += 1
                 log.warning("destination %s (secondary): %s; %d bytes spooled, retrying in %.0fs", self.name, exc,
                             self.spool.pending_bytes(), delay, extra={"flow": self.flow_id})
                 if self._writer is not None:
@@ -233,12 +235,15 @@ class SpooledWriter(Writer):
 
     def drain(self, timeout: float) -> bool:
         """Wait until everything spooled is delivered, while deliveries succeed (a graceful stop); what is left
-        stays spooled for the next run."""
+        stays spooled for the next run. A destination that fails twice while it drains is taken as down (one
+        failure may be a slow answer under load: its retry comes a second later)."""
         deadline = time.monotonic() + timeout
+        failed_before = self.failures
         while time.monotonic() < deadline:
             if self.spool.pending_bytes() == 0:
                 return True
-            if self.last_error is not None:
+            if self.failures - failed_before >= 2 or (self.last_error is not None and failed_before >= 2
+                                                      and self.failures > failed_before):
                 return False
             self._wake.set()
             time.sleep(0.05)
