@@ -244,6 +244,9 @@ class ProgressWriter:
             self.marks.clear()
         return state
 
+    def flush(self) -> None:
+        self.inner.flush()  # progress is recorded at the commit only (a flush may make nothing durable)
+
     def close(self) -> None:
         self.inner.close()
 

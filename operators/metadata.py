@@ -74,7 +74,7 @@ class MetadataRewriter:
         if not self.enabled:
             return batch
         segs = [self._segment(s) if isinstance(s, TableChanges) and len(s) else s for s in batch.segments]
-        return ChangeBatch(batch.flow_id, segs, batch.position)
+        return replace(batch, segments=segs)  # its snapshot mark and caught_up kept
 
     def _schema(self, t: TableSchema) -> TableSchema:
         clash = sorted(set(self.names) & set(t.column_names))
@@ -172,6 +172,9 @@ class MetadataWriter:
 
     def commit(self) -> Any:
         return self.inner.commit()
+
+    def flush(self) -> None:
+        self.inner.flush()
 
     def close(self) -> None:
         self.inner.close()

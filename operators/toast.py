@@ -40,7 +40,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -365,7 +365,7 @@ class Rehydrator:
         segments = list(batch.segments)
         for i, plan in plans.items():
             segments[i] = self._merge(plan, fetched.get(plan.seg.table.relid))
-        return ChangeBatch(batch.flow_id, segments, batch.position)
+        return replace(batch, segments=segments)  # its snapshot mark and caught_up kept
 
     def _cache_pass(self, plan: _Plan) -> None:
         """Rows in WAL order against the cache: hits into ``plan.cached``, misses into ``plan.wanted``."""

@@ -3,7 +3,8 @@
 A destination implements :class:`Writer`: ``write(batch)`` takes a
 :class:`~wallaby.core.changes.ChangeBatch` (it may apply it inside an open
 transaction or buffer it), and ``commit()`` makes everything written so far
-durable and returns the state to resume from. bytewax calls ``commit()``
+durable and returns the state to resume from; ``flush()``, called when the
+source has caught up, may make it visible sooner (DuckDB, pgstream). bytewax calls ``commit()``
 through the sink partition's ``snapshot()`` at the end of each epoch in which
 the partition received data; the source confirms a position to Postgres only
 after that (see docs/ARCHITECTURE.md, "When the slot may advance").
@@ -52,6 +53,12 @@ class Writer(ABC):
     @abstractmethod
     def commit(self) -> Any:
         """Make every written batch durable; return the state to resume from (JSON-able)."""
+
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """The source has caught up (the last batch written is ``caught_up``): a destination that can make what it
+        holds durable and visible now, exactly once (its high-water stored with it) and cheaply enough to do it
+        whenever the stream goes quiet, does so; the epoch's :meth:`commit` follows as always, and the source still
+        confirms only after it. Default: nothing (what is written shows at the epoch's commit)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. May never be called (a crash)."""

@@ -16,6 +16,11 @@ may confirm it. Around each destination's writer, a :class:`DestinationWriter` r
   a delivery thread drains, so a secondary that is down catches up when it
   returns, and loses nothing.
 
+When the source hands over a batch with nothing more waiting (``ChangeBatch.caught_up``), the writer is asked to
+``flush()`` after it: DuckDB and pgstream then commit what they hold with its high-water (and DuckDB lets go of
+its file), so a quiet stream's changes show within a batch, not an epoch; under a backlog no batch is caught up
+and epochs stay whole.
+
 A part's resume state is its writer's state.
 """
 
@@ -83,6 +88,9 @@ class DestinationWriter(Writer):
             for batch in batches:
                 self.writer.write(batch)
         self.write_time += call.elapsed
+        if batches and batches[-1].caught_up:  # the stream is quiet: show what the epoch holds so far
+            with DestinationCall(self.attrs, "flush", commit_duration):
+                self.writer.flush()
 
     def _wait(self) -> None:
         if self._in_flight is not None:

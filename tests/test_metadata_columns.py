@@ -134,3 +134,18 @@ def test_meta_columns_of_a_delete_in_an_append_destination(orders, tmp_path):
     rows = _rows(path, "SELECT id, __op, __ds_op, __ds_is_deleted, __ds_synced_at IS NOT NULL, __ds_watermark IS NOT"
                        " NULL FROM public.orders WHERE __op = 'delete'")
     assert rows == [(2, "delete", "delete", True, True, True)]
+
+
+def test_the_rewrite_keeps_a_batch_s_snapshot_mark_and_caught_up():
+    """A backfill's batch keeps its snapshot mark through the metadata rewrite (without it a destination took the
+    snapshot's rows as stream changes: judged against its high-water and moving it), and a stream's batch keeps
+    ``caught_up`` (the destinations' flush)."""
+    from operators.metadata import MetadataRewriter
+    from sinks.duckdb.options import DuckDBDestinationOptions
+    from wallaby.core.changes import ChangeBatch, Position, SnapshotMark
+
+    rewriter = MetadataRewriter(DuckDBDestinationOptions(dsn=":memory:", meta_enabled=True))
+    mark = SnapshotMark("public.t:0", 10, False, 5)
+    out = rewriter.rewrite(ChangeBatch("f", [], Position(100, 7), snapshot=mark))
+    assert out.snapshot == mark
+    assert rewriter.rewrite(ChangeBatch("f", [], Position(100, 7), caught_up=True)).caught_up

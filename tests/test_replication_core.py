@@ -208,6 +208,22 @@ def test_a_full_batch_is_handed_over_within_the_chunk():
     assert [(k, len(b.segments), cov) for k, b, cov in items] == [("batch", 1, START + 200)]
 
 
+def test_only_a_batch_cut_when_the_stream_had_nothing_more_is_caught_up():
+    c = core(batch_size=2, batch_timeout=1.0)
+    items, _ = pump(c, txn(START + 100, changes=3), T0 + 0.01)
+    assert [b.caught_up for k, b, _ in items if k == "batch"] == [False]  # full: more was waiting
+    items, _ = pump(c, [], T0 + 0.02)
+    assert [b.caught_up for k, b, _ in items if k == "batch"] == [True]  # a read brought nothing: the stream is quiet
+    # held past batch_timeout while the stream still brings data: handed over, but not caught up
+    pump(c, [begin(START + 290), message(START + 201)], T0 + 0.03)
+    items, _ = pump(c, [message(START + 202), commit(START + 290, START + 300)], T0 + 2.0)
+    assert [b.caught_up for k, b, _ in items if k == "batch"] == [False]
+    # held past batch_timeout inside a transaction while the stream is quiet: handed over, not caught up
+    pump(c, [begin(START + 390), message(START + 301)], T0 + 2.1)
+    items, _ = pump(c, [], T0 + 3.5)
+    assert [b.caught_up for k, b, _ in items if k == "batch"] == [False]
+
+
 # -- a property over any interleaving ---------------------------------------------------------
 EVENTS = st.lists(st.one_of(
     # changes, the chunks it is split over (a keepalive reporting WAL beyond it after each but the last)

@@ -27,7 +27,11 @@ Delivery (exactly once)
     inside the still-open transaction, and once a transaction holds
     ``max_tx_bytes`` of changes it is committed early (with the high-water
     position of what it holds), so memory stays bounded while a backlog is
-    caught up; an epoch may then become visible in parts. On start the writer reads the stored
+    caught up; an epoch may then become visible in parts. When the source has
+    caught up (a batch cut with nothing more waiting, ``flush()``), what is taken
+    is committed the same way and the file let go of (``release_file``), so a
+    quiet stream shows within a batch rather than an epoch; under a backlog no
+    batch is caught up and epochs stay whole. On start the writer reads the stored
     high-water and skips every change at or below it (a replay after a crash
     between the DuckDB commit and bytewax's recovery commit).
 
@@ -177,11 +181,13 @@ DUCKDB_LOCK_WAIT = _SETTINGS.duckdb_lock_wait
 RELEASE_BUSY_BYTES = 16 << 20
 RELEASE_MAX_HOLD = 30.0
 _UNKNOWN = object()  # no bound known for a table's keys (DuckDBWriter._keys_absent)
-_LOCK_STEPS = Steps(0.1, 2.0, 2.0)  # the waits while the file is held: 0.1 s doubling to 2 s
+# The waits while another process holds the file: 10 ms doubling to 2 s. A reader's open-read-close takes a few ms;
+# with a first wait of 0.1 s, a reader polling every 20 ms put the writer's reopen (after each flush) 0.1 s behind.
+_LOCK_STEPS = Steps(0.01, 2.0, 2.0)
 
 
 def _connect(dsn: str, config: dict) -> duckdb.DuckDBPyConnection:
-    """A connection to ``dsn``, waiting up to :data:`DUCKDB_LOCK_WAIT` (0.1 s doubling to 2 s) while another process
+    """A connection to ``dsn``, waiting up to :data:`DUCKDB_LOCK_WAIT` (10 ms doubling to 2 s) while another process
     holds the file's lock."""
     return retry(lambda: duckdb.connect(dsn, config=config), policy=_LOCK_STEPS,
                  retryable=lambda exc: isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower(),
@@ -256,7 +262,11 @@ def _safe_dsn(dsn: str) -> str:
 
 
 class DuckDBWriter(TableEngine):
-    """Applies change batches to DuckDB; one transaction per epoch (see the module docstring)."""
+    """Applies change batches to DuckDB; one transaction per epoch, or per quiet moment of the stream (see the
+    module docstring)."""
+
+    # flush(): commit (and let go of the file) whenever the source has caught up, not only at an epoch's end
+    FLUSH_WHEN_CAUGHT_UP = True
 
     def __init__(
         self,
@@ -385,6 +395,16 @@ class DuckDBWriter(TableEngine):
             self._tx_bytes = 0
             self._dml_tables.clear()
             self._hw.stored = max(self._hw.stored, mark)
+
+    def flush(self) -> None:
+        """The stream is quiet: commit what is taken with its high-water and, with ``release_file``, let go of the
+        file (unless the epoch is a catch-up's, as at an epoch's end), so readers see it now. A replay after a crash
+        skips it by the high-water, as it skips an epoch's."""
+        if not self.FLUSH_WHEN_CAUGHT_UP:
+            return
+        self._check_usable()
+        self._commit_all()
+        self._let_go()
 
     def close(self) -> None:
         self._released = False

@@ -397,6 +397,9 @@ class DuckLakeWriter(DuckDBWriter):
     """The DuckDB writer on a DuckLake catalog (see the module docstring): the connection is the lake's, a source
     type change the lake cannot follow holds the flow, ``interval`` lands in VARCHAR."""
 
+    # Every commit is a lake snapshot with Parquet files of its own: only epochs commit (no flush per quiet moment)
+    FLUSH_WHEN_CAUGHT_UP = False
+
     def __init__(self, name: str, flow_id: str, options: DuckLakeOptions | Mapping[str, Any],
                  resume_state: Any = None, *, source: SourceCheck | None = None, **kwargs: Any):
         options = _options(options)

@@ -154,6 +154,12 @@ class PGStreamWriter(Writer):
         self.pending = []
         return {"position": self.hw.stored.to_state()}
 
+    def flush(self) -> None:
+        """The stream is quiet: the pending messages and their high-water go in now, one transaction, as at an
+        epoch's end (consumers see them within a batch, not an epoch)."""
+        if self.hw.pending:
+            self.commit()
+
     def close(self) -> None:
         self.conn.close()
 

@@ -21,8 +21,9 @@ The rules, all carried over from the reader as they were:
   becomes covered and lets the slot advance), and every :data:`STOPPING_STATUS_EVERY` while a ``stop_at_lsn`` is
   not yet covered and the stream is quiet; otherwise as soon as ``confirmed`` moved past what was last sent.
   While the partition's queue is full, at least every ``min(status_interval, FULL_STATUS_EVERY)``.
-- Held changes are handed over when the batch is full, when a read brought nothing and no transaction is half-read,
-  or when the oldest has waited ``batch_timeout``.
+- Held changes are handed over when the batch is full, when a read brought nothing and no transaction is half-read
+  (the batch is then ``caught_up``: the stream had nothing more waiting, and it ends a transaction), or when the oldest has waited
+  ``batch_timeout``.
 - ``last_activity``: the time of the last read that brought WAL data (keepalives are not activity); with
   ``received`` and ``covered`` it is what the partition's empty-read rule (``-max-empty-reads``) looks at.
 """
@@ -118,8 +119,11 @@ class ReplicationProtocol:
         held_too_long = self.first_held_at is not None and now - self.first_held_at >= self.batch_timeout
         if batcher.rows and (held_too_long or not msgs) and (held_too_long or not batcher.in_txn):
             # Caught up with the stream (or batch_timeout passed): hand over what we hold.
+            whole = not batcher.in_txn
             item = self._take()
             if item is not None:
+                if whole and not msgs:  # the server had nothing more, at a transaction's end: show it now
+                    item[1].caught_up = True  # type: ignore[union-attr]
                 yield item
         if not batcher.in_txn and not batcher.rows:
             self.covered = max(self.covered, batcher.last_commit_end)

@@ -16,6 +16,7 @@ store is never behind the slot: a slot confirmed further was advanced by someone
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -321,7 +322,11 @@ class _PostgresPartition(StatefulSourcePartition):
         reader = self.reader
         assert reader is not None
 
+        tail = False  # the last batch taken was cut with nothing more waiting in the stream (ChangeBatch.caught_up)
+
         def on_batch(batch: ChangeBatch, covered: int) -> None:
+            nonlocal tail
+            tail = batch.caught_up
             out.append((self.key, batch))
             self.position = batch.position
             self.covered = max(self.covered, covered)
@@ -352,6 +357,12 @@ class _PostgresPartition(StatefulSourcePartition):
             self.backoff = BACKOFF_FIRST
         if out:
             self.last_commit_us = last_commit_us(out[-1][1]) or self.last_commit_us
+            # The filters above may have rebuilt the last batch: it is caught up when the stream had nothing more
+            # and the reader has handed nothing since.
+            key, last = out[-1]
+            caught_up = tail and err is None and reader.queue.empty()
+            if last.caught_up != caught_up:
+                out[-1] = (key, dataclasses.replace(last, caught_up=caught_up))
         self._after_drain(out)
         return out
 

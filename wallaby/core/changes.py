@@ -289,13 +289,16 @@ class ChangeBatch:
     records as its high-water mark once the batch is durable). A ``snapshot``
     batch holds rows of a backfill (op ``read``, at the snapshot's LSN; its
     mark says how far the part is): it is outside the stream's order, so no
-    high-water skips it or moves for it.
+    high-water skips it or moves for it. ``caught_up``: the source had read all the server had sent when it cut
+    this batch (nothing more was waiting): a destination that can make what it holds visible between epochs does so
+    then (:meth:`sinks.base.Writer.flush`), so latency is not the epoch's length while a backlog still fills epochs.
     """
 
     flow_id: str
     segments: list[Segment]
     position: Position
     snapshot: SnapshotMark | None = None
+    caught_up: bool = False
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.segments)
@@ -312,7 +315,7 @@ class ChangeBatch:
                     kept.append(later)
             elif s.position > pos:
                 kept.append(s)
-        return ChangeBatch(self.flow_id, kept, self.position, self.snapshot)
+        return ChangeBatch(self.flow_id, kept, self.position, self.snapshot, self.caught_up)
 
     def tables(self) -> list[TableSchema]:
         seen: dict[tuple[int, int], TableSchema] = {}
