@@ -51,6 +51,17 @@ of 1k, 10k and 50k changes/s, with the default epoch and with 200ms) and ``debez
 (bench/debezium_stream.py: Debezium embedded streaming ``--stream-changes`` inserts, counting them with no sink,
 against wallaby end to end into DuckDB, both timed as whole processes).
 
+The ``bulk`` leg group (bench/bulk.py; ``--legs bulk`` runs it alone; part of the default run): an insert-only load
+like an ETL job's into the source, ``--bulk-changes`` / ``BENCH_BULK_CHANGES`` (default 1,000,000) narrow rows in
+10k-row transactions written after both slots were made. ``pg_recvlogical_bulk`` drains its slot to /dev/null (the
+baseline) and ``wallaby_bulk_duckdb`` (``wallaby-worker -flow-file F -max-empty-reads 1``, every option at its
+default) reads the same rows into a DuckDB file, both timed as whole processes, start-up and wallaby's final
+checkpoint included; the file is checked to hold every row. Beside it ``wallaby_bulk_duckdb_batch10k``: the same
+with the source option ``batch_size`` at this run's ``--batch-size`` default, 10,000, instead of its own, 100.
+Then ``catch_up_empty``: the same worker command 3
+times with nothing to read (as scheduled runs find a quiet source), spawn to exit, the median. Targets: bulk into
+DuckDB >= 1.0x pg_recvlogical (whole processes); catch-up with nothing to read < 1 s.
+
 The ``backfill`` leg group (``--legs backfill`` runs it alone; part of the default run) reads one generated
 narrow table (bench/backfill_readers.py's, ``--backfill-rows`` / ``BENCH_BACKFILL_ROWS``, default 2,000,000
 rows, vacuumed and read once untimed first so every leg finds it in memory), each leg in its own process:
@@ -81,7 +92,7 @@ DuckDB's postgres extension, peak RSS < 500 MB, 2 parts >= 1.5x one part, backfi
 leg over Debezium's, both headline rates).
 
     python -m bench.run [--changes 1000000] [--profiles narrow,wide] [--batch-size 10000] [--legs a,b,backfill]
-                        [--backfill-rows 2000000] [--dsn DSN (backfill only)] [--out FILE]
+                        [--backfill-rows 2000000] [--bulk-changes 1000000] [--dsn DSN (backfill only)] [--out FILE]
 """
 
 from __future__ import annotations
@@ -263,6 +274,16 @@ def generate(dsn: str, profile: str, changes: int) -> None:
         c.execute("CHECKPOINT")
 
 
+def run_pg_recvlogical(pg: LocalPostgres, dsn: str, slot: str, publication: str, stop: str) -> tuple[float, int]:
+    """pg_recvlogical (the server's own, pgoutput protocol 4) draining ``slot`` to /dev/null up to ``stop``
+    (``--endpos``), timed as a whole process: (seconds, peak RSS bytes)."""
+    secs, rss, _ = run_measured([
+        pg.binary("pg_recvlogical"), "-d", dsn, "--slot", slot, "--start", "-P", "pgoutput",
+        "-o", "proto_version=4", "-o", f"publication_names={publication}", "-E", stop, "-f", "/dev/null", "--no-loop",
+        "-s", "1"])
+    return secs, rss
+
+
 def duckdb_file(tmp: Path, slot: str) -> Path:
     """The DuckDB file of the leg reading ``slot``."""
     return tmp / f"bench-{slot}.duckdb"
@@ -382,10 +403,7 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
     results: dict[str, dict] = {}
 
     with WalsenderCPU(dsn, f"{profile}_recv") as ws:
-        secs, rss, _ = run_measured([
-            pg.binary("pg_recvlogical"), "-d", dsn, "--slot", f"{profile}_recv", "--start", "-P", "pgoutput",
-            "-o", "proto_version=4", "-o", "publication_names=bench", "-E", stop, "-f", "/dev/null", "--no-loop",
-            "-s", "1"])
+        secs, rss = run_pg_recvlogical(pg, dsn, f"{profile}_recv", "bench", stop)
     results["pg_recvlogical"] = {"seconds": secs, "peak_rss_mb": rss / 2**20, "walsender_cpu": ws.share}
 
     with psycopg.connect(dsn) as c:
@@ -473,7 +491,8 @@ BINARY = "binary_decode"  # the --legs name of bench/binary_decode.py's legs
 SLOTS_GROUP = "slots"  # the --legs name of bench/slots.py's group: 1 and 2 slots into Kafka
 LATENCY = "latency"  # bench/latency.py: commit to visible at offered rates, into DuckDB, Kafka and pgstream
 DEBEZIUM_STREAM = "debezium_stream"  # bench/debezium_stream.py: Debezium embedded streaming against wallaby
-GROUPS = (BACKFILL, BINARY, SLOTS_GROUP, LATENCY, DEBEZIUM_STREAM)  # leg groups besides the replication legs
+BULK = "bulk"  # bench/bulk.py: an insert-only load, pg_recvlogical against wallaby into DuckDB; empty catch-up runs
+GROUPS = (BACKFILL, BINARY, SLOTS_GROUP, LATENCY, DEBEZIUM_STREAM, BULK)  # leg groups besides the replication legs
 BACKFILL_TABLE = "narrow"  # bench/backfill_readers.py's generated table
 BACKFILL_PARTS = (1, 2, 4)
 BACKFILL_PUBLICATION = "bench_backfill"
@@ -883,11 +902,14 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"legs to run (default all: {', '.join(LEGS)}, and {BACKFILL}: the backfill leg group,"
                     f" {BINARY}: text against binary values, bench/binary_decode.py, {SLOTS_GROUP}: 1 and 2 slots into"
                     f" Kafka, bench/slots.py, {LATENCY}: commit to visible, bench/latency.py, {DEBEZIUM_STREAM}:"
-                    f" Debezium embedded streaming, bench/debezium_stream.py)")
+                    f" Debezium embedded streaming, bench/debezium_stream.py, {BULK}: an insert-only load and empty"
+                    f" catch-up runs, bench/bulk.py)")
     ap.add_argument("--stream-changes", type=int, default=int(os.environ.get("BENCH_STREAM_CHANGES", 200_000)),
                     help="changes of the debezium_stream legs (default 200,000; BENCH_STREAM_CHANGES)")
     ap.add_argument("--slots-changes", type=int, default=int(os.environ.get("BENCH_SLOTS_CHANGES", 400_000)),
                     help="changes of the slots legs (default 400,000; BENCH_SLOTS_CHANGES)")
+    ap.add_argument("--bulk-changes", type=int, default=int(os.environ.get("BENCH_BULK_CHANGES", 1_000_000)),
+                    help="inserts of the bulk legs (default 1,000,000; BENCH_BULK_CHANGES)")
     ap.add_argument("--backfill-rows", type=int, default=int(os.environ.get("BENCH_BACKFILL_ROWS", 2_000_000)),
                     help="rows of the backfill legs' table (default 2,000,000; BENCH_BACKFILL_ROWS)")
     ap.add_argument("--dsn", default=None, help="run the backfill legs in this database rather than on the bench's"
@@ -904,6 +926,7 @@ def main(argv: list[str] | None = None) -> int:
     slots = SLOTS_GROUP in chosen
     latency = LATENCY in chosen
     dbz_stream = DEBEZIUM_STREAM in chosen
+    bulk = BULK in chosen
     if a.profiles is None:  # --legs backfill (or slots) alone: no replication profiles
         profiles = [] if not legs and not binary else ["narrow", "wide"]
     else:
@@ -914,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--dsn runs the backfill legs only: give --legs backfill")
 
     pg = None
-    if profiles or slots or latency or dbz_stream or (backfill and not a.dsn):
+    if profiles or slots or latency or dbz_stream or bulk or (backfill and not a.dsn):
         pg = LocalPostgres(ROOT / ".cache" / "bench-pg")
         pg.start()
         pg.wait_ready()
@@ -952,6 +975,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.debezium_stream import bench_debezium_stream
 
             report[DEBEZIUM_STREAM] = bench_debezium_stream(pg, a.stream_changes)
+        if bulk:
+            from bench.bulk import bench_bulk
+
+            report[BULK] = bench_bulk(pg, a.bulk_changes)
     finally:
         if pg is not None:
             pg.stop()
@@ -975,6 +1002,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.debezium_stream import print_debezium_stream
 
         print_debezium_stream(report[DEBEZIUM_STREAM])
+    if BULK in report:
+        from bench.bulk import print_bulk
+
+        print_bulk(report[BULK])
     failed = []
     if "backfill" in report:
         print_backfill(report["backfill"])

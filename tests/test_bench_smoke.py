@@ -1,5 +1,5 @@
-"""`make bench` cannot rot unseen: its backfill leg group, and its legs into DuckDB and DuckLake each beside its
-bulk-load ceiling, run at a tiny size on the session's Postgres.
+"""`make bench` cannot rot unseen: its backfill leg group, its legs into DuckDB and DuckLake each beside its
+bulk-load ceiling, its latency and bulk leg groups, run at a tiny size on the session's Postgres.
 
 The rates mean nothing at 20,000 rows or 2,000 changes (process start-up dominates); what is checked is that every
 leg runs, reads every row (change) and lands in the results with a positive rate, and that the targets are computed.
@@ -99,3 +99,38 @@ def test_latency_group_runs_into_pgstream_at_one_low_rate(pg, capsys):
     print_latency(res)
     shown = capsys.readouterr().out
     assert "pgstream" in shown and "200ms" in shown and "1,500/1,500" in shown
+
+
+def test_bulk_group_runs_at_a_tiny_size(pg, capsys):
+    """bench/bulk.py's group at 20,000 inserts: pg_recvlogical and wallaby into DuckDB each read them all (the
+    DuckDB file holds every row), the catch-up runs with nothing to read finish, and both targets are computed
+    (whether they are met depends on the machine: not asserted)."""
+    from bench.bulk import CATCH_UP_RUNS, DB, bench_bulk, print_bulk
+
+    changes = 20_000
+    try:
+        res = bench_bulk(pg, changes)
+    finally:
+        with psycopg.connect(pg.dsn(), autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    legs = res["legs"]
+    assert set(legs) == {"pg_recvlogical_bulk", "wallaby_bulk_duckdb", "wallaby_bulk_duckdb_batch10k",
+                         "catch_up_empty"}
+    for name in ("pg_recvlogical_bulk", "wallaby_bulk_duckdb", "wallaby_bulk_duckdb_batch10k"):
+        assert legs[name]["changes"] == changes, name
+        assert legs[name]["rows_per_s"] > 0 and legs[name]["peak_rss_mb"] > 0, name
+    wal = legs["wallaby_bulk_duckdb"]
+    assert wal["rows_in_duckdb"] == changes and wal["rows_check"] == "passed"
+    assert wal["ratio_to_pg_recvlogical"] == wal["rows_per_s"] / legs["pg_recvlogical_bulk"]["rows_per_s"]
+    idle = legs["catch_up_empty"]
+    assert len(idle["runs"]) == CATCH_UP_RUNS and all(r["seconds"] > 0 for r in idle["runs"])
+    assert idle["seconds"] > 0 and idle["peak_rss_mb"] > 0
+    targets = {t["target"]: t for t in res["targets"]}
+    assert set(targets) == {"bulk into DuckDB >= 1.0x pg_recvlogical (whole processes)",
+                            "catch-up with nothing to read < 1 s"}
+    assert all(isinstance(t["met"], bool) for t in targets.values())
+    capsys.readouterr()
+    print_bulk(res)
+    shown = capsys.readouterr().out
+    assert "pg_recvlogical_bulk" in shown and "wallaby_bulk_duckdb" in shown and "catch_up_empty" in shown
+    assert "catch-up with nothing to read < 1 s" in shown

@@ -22,8 +22,8 @@ The rules, all carried over from the reader as they were:
   not yet covered and the stream is quiet; otherwise as soon as ``confirmed`` moved past what was last sent.
   While the partition's queue is full, at least every ``min(status_interval, FULL_STATUS_EVERY)``.
 - Held changes are handed over when the batch is full, when a read brought nothing and no transaction is half-read
-  (the batch is then ``caught_up``: the stream had nothing more waiting, and it ends a transaction), or when the oldest has waited
-  ``batch_timeout``.
+  (the batch is then ``caught_up``: the stream had nothing more waiting, and it ends a transaction), or when the
+  oldest has waited ``batch_timeout``.
 - ``last_activity``: the time of the last read that brought WAL data (keepalives are not activity); with
   ``received`` and ``covered`` it is what the partition's empty-read rule (``-max-empty-reads``) looks at.
 """

@@ -74,6 +74,11 @@ IDLE_POLL = 0.005
 DRAIN_ITEMS = 4
 # PostgresSource(resume=...): take the checkpoint store's position as it is (no start-up check ran).
 READ_CHECKPOINT = object()
+# A run-once worker's (-max-empty-reads) empty read: this long without WAL data (or batch_timeout, if shorter). What
+# makes it the end is the other half of the rule: the stream has covered the WAL the server had flushed when the
+# quiet stretch began; the window only keeps a read that is still arriving from counting. A whole batch_timeout
+# (1 s by default) here was most of what a catch-up run with nothing to read took.
+RUN_ONCE_EMPTY_READ = 0.2
 
 
 @dataclass
@@ -382,9 +387,11 @@ class _PostgresPartition(StatefulSourcePartition):
                 self.reader.want_covered(None)
             return
         idle_since = max(self.reader.last_activity, self.last_empty)
-        if now - idle_since < self.opts.batch_timeout or self.reader.received > self.reader.covered:
+        window = self.opts.batch_timeout if self.src.max_empty_reads is None else \
+            min(self.opts.batch_timeout, RUN_ONCE_EMPTY_READ)
+        if now - idle_since < window or self.reader.received > self.reader.covered:
             return  # data came lately, or the server reported WAL not read yet (a long transaction being decoded)
-        # An empty read: a whole batch_timeout with no WAL data, and everything the server reported is covered.
+        # An empty read: a whole window with no WAL data, and everything the server reported is covered.
         self.last_empty = now
         if self.opts.emit_empty:
             out.append((self.key, ChangeBatch(self.flow_id, [], self.position)))
