@@ -37,12 +37,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-import orjson
 import psycopg
 
 from bench.debezium_stream import _drop
 from bench.debezium_stream import _worker as run_worker
-from bench.run import PROFILES, ROOT, WalsenderCPU, _log_time, run_pg_recvlogical
+from bench.run import (
+    PROFILES,
+    WalsenderCPU,
+    _log_time,
+    bench_postgres,
+    fresh_database,
+    log_records,
+    run_pg_recvlogical,
+    show_group,
+)
 from wallaby.control.localpg import LocalPostgres
 
 DB = "bench_bulk"
@@ -61,13 +69,7 @@ TARGETS = {"x_pg_recvlogical": 1.0, "catch_up_seconds": 1.0}
 
 def _database(pg: LocalPostgres) -> str:
     create, _, _ = PROFILES["narrow"]
-    with psycopg.connect(pg.dsn(), autocommit=True) as c:
-        for (slot,) in c.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s AND NOT active",
-                                 (DB,)).fetchall():
-            c.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-        c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        c.execute(f"CREATE DATABASE {DB}")
-    dsn = pg.dsn(DB)
+    dsn = fresh_database(pg, DB)
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute(create)
         c.execute(f"CREATE PUBLICATION {PUBLICATION} FOR TABLE {TABLE}")
@@ -102,13 +104,7 @@ def _flow(tmp: Path, dsn: str, slot: str = WALLABY_SLOT, batch_size: int | None 
 def _logged_seconds(stderr: str) -> float | None:
     """The worker's own time from its JSON log: its first line to ``flow F: stopped`` (None without both)."""
     first = stopped = None
-    for line in stderr.splitlines():
-        if not line.startswith("{"):
-            continue
-        try:
-            rec = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
+    for rec in log_records(stderr):
         if "ts" not in rec:
             continue
         if first is None:
@@ -215,18 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--changes", type=int, default=int(os.environ.get("BENCH_BULK_CHANGES", 1_000_000)))
     a = ap.parse_args(argv)
-    pg = LocalPostgres(ROOT / ".cache" / "bench-pg")
-    ours = not pg.running()  # a server another run started (same directory) is used, and left running
-    pg.start()
-    pg.wait_ready()
-    try:
+    with bench_postgres() as pg:
         res = bench_bulk(pg, a.changes)
-    finally:
-        if ours:
-            pg.stop()
-    print(orjson.dumps(res).decode())
-    print_bulk(res)
-    return 0
+    return show_group(res, print_bulk)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from pathlib import Path
 import orjson
 import psycopg
 
-from bench.run import ROOT, WalsenderCPU, debezium_missing, run_rusage
+from bench.run import ROOT, WalsenderCPU, bench_postgres, debezium_missing, fresh_database, run_rusage, show_group
 from wallaby.control.localpg import LocalPostgres
 
 DB = "bench_dbz_stream"
@@ -62,13 +62,7 @@ def _fill() -> str:
 def _database(pg: LocalPostgres) -> str:
     from bench.backfill_readers import NARROW_DDL
 
-    with psycopg.connect(pg.dsn(), autocommit=True) as c:
-        for (slot,) in c.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s AND NOT active",
-                                 (DB,)).fetchall():
-            c.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-        c.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        c.execute(f"CREATE DATABASE {DB}")
-    dsn = pg.dsn(DB)
+    dsn = fresh_database(pg, DB)
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute(NARROW_DDL)
     return dsn
@@ -263,18 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.child_debezium:
         print(orjson.dumps(debezium_child(a.dsn, DBZ_SLOT, a.changes)).decode())
         return 0
-    pg = LocalPostgres(Path(a.pg_dir))
-    ours = not pg.running()  # a server another run started (same directory) is used, and left running
-    pg.start()
-    pg.wait_ready()
-    try:
+    with bench_postgres(Path(a.pg_dir)) as pg:
         res = bench_debezium_stream(pg, a.changes, a.batch_size)
-    finally:
-        if ours:
-            pg.stop()
-    print(orjson.dumps(res).decode())
-    print_debezium_stream(res)
-    return 0
+    return show_group(res, print_debezium_stream)
 
 
 if __name__ == "__main__":

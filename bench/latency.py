@@ -62,7 +62,7 @@ import numpy as np
 import orjson
 import psycopg
 
-from bench.run import ROOT
+from bench.run import ROOT, bench_postgres, fresh_database, show_group
 from wallaby.control.localpg import LocalPostgres
 
 DB = "bench_latency"
@@ -292,17 +292,10 @@ class PGStreamObserver(Observer):
 
 
 def _database(pg: LocalPostgres) -> tuple[str, str]:
-    with psycopg.connect(pg.dsn(), autocommit=True) as c:
-        for db in (DB, SINK_DB):
-            for (slot,) in c.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s AND NOT active",
-                                     (db,)).fetchall():
-                c.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            c.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-            c.execute(f"CREATE DATABASE {db}")
-    dsn = pg.dsn(DB)
+    dsn, sink_dsn = fresh_database(pg, DB), fresh_database(pg, SINK_DB)
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, ts timestamptz NOT NULL, v int, s text)")
-    return dsn, pg.dsn(SINK_DB)
+    return dsn, sink_dsn
 
 
 def _flow(tmp: Path, name: str, dsn: str, destination: dict) -> Path:
@@ -509,29 +502,22 @@ def main(argv: list[str] | None = None) -> int:
     destinations = [d for d in a.destinations.split(",") if d]
     if unknown := [d for d in destinations if d not in DESTINATIONS]:
         ap.error(f"unknown destinations {unknown}; known: {', '.join(DESTINATIONS)}")
-    pg = LocalPostgres(Path(a.pg_dir))
-    ours = not pg.running()  # a server another run started (same directory) is used, and left running
-    pg.start()
-    pg.wait_ready()
-    broker = None
-    try:
-        if "kafka" in destinations:
-            from tests.kafka_broker import KafkaBroker
+    with bench_postgres(Path(a.pg_dir)) as pg:
+        broker = None
+        try:
+            if "kafka" in destinations:
+                from tests.kafka_broker import KafkaBroker
 
-            broker_dir = Path(tempfile.mkdtemp(prefix="wallaby-bench-kafka-"))
-            broker = KafkaBroker(broker_dir)
-            broker.start()
-        res = bench_latency(pg, broker.bootstrap if broker else None, rates, a.seconds, destinations,
-                            [e for e in a.epochs.split(",") if e], a.rows_per_txn, a.poll_ms, a.duckdb_reader)
-    finally:
-        if broker is not None:
-            broker.stop()
-            shutil.rmtree(broker_dir, ignore_errors=True)
-        if ours:
-            pg.stop()
-    print(orjson.dumps(res).decode())
-    print_latency(res)
-    return 0
+                broker_dir = Path(tempfile.mkdtemp(prefix="wallaby-bench-kafka-"))
+                broker = KafkaBroker(broker_dir)
+                broker.start()
+            res = bench_latency(pg, broker.bootstrap if broker else None, rates, a.seconds, destinations,
+                                [e for e in a.epochs.split(",") if e], a.rows_per_txn, a.poll_ms, a.duckdb_reader)
+        finally:
+            if broker is not None:
+                broker.stop()
+                shutil.rmtree(broker_dir, ignore_errors=True)
+    return show_group(res, print_latency)
 
 
 if __name__ == "__main__":

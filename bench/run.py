@@ -108,7 +108,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -646,19 +646,57 @@ def _log_time(ts: str) -> float:
     return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
 
 
+def log_records(stderr: str) -> Iterator[dict]:
+    """The JSON log records a worker wrote to ``stderr`` (its other lines left out)."""
+    for line in stderr.splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            yield orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+
+
+@contextlib.contextmanager
+def bench_postgres(pg_dir: Path | None = None) -> Iterator[LocalPostgres]:
+    """The bench's local Postgres for a leg group run on its own (``python -m bench.<group>``): started, unless a
+    run of the same directory already runs it (then used and left running), and stopped after."""
+    pg = LocalPostgres(pg_dir or ROOT / ".cache" / "bench-pg")
+    ours = not pg.running()
+    pg.start()
+    pg.wait_ready()
+    try:
+        yield pg
+    finally:
+        if ours:
+            pg.stop()
+
+
+def fresh_database(pg: LocalPostgres, name: str) -> str:
+    """Database ``name`` made anew on ``pg`` (its idle slots dropped first, then the database); its DSN."""
+    with psycopg.connect(pg.dsn(), autocommit=True) as c:
+        for (slot,) in c.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s AND NOT active",
+                                 (name,)).fetchall():
+            c.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {name}")
+    return pg.dsn(name)
+
+
+def show_group(res: dict, show: Callable[[dict], None]) -> int:
+    """A leg group's results as JSON on one line, then its table (``show``); the exit status of its ``main``."""
+    print(orjson.dumps(res).decode())
+    show(res)
+    return 0
+
+
 def worker_phases(stderr: str, started: float, seconds: float) -> dict:
     """The phases of a ``wallaby-worker -mode backfill`` run, from its JSON log lines: start-up (process start to
     the plan), read (the plan to the last row read: rows / the rate of the last progress line, the table's whole),
     finish (the rest: the last commit, bytewax's shutdown)."""
     planned = done = None
     rows = rate = 0
-    for line in stderr.splitlines():
-        if not line.startswith("{"):
-            continue
-        try:
-            rec = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
+    for rec in log_records(stderr):
         if rec.get("logger") != "wallaby.backfill":
             continue
         msg = rec.get("msg", "")

@@ -23,10 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import orjson
 import psycopg
 
-from bench.run import ROOT, WalsenderCPU, run_rusage
+from bench.run import ROOT, WalsenderCPU, bench_postgres, run_rusage, show_group
 from wallaby.control.localpg import LocalPostgres
 
 TABLES = ("s_a", "s_b", "s_c", "s_d")
@@ -137,21 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     from tests.kafka_broker import KafkaBroker
 
-    pg = LocalPostgres(ROOT / ".cache" / "bench-pg")
-    ours = not pg.running()  # a server another run started (same directory) is used, and left running
-    pg.start()
-    pg.wait_ready()
-    broker = KafkaBroker(Path(tempfile.mkdtemp(prefix="wallaby-bench-kafka-")))
-    broker.start()
-    try:
-        res = bench_slots(pg, broker.bootstrap, a.changes)
-    finally:
-        broker.stop()
-        if ours:
-            pg.stop()
-    print(orjson.dumps(res).decode())
-    print_slots(res)
-    return 0
+    with bench_postgres() as pg:
+        broker = KafkaBroker(Path(tempfile.mkdtemp(prefix="wallaby-bench-kafka-")))
+        broker.start()
+        try:
+            res = bench_slots(pg, broker.bootstrap, a.changes)
+        finally:
+            broker.stop()
+    return show_group(res, print_slots)
 
 
 if __name__ == "__main__":
