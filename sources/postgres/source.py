@@ -77,7 +77,7 @@ READ_CHECKPOINT = object()
 # A run-once worker's (-max-empty-reads) empty read: this long without WAL data (or batch_timeout, if shorter). What
 # makes it the end is the other half of the rule: the stream has covered the WAL the server had flushed when the
 # quiet stretch began; the window only keeps a read that is still arriving from counting. A whole batch_timeout
-# (1 s by default) here was most of what a catch-up run with nothing to read took.
+# (1 s by default) here was a second of every catch-up run (3.2-3.7 s in all with nothing to read, 2 cores).
 RUN_ONCE_EMPTY_READ = 0.2
 
 
