@@ -229,18 +229,25 @@ def test_kill_9_at_random_moments_resumes_and_holds_every_row_once(pgdb, tmp_pat
     assert len(got) == len(want) and got == want
 
 
+def _acct_flow(tmp_path: Path, dsn: str, duck_path: Path, rows: int, note: str, **options) -> Path:
+    """``acct`` with ``rows`` rows (``note`` the SQL of their note) and an empty ``keyless_t``, and the flow file
+    of :func:`_flow` with ``options`` added to its DuckDB destination's."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE acct (id int PRIMARY KEY, bal bigint NOT NULL, note text)")
+        conn.execute(f"INSERT INTO acct SELECT g, g, {note} FROM generate_series(1, {rows}) g")
+        conn.execute("CREATE TABLE keyless_t (a int)")
+    flow = _flow(tmp_path, dsn, duck_path)
+    data = json.loads(flow.read_text())
+    data["destinations"][0]["options"].update(options)
+    flow.write_text(json.dumps(data))
+    return flow
+
+
 def test_backfill_into_staging_resolved_by_the_worker(pgdb, tmp_path):
     """batch_mode=staging: the backfill lands in public.acct_staging, not in the target; -resolve-staging replaces
     the target with it."""
-    with psycopg.connect(pgdb, autocommit=True) as conn:
-        conn.execute("CREATE TABLE acct (id int PRIMARY KEY, bal bigint NOT NULL, note text)")
-        conn.execute("INSERT INTO acct SELECT g, g, 'x' FROM generate_series(1, 5000) g")
-        conn.execute("CREATE TABLE keyless_t (a int)")
     duck_path = tmp_path / "st.duckdb"
-    flow = _flow(tmp_path, pgdb, duck_path)
-    data = json.loads(flow.read_text())
-    data["destinations"][0]["options"].update(batch_mode="staging", batch_resolution="replace")
-    flow.write_text(json.dumps(data))
+    flow = _acct_flow(tmp_path, pgdb, duck_path, 5000, "'x'", batch_mode="staging", batch_resolution="replace")
     out = _worker(tmp_path, flow, "-mode", "backfill", "-tables", "public.acct")
     assert out.returncode == 0, out.stderr[-4000:]
     with duckdb.connect(str(duck_path), read_only=True) as d:
@@ -262,15 +269,8 @@ def test_backfill_with_metadata_columns_holds_every_row_of_every_part(pgdb, tmp_
     """Metadata columns (meta_enabled) rewrite each batch on its way to DuckDB; a backfill's batches keep their
     snapshot marks through it: without them a later part's rows counted as stream changes at or below the
     high-water an earlier part's had moved, and were skipped (rows lost), and the meta columns say `read`."""
-    with psycopg.connect(pgdb, autocommit=True) as conn:
-        conn.execute("CREATE TABLE acct (id int PRIMARY KEY, bal bigint NOT NULL, note text)")
-        conn.execute("INSERT INTO acct SELECT g, g, repeat('x', 200) FROM generate_series(1, 20000) g")
-        conn.execute("CREATE TABLE keyless_t (a int)")
     duck_path = tmp_path / "meta.duckdb"
-    flow = _flow(tmp_path, pgdb, duck_path)
-    data = json.loads(flow.read_text())
-    data["destinations"][0]["options"].update(meta_enabled=True)
-    flow.write_text(json.dumps(data))
+    flow = _acct_flow(tmp_path, pgdb, duck_path, 20000, "repeat('x', 200)", meta_enabled=True)
     # small chunks (16 blocks): the parts' batches interleave, a later part's before an earlier part's next
     out = subprocess.run([*WORKER, "-flow-file", str(flow), "-mode", "backfill", "-tables", "public.acct",
                           "-partition-count", "4", "-snapshot-workers", "4"],
