@@ -11,7 +11,7 @@ import pytest
 
 from sources.postgres import rds_iam
 from sources.postgres.connection import connect
-from tests.flows import drain, flow_spec, source_part
+from tests.flows import drain, flow_spec, rows_of, source_part
 from wallaby.core.errors import SourceError
 from wallaby.core.options import PostgresSourceOptions
 
@@ -106,7 +106,7 @@ def test_the_source_connects_with_the_token(aws_env, pgdb):
         with psycopg.connect(pgdb, autocommit=True) as c:
             c.execute("CREATE TABLE t (id int PRIMARY KEY)")
         spec = flow_spec(dsn, slot="iam_slot", publication="iam_pub",
-                         source={"aws_rds_iam": "true", "aws_region": "us-east-1"})
+                         source={"aws_rds_iam": "true", "aws_region": "us-east-1", "publication_tables": "public.t"})
         rds_iam.register(spec.source_options(), spec.id)
         rds_iam._providers[dsn]._token = (token, __import__("time").monotonic())  # the role's password
         part = source_part(spec)
@@ -114,7 +114,8 @@ def test_the_source_connects_with_the_token(aws_env, pgdb):
             drain(part, idle_polls=3)
             with psycopg.connect(pgdb, autocommit=True) as c:
                 c.execute("INSERT INTO t VALUES (1)")
-            assert sum(len(b) for b in drain(part, until_rows=1, timeout=30)) == 1
+            got = drain(part, until_rows=1, timeout=30)
+            assert [r.get("id") for r in rows_of(got)] == [1], rows_of(got)
         finally:
             part.close()
     finally:

@@ -327,3 +327,55 @@ def test_state_table_records_the_flow(db):
     prepare_source(flow_spec(db, slot="wallaby_u", source={"ensure_state": "false"}).source_options(), "u")
     with psycopg.connect(db) as c:
         assert c.execute("SELECT count(*) FROM wallaby_meta.src").fetchone()[0] == 1
+
+
+def test_flows_of_one_database_set_up_at_once(pg):
+    """Workers of different flows on one database start at the same moment (a server relaunching its running
+    flows, a scheduled tick): wallaby's shared objects there (the state table, the DDL capture's function and
+    triggers, the heartbeat table) are created once, and every worker's set-up succeeds."""
+    import threading
+    import uuid
+
+    from sources.postgres.heartbeat import Heartbeat
+
+    admin = pg.dsn()
+    for _ in range(4):  # fresh databases: the race is at creation
+        name = "race_" + uuid.uuid4().hex[:10]
+        with psycopg.connect(admin, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        dsn = pg.dsn(name)
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(4)
+
+        def setup(n: int, dsn: str = dsn, barrier: threading.Barrier = barrier,
+                  errors: list[BaseException] = errors) -> None:
+            spec = flow_spec(dsn, flow_id=f"f{n}", slot=f"s{n}", publication=f"p{n}",
+                             source={"heartbeat": "table", "heartbeat_table": "wallaby.heartbeats",
+                                     "capture_ddl": "true"})
+            try:
+                barrier.wait()
+                prepare_source(spec.source_options(), spec.id)
+                beat = Heartbeat(spec.source_options(), spec.id)
+                try:
+                    beat._beat()
+                finally:
+                    beat.close()
+            except BaseException as exc:  # collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=setup, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        try:
+            assert not errors, errors
+            with psycopg.connect(dsn) as c:
+                assert c.execute("SELECT count(*) FROM wallaby.heartbeats").fetchone()[0] == 4
+                assert c.execute("SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'wallaby%'"
+                                 ).fetchone()[0] == 2
+        finally:
+            with psycopg.connect(admin, autocommit=True) as c:
+                c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
+                          (name,))
+                c.execute(f'DROP DATABASE "{name}"')

@@ -41,6 +41,7 @@ from sinks.pgstream.options import PGStreamDestinationOptions
 from wallaby.core.changes import ZERO, ChangeBatch, Position, format_lsn
 from wallaby.core.errors import is_transient, redact_dsn
 from wallaby.core.identity import SourceCheck, SourceIdentity, destination_of
+from wallaby.state.shared_ddl import shared_ddl
 from wallaby.wire import encode
 
 log = logging.getLogger("wallaby.sinks.pgstream")
@@ -71,8 +72,7 @@ ALTER TABLE wallaby.stream_state ADD COLUMN IF NOT EXISTS source text;
 
 
 def ensure_schema(conn: psycopg.Connection) -> None:
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('wallaby.pgstream.schema'))")
+    with shared_ddl(conn):  # the wallaby schema is shared with the source's objects when both are one database
         conn.execute(SCHEMA_SQL)
 
 

@@ -22,6 +22,7 @@ import psycopg
 
 from sources.postgres.connection import quote_ident, quote_literal, server_name
 from wallaby.core.errors import SourceError
+from wallaby.state.shared_ddl import shared_ddl
 
 log = logging.getLogger("wallaby.source")
 
@@ -66,7 +67,11 @@ def install_ddl_capture(conn: psycopg.Connection, opts, flow_id: str) -> bool:
                           f" once (wallaby installs {schema}.{fn} and the event trigger {name}), or set"
                           " capture_ddl=false", server=server)
     try:
-        with conn.transaction():
+        with shared_ddl(conn):  # flows starting at once on this database: one installs, the others find it
+            existing = {r[0] for r in conn.execute("SELECT evtname FROM pg_event_trigger WHERE evtname IN (%s, %s)",
+                                                   (name, f"{name}_drop")).fetchall()}
+            if len(existing) == 2:
+                return False
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
             conn.execute(_FUNCTION.format(schema=quote_ident(schema), fn=quote_ident(fn),
                                           prefix=quote_literal(opts.ddl_message_prefix)))

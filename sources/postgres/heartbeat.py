@@ -29,6 +29,7 @@ import psycopg
 
 from sources.postgres.connection import connect, quote_ident
 from wallaby.core.errors import SourceError
+from wallaby.state.shared_ddl import shared_ddl
 
 log = logging.getLogger("wallaby.source")
 
@@ -79,9 +80,10 @@ class Heartbeat:
         schema, _, name = self.opts.heartbeat_table.partition(".")
         table = f"{quote_ident(schema)}.{quote_ident(name)}"
         if not self._table_ready:
-            self._conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
-            self._conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (slot_name text PRIMARY KEY, flow_id text NOT NULL,"
-                               " beat_at timestamptz NOT NULL)")
+            with shared_ddl(self._conn):
+                self._conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+                self._conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (slot_name text PRIMARY KEY,"
+                                   " flow_id text NOT NULL, beat_at timestamptz NOT NULL)")
             self._table_ready = True
         self._conn.execute(f"INSERT INTO {table} (slot_name, flow_id, beat_at) VALUES (%s, %s, now())"
                            " ON CONFLICT (slot_name) DO UPDATE SET flow_id = EXCLUDED.flow_id, beat_at = now()",

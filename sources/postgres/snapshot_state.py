@@ -31,6 +31,7 @@ from sources.postgres.connection import connect, quote_ident, server_name
 from sources.postgres.snapshot import Part
 from wallaby.core.changes import SnapshotMark
 from wallaby.core.errors import SourceError, TerminalSourceError
+from wallaby.state.shared_ddl import shared_ddl
 
 
 @dataclass(frozen=True)
@@ -171,13 +172,15 @@ class PostgresSnapshotState:
         conn = connect(self.dsn, application_name="wallaby-backfill-state")
         if not self._ready:
             try:
-                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
-                conn.execute(f"CREATE TABLE IF NOT EXISTS {self.qt} (flow_id text NOT NULL, table_name text NOT NULL,"
-                             " part_index int NOT NULL, part_count int NOT NULL, first_block bigint NOT NULL,"
-                             " end_block bigint, destination text NOT NULL, next_block bigint, rows bigint,"
-                             " done boolean NOT NULL DEFAULT false, updated_at timestamptz NOT NULL DEFAULT now(),"
-                             + "".join(f" {c} {t}," for c, t in KEY_RANGE_COLUMNS.items())
-                             + " PRIMARY KEY (flow_id, table_name, part_index, destination))")
+                with shared_ddl(conn):  # the parts of a backfill start at once
+                    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
+                    conn.execute(f"CREATE TABLE IF NOT EXISTS {self.qt} (flow_id text NOT NULL,"
+                                 " table_name text NOT NULL, part_index int NOT NULL, part_count int NOT NULL,"
+                                 " first_block bigint NOT NULL, end_block bigint, destination text NOT NULL,"
+                                 " next_block bigint, rows bigint, done boolean NOT NULL DEFAULT false,"
+                                 " updated_at timestamptz NOT NULL DEFAULT now(),"
+                                 + "".join(f" {c} {t}," for c, t in KEY_RANGE_COLUMNS.items())
+                                 + " PRIMARY KEY (flow_id, table_name, part_index, destination))")
             except psycopg.Error as exc:
                 conn.close()
                 raise SourceError(f"cannot create the backfill's state table {self.qt}: {exc}"

@@ -49,6 +49,7 @@ import psycopg
 from sources.postgres.connection import quote_ident, server_name
 from wallaby.core.changes import format_lsn
 from wallaby.core.errors import TerminalSourceError
+from wallaby.state.shared_ddl import shared_ddl
 
 log = logging.getLogger("wallaby.source")
 
@@ -145,24 +146,26 @@ def new_slot_id(consistent_point: int | None) -> str:
 
 def ensure_state_table(conn: psycopg.Connection, opts) -> Layout:
     """Create or upgrade the table (DDL: run it before the slot exists, so the DDL capture trigger's messages for
-    it are not in the slot's stream)."""
+    it are not in the slot's stream). Under the database's lock for wallaby's DDL: flows that start at once create
+    it once."""
     server = server_name(opts.dsn)
     schema, table = quote_ident(opts.state_schema), quote_ident(opts.state_table)
-    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-    conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {schema}.{table} ("
-        " flow_id text NOT NULL, slot_name text NOT NULL, publication text NOT NULL,"
-        " created_at timestamptz NOT NULL DEFAULT now(), last_started_at timestamptz,"
-        " confirmed_lsn pg_lsn, updated_at timestamptz NOT NULL DEFAULT now(),"
-        " slot_id text, system_id text, PRIMARY KEY (flow_id, slot_name))"
-    )
-    cols = _columns(conn, opts) or {}
-    layout = _layout(cols, opts, server)
-    for col in ("slot_id", "system_id", "last_started_at", "updated_at"):
-        if col not in cols:
-            kind = "timestamptz" if col.endswith("_at") else "text"
-            conn.execute(f"ALTER TABLE {schema}.{table} ADD COLUMN IF NOT EXISTS {quote_ident(col)} {kind}")
-    _ensure_one_owner_index(conn, opts, server, layout)
+    with shared_ddl(conn):
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {schema}.{table} ("
+            " flow_id text NOT NULL, slot_name text NOT NULL, publication text NOT NULL,"
+            " created_at timestamptz NOT NULL DEFAULT now(), last_started_at timestamptz,"
+            " confirmed_lsn pg_lsn, updated_at timestamptz NOT NULL DEFAULT now(),"
+            " slot_id text, system_id text, PRIMARY KEY (flow_id, slot_name))"
+        )
+        cols = _columns(conn, opts) or {}
+        layout = _layout(cols, opts, server)
+        for col in ("slot_id", "system_id", "last_started_at", "updated_at"):
+            if col not in cols:
+                kind = "timestamptz" if col.endswith("_at") else "text"
+                conn.execute(f"ALTER TABLE {schema}.{table} ADD COLUMN IF NOT EXISTS {quote_ident(col)} {kind}")
+        _ensure_one_owner_index(conn, opts, server, layout)
     return layout
 
 
@@ -263,7 +266,9 @@ def _ensure_one_owner_index(conn: psycopg.Connection, opts, server: str, layout:
     if found:
         conn.execute(f"DROP INDEX IF EXISTS {quote_ident(opts.state_schema)}.{quote_ident(name)}")
     try:
-        conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {quote_ident(name)} ON {_table(opts)} (slot_name){partial}")
+        with conn.transaction():  # a savepoint: the caller's transaction goes on without the index
+            conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {quote_ident(name)} ON {_table(opts)}"
+                         f" (slot_name){partial}")
     except psycopg.errors.UniqueViolation:
         shared = conn.execute(f"SELECT slot_name FROM {_table(opts)}{partial} GROUP BY slot_name"
                               " HAVING count(*) > 1 ORDER BY 1").fetchall()

@@ -233,6 +233,14 @@ class PostgresDatabase(SQLDatabase):
             else:
                 tx.__exit__(RuntimeError, RuntimeError("rollback"), None)
 
+    def migrate(self, component: str, steps: Sequence[Step]) -> None:
+        """As for every store, under the database's lock for wallaby's DDL (:mod:`wallaby.state.shared_ddl`):
+        processes that open a new store at once (an API server and its workers) do not apply a step twice."""
+        from wallaby.state.shared_ddl import shared_ddl
+
+        with self._lock, self.transaction(), shared_ddl(self._conn):
+            super().migrate(component, steps)
+
     def describe(self) -> str:
         return f"postgres {self._shown}"
 
