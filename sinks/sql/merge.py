@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,7 +27,9 @@ from wallaby.core.changes import (
     TableSchema,
 )
 
-_SEQ_CACHE: list[pa.Array] = [pa.array([], pa.int64())]
+# Built from a numpy buffer, not with pa.array: pyarrow imports pandas (when installed) the first time pa.array is
+# called, ~0.4 s of a worker's start-up, which a catch-up run with nothing to read paid in full.
+_SEQ_CACHE: list[pa.Array] = [pa.Array.from_buffers(pa.int64(), 0, [None, pa.py_buffer(np.empty(0, np.int64))])]
 _SEQ_LOCK = threading.Lock()
 
 
@@ -35,7 +38,8 @@ def _seq(n: int) -> pa.Array:
     with _SEQ_LOCK:
         have = _SEQ_CACHE[0]
         if len(have) < n:
-            have = pa.array(range(max(n, 2 * len(have), 1 << 16)), pa.int64())
+            size = max(n, 2 * len(have), 1 << 16)
+            have = pa.Array.from_buffers(pa.int64(), size, [None, pa.py_buffer(np.arange(size, dtype=np.int64))])
             _SEQ_CACHE[0] = have
     return have.slice(0, n)
 

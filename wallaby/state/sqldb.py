@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from wallaby.core.errors import ConfigError, FieldProblem, redact_dsn
+from wallaby.state.shared_ddl import shared_ddl
 
 log = logging.getLogger("wallaby.store")
 
@@ -236,8 +237,6 @@ class PostgresDatabase(SQLDatabase):
     def migrate(self, component: str, steps: Sequence[Step]) -> None:
         """As for every store, under the database's lock for wallaby's DDL (:mod:`wallaby.state.shared_ddl`):
         processes that open a new store at once (an API server and its workers) do not apply a step twice."""
-        from wallaby.state.shared_ddl import shared_ddl
-
         with self._lock, self.transaction(), shared_ddl(self._conn):
             super().migrate(component, steps)
 
