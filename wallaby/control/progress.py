@@ -9,9 +9,7 @@ server's workers) the backfill logs a structured line per table instead
 from __future__ import annotations
 
 import sys
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from typing import Any
 
 from sources.postgres.snapshot_source import Progress as LogProgress
 from sources.postgres.snapshot_source import TableProgress
@@ -21,13 +19,17 @@ class TerminalProgress(LogProgress):
     """Bars on stderr, updated as the parts read (the log lines are left out while the bars show)."""
 
     def __init__(self, flow_id: str):
+        # rich only here: every worker imports this module, few draw bars (~30 ms of a worker's start otherwise)
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
         super().__init__(flow_id)
         self.bars = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(),
             TextColumn("{task.fields[rows]:>12,} rows"), TextColumn("{task.fields[rate]:>9,.0f} rows/s"),
             TextColumn("parts {task.fields[done]}/{task.fields[parts]}"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=Console(file=sys.stderr), transient=False)
-        self.tasks: dict[str, TaskID] = {}
+        self.tasks: dict[str, Any] = {}  # table -> rich's TaskID
         self.bars.start()
 
     def changed(self, t: TableProgress) -> None:
