@@ -87,7 +87,9 @@ beside it the rate without start-up: for wallaby the read phase from its log (fr
 the ``backfill <table>: N rows (R rows/s), K of K parts done`` line of logger wallaby.backfill), for DuckDB the
 statements alone, for Debezium from building the engine (the JVM started) to the last snapshot record counted
 (the one its source marks ``"snapshot":"last"``; the engine's close after it left out). Peak RSS is the process's
-(``ru_maxrss``, and the sampled tree; Debezium's JVM is in its process). Targets: backfill into DuckDB >= 1.0x
+(``ru_maxrss``, and the sampled tree; Debezium's JVM is in its process). ``cores busy``: the machine's cores busy
+during the leg (every process, Postgres's too): ``cores / busy`` of the one-part leg is the most any number of parts
+can give on this machine, printed beside the parts target. Targets: backfill into DuckDB >= 1.0x
 DuckDB's postgres extension, peak RSS < 500 MB, 2 parts >= 1.5x one part, backfill >= 5x Debezium (wallaby's best
 leg over Debezium's, both headline rates).
 
@@ -167,6 +169,22 @@ PROFILES = {
         "UPDATE bench SET amount = amount + 1, f0 = 'updated' WHERE id BETWEEN %s::bigint AND %s::bigint",
     ),
 }
+
+
+class MachineCPU:
+    """How many of the machine's cores were busy while a leg ran (every process: the worker, Postgres's backends,
+    anything else; so read it on a quiet machine). A leg that keeps ``cores`` of ``psutil.cpu_count()`` busy can
+    go at most ``cpu_count / cores`` times as fast by running more of itself at once on this machine."""
+
+    def __enter__(self) -> MachineCPU:
+        self._t0, self._c0 = time.perf_counter(), psutil.cpu_times()
+        self.cores = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        c, seconds = psutil.cpu_times(), time.perf_counter() - self._t0
+        busy = sum(getattr(c, f) - getattr(self._c0, f) for f in ("user", "nice", "system", "irq", "softirq"))
+        self.cores = busy / seconds if seconds > 0 else 0.0
 
 
 class WalsenderCPU:
@@ -772,15 +790,22 @@ def bench_backfill(dsn: str, rows: int) -> dict:
     print(f"[backfill] generated {rows:,} rows ({gen['table_mb']:.0f} MB table) in {gen['seconds']:.1f}s",
           flush=True)
     _reader_child("copy_binary", dsn, rows)  # warm: every leg finds the table in memory
-    legs: dict[str, dict] = {"copy_binary": backfill_copy_binary(dsn, rows)}
-    legs["duckdb_postgres_ext"] = backfill_duckdb_ext(dsn, rows)
-    legs["duckdb_arrow_insert"] = backfill_duckdb_arrow_insert(dsn, rows)
+
+    def busy(leg: Callable[[], dict]) -> dict:
+        with MachineCPU() as cpu:
+            r = leg()
+        return {**r, "machine_cores_busy": cpu.cores, "machine_cores": psutil.cpu_count()}
+
+    legs: dict[str, dict] = {"copy_binary": busy(lambda: backfill_copy_binary(dsn, rows))}
+    legs["duckdb_postgres_ext"] = busy(lambda: backfill_duckdb_ext(dsn, rows))
+    legs["duckdb_arrow_insert"] = busy(lambda: backfill_duckdb_arrow_insert(dsn, rows))
     with tempfile.TemporaryDirectory(prefix="wallaby-bench-backfill-") as tmp:
         for k in BACKFILL_PARTS:
             name = backfill_leg_name(k)
             try:  # a failing leg is reported in its row; the others still run
-                legs[name] = backfill_wallaby(dsn, k, Path(tmp), rows)
-                print(f"[backfill] {name}: {legs[name]['seconds']:.1f}s", flush=True)
+                legs[name] = busy(lambda k=k: backfill_wallaby(dsn, k, Path(tmp), rows))
+                print(f"[backfill] {name}: {legs[name]['seconds']:.1f}s, {legs[name]['machine_cores_busy']:.2f} of"
+                      f" {legs[name]['machine_cores']} cores busy", flush=True)
             except RuntimeError as exc:
                 legs[name] = {"error": " ".join(str(exc).split())[:600]}
                 print(f"[backfill] {name} failed: {legs[name]['error']}", flush=True)
@@ -843,8 +868,15 @@ def backfill_targets(legs: dict[str, dict]) -> list[dict]:
     if 1 in ours and 2 in ours:
         ratio = ours[2]["rows_per_s"] / ours[1]["rows_per_s"]
         read = ours[2]["rows_per_s_without_startup"] / ours[1]["rows_per_s_without_startup"]
-        out.append({"target": "2 parts >= 1.5x one part", "value": ratio,
-                    "shown": f"{ratio:.2f}x (read phase {read:.2f}x)", "met": ratio >= BACKFILL_TARGETS["x_one_part"]})
+        one = ours[1]
+        shown = f"{ratio:.2f}x (read phase {read:.2f}x)"
+        if one.get("machine_cores_busy"):  # the most any parallelism can give here: the cores one part left idle
+            limit = one["machine_cores"] / one["machine_cores_busy"]
+            shown += (f"; ceiling on this machine {limit:.2f}x: one part kept {one['machine_cores_busy']:.2f} of"
+                      f" its {one['machine_cores']} cores busy"
+                      + (" (the target is above it)" if limit < BACKFILL_TARGETS["x_one_part"] else ""))
+        out.append({"target": "2 parts >= 1.5x one part", "value": ratio, "shown": shown,
+                    "met": ratio >= BACKFILL_TARGETS["x_one_part"]})
     dbz = legs.get("debezium_embedded", {})
     if "rows_per_s" in dbz:  # wallaby's best leg (into DuckDB) / Debezium's snapshot counted, no sink
         ratio = ours[best_k]["rows_per_s"] / dbz["rows_per_s"]
@@ -864,7 +896,7 @@ def print_backfill(res: dict) -> None:
           " start to exit (the headline; copy_binary: the read alone, the baseline); w/o start-up: wallaby's read phase"
           " from its log (plan to last row read), DuckDB's statements alone, Debezium's engine start to last record")
     print(f"{'profile':8} {'leg':24} {'rows/s':>12} {'x COPY binary':>14} {'w/o start-up':>13} {'x COPY':>7}"
-          f" {'peak RSS MB':>12}")
+          f" {'peak RSS MB':>12} {'cores busy':>10}")
     for leg, r in res["legs"].items():
         if "skipped" in r or "error" in r:
             print(f"{'backfill':8} {leg:24} " + (f"skipped: {r['skipped']}" if "skipped" in r else
@@ -872,8 +904,9 @@ def print_backfill(res: dict) -> None:
             continue
         wo = f"{r['rows_per_s_without_startup']:13,.0f}" if "rows_per_s_without_startup" in r else f"{'-':>13}"
         xo = f"{r['ratio_to_copy_binary_without_startup']:7.2f}" if "rows_per_s_without_startup" in r else f"{'-':>7}"
+        cores = f"{r['machine_cores_busy']:.2f}/{r['machine_cores']}" if "machine_cores_busy" in r else "-"
         print(f"{'backfill':8} {leg:24} {r['rows_per_s']:12,.0f} {r['ratio_to_copy_binary']:14.2f} {wo} {xo}"
-              f" {r['peak_rss_mb']:12.0f}")
+              f" {r['peak_rss_mb']:12.0f} {cores:>10}")
     phases = [(leg, r) for leg, r in res["legs"].items() if "startup_seconds" in r]
     if phases:
         print("wallaby's phases (s): " + "; ".join(
