@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import duckdb
 import psycopg
@@ -204,7 +204,7 @@ def test_schedule_runs_each_running_flow_until_caught_up(tmp_path, pgdb, store):
 
         client = DBOSClient(system_database_url=store, application_name="wallaby-test")
         try:
-            tick = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)  # a time no real tick has
+            tick = datetime(datetime.now(UTC).year + 1, 1, 1, tzinfo=UTC)  # the schedule's, not due during the test
             handles = [client.enqueue({"workflow_name": "wallaby.scheduled_tick", "queue_name": "runs",
                                        "workflow_id": f"test-tick-{n}"}, tick, None) for n in range(2)]
             enqueued = [h.get_result() for h in handles]

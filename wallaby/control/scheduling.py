@@ -304,11 +304,19 @@ class Scheduler:
         return [f.id for f in self.manager.store.list() if f.state == RUNNING]
 
     def enqueue_runs(self, scheduled_at: datetime) -> int:
+        from croniter import croniter
         from dbos import DBOS, SetEnqueueOptions, SetWorkflowID
         from dbos import error as dbos_error
 
         if not self._ready.wait(60):  # a tick recovered at launch, before the queue is registered
             raise RuntimeError("the DBOS queue is not registered yet")
+        schedule = self.settings.schedule
+        if not schedule or not croniter.match(schedule, scheduled_at, second_at_beginning=True):
+            # DBOS keeps schedules in its system database: the one of an earlier start (another
+            # WALLABY_DBOS_SCHEDULE, or none now) fires from launch until this start replaces or deletes it
+            log.info("DBOS tick at %s is not of the schedule %s (an earlier one's, fired before it was replaced):"
+                     " no runs", scheduled_at.isoformat(), schedule or "(none)")
+            return 0
         flows = DBOS.run_step({"name": "running_flows"}, self.running_flows)
         enqueued = 0
         for flow_id in flows:
