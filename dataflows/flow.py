@@ -41,14 +41,12 @@ from wallaby.state.checkpoints import Checkpoints, CheckpointStore, open_store
 
 def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads: int | None = None,
                checkpoints: CheckpointStore | None = None, prepared: bool = False,
-               generation: int | None = None, start: Start | list[Start] | None = None,
-               finish: list[PostgresSource] | None = None) -> Dataflow:
+               generation: int | None = None, start: Start | list[Start] | None = None) -> Dataflow:
     """The dataflow of ``spec``. With ``generation`` (a worker of a stored flow) the source is fenced: it stops
     before advancing the slot once a newer generation of the flow exists. With ``start``
     (:func:`dataflows.positions.prepare_start`: the source prepared, stored positions judged) the source resumes
     from the vetted checkpoint and every stored position is judged against, and written with, the source's
-    identity. With ``finish`` (a list the source is added to), the caller calls its ``finish_run`` after the run
-    (a stopped partition then ends at once instead of at the end of its epoch)."""
+    identity."""
     starts = start if isinstance(start, list) else [start] if start is not None else []
     source_check = starts[0].check if starts else None
     extra = {"source_check": source_check, "resume": starts[0].checkpoint, "prepared": True} if starts else {
@@ -66,10 +64,7 @@ def build_flow(spec: FlowSpec, *, start_lsn: int | None = None, max_empty_reads:
                             flows=checkpoints.flow_store if isinstance(checkpoints, Checkpoints) else None,
                             ddl_policy=spec.ddl_policy(), resync=takes_reads(spec),
                             keep_wal=any(getattr(spec.destination_options(i), "payload_mode", None) == "wal"
-                                         for i in range(len(spec.destinations))),
-                            confirm_after_run=finish is not None)
-    if finish is not None:
-        finish.append(source)
+                                         for i in range(len(spec.destinations))))
     changes = op.input("source", flow, source)
     if source_opts.toast_fetch != "off":
         changes = toast_step(changes, spec)

@@ -105,66 +105,6 @@ def test_worker_cli_catches_up_and_checkpoints(items, tmp_path):
     assert slot_confirmed(items, "wallaby_e2e") <= max(duck_high_water(duck), slot_confirmed(items, "wallaby_e2e"))
 
 
-def _store_confirmed(tmp_path: Path, slot: str) -> int:
-    out = subprocess.run([sys.executable, "-c", "from wallaby.state.checkpoints import open_store; "
-                          f"print(max(c.confirmed_lsn for c in open_store().list() if c.slot == {slot!r}))"],
-                         env=worker_env(tmp_path), capture_output=True, text=True, check=True).stdout
-    return int(out)
-
-
-def test_a_stopping_worker_waits_for_no_epoch(items, tmp_path):
-    """A worker that stops (-max-empty-reads, SIGTERM) ends at once, not at the end of its epoch: bytewax's snapshot
-    at the stop is the last, and the slot and the checkpoint store are confirmed to it after the run. With an epoch
-    of an hour, each run below would otherwise wait an hour."""
-    from tests.apiserver import current_lsn
-
-    duck = tmp_path / "w.duckdb"
-    flow = write_flow(tmp_path, items, duck)
-    hour = {**worker_env(tmp_path), "WALLABY_EPOCH_INTERVAL": "1h"}
-    once = [WORKER, "-flow-file", str(flow), "-max-empty-reads", "1"]
-    r = subprocess.run(once, env=hour, capture_output=True, text=True, timeout=120)  # creates the slot
-    assert r.returncode == 0, r.stderr
-    sql(items, "INSERT INTO items SELECT g, 'n' || g, g, g / 3.0, now() FROM generate_series(1, 300) g",
-        "UPDATE items SET qty = 0 WHERE id <= 10")
-    lsn = current_lsn(items)
-    r = subprocess.run(once, env=hour, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert duck_table(duck) == pg_table(items)
-    assert slot_confirmed(items, "wallaby_e2e") >= lsn and _store_confirmed(tmp_path, "wallaby_e2e") >= lsn
-
-    # a streaming worker stopped by SIGTERM (the rows show before any epoch ends: each caught-up batch is flushed)
-    proc = subprocess.Popen([WORKER, "-flow-file", str(flow)], env=hour, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        sql(items, "DELETE FROM items WHERE id > 250", "INSERT INTO items VALUES (1000, 'late', 1, 1, now())")
-        lsn = current_lsn(items)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not (duck.exists() and (1000, "late") in
-                                                    [(r[0], r[1]) for r in _duck_rows_shared(duck)]):
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err[-3000:]
-    assert duck_table(duck) == pg_table(items)
-    assert slot_confirmed(items, "wallaby_e2e") >= lsn and _store_confirmed(tmp_path, "wallaby_e2e") >= lsn
-    r = subprocess.run(once, env=hour, capture_output=True, text=True, timeout=120)  # nothing twice
-    assert r.returncode == 0, r.stderr
-    assert duck_table(duck) == pg_table(items)
-
-
-def _duck_rows_shared(path: Path) -> list[tuple]:
-    """The DuckDB file's rows, read while a worker may hold it (an error reads as no rows yet)."""
-    try:
-        with duckdb.connect(str(path), read_only=True) as d:
-            return d.execute("SELECT id, name FROM public.items").fetchall()
-    except duckdb.Error:
-        return []
-
-
 def test_bad_spec_exits_2_with_every_problem(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"name": "x", "source": {"name": "pg", "type": "postgres", "options": {

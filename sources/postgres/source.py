@@ -77,9 +77,8 @@ READ_CHECKPOINT = object()
 # A run-once worker's (-max-empty-reads) empty read: this long without WAL data (or batch_timeout, if shorter). What
 # makes it the end is the other half of the rule: the stream has covered the WAL the server had flushed when the
 # quiet stretch began; the window only keeps a read that is still arriving from counting. A whole batch_timeout
-# (1 s by default) here was a second of every catch-up run (3.2-3.7 s in all with nothing to read, 2 cores); 0.2 s
-# was a sixth of the 1.2-1.4 s such a run takes since it stops without waiting for an epoch.
-RUN_ONCE_EMPTY_READ = 0.1
+# (1 s by default) here was a second of every catch-up run (3.2-3.7 s in all with nothing to read, 2 cores).
+RUN_ONCE_EMPTY_READ = 0.2
 
 
 @dataclass
@@ -103,13 +102,8 @@ class PostgresSource(FixedPartitionedSource):
                  prepared: bool = False, stop_at_lsn: int | None = None, generation: int | None = None,
                  ddl_policy: Any = None, keep_wal: bool = False, source_check: SourceCheck | None = None,
                  resume: Checkpoint | object | None = READ_CHECKPOINT, flows: FlowStore | None = None,
-                 resync: bool = False, parts: list[SlotPart] | None = None, confirm_after_run: bool = False):
+                 resync: bool = False, parts: list[SlotPart] | None = None):
         self.flow_id = flow_id
-        # The caller confirms a stopped partition's last position once the run has ended well (:meth:`finish_run`,
-        # wallaby-worker does): a partition that is done then stops at once, and bytewax's snapshot at its end is
-        # its last. Otherwise it waits for the epoch to end (up to the epoch interval) to confirm it itself.
-        self.confirm_after_run = confirm_after_run
-        self.stopped: list[_PostgresPartition] = []  # partitions stopped early, their last position not confirmed
         # every destination takes a snapshot's rows: a keyed table rewritten at the source is read again in the
         # stream (its rows as of now, as reads after the DDL); else the rewrite is only said (docs/ddl.md)
         self.resync = resync
@@ -142,19 +136,6 @@ class PostgresSource(FixedPartitionedSource):
         tune_gc()
         tune_memory()
         return _PostgresPartition(self, resume_state, self.parts[for_part])
-
-    def finish_run(self, ok: bool) -> None:
-        """After the dataflow's run (``confirm_after_run``): with ``ok`` (the run returned, so every epoch is
-        durable, the last snapshot of each stopped partition too) confirm what each stopped partition covered, as
-        its next ``next_batch`` would have; then end their streams."""
-        stopped, self.stopped = self.stopped, []
-        try:
-            if ok:
-                for part in stopped:
-                    part.confirm_last()
-        finally:
-            for part in stopped:
-                part.end_stream()
 
 
 class _PostgresPartition(StatefulSourcePartition):
@@ -221,7 +202,6 @@ class _PostgresPartition(StatefulSourcePartition):
         # its keepalives tell only what it has sent so far)
         self.quiet_target: int | None = None
         self.done = False  # max-empty-reads reached: drain, confirm, stop
-        self.keep_stream = False  # stopped early, the last position to confirm after the run (finish_run)
         self.done_snapshotted = False
         self.next_wake: datetime | None = None
         # tables to read again after a rewrite (the first being read by resync_reader); kept in the snapshot, so a
@@ -332,12 +312,6 @@ class _PostgresPartition(StatefulSourcePartition):
                      extra={"flow": self.flow_id})
             self.done = True
         if self.done:
-            if self.src.confirm_after_run:
-                # bytewax snapshots a partition when it stops: that snapshot is confirmed after the run
-                # (PostgresSource.finish_run), so there is no epoch to wait for. The stream stays open till then.
-                self.src.stopped.append(self)
-                self.keep_stream = True
-                raise StopIteration()
             self._pause(0.05)
             return []
         if self.resyncs and (self.resync_reader is not None
@@ -605,22 +579,10 @@ class _PostgresPartition(StatefulSourcePartition):
                 "source": check.current.to_json() if check else None, "resync": list(self.resyncs),
                 "skip_before": dict(self.skip_before), "resync_after": dict(self.resync_after)}
 
-    def confirm_last(self) -> None:
-        """Confirm the covered LSN of the last snapshot (see :meth:`PostgresSource.finish_run`)."""
-        if self.to_confirm is not None:
-            lsn, self.to_confirm = self.to_confirm, None
-            self._confirm(lsn)
-
-    def end_stream(self) -> None:
-        """Stop the stream kept open after a stop (reporting the last confirmed LSN to the server)."""
-        self.keep_stream = False
-        self._stop_reader()
-
     def close(self) -> None:
         if self.heartbeat is not None:
             self.heartbeat.close()
-        if not self.keep_stream:  # stopped early: finish_run confirms through it, then ends it
-            self._stop_reader()
+        self._stop_reader()
         if self.resync_reader is not None:
             self.resync_reader.close()
         if self.resync_export is not None:

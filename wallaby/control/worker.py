@@ -204,23 +204,15 @@ def run(args: argparse.Namespace) -> int:
         log.info("flow %s: worker generation %d", spec.id, generation)
     log.info("flow %s: source ready (server %d, pgoutput protocol %d)", spec.id, plan.server_version,
              plan.proto_version)
-    finish: list = []  # the source: its stopped slots are confirmed after the run, so a stop waits for no epoch
     flow = build_flow(spec, start_lsn=start_lsn, max_empty_reads=args.max_empty_reads, checkpoints=checkpoints,
-                      generation=generation, start=starts, finish=finish)
+                      generation=generation, start=starts)
     open_recovery(rdir, starts[0].check, all(st.keep_recovery for st in starts))
     log.info("flow %s: recovery store %s", spec.id, rdir)
     if scan is not None:
         scan.run_once()  # the baseline, before the stream starts
         scan.start(settings.current().ddl_catalog_interval)
     try:
-        try:
-            _run_dataflow(flow, rdir, epoch, args.workers)
-        except BaseException:
-            for source in finish:
-                source.finish_run(ok=False)  # the streams end; nothing more is confirmed
-            raise
-        for source in finish:
-            source.finish_run(ok=True)  # every epoch is durable: confirm what the stopped slots covered
+        _run_dataflow(flow, rdir, epoch, args.workers)
     except Exception as exc:
         _hold_schema_change(exc, spec, checkpoints)
         raise
