@@ -389,7 +389,10 @@ def _root_cause(exc: BaseException) -> tuple[BaseException, str]:
     if isinstance(cause, WallabyError):
         text = str(cause)
     elif isinstance(cause, wrapper):
-        text = "the dataflow failed: " + re.sub(r"^\(src/[^)]*\.rs:\d+:\d+\):\s*", "", str(cause))
+        # its text may carry the Rust backtrace of the panic it came from: the frames are noise, the message stays
+        kept = [ln for ln in str(cause).splitlines()
+                if not re.match(r"^\s*(?:\d+: |at |stack backtrace:|note: )", ln) and "panick" not in ln]
+        text = "the dataflow failed: " + re.sub(r"^\(src/[^)]*\.rs:\d+:\d+\):\s*", "", "\n".join(kept))
     else:
         text = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
     if not isinstance(cause, ConfigError):
