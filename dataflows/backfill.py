@@ -36,6 +36,7 @@ from dataflows.flow import entry_flow, output_destinations, spec_from_env
 from dataflows.positions import RECOVERY_SOURCE_FILE, Start, open_recovery, prepare_start
 from dataflows.preflight import preflight
 from sources.postgres.connection import connect, server_name
+from sources.postgres.own_tables import own_table
 from sources.postgres.setup import publication_columns, qualified_table, split_table
 from sources.postgres.snapshot import (
     KeyColumn,
@@ -111,10 +112,13 @@ def check_backfill(spec: FlowSpec) -> None:
 
 
 def backfill_tables(spec: FlowSpec, conn: psycopg.Connection, tables: list[str] | None) -> list[str]:
-    """The tables to backfill: ``tables`` (each must be in the flow's publication) or all the publication's."""
+    """The tables to backfill: ``tables`` (each must be in the flow's publication) or all the publication's but
+    wallaby's own (sources/postgres/own_tables.py)."""
     opts = spec.source_options()
     published = publication_tables(conn, opts.publication)
     if not tables:
+        own = own_table(opts)
+        published = [t for t in published if not own(*split_table(t))]
         if not published:
             raise ConfigError("backfill", [FieldProblem("-tables", f"publication {opts.publication!r} has no tables"
                                                                     " to backfill")])

@@ -533,7 +533,8 @@ def test_a_rewritten_keyless_table_is_replaced_as_of_an_exact_snapshot(pgdb, tmp
 def _warehouse_schema_changes(pgdb: str, run) -> None:
     """Tables t (keyed) and k (keyless), a worker ``run()`` after each step: rows; a constant default and a widened
     column; then, while no worker runs, a volatile default and USING rewrites of both tables, changes after them
-    and a dropped column."""
+    and a dropped column; then two columns dropped and added again under their names (with a constant default,
+    and with none), a change between."""
     with psycopg.connect(pgdb, autocommit=True) as c:
         c.execute("CREATE TABLE t (id int PRIMARY KEY, n int, s varchar(5))")
         c.execute("CREATE TABLE k (a int, b text)")
@@ -556,6 +557,15 @@ def _warehouse_schema_changes(pgdb: str, run) -> None:
         c.execute("DELETE FROM k WHERE a = 30")
         c.execute("ALTER TABLE t DROP COLUMN s")
         c.execute("UPDATE t SET d = 'u' WHERE id % 7 = 0")
+    run()
+    with psycopg.connect(pgdb, autocommit=True) as c:  # columns dropped and added again under their names
+        c.execute("ALTER TABLE t DROP COLUMN d")
+        c.execute("UPDATE t SET n = n + 1 WHERE id = 1")
+        c.execute("ALTER TABLE t ADD COLUMN d text DEFAULT 'again'")  # every row reads 'again', 'u' or 'dflt' before
+        c.execute("ALTER TABLE t DROP COLUMN r")
+        c.execute("UPDATE t SET n = n + 1 WHERE id = 2")
+        c.execute("ALTER TABLE t ADD COLUMN r int")  # every row reads NULL
+        c.execute("INSERT INTO t (id, n) VALUES (303, 3)")
     run()
 
 
@@ -650,6 +660,11 @@ def _history(conn: psycopg.Connection, steps, cols: list[str], v_type: list[str]
             cols.append(name)
         elif op == "drop" and cols:
             conn.execute(f"ALTER TABLE h DROP COLUMN {cols.pop()}")
+            # a change in the shape without it: the worker runs after the round, so a column of this name added
+            # again next would otherwise look as it did, numbered as now (the limit in docs/ddl.md; the column
+            # numbers cover it for a worker that met the first shape:
+            # test_a_column_dropped_and_added_again_alike_with_no_change_between)
+            conn.execute("UPDATE h SET v = v WHERE id = (SELECT min(id) FROM h)")
         elif op == "retype" and len(v_type) < 3:
             nxt = {1: ("bigint", "v::bigint"), 2: ("numeric(14,2)", "v * 1.5")}[len(v_type)]
             conn.execute(f"ALTER TABLE h ALTER COLUMN v TYPE {nxt[0]} USING {nxt[1]}")
@@ -667,6 +682,21 @@ def _history(conn: psycopg.Connection, steps, cols: list[str], v_type: list[str]
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(rounds=st.lists(STEPS, min_size=2, max_size=3), seed=st.integers(0, 1000))
+# found by this test: a column with a constant default dropped, then one of its name added with another (a change
+# between): the destination kept the dropped one and its values
+@example(rounds=[
+    [('delete', 2, -47), ('add_null', 0, 8), ('insert', 10, 0), ('truncate', 0, 1), ('retype', 0, 1),
+     ('add_default', 0, 8), ('key', 10, -91), ('update', 10, 63), ('delete', 6, 46), ('add_default', 0, 5),
+     ('update', 15, -50), ('add_default', 0, 2), ('key', 10, -9)],
+    [('add_volatile', 0, 0), ('drop', 0, 4), ('add_default', 0, 3), ('add_volatile', 0, 5), ('insert', 10, -38),
+     ('retype', 0, 7), ('add_null', 0, 8), ('add_default', 0, 7), ('add_default', 0, 8), ('truncate', 0, 9),
+     ('drop', 0, 5), ('retype', 0, 5), ('update', 12, 16), ('retype', 0, 2), ('truncate', 0, 8),
+     ('delete', 2, -58), ('add_volatile', 0, 2), ('delete', 12, -88), ('update', 12, -84), ('add_null', 0, 7),
+     ('delete', 2, -12), ('add_null', 0, 2), ('delete', 11, -61)],
+    [('update', 6, 13), ('add_default', 0, 9), ('insert', 14, -94), ('insert', 2, 66), ('drop', 0, 7),
+     ('delete', 2, 4), ('delete', 8, 80), ('key', 15, -51), ('update', 8, -45), ('retype', 0, 1), ('insert', 14, 14),
+     ('delete', 6, -59), ('add_null', 0, 8), ('drop', 0, 4), ('add_default', 0, 6)],
+], seed=31)
 # found by this test: a drop before volatile defaults, all while no worker ran (the storage change was seen at the
 # drop and the table read again too early)
 @example(rounds=[
@@ -827,6 +857,23 @@ def test_random_histories_through_the_ddl_gate_hold_until_decided(pg, steps, see
 
 # -- whether the storage read for a shape can be trusted ------------------------------------------------------------
 
+def test_a_column_back_under_its_name_is_told_by_its_number():
+    """``readded``: a column of both shapes with another catalog number was dropped and added again; a column gone
+    from the catalog when a shape was read (number 0) and a renamed one (a new name, its old number) are not."""
+    from wallaby.core.changes import Column, TableSchema
+
+    def shape(names: str, nums: tuple[int, ...] | None) -> TableSchema:
+        return TableSchema(1, "public", "h", tuple(Column(n, 23, "int4") for n in names.split()), attnums=nums)
+
+    before = shape("id v d", (1, 2, 3))
+    assert shape("id v d", (1, 2, 5)).readded(before) == ["d"]
+    assert shape("id v d", (1, 2, 5)).storage_moved(before) and shape("id v d", (1, 2, 5)).rewritten_since(before)
+    assert shape("id v d", (1, 2, 3)).readded(before) == []
+    assert shape("id v d", (1, 2, 0)).readded(before) == []  # d was gone when this shape was read
+    assert shape("id v e", (1, 2, 3)).readded(before) == []  # renamed
+    assert shape("id v d", None).readded(before) == [] and before.readded(shape("id v d", None)) == []
+
+
 def test_a_shape_read_after_later_ddl_counts_its_next_change_as_a_rewrite():
     """The storage is read as it is now: when the catalog is already past the message's shape (a column of it gone or
     retyped, or a plain column added after its last), a rewrite between the shape and the read cannot be ruled out,
@@ -943,7 +990,7 @@ def test_a_column_dropped_and_added_again_alike_with_a_volatile_default_is_read_
         assert [tuple(r) for r in d.execute("SELECT id, v, r0 FROM public.h ORDER BY id").fetchall()] == want
     store = open_store(worker_env(tmp_path))
     events = store.flow_store.list_ddl(flow_id="sc")
-    assert sum("its storage (the same columns)" in e.ddl for e in events) == 1
+    assert sum("dropped and added again r0" in e.ddl for e in events) == 1, [e.ddl for e in events]
     with psycopg.connect(pgdb, autocommit=True) as c:
         c.execute("VACUUM FULL h")
         c.execute("INSERT INTO h (id, v) VALUES (23, 23)")
@@ -952,4 +999,34 @@ def test_a_column_dropped_and_added_again_alike_with_a_volatile_default_is_read_
     assert len(after) == len(events), [(e.ddl[:60], e.position) for e in after]  # nothing to decide, nothing read again
     with duckdb.connect(str(duck), read_only=True) as d:
         assert d.execute("SELECT count(*) FROM public.h").fetchone()[0] == 23
+    store.close()
+
+
+def test_a_column_dropped_and_added_again_alike_with_no_change_between(pgdb, tmp_path):
+    """DROP COLUMN d, then ADD COLUMN d of the same type with another constant default (and e with none), no change
+    of the table between: the stream's shape is what it was and the storage did not move, but every row now reads
+    the new default (NULL). The shapes kept with the flow carry each column's catalog number: the source sees d and e
+    numbered anew, says so in the drift event, reads the table again, and DuckDB ends equal."""
+    duck = tmp_path / "d.duckdb"
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE h (id int PRIMARY KEY, v int)")
+    _run_worker(tmp_path, pgdb, duck, epoch="300ms", publication_tables="public.h")
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("INSERT INTO h SELECT g, g FROM generate_series(1, 20) g")
+        c.execute("ALTER TABLE h ADD COLUMN d text DEFAULT 'old', ADD COLUMN e int")
+        c.execute("INSERT INTO h (id, v, e) VALUES (21, 21, 7)")
+        c.execute("UPDATE h SET d = 'changed', e = 8 WHERE id = 1")
+    _run_worker(tmp_path, pgdb, duck, epoch="300ms", publication_tables="public.h")
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("ALTER TABLE h DROP COLUMN d, DROP COLUMN e")
+        c.execute("ALTER TABLE h ADD COLUMN d text DEFAULT 'new', ADD COLUMN e int")
+        c.execute("INSERT INTO h (id, v) VALUES (22, 22)")
+    _run_worker(tmp_path, pgdb, duck, epoch="300ms", publication_tables="public.h")
+    want = _pg(pgdb, "SELECT id, v, d, e FROM h ORDER BY id")
+    assert {(d, e) for _, _, d, e in want} == {("new", None)}
+    with duckdb.connect(str(duck), read_only=True) as d:
+        assert [tuple(r) for r in d.execute("SELECT id, v, d, e FROM public.h ORDER BY id").fetchall()] == want
+    store = open_store(worker_env(tmp_path))
+    events = store.flow_store.list_ddl(flow_id="sc")
+    assert sum("dropped and added again d, e" in e.ddl for e in events) == 1, [e.ddl for e in events]
     store.close()

@@ -67,7 +67,7 @@ from sinks.base import PermanentSinkError, WriterSink, source_json
 from sinks.clickhouse.dsn import ClickHouseDsn, DsnError, parse_dsn
 from sinks.clickhouse.options import ClickHouseDestinationOptions
 from sinks.clickhouse.types import bare, canonical_type, clickhouse_type, is_string, nullable, widens
-from sinks.sql.engine import ApplyError, RetypeError, _Pending
+from sinks.sql.engine import ApplyError, RetypeError, _Pending, fill_value
 from sinks.sql.merge import merge_pending
 from sinks.sql.reduce import FROM, KEEP, SEQ_COL, VALUE, ReduceError, reduce_keyed, unchanged_names
 from sinks.sql.reduce import lit as dlit
@@ -364,21 +364,25 @@ class ClickHouseWriter(RemoteTableEngine):
     def _default(self, c: Column, type_sql: str) -> str:
         """`` DEFAULT <the value Postgres reads for older rows>`` of a column added with a constant default: the rows
         already there read it (ClickHouse fills a column added with a default without rewriting them)."""
-        if c.missing is None or not len(c.missing):
-            return ""
+        literal = self._fill_literal(c, type_sql) if c.missing is not None else "NULL"
+        return "" if literal == "NULL" else f" DEFAULT {literal}"
+
+    def _fill_literal(self, c: Column, type_sql: str) -> str:
+        """The value Postgres reads for column ``c`` in rows older than it (``fill_value``) as a ClickHouse literal
+        for a column of ``type_sql``; NULL when ClickHouse cannot be given it (logged)."""
         from clickhouse_connect.driver.binding import format_query_value
 
-        value = c.missing[0].as_py()
+        value = fill_value(c)[0].as_py()
         if value is None:
-            return ""
+            return "NULL"
         if is_string(type_sql) and not isinstance(value, (str, bytes)):
             value = str(value)  # time, interval, ... as the text the rows get (DuckDB's text of the value)
         try:
-            return f" DEFAULT {format_query_value(value)}"
+            return format_query_value(value)
         except Exception:
             log.warning("destination %r: column %s added with a default ClickHouse cannot be given (%r): the rows"
                         " already there read NULL for it", self.name, c.name, value)
-            return ""
+            return "NULL"
 
     def _ensure_table(self, p: _Pending, columns: dict[str, Column]) -> DestTable:
         dest = self._tables.get(p.dest)
@@ -435,6 +439,10 @@ class ClickHouseWriter(RemoteTableEngine):
             if p.dest not in self._source_cols:  # the writer's first apply to the table: the types as recorded
                 for c in self._meta_columns(p) or []:
                     self._applied_types.setdefault((p.dest, c["name"]), c.get("pg_type"))
+            for c in self._reappeared(p, columns, dest.columns):  # dropped and added again: set in older rows
+                if c.name not in keys and c.name not in INTERNAL:
+                    self._cmd(f"ALTER TABLE {qt} UPDATE {qi(c.name)} = {self._fill_literal(c, dest.columns[c.name])}"
+                              " WHERE 1", settings={"mutations_sync": 2})
             for name, c in columns.items():
                 want = self._col_type(c, name in keys)
                 have = dest.columns.get(name)

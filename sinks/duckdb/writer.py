@@ -124,7 +124,7 @@ from sinks.duckdb.apply import APPEND_COLS, DestTable, apply_append, apply_keyed
 from sinks.duckdb.options import DuckDBDestinationOptions as DuckDBOptions
 from sinks.duckdb.types import canonical_type, duckdb_type, widens
 from sinks.retry import Steps, retry
-from sinks.sql.engine import ApplyError, RetypeError, TableEngine, _Pending, staging_dest, target_dest
+from sinks.sql.engine import ApplyError, RetypeError, TableEngine, _Pending, fill_value, staging_dest, target_dest
 from sinks.sql.merge import fix_infinity, merge_pending
 from sinks.sql.reduce import lit
 from wallaby.core.changes import (
@@ -659,6 +659,7 @@ class DuckDBWriter(TableEngine):
             if p.dest not in self._source_cols:  # the writer's first apply to the table: the types as recorded
                 for c in self._meta_columns(p) or []:
                     self._applied_types.setdefault((p.dest, c["name"]), c.get("pg_type"))
+            fills += self._reappeared(p, columns, dest.columns)
             for name, c in columns.items():
                 if name not in dest.columns:
                     self._con.execute(f"ALTER TABLE {qt} ADD COLUMN {q(name)} {duckdb_type(c, self._mappings)}")
@@ -698,9 +699,10 @@ class DuckDBWriter(TableEngine):
         return dest
 
     def _fill_missing(self, qt: str, columns: list[Column]) -> None:
-        """Columns added at the source with a constant default: the rows the table holds (every row older than
-        the columns, applied before them) get the values Postgres reads for them (``Column.missing``)."""
-        values = pa.table({f"v{i}": fix_infinity(pa.chunked_array([c.missing])) for i, c in enumerate(columns)})
+        """Columns added at the source with a constant default, or dropped and added again: the rows the table
+        holds (every row older than the columns, applied before them) get the values Postgres reads for them
+        (``fill_value``)."""
+        values = pa.table({f"v{i}": fix_infinity(pa.chunked_array([fill_value(c)])) for i, c in enumerate(columns)})
         sets = ", ".join(f"{q(c.name)} = (SELECT CAST(v{i} AS {duckdb_type(c, self._mappings)}) FROM __wallaby_missing)"
                          for i, c in enumerate(columns))
         self._con.register("__wallaby_missing", values)
@@ -709,7 +711,8 @@ class DuckDBWriter(TableEngine):
         finally:
             self._con.unregister("__wallaby_missing")
         log.info("destination %r: %s: rows older than %s given the values Postgres reads for them (the columns'"
-                 " defaults)", self.name, qt, ", ".join(c.name for c in columns), extra={"flow": self.flow_id})
+                 " defaults, else NULL)", self.name, qt, ", ".join(c.name for c in columns),
+                 extra={"flow": self.flow_id})
 
     def _widen_column(self, p: _Pending, qt: str, name: str, have: str, want: str, c: Column) -> None:
         """The source widened a column (``widens``): follow it in place."""

@@ -46,7 +46,7 @@ from sinks.base import PermanentSinkError, WriterSink, source_json
 from sinks.snowflake.dsn import DsnError, SnowflakeDsn, parse_dsn
 from sinks.snowflake.options import SnowflakeDestinationOptions
 from sinks.snowflake.types import canonical_type, is_json_type, snowflake_type, widens
-from sinks.sql.engine import ApplyError, _Pending
+from sinks.sql.engine import ApplyError, _Pending, fill_value
 from sinks.sql.merge import merge_pending
 from sinks.sql.reduce import FROM, KEEP, SEQ_COL, VALUE, ReduceError, q, reduce_keyed, reduce_keyless
 from sinks.sql.remote import RemoteTableEngine
@@ -349,6 +349,7 @@ class SnowflakeWriter(RemoteTableEngine):
         if p.dest not in self._source_cols:  # the writer's first apply to the table: the types as recorded
             for c in self._meta_columns(p) or []:
                 self._applied_types.setdefault((p.dest, c["name"]), c.get("pg_type"))
+        p.fills = self._reappeared(p, columns, dest.columns)  # an UPDATE with the rows, no DDL
         for name, c in columns.items():
             want = snowflake_type(c, self._mappings)
             have = dest.columns.get(name)
@@ -392,7 +393,7 @@ class SnowflakeWriter(RemoteTableEngine):
             self._sql(f"ALTER TABLE {qt} ALTER COLUMN {q(name)} SET DATA TYPE {want}")
             log.info("destination %r: %s.%s widened from %s to %s", self.name, qt, name, have, want,
                      extra={"flow": self.flow_id})
-        p.fills = fills
+        p.fills = [*p.fills, *fills]
         dest = self._load_dest(p.dest)
         if dest is None:
             raise ApplyError("the table was created but Snowflake does not list its columns")
@@ -472,7 +473,7 @@ class SnowflakeWriter(RemoteTableEngine):
         if p.fills:
             self._dml_tables.add(p.dest)
             for c in p.fills:
-                value = c.missing[0].as_py() if len(c.missing) else None
+                value = fill_value(c)[0].as_py()
                 if isinstance(value, (dict, list)):
                     value = json.dumps(value)
                 self._sql(f"UPDATE {qt} SET {q(c.name)} = {self._conv(dest, c.name, '%s')}", (value,))

@@ -57,7 +57,7 @@ from sinks.snowflake.options import SnowflakeDestinationOptions
 from sinks.snowflake.types import canonical_type, is_json_type, snowflake_type
 from sinks.snowpipe.options import SnowpipeDestinationOptions
 from sinks.snowpipe.stage import StageError, stage_location
-from sinks.sql.engine import ApplyError, _Pending
+from sinks.sql.engine import ApplyError, _Pending, fill_value
 from sinks.sql.merge import merge_pending
 from sinks.sql.reduce import SEQ_COL, q
 from wallaby.core.changes import BEFORE_PREFIX, LSN_COL, OP_COL, ORD_COL, ZERO, Position
@@ -292,7 +292,7 @@ class SnowpipeWriter(sfw.SnowflakeWriter):
         if p.fills:  # a column added with a default: the rows loaded before it hold it (as in Postgres)
             self._dml_tables.add(p.dest)
             for c in p.fills:
-                value = c.missing[0].as_py() if len(c.missing) else None
+                value = fill_value(c)[0].as_py()
                 if isinstance(value, (dict, list)):
                     value = orjson.dumps(value).decode()
                 self._sql(f"UPDATE {qt} SET {q(c.name)} = {self._conv(dest, c.name, '%s')}", (value,))

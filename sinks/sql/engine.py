@@ -90,12 +90,18 @@ def staging_dest(options: TableWriterOptions, target: tuple[str, str]) -> tuple[
 
 def _cut_before(before: TableSchema, after: TableSchema) -> bool:
     """Whether the changes of schema version ``after`` must be applied apart from those of ``before``: a column of
-    both changed its source type (name or typmod), or one appeared with a missing value (``Column.missing``)."""
+    both changed its source type (name or typmod), or one appeared (its older rows read its missing value,
+    ``Column.missing``, or NULL: a destination that kept a dropped column of that name sets it, :meth:`TableEngine.
+    _reappeared`, and the rows of ``before`` must be in the table then)."""
     if before.relid != after.relid or before.version == after.version:
         return False
     old = {c.name: (c.type_name, c.typmod) for c in before.columns}
-    return any((c.type_name, c.typmod) != old[c.name] if c.name in old else c.missing is not None
-               for c in after.columns)
+    return any(c.name not in old or (c.type_name, c.typmod) != old[c.name] for c in after.columns)
+
+
+def fill_value(c: Column) -> pa.Array:
+    """What the rows older than column ``c`` read for it at the source: its missing value, else NULL (one value)."""
+    return c.missing if c.missing is not None and len(c.missing) else pa.nulls(1, c.arrow_type)
 
 
 @dataclass(slots=True)
@@ -106,7 +112,8 @@ class _Pending:
     items: list[TableChanges | TruncateMark] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)  # drop_columns: source columns to drop after the apply
     staging: bool = False  # a staging table (batch_mode=staging): read rows appended as they are
-    fills: list[Column] = field(default_factory=list)  # columns added with a missing value: fill the older rows
+    # columns added with a missing value, or added again after a drop (_reappeared): set in the older rows
+    fills: list[Column] = field(default_factory=list)
 
 
 class TableEngine(Writer):
@@ -453,6 +460,22 @@ class TableEngine(Writer):
         for c in p.table.columns:
             self._applied_types[(p.dest, c.name)] = c.type_name
 
+    def _reappeared(self, p: _Pending, columns: dict[str, Column], dest_columns: Any) -> list[Column]:
+        """The columns of ``columns`` the destination table has and the table's last applied source shape lacked:
+        dropped at the source and added again under the same name (a destination keeps a dropped column unless
+        ``drop_columns``). Postgres reads the new column's missing value, or NULL, in every row older than it,
+        whatever the dropped one held, so the destination sets it in the rows it holds (``_Pending.fills``). None
+        when the last shape is unknown (a new writer with ``meta_table_enabled=false``)."""
+        previous = self._previous_source_columns(p)
+        if previous is None:
+            return []
+        back = [c for name, c in columns.items() if name in dest_columns and name not in previous]
+        for c in back:
+            log.info("destination %r: %s.%s was dropped and added again at the source: the rows it holds get what"
+                     " Postgres reads for them (%s)", self.name, *p.dest, c.name,
+                     "its default" if c.missing is not None else "NULL", extra={"flow": self.flow_id})
+        return back
+
     def _previous_source_columns(self, p: _Pending) -> list[str] | None:
         """The source columns of the table's last applied shape: this writer's, else the meta table's."""
         known = self._source_cols.get(p.dest)
@@ -472,4 +495,4 @@ class TableEngine(Writer):
         return cols
 
 
-__all__ = ["ApplyError", "RetypeError", "TableEngine", "staging_dest", "target_dest"]
+__all__ = ["ApplyError", "RetypeError", "TableEngine", "fill_value", "staging_dest", "target_dest"]

@@ -99,7 +99,8 @@ def ddl_payload(content: bytes) -> dict:
 def describe_drift(p: dict) -> str:
     parts = [f"added {', '.join(p['added'])}" if p["added"] else "",
              f"dropped {', '.join(p['dropped'])}" if p["dropped"] else "",
-             f"retyped {', '.join(p['retyped'])}" if p["retyped"] else ""]
+             f"retyped {', '.join(p['retyped'])}" if p["retyped"] else "",
+             f"dropped and added again {', '.join(p['readded'])}" if p.get("readded") else ""]
     same = "its storage (the same columns)" if p.get("storage_only") else "replica identity or keys"
     text = f"schema drift of {p['table']}: " + ("; ".join(x for x in parts if x) or same)
     if p.get("rewritten"):
@@ -124,8 +125,13 @@ class _Run:
 class Batcher:
     def __init__(self, flow_id: str, batch_size: int, resolve: Resolver, skip_to: Position = ZERO,
                  proto_version: int = 1, ddl_prefix: str | None = None,
-                 known: dict[int, TableSchema] | None = None, drift: bool = True, keep_wal: bool = False):
+                 known: dict[int, TableSchema] | None = None, drift: bool = True, keep_wal: bool = False,
+                 leave_out: Callable[[str, str], bool] | None = None):
         self.flow_id = flow_id
+        # (schema, table) -> whether its changes are left out (wallaby's own tables: sources/postgres/own_tables.py);
+        # the relids it said so of
+        self.leave_out = leave_out
+        self.left_out: set[int] = set()
         self.ddl_prefix = ddl_prefix  # logical messages with this prefix are captured DDL (sources/ddl_capture.py)
         # Last shape seen of each relation, kept by the caller across reconnects: a Relation message that
         # differs from it is schema drift.
@@ -164,6 +170,8 @@ class Batcher:
                 return
             relid = _U32.unpack_from(payload, 1)[0]
             run = self.open_runs.get(relid) or self._run_for(relid)
+            if run is None:  # a table left out
+                return
             run.rows.append((OP_INSERT, self.lsn, self.ordinal, self.commit_ts, self.xid, (payload, 6), None))
             self.rows += 1
             self.bytes += len(payload)
@@ -208,6 +216,15 @@ class Batcher:
         return not self.skipping and self.ordinal > self.skip_ordinal
 
     def _relation(self, msg: Relation) -> None:
+        if self.leave_out is not None and self.leave_out(msg.namespace, msg.name):
+            if msg.relid not in self.left_out:
+                log.info("%s.%s is wallaby's own: its changes are left out (name it in publication_tables to carry"
+                         " it)", msg.namespace, msg.name, extra={"flow": self.flow_id})
+            self.left_out.add(msg.relid)
+            self.tables.pop(msg.relid, None)
+            self.open_runs.pop(msg.relid, None)
+            return
+        self.left_out.discard(msg.relid)
         old = self.tables.get(msg.relid)
         state = self.resolve(msg, self.types, old)
         if old is not None and old.schema.same_shape(state.schema) and not state.schema.storage_moved(old.schema):
@@ -238,7 +255,7 @@ class Batcher:
             "added": [n for n in new if n not in old], "dropped": [n for n in old if n not in new],
             "retyped": [n for n in new if n in old and (new[n].type_name, new[n].typmod)
                         != (old[n].type_name, old[n].typmod)],
-            "ddl": "",
+            "readded": after.readded(before), "ddl": "",
         }
         # Stored values may have changed with no row change: any retype (a USING expression can stand behind any
         # ALTER ... TYPE; known from the shapes alone, so a worker catching up finds it too), or the table's storage
@@ -247,6 +264,7 @@ class Batcher:
         # than this drift: the source reads the table again once the stream has passed where it stands now)
         payload["rewritten"] = bool(payload["retyped"] or after.rewritten_since(before))
         if before.same_shape(after):  # a column dropped and added again alike (storage_moved): nothing to decide on
+            # but reading the table again
             payload["storage_only"] = True
         payload["ddl"] = describe_drift(payload)
         if self.skipping:
@@ -255,9 +273,12 @@ class Batcher:
         self.segments.append(Event(OP_DDL, pos, self.commit_ts, self.xid, (after,), payload))
         self.rows += 1
 
-    def _run_for(self, relid: int) -> _Run:
+    def _run_for(self, relid: int) -> _Run | None:
+        """The open run of ``relid``'s changes (one started when none is open); None for a table left out."""
         run = self.open_runs.get(relid)
         if run is None:
+            if relid in self.left_out:
+                return None
             state = self.tables.get(relid)
             if state is None:
                 raise RuntimeError(f"change for relation {relid} before its Relation message")
@@ -270,6 +291,8 @@ class Batcher:
         run = self.open_runs.get(relid)
         if run is None:
             run = self._run_for(relid)
+            if run is None:  # a table left out
+                return
         run.rows.append(row)
         if has_before:
             run.has_before = True
@@ -315,7 +338,11 @@ class Batcher:
         self.last_lsn, self.last_ordinal = pos.lsn, pos.ordinal
 
     def _truncate(self, msg: Truncate) -> None:
-        self._event(OP_TRUNCATE, msg.relids, {"cascade": msg.cascade, "restart_identity": msg.restart_identity})
+        relids = [r for r in msg.relids if r not in self.left_out]
+        if not relids:  # only tables left out: the change counts (its ordinal), nothing is carried
+            self._next_ordinal()
+            return
+        self._event(OP_TRUNCATE, relids, {"cascade": msg.cascade, "restart_identity": msg.restart_identity})
 
     def _message(self, msg: LogicalMessage) -> None:
         if not msg.transactional:

@@ -60,8 +60,8 @@ class TypeResolver:
         for oid, t in types.items():  # Type messages name custom types even without resolve_types
             self.known.setdefault(oid, pgtypes.PgType(oid=oid, name=t.name, schema=t.namespace, kind="b",
                                                       base_oid=0, elem_oid=0, extension=None))
-        missing, root, node, after, in_rows, dropped = (self.catalog_facts(rel) if self.enabled
-                                                        else ({}, (rel.namespace, rel.name), None, False, set(), None))
+        missing, root, node, after, in_rows, dropped, attnums = (
+            self.catalog_facts(rel) if self.enabled else ({}, (rel.namespace, rel.name), None, False, set(), None, {}))
         columns, ctypes = [], []
         for c in rel.columns:
             ct = pgtypes.column_type(c.type_oid, c.typmod, self.known, ndims.get(c.name, 1))
@@ -76,8 +76,9 @@ class TypeResolver:
                                   default_in_rows=c.name in in_rows))
         version = 1 if old is None else old.schema.version + 1
         namespace, name = root
+        numbers = tuple(attnums.get(c.name, 0) for c in rel.columns) if attnums else None
         schema = TableSchema(rel.relid, namespace, name, tuple(columns), rel.replica_identity, version,
-                             filenode=node, storage_after=after, dropped=dropped)
+                             filenode=node, storage_after=after, dropped=dropped, attnums=numbers)
         if old is not None and old.schema.same_shape(schema) and not schema.storage_moved(old.schema):
             return old
         return TableState(schema, ctypes, self.binary_as_text)
@@ -119,7 +120,7 @@ class TypeResolver:
         return pa.array(texts, pa.binary())
 
     def catalog_facts(self, rel: Relation) -> tuple[dict[str, str], tuple[str, str], int | None, bool, set[str],
-                                                    int | None]:
+                                                    int | None, dict[str, int]]:
         """What the catalog says of a relation beyond its Relation message, in one query:
 
         - the text of each column's missing value (``pg_attribute.attmissingval``: what rows older than an ``ADD
@@ -133,7 +134,8 @@ class TypeResolver:
         - whether the catalog has moved past the message's shape (a column of the message gone or retyped, or a
           column added after its last): then the storage read may be that of a later rewrite;
         - the columns with a default (or a generation expression) and no missing value (``Column.default_in_rows``);
-        - how many dropped columns it keeps (``TableSchema.dropped``, for ``storage_moved``).
+        - how many dropped columns it keeps (``TableSchema.dropped``, for ``storage_moved``);
+        - each live column's number (``attnum``), by name (``TableSchema.attnums``, for ``readded``).
         """
         try:
             row = self._meta().execute(
@@ -142,7 +144,7 @@ class TypeResolver:
                 "  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND a.atthasmissing"
                 "  AND NOT a.attisdropped),"
                 " (SELECT coalesce(json_agg(json_build_array(a.attname, a.atttypid, a.atttypmod, a.attgenerated <> '',"
-                "  a.atthasdef AND NOT a.atthasmissing) ORDER BY a.attnum), '[]')"
+                "  a.atthasdef AND NOT a.atthasmissing, a.attnum) ORDER BY a.attnum), '[]')"
                 "  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),"
                 " (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attisdropped)"
                 " FROM pg_class c LEFT JOIN pg_class r ON c.relispartition AND r.oid = pg_partition_root(c.oid)"
@@ -152,11 +154,12 @@ class TypeResolver:
             raise SourceError(f"could not read the catalog entry of {rel.namespace}.{rel.name}: {exc}",
                               server=server_name(self.dsn)) from exc
         if row is None:
-            return {}, (rel.namespace, rel.name), None, False, set(), None
+            return {}, (rel.namespace, rel.name), None, False, set(), None, {}
         node, root_schema, root_name, missing, now, dropped = row
         root = (root_schema, root_name) if root_name is not None else (rel.namespace, rel.name)
-        in_rows = {name for name, *_, filled in now if filled}
-        return dict(missing or {}), root, node, catalog_moved_on(rel, now), in_rows, int(dropped)
+        in_rows = {name for name, _oid, _mod, _gen, filled, _num in now if filled}
+        attnums = {name: int(num) for name, *_, num in now}
+        return dict(missing or {}), root, node, catalog_moved_on(rel, now), in_rows, int(dropped), attnums
 
     @staticmethod
     def _missing(ct: pgtypes.ColumnType, text: str | None, rel: Relation) -> pa.Array | None:

@@ -32,6 +32,7 @@ from sources.postgres.batcher import Batcher
 from sources.postgres.connection import connect, is_transient, server_name
 from sources.postgres.ddl_gate import DROP, HOLD, POLL_SECONDS, DDLGate
 from sources.postgres.heartbeat import Heartbeat
+from sources.postgres.own_tables import own_table
 from sources.postgres.pgoutput import DecodeError
 from sources.postgres.rds_iam import register
 from sources.postgres.reader import StreamReader, drain
@@ -232,7 +233,8 @@ class _PostgresPartition(StatefulSourcePartition):
     def _open(self) -> None:
         batcher = Batcher(self.flow_id, self.opts.batch_size, self.resolver, self.position, self.proto_version,
                           ddl_prefix=self.opts.ddl_message_prefix, known=dict(self.shapes),
-                          drift=not self.opts.capture_ddl, keep_wal=self.src.keep_wal)
+                          drift=not self.opts.capture_ddl, keep_wal=self.src.keep_wal,
+                          leave_out=own_table(self.opts))
         stream = ReplicationStream(self.opts.dsn, self.opts.slot, self.opts.publication, self.proto_version,
                                    self.covered, self.flow_id,
                                    binary=binary_mode(self.opts.binary, self.src.keep_wal, self.opts.resolve_types))
@@ -594,7 +596,7 @@ def shapes_to_state(shapes: dict[int, TableSchema]) -> list:
     """Relation shapes for a snapshot: what schema drift is judged by (names, types, keys)."""
     return [[t.relid, t.schema, t.name, t.replica_identity, t.version,
              [[c.name, c.type_oid, c.type_name, c.typmod, c.key] for c in t.columns], t.filenode, t.storage_after,
-             t.dropped]
+             t.dropped, list(t.attnums) if t.attnums is not None else None]
             for t in shapes.values()]
 
 
@@ -604,7 +606,8 @@ def shapes_from_state(state: list | None) -> dict[int, TableSchema]:
         out[relid] = TableSchema(relid, schema, name, tuple(Column(n, oid, tn, mod, key) for n, oid, tn, mod, key
                                                              in cols), ri, version,
                                  filenode=rest[0] if rest else None, storage_after=bool(rest[1:] and rest[1]),
-                                 dropped=rest[2] if rest[2:] else None)
+                                 dropped=rest[2] if rest[2:] else None,
+                                 attnums=tuple(rest[3]) if rest[3:] and rest[3] is not None else None)
     return out
 
 

@@ -146,21 +146,41 @@ class TableSchema:
     storage_after: bool = field(default=False, compare=False)
     # How many dropped columns the catalog keeps for the table (pg_attribute.attisdropped) when this shape was read;
     # None when unknown. With the same columns and other storage, one more means a column dropped and one of the
-    # same name and type added again (storage_moved).
+    # same name and type added again (storage_moved, for shapes kept without attnums).
     dropped: int | None = field(default=None, compare=False)
+    # Each column's number in the catalog (pg_attribute.attnum) when this shape was read, in column order (0: the
+    # column was gone by then); None when unknown. A column dropped and one of its name added again has a new
+    # number (readded).
+    attnums: tuple[int, ...] | None = field(default=None, compare=False)
+
+    def readded(self, before: TableSchema) -> list[str]:
+        """The columns of this shape that ``before`` has under the same name with another catalog number: dropped
+        and added again since, so every row older than the new one reads its missing value or NULL (or what its
+        volatile default wrote), whatever the dropped one held, and no change in the stream says so. Both numbers
+        are read when the shapes are resolved: a column dropped and added again after ``before`` was read and
+        before the next change of the table (the worker behind both) shows nothing (docs/ddl.md)."""
+        if self.attnums is None or before.attnums is None:
+            return []
+        old = dict(zip(before.column_names, before.attnums, strict=True))
+        return [n for n, a in zip(self.column_names, self.attnums, strict=True) if old.get(n, a) not in (a, 0) and a]
 
     def storage_moved(self, before: TableSchema) -> bool:
-        """The same columns as ``before`` over a table whose storage changed and that dropped a column since: a
-        column dropped and one of the same name and type added again, whose volatile default Postgres wrote into
-        the rows (a rewrite nothing in the stream shows). A VACUUM FULL, CLUSTER or TRUNCATE changes the storage
-        alone, and is not one."""
+        """The same columns as ``before``, but a column dropped and one of the same name and type added again: by
+        catalog number (:meth:`readded`); else, for shapes kept without numbers, a table whose storage changed and
+        that dropped a column since, as a volatile default of such a column writes into the rows (a rewrite nothing
+        in the stream shows). A VACUUM FULL, CLUSTER or TRUNCATE changes the storage alone, and is not one."""
+        if self.readded(before):
+            return True
         return (before.filenode is not None and self.filenode is not None and before.filenode != self.filenode
                 and before.dropped is not None and self.dropped is not None and self.dropped > before.dropped)
 
     def rewritten_since(self, before: TableSchema) -> bool:
-        """Whether the table's storage may have changed between ``before`` and this shape (both known): it differs;
-        or it was read for ``before`` only after a later DDL (the same storage then proves nothing) and a column added
-        since holds a default Postgres wrote into the rows."""
+        """Whether stored values may have changed between ``before`` and this shape with no change to say so: a
+        column was dropped and added again under its name (:meth:`readded`); or the storage (both known) differs;
+        or it was read for ``before`` only after a later DDL (the same storage then proves nothing) and a column
+        added since holds a default Postgres wrote into the rows."""
+        if self.readded(before):
+            return True
         if before.filenode is None or self.filenode is None:
             return False
         if before.filenode != self.filenode:
