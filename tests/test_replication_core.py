@@ -53,18 +53,23 @@ def txn(lsn: int, changes: int = 1) -> list[bytes]:
     return [begin(lsn + 90), *(message(lsn + 1 + i) for i in range(changes)), commit(lsn + 90, lsn + 100)]
 
 
-def batcher(batch_size: int = 100) -> Batcher:
+def batcher(batch_size: int = 100, gather: int | None = None) -> Batcher:
     def no_relations(*_):  # only Begin, Message and Commit are fed here
         raise AssertionError("no Relation message expected")
 
-    return Batcher("f", batch_size, no_relations)
+    b = Batcher("f", batch_size, no_relations)
+    if gather is not None:
+        b.gather = gather
+    return b
 
 
 def core(*, confirmed: int = START, status_interval: float = 10.0, batch_timeout: float = 1.0,
-         stop_at_lsn: int | None = None, batch_size: int = 100) -> ReplicationProtocol:
-    """A protocol core that has just sent a status update at T0 (so nothing is due by the clock)."""
-    c = ReplicationProtocol(batcher(batch_size), covered=START, confirmed=confirmed, status_interval=status_interval,
-                            batch_timeout=batch_timeout, stop_at_lsn=stop_at_lsn, now=T0)
+         stop_at_lsn: int | None = None, batch_size: int = 100, gather: int | None = None) -> ReplicationProtocol:
+    """A protocol core that has just sent a status update at T0 (so nothing is due by the clock); ``gather``: the
+    changes it holds before it takes in the middle of a chunk (default: batch_size x GATHER_BATCHES)."""
+    c = ReplicationProtocol(batcher(batch_size, gather), covered=START, confirmed=confirmed,
+                            status_interval=status_interval, batch_timeout=batch_timeout, stop_at_lsn=stop_at_lsn,
+                            now=T0)
     c.sent(c.status(), T0)
     return c
 
@@ -200,7 +205,7 @@ def test_received_covered_and_activity_for_the_empty_read_rule():
 
 
 def test_a_full_batch_is_handed_over_within_the_chunk():
-    c = core(batch_size=2)
+    c = core(batch_size=2, gather=2)
     items, _ = pump(c, txn(START + 100, changes=5), T0 + 0.01)
     assert [(k, len(b.segments), cov) for k, b, cov in items] == [("batch", 2, START), ("batch", 2, START)]
     # the rest waits for a read that brings nothing (the stream may have more of the same moment)
@@ -208,8 +213,27 @@ def test_a_full_batch_is_handed_over_within_the_chunk():
     assert [(k, len(b.segments), cov) for k, b, cov in items] == [("batch", 1, START + 200)]
 
 
+def test_a_backlog_is_gathered_then_handed_over_in_batches_of_batch_size():
+    """While the stream brings more, changes are held up to ``gather`` (decoded at once), then handed over as
+    batches of batch_size, in order; only the last of them covers the commits read (the others cover what was
+    covered before)."""
+    c = core(batch_size=2, gather=4)
+    items, _ = pump(c, txn(START + 100, changes=5), T0 + 0.01)
+    assert [(k, len(b), cov) for k, b, cov in items] == [("batch", 2, START), ("batch", 2, START)]
+    items, _ = pump(c, txn(START + 300, changes=3), T0 + 0.02)  # the 5th change of the first transaction, 3 more
+    assert [(k, len(b) if b else None, cov) for k, b, cov in items] == [
+        ("batch", 2, START), ("batch", 2, START + 200), ("covered", None, START + 400)]
+    # taken at a read that brings nothing: split too, the last batch alone caught up and covering the commit
+    pump(c, txn(START + 500, changes=3), T0 + 0.04)
+    items, _ = pump(c, [], T0 + 0.05)
+    assert [(k, len(b), cov, b.caught_up) for k, b, cov in items] == [
+        ("batch", 2, START + 400, False), ("batch", 1, START + 600, True)]
+    assert [e.position for _, b, _ in items for e in b.segments] == sorted(
+        e.position for _, b, _ in items for e in b.segments)
+
+
 def test_only_a_batch_cut_when_the_stream_had_nothing_more_is_caught_up():
-    c = core(batch_size=2, batch_timeout=1.0)
+    c = core(batch_size=2, batch_timeout=1.0, gather=2)
     items, _ = pump(c, txn(START + 100, changes=3), T0 + 0.01)
     assert [b.caught_up for k, b, _ in items if k == "batch"] == [False]  # full: more was waiting
     items, _ = pump(c, [], T0 + 0.02)

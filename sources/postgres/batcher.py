@@ -70,6 +70,13 @@ _U32 = struct.Struct(">I")
 # 300k wide changes, 3 runs each: 357-382 MB at 4 MiB, 348-360 MB at 3 MiB.
 # WALLABY_SOURCE_BATCH_BYTES overrides it.
 MAX_BATCH_BYTES = settings.on_import().source_batch_bytes
+# While the stream has a backlog, the batcher gathers up to this many batches' worth of changes (at most
+# GATHER_ROWS, and MAX_BATCH_BYTES of messages) before it decodes them at once, then hands them over as batches of
+# batch_size (Batcher.take_batches): parsing and decoding cost a fixed part per call and per column, which at the
+# default batch_size of 100 was most of the reader's time (bench, bulk group; issue 18's note of this change). A
+# stream that is caught up hands over what it holds at once, as before.
+GATHER_BATCHES = 16
+GATHER_ROWS = 10_000
 
 
 @dataclass
@@ -140,6 +147,7 @@ class Batcher:
         self.keep_wal = keep_wal  # add each change's raw pgoutput message (the __wal column)
         self.current_raw = b""
         self.batch_size = batch_size
+        self.gather = max(batch_size, min(batch_size * GATHER_BATCHES, GATHER_ROWS))  # rows a take may hold
         self.resolve = resolve
         self.skip_to = skip_to
         self.decoder = Decoder(proto_version)
@@ -354,7 +362,13 @@ class Batcher:
 
     # -- taking ---------------------------------------------------------------------------
     def full(self) -> bool:
-        return self.rows >= self.batch_size or self.bytes >= self.max_bytes
+        """Whether to take what is held now, in the middle of what the server sent (GATHER_BATCHES)."""
+        return self.rows >= self.gather or self.bytes >= self.max_bytes
+
+    def take_batches(self) -> list[ChangeBatch]:
+        """Everything held, as batches of at most ``batch_size`` changes (none when nothing is held)."""
+        batch = self.take()
+        return [] if batch is None else batch.split(self.batch_size)
 
     def take(self) -> ChangeBatch | None:
         """Everything held, as one ChangeBatch (None when nothing is held)."""

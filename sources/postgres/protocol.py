@@ -106,8 +106,8 @@ class ReplicationProtocol:
             if kind == 119:  # 'w' XLogData
                 data = True
                 feed(bytes(raw[25:]))
-                if full() and (item := self._take()) is not None:
-                    yield item
+                if full():
+                    yield from self._take()
             elif kind == 107 and self.keepalive(raw):  # 'k' primary keepalive
                 reply = True
         # When the oldest change held was read: rows only grow between takes, so rows held at the end of the
@@ -120,11 +120,10 @@ class ReplicationProtocol:
         if batcher.rows and (held_too_long or not msgs) and (held_too_long or not batcher.in_txn):
             # Caught up with the stream (or batch_timeout passed): hand over what we hold.
             whole = not batcher.in_txn
-            item = self._take()
-            if item is not None:
-                if whole and not msgs:  # the server had nothing more, at a transaction's end: show it now
-                    item[1].caught_up = True  # type: ignore[union-attr]
-                yield item
+            items = self._take()
+            if items and whole and not msgs:  # the server had nothing more, at a transaction's end: show it now
+                items[-1][1].caught_up = True  # type: ignore[union-attr]
+            yield from items
         if not batcher.in_txn and not batcher.rows:
             self.covered = max(self.covered, batcher.last_commit_end)
             if self.covered > self.handed:
@@ -150,16 +149,17 @@ class ReplicationProtocol:
             self.covered = end
         return ka.reply_requested
 
-    def _take(self) -> Item | None:
-        """The batch being filled, as a queue item (None when nothing is held: a batch_size of 0)."""
-        batch = self.batcher.take()
+    def _take(self) -> list[Item]:
+        """What is held, as queue items of at most batch_size changes each (none when nothing is held)."""
+        batches = self.batcher.take_batches()
         self.first_held_at = None
-        if batch is None:
-            return None
-        # Every COMMIT seen so far is fully in this batch or before it (an open transaction is not).
+        if not batches:
+            return []
+        before = self.covered  # what the items but the last cover: what was covered before them
+        # Every COMMIT seen so far is fully in these batches or before them (an open transaction is not).
         self.covered = max(self.covered, self.batcher.last_commit_end)
         self.handed = self.covered
-        return ("batch", batch, self.covered)
+        return [("batch", b, before) for b in batches[:-1]] + [("batch", batches[-1], self.covered)]
 
     # -- what to send -----------------------------------------------------------------------
     def status(self, reply: bool = False) -> Status:

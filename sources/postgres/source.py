@@ -525,6 +525,8 @@ class _PostgresPartition(StatefulSourcePartition):
         for seg in segments:
             for t in (seg.table,) if isinstance(seg, TableChanges) else seg.tables:
                 before = self.shapes.get(t.relid)
+                if before is t:  # the usual case: the shape of the batch before
+                    continue
                 # a shape keeps the storage it was first seen with, unless a column was dropped and added alike
                 if before is None or not before.same_shape(t) or t.storage_moved(before):
                     self.shapes[t.relid] = t

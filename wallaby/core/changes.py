@@ -159,7 +159,8 @@ class TableSchema:
         volatile default wrote), whatever the dropped one held, and no change in the stream says so. Both numbers
         are read when the shapes are resolved: a column dropped and added again after ``before`` was read and
         before the next change of the table (the worker behind both) shows nothing (docs/ddl.md)."""
-        if self.attnums is None or before.attnums is None:
+        if self.attnums is None or before.attnums is None or (
+                self.attnums == before.attnums and self.column_names == before.column_names):
             return []
         old = dict(zip(before.column_names, before.attnums, strict=True))
         return [n for n, a in zip(self.column_names, self.attnums, strict=True) if old.get(n, a) not in (a, 0) and a]
@@ -223,9 +224,18 @@ class TableChanges:
 
     table: TableSchema
     rows: pa.RecordBatch
+    # The Arrow data these rows stand for when they are a slice of a larger batch (ChangeBatch.split: a slice
+    # shares its parent's buffers, whose whole size get_total_buffer_size would count for every slice); None: the
+    # rows' own buffers.
+    size: int | None = None
 
     def __len__(self) -> int:
         return self.rows.num_rows
+
+    def buffer_size(self) -> int:
+        """The bytes of Arrow data these rows hold (``size``, else their buffers: ``nbytes`` walks the columns in
+        Python, ~30x slower, and this is asked per batch)."""
+        return self.size if self.size is not None else self.rows.get_total_buffer_size()
 
     @property
     def first(self) -> Position:
@@ -336,6 +346,41 @@ class ChangeBatch:
             elif s.position > pos:
                 kept.append(s)
         return ChangeBatch(self.flow_id, kept, self.position, self.snapshot, self.caught_up)
+
+    def split(self, max_changes: int) -> list[ChangeBatch]:
+        """This batch as batches of at most ``max_changes`` changes each (a row or an event is one), in order, each
+        at the position of its last change; the last keeps this batch's position and ``caught_up``. Runs of rows are
+        sliced (the slices share the Arrow data; each slice's ``size`` is its share). A backfill's batch (with a
+        snapshot mark) is not split."""
+        if max_changes <= 0 or self.snapshot is not None or len(self) <= max_changes:
+            return [self]
+        groups: list[list[Segment]] = [[]]
+        n = 0  # changes in the last group
+        for seg in self.segments:
+            if isinstance(seg, Event):
+                if n == max_changes:
+                    groups.append([])
+                    n = 0
+                groups[-1].append(seg)
+                n += 1
+                continue
+            total, start, whole = len(seg), 0, seg.buffer_size()
+            while start < total:
+                if n == max_changes:
+                    groups.append([])
+                    n = 0
+                take = min(max_changes - n, total - start)
+                groups[-1].append(seg if take == total else
+                                  TableChanges(seg.table, seg.rows.slice(start, take), whole * take // total))
+                n += take
+                start += take
+        out = []
+        for i, segs in enumerate(groups):
+            last = segs[-1]
+            final = i == len(groups) - 1
+            pos = self.position if final else (last.position if isinstance(last, Event) else last.last)
+            out.append(ChangeBatch(self.flow_id, segs, pos, caught_up=self.caught_up and final))
+        return out
 
     def tables(self) -> list[TableSchema]:
         seen: dict[tuple[int, int], TableSchema] = {}
