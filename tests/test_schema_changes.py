@@ -965,25 +965,30 @@ def test_a_rewrite_holds_a_flow_whose_destination_cannot_read_the_table_again(pg
     assert changes()[2:] == [("ddl", None), ("insert", 3)]  # the DDL event and the insert after it
 
 
+def _stream_in_steps(pgdb: str, tmp_path: Path, steps: list[list[str]]) -> Path:
+    """Table h (id, v) streamed into DuckDB: a worker run after it is made and after each step's statements."""
+    duck = tmp_path / "d.duckdb"
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE h (id int PRIMARY KEY, v int)")
+    _run_worker(tmp_path, pgdb, duck, epoch="300ms", publication_tables="public.h")
+    for statements in steps:
+        with psycopg.connect(pgdb, autocommit=True) as c:
+            for sql in statements:
+                c.execute(sql)
+        _run_worker(tmp_path, pgdb, duck, epoch="300ms", publication_tables="public.h")
+    return duck
+
+
 def test_a_column_dropped_and_added_again_alike_with_a_volatile_default_is_read_again(pgdb, tmp_path):
     """DROP COLUMN r0, then ADD COLUMN r0 of the same type with a volatile default: the stream's shape is what it
     was, but Postgres wrote new values into every row (found by CI in a random history). The source sees the
     storage moved with a column dropped since, reads the table again, and DuckDB ends equal; a VACUUM FULL (new
     storage, no column dropped) is no such event."""
-    duck = tmp_path / "d.duckdb"
-    with psycopg.connect(pgdb, autocommit=True) as c:
-        c.execute("CREATE TABLE h (id int PRIMARY KEY, v int)")
-    _run_worker(tmp_path, pgdb, duck, epoch="300ms", publication_tables="public.h")
-    with psycopg.connect(pgdb, autocommit=True) as c:
-        c.execute("INSERT INTO h SELECT g, g FROM generate_series(1, 20) g")
-        c.execute("ALTER TABLE h ADD COLUMN r0 int DEFAULT (random() * 1000)::int")
-        c.execute("INSERT INTO h (id, v) VALUES (21, 21)")
-    _run_worker(tmp_path, pgdb, duck, epoch="300ms", publication_tables="public.h")
-    with psycopg.connect(pgdb, autocommit=True) as c:
-        c.execute("ALTER TABLE h DROP COLUMN r0")
-        c.execute("ALTER TABLE h ADD COLUMN r0 int DEFAULT (random() * 1000)::int + 2000")
-        c.execute("INSERT INTO h (id, v) VALUES (22, 22)")
-    _run_worker(tmp_path, pgdb, duck, epoch="300ms", publication_tables="public.h")
+    duck = _stream_in_steps(pgdb, tmp_path, [
+        ["INSERT INTO h SELECT g, g FROM generate_series(1, 20) g",
+         "ALTER TABLE h ADD COLUMN r0 int DEFAULT (random() * 1000)::int", "INSERT INTO h (id, v) VALUES (21, 21)"],
+        ["ALTER TABLE h DROP COLUMN r0", "ALTER TABLE h ADD COLUMN r0 int DEFAULT (random() * 1000)::int + 2000",
+         "INSERT INTO h (id, v) VALUES (22, 22)"]])
     want = _pg(pgdb, "SELECT id, v, r0 FROM h ORDER BY id")
     assert all(r0 >= 2000 for _, _, r0 in want)
     with duckdb.connect(str(duck), read_only=True) as d:
@@ -1007,21 +1012,12 @@ def test_a_column_dropped_and_added_again_alike_with_no_change_between(pgdb, tmp
     of the table between: the stream's shape is what it was and the storage did not move, but every row now reads
     the new default (NULL). The shapes kept with the flow carry each column's catalog number: the source sees d and e
     numbered anew, says so in the drift event, reads the table again, and DuckDB ends equal."""
-    duck = tmp_path / "d.duckdb"
-    with psycopg.connect(pgdb, autocommit=True) as c:
-        c.execute("CREATE TABLE h (id int PRIMARY KEY, v int)")
-    _run_worker(tmp_path, pgdb, duck, epoch="300ms", publication_tables="public.h")
-    with psycopg.connect(pgdb, autocommit=True) as c:
-        c.execute("INSERT INTO h SELECT g, g FROM generate_series(1, 20) g")
-        c.execute("ALTER TABLE h ADD COLUMN d text DEFAULT 'old', ADD COLUMN e int")
-        c.execute("INSERT INTO h (id, v, e) VALUES (21, 21, 7)")
-        c.execute("UPDATE h SET d = 'changed', e = 8 WHERE id = 1")
-    _run_worker(tmp_path, pgdb, duck, epoch="300ms", publication_tables="public.h")
-    with psycopg.connect(pgdb, autocommit=True) as c:
-        c.execute("ALTER TABLE h DROP COLUMN d, DROP COLUMN e")
-        c.execute("ALTER TABLE h ADD COLUMN d text DEFAULT 'new', ADD COLUMN e int")
-        c.execute("INSERT INTO h (id, v) VALUES (22, 22)")
-    _run_worker(tmp_path, pgdb, duck, epoch="300ms", publication_tables="public.h")
+    duck = _stream_in_steps(pgdb, tmp_path, [
+        ["INSERT INTO h SELECT g, g FROM generate_series(1, 20) g",
+         "ALTER TABLE h ADD COLUMN d text DEFAULT 'old', ADD COLUMN e int",
+         "INSERT INTO h (id, v, e) VALUES (21, 21, 7)", "UPDATE h SET d = 'changed', e = 8 WHERE id = 1"],
+        ["ALTER TABLE h DROP COLUMN d, DROP COLUMN e",
+         "ALTER TABLE h ADD COLUMN d text DEFAULT 'new', ADD COLUMN e int", "INSERT INTO h (id, v) VALUES (22, 22)"]])
     want = _pg(pgdb, "SELECT id, v, d, e FROM h ORDER BY id")
     assert {(d, e) for _, _, d, e in want} == {("new", None)}
     with duckdb.connect(str(duck), read_only=True) as d:
