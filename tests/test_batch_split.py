@@ -1,8 +1,11 @@
 """ChangeBatch.split: the source gathers a backlog, decodes it at once and hands it over in batches of batch_size.
-The batches hold exactly the changes of the whole, in order, at most batch_size each, each at its last change's
+The batches hold exactly the changes of the whole, at most batch_size each, cut by position (every change of one
+before every change of the next, though a batch's runs are per table and interleave), each at its last change's
 position; the slices' sizes add up to the whole's; only the last batch keeps the whole's caught_up."""
 
 from __future__ import annotations
+
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,62 +13,70 @@ from hypothesis import strategies as st
 from tests.builders import col, ins, table, table_changes
 from wallaby.core.changes import OP_MESSAGE, ORD_COL, ChangeBatch, Event, Position, TableChanges
 
-T = table("t", [col("id", "int8", key=True), col("v", "text")])
+TABLES = {name: table(name, [col("id", "int8", key=True), col("v", "text")]) for name in "abc"}
 
 
-def _batch(shape: list[int], caught_up: bool) -> ChangeBatch:
-    """Segments of ``shape``: a run of n rows for n > 0, an event for 0; positions increasing."""
-    segments, ordinal = [], 0
-    for n in shape:
-        if n == 0:
-            ordinal += 1
-            segments.append(Event(OP_MESSAGE, Position(0x100, ordinal), 0, 1, (), {"prefix": "p", "content": ""}))
+def _batch(wal: list[str], caught_up: bool, txn_size: int) -> ChangeBatch:
+    """The batch a batcher builds of ``wal`` (a table's name: a row of it; "" a logical message): one run per table,
+    opened at its first row (so runs interleave), events where they come; ``txn_size`` changes per transaction."""
+    runs: dict[str, list] = {}
+    order: list = []
+    for i, what in enumerate(wal):
+        pos = Position(0x100 + 0x100 * (i // txn_size), i % txn_size + 1)
+        if not what:
+            order.append(Event(OP_MESSAGE, pos, 0, 1, (), {"prefix": "p", "content": ""}))
             continue
-        changes = []
-        for _ in range(n):
-            ordinal += 1
-            ch = ins(id=ordinal, v=f"v{ordinal}")
-            ch.position = Position(0x100, ordinal)
-            changes.append(ch)
-        segments.append(table_changes(T, changes))
-    return ChangeBatch("f", segments, Position(0x100, ordinal), caught_up=caught_up)
+        ch = ins(id=i, v=f"v{i}")
+        ch.position = pos
+        if what not in runs:
+            runs[what] = []
+            order.append(what)
+        runs[what].append(ch)
+    segments = [s if isinstance(s, Event) else table_changes(TABLES[s], runs[s]) for s in order]
+    last = len(wal) - 1
+    return ChangeBatch("f", segments, Position(0x100 + 0x100 * (last // txn_size), last % txn_size + 1),
+                       caught_up=caught_up)
 
 
 def _changes(batch: ChangeBatch) -> list[tuple]:
     out = []
     for seg in batch.segments:
         if isinstance(seg, Event):
-            out.append(("event", seg.position.ordinal))
+            out.append((seg.position.lsn, seg.position.ordinal, "event"))
         else:
-            out += [("row", o, i) for o, i in zip(seg.rows.column(ORD_COL).to_pylist(),
-                                                   seg.rows.column("id").to_pylist(), strict=True)]
+            out += [(lsn, o, seg.table.name) for lsn, o in zip(seg.rows.column("__lsn").to_pylist(),
+                                                                 seg.rows.column(ORD_COL).to_pylist(), strict=True)]
     return out
 
 
-@settings(max_examples=200, deadline=None)
-@given(shape=st.lists(st.integers(0, 40), min_size=1, max_size=12), size=st.integers(1, 30),
-       caught_up=st.booleans())
-def test_split_keeps_every_change_in_order_in_batches_of_at_most_the_size(shape, size, caught_up):
-    whole = _batch(shape, caught_up)
+@settings(max_examples=300, deadline=None)
+@given(wal=st.lists(st.sampled_from(["a", "b", "c", ""]), min_size=1, max_size=120), size=st.integers(1, 30),
+       txn_size=st.integers(1, 12), caught_up=st.booleans())
+def test_split_cuts_by_position_into_batches_of_at_most_the_size(wal, size, txn_size, caught_up):
+    whole = _batch(wal, caught_up, txn_size)
     parts = whole.split(size)
-    assert [c for p in parts for c in _changes(p)] == _changes(whole)
-    assert all(0 < len(p) <= size for p in parts) and (len(parts) == 1 or all(len(p) == size for p in parts[:-1]))
+    assert sorted(c for p in parts for c in _changes(p)) == sorted(_changes(whole))
+    assert all(0 < len(p) <= size for p in parts)
+    assert len(parts) == -(-len(whole) // size)
+    for p in parts:  # each at its last change
+        assert p.position == Position(*max(_changes(p))[:2])
+    for earlier, later in pairwise(parts):  # every change of one before every one of the next
+        assert max(_changes(earlier)) < min(_changes(later))
     assert parts[-1].position == whole.position
-    for p in parts:
-        last = p.segments[-1]
-        assert p.position == (last.position if isinstance(last, Event) else last.last)
     assert [p.caught_up for p in parts] == [False] * (len(parts) - 1) + [caught_up]
-    for seg in whole.segments:  # a run's slices stand for its size, not each for the whole buffers
-        if isinstance(seg, TableChanges):
-            ordinals = set(seg.rows.column(ORD_COL).to_pylist())
-            pieces = [s for p in parts for s in p.segments
-                      if isinstance(s, TableChanges) and s.rows.column(ORD_COL)[0].as_py() in ordinals]
-            whole_size = seg.buffer_size()
-            assert whole_size - len(pieces) <= sum(s.buffer_size() for s in pieces) <= whole_size
+    for p in parts:  # each run keeps the table order of its rows
+        for seg in p.segments:
+            if isinstance(seg, TableChanges):
+                ords = list(zip(seg.rows.column("__lsn").to_pylist(), seg.rows.column(ORD_COL).to_pylist(),
+                                strict=True))
+                assert ords == sorted(ords)
+    total = sum(s.buffer_size() for s in whole.segments if isinstance(s, TableChanges))
+    sliced = sum(s.buffer_size() for p in parts for s in p.segments if isinstance(s, TableChanges))
+    assert total - len(parts) * len(whole.segments) <= sliced <= total  # each slice its share, not the whole
 
 
 def test_a_batch_within_the_size_or_of_a_backfill_is_itself():
-    b = _batch([3, 0, 2], False)
+    b = _batch(["a", "b", "", "a", "c", "a"], False, 3)
     assert b.split(6) == [b] and b.split(0) == [b]
     b.snapshot = object()  # type: ignore[assignment]  # a backfill's mark: never split
     assert b.split(2) == [b]

@@ -348,38 +348,55 @@ class ChangeBatch:
         return ChangeBatch(self.flow_id, kept, self.position, self.snapshot, self.caught_up)
 
     def split(self, max_changes: int) -> list[ChangeBatch]:
-        """This batch as batches of at most ``max_changes`` changes each (a row or an event is one), in order, each
-        at the position of its last change; the last keeps this batch's position and ``caught_up``. Runs of rows are
+        """This batch as batches of at most ``max_changes`` changes each, cut by position: every change of one comes
+        before every change of the next in the WAL (a batch's runs are per table, so rows of two tables written
+        in turns interleave across its segments; a destination skips what is at or below the high-water of the
+        batches it took, so a later batch must hold nothing before an earlier one's position). Each is at the
+        position of its last change; the last keeps this batch's position and ``caught_up``. Runs of rows are
         sliced (the slices share the Arrow data; each slice's ``size`` is its share). A backfill's batch (with a
         snapshot mark) is not split."""
         if max_changes <= 0 or self.snapshot is not None or len(self) <= max_changes:
             return [self]
-        groups: list[list[Segment]] = [[]]
-        n = 0  # changes in the last group
+        import numpy as np
+
+        lsns, ords = [], []
         for seg in self.segments:
             if isinstance(seg, Event):
-                if n == max_changes:
-                    groups.append([])
-                    n = 0
-                groups[-1].append(seg)
-                n += 1
-                continue
-            total, start, whole = len(seg), 0, seg.buffer_size()
-            while start < total:
-                if n == max_changes:
-                    groups.append([])
-                    n = 0
-                take = min(max_changes - n, total - start)
-                groups[-1].append(seg if take == total else
-                                  TableChanges(seg.table, seg.rows.slice(start, take), whole * take // total))
-                n += take
-                start += take
-        out = []
-        for i, segs in enumerate(groups):
-            last = segs[-1]
-            final = i == len(groups) - 1
-            pos = self.position if final else (last.position if isinstance(last, Event) else last.last)
-            out.append(ChangeBatch(self.flow_id, segs, pos, caught_up=self.caught_up and final))
+                lsns.append(np.array([seg.position.lsn], np.uint64))
+                ords.append(np.array([seg.position.ordinal], np.uint64))
+            else:
+                lsns.append(seg.rows.column(LSN_COL).to_numpy())
+                ords.append(seg.rows.column(ORD_COL).to_numpy())
+        # one sortable key per change: the rank of its LSN among the batch's (few: commit LSNs), then its ordinal
+        if max(int(o.max()) for o in ords) >> 32:  # an ordinal past 2^32 (never in a stream): no key of 64 bits
+            return [self]
+        distinct = np.unique(np.concatenate(lsns))
+        keys = [np.searchsorted(distinct, lsn).astype(np.int64) << 32 | o.astype(np.int64)
+                for lsn, o in zip(lsns, ords, strict=True)]
+        every = np.sort(np.concatenate(keys))
+        cuts = every[max_changes - 1::max_changes]
+        if len(cuts) and cuts[-1] == every[-1]:
+            cuts = cuts[:-1]  # the last batch ends at the end
+        bounds = [np.searchsorted(k, cuts, side="right") for k in keys]  # per segment: its rows up to each cut
+        out: list[ChangeBatch] = []
+        for i in range(len(cuts) + 1):
+            segs: list[Segment] = []
+            for seg, b in zip(self.segments, bounds, strict=True):
+                lo = int(b[i - 1]) if i else 0
+                hi = int(b[i]) if i < len(cuts) else len(seg)
+                if hi <= lo:
+                    continue
+                if isinstance(seg, Event) or (lo == 0 and hi == len(seg)):
+                    segs.append(seg)
+                else:
+                    segs.append(TableChanges(seg.table, seg.rows.slice(lo, hi - lo),
+                                             seg.buffer_size() * (hi - lo) // len(seg)))
+            if i < len(cuts):
+                k = int(cuts[i])
+                pos = Position(int(distinct[k >> 32]), k & 0xFFFFFFFF)
+                out.append(ChangeBatch(self.flow_id, segs, pos))
+            else:
+                out.append(ChangeBatch(self.flow_id, segs, self.position, caught_up=self.caught_up))
         return out
 
     def tables(self) -> list[TableSchema]:
