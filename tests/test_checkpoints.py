@@ -60,3 +60,29 @@ def test_bad_backend_settings_are_clear_errors():
         open_store({"WALLABY_CHECKPOINT_BACKEND": "postgres",
                     "WALLABY_CHECKPOINT_DSN": "postgresql://u:s3cret@127.0.0.1:1/x?connect_timeout=2"})
     assert "s3cret" not in str(err.value)
+
+
+def test_processes_that_open_a_new_sqlite_store_at_once_each_apply_its_steps_once(tmp_path):
+    """Eight processes open one new SQLite store at the same moment, three times over (the same flow started twice,
+    an API server and its workers): every one opens it (a step applied one at a time let two processes both find a
+    column missing, and the second failed on 'duplicate column name'), and each step is recorded once."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from wallaby.state.checkpoints import open_store; t = float(sys.argv[2]);"
+            " time.sleep(max(0.0, t - time.time()));"
+            " s = open_store({'WALLABY_CHECKPOINT_BACKEND': 'sqlite', 'WALLABY_CHECKPOINT_PATH': sys.argv[1]});"
+            " s.flow_store; s.close()")
+    import time
+
+    for round_ in range(3):
+        path = tmp_path / f"c{round_}.db"
+        at = str(time.time() + 1.5)  # every process past its imports, then all at once
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(path), at], stderr=subprocess.PIPE, text=True)
+                 for _ in range(8)]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), [e.strip().splitlines()[-1:] for e in errors if e.strip()]
+        steps = sqlite3.connect(path).execute(
+            "SELECT component, version, count(*) FROM wallaby_schema_migrations GROUP BY 1, 2").fetchall()
+        assert steps and all(n == 1 for _, _, n in steps), steps

@@ -394,3 +394,36 @@ def test_recovery_store_errors_name_the_store_and_say_transient_or_not(tmp_path)
     with pytest.raises(LocalStoreError) as err:
         open_recovery(tmp_path / "file" / "rec", _check(), keep=True)  # a directory under a file
     assert str(tmp_path / "file" / "rec") in str(err.value) and exit_status(err.value) == 1
+
+
+def test_a_recovery_store_behind_the_checkpoint_store_never_moves_the_store_back(pgdb, tmp_path):
+    """The recovery store can resume an epoch before the last one the checkpoint store (and the slot) confirmed
+    (a kill after the epoch was confirmed, before bytewax recorded it as the one to resume from). The replay from
+    there is skipped by every destination, but the source must not confirm those older positions again: that moved
+    the checkpoint store back below the slot, and the next start refused the flow (fresh-clone CI, the Snowflake
+    kill -9 test). A partition resumed from an older recovery state starts from the store's confirmed LSN."""
+    from tests.flows import run_worker, source_part, worker_flow
+    from tests.flows import worker_env as env_of
+    from wallaby.core.spec import load_flow
+
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    flow = worker_flow(tmp_path, pgdb, "behind", "public.t", {"dsn": str(tmp_path / "d.duckdb")}, dest_type="duckdb")
+    run_worker(tmp_path, flow)
+    store = open_store(env_of(tmp_path))
+    (old,) = store.list("behind")
+    with psycopg.connect(pgdb, autocommit=True) as c:
+        c.execute("INSERT INTO t SELECT g, 'a' FROM generate_series(1, 50) g")
+    run_worker(tmp_path, flow)
+    (ahead,) = store.list("behind")
+    assert ahead.confirmed_lsn > old.confirmed_lsn
+    older = {"position": old.position.to_state(), "covered": old.confirmed_lsn}  # what the recovery store resumes
+    part = source_part(load_flow(flow), older, checkpoints=store)
+    try:
+        assert part.covered == old.confirmed_lsn  # the replay starts where the recovery store says
+        assert part.confirmed == ahead.confirmed_lsn  # but nothing below the store is confirmed again
+        part._confirm(old.confirmed_lsn + 1)
+        assert store.list("behind")[0].confirmed_lsn == ahead.confirmed_lsn
+    finally:
+        part.close()
+        store.close()

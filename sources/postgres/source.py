@@ -162,14 +162,15 @@ class _PostgresPartition(StatefulSourcePartition):
                 SourceIdentity.from_json(resume_state.get("source")), int(resume_state.get("covered", 0)),
                 "the bytewax recovery store") == DISCARD:
             resume_state = None
+        # the checkpoint store's position, as vetted at start (None: none, or discarded by a reset)
+        cp = part.resume
+        if cp is READ_CHECKPOINT:
+            cp = src.checkpoints.get(self.flow_id, opts.slot) if src.checkpoints is not None else None
         if resume_state:
             position = Position.from_state(resume_state["position"])
             covered = int(resume_state.get("covered", 0))
-        else:
-            cp = src.checkpoints.get(self.flow_id, opts.slot) if part.resume is READ_CHECKPOINT and \
-                src.checkpoints is not None else part.resume
-            if isinstance(cp, Checkpoint):
-                position, covered = cp.position, cp.confirmed_lsn
+        elif isinstance(cp, Checkpoint):
+            position, covered = cp.position, cp.confirmed_lsn
         if src.start_lsn is not None:
             slot_confirmed = (plan.confirmed_flush if plan else None) or _slot_confirmed(opts.dsn, opts.slot)
             if slot_confirmed is not None and src.start_lsn < slot_confirmed:
@@ -180,7 +181,12 @@ class _PostgresPartition(StatefulSourcePartition):
             position, covered = Position(src.start_lsn, 0), src.start_lsn
         self.position = position  # last change emitted
         self.covered = covered  # every change below this end LSN has been emitted
-        self.confirmed = covered  # what we told the server (at least what it already has)
+        # What we told the server (at least what it already has). Never below the checkpoint store: the recovery
+        # store can resume an epoch before one whose covered LSN was confirmed (killed after the epoch's snapshot was
+        # written and confirmed, before bytewax recorded the epoch as the one to resume from); the replay is skipped
+        # by every destination, but confirming it again would move the store back below the slot, and the next
+        # start would refuse the flow (fresh-clone CI, Snowflake kill -9 test: slot 0/2615EA70, store 0/2612D150).
+        self.confirmed = max(covered, cp.confirmed_lsn if isinstance(cp, Checkpoint) and src.start_lsn is None else 0)
         self.to_confirm: int | None = None
         self.snapshot_position = position
         self.resets_cleared = False

@@ -93,9 +93,12 @@ class SQLDatabase:
                 self._end(ok)
 
     def migrate(self, component: str, steps: Sequence[Step]) -> None:
-        """Apply the steps of ``component`` not applied yet (step i is version i + 1), each in its own
-        transaction."""
-        with self._lock:
+        """Apply the steps of ``component`` not applied yet (step i is version i + 1), in one write transaction
+        that reads what is applied: processes that open a new store at once (the same flow started twice, an API
+        server and its workers) apply each step once; the second waits for the first (SQLite's ``BEGIN
+        IMMEDIATE``; Postgres: :meth:`PostgresDatabase.migrate`). Run one step at a time, two processes both
+        found ``ADD COLUMN source`` missing and the second failed (CI, tests/test_positions.py)."""
+        with self._lock, self.transaction():
             self.run(_MIGRATIONS_TABLE)
             rows = self.run("SELECT version FROM wallaby_schema_migrations WHERE component = ?", (component,))
             done = {int(r[0]) for r in rows}
@@ -130,8 +133,8 @@ class SQLiteDatabase(SQLDatabase):
         try:
             self._conn = sqlite3.connect(self.path, uri=self.path.startswith("file:"), check_same_thread=False,
                                          timeout=30, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA busy_timeout=30000")
+            _wal_mode(self._conn)
             if not self.path.startswith("file:") and self.path != ":memory:":
                 for suffix in ("-wal", "-shm"):  # created by SQLite with the file's mode; older ones may be wider
                     side = Path(self.path + suffix)
@@ -155,6 +158,23 @@ class SQLiteDatabase(SQLDatabase):
 
     def close(self) -> None:
         self._conn.close()
+
+
+# How long opening a store waits to switch a new database to WAL while another process holds it (SQLite answers
+# "database is locked" at once there, without its busy handler: another process migrating the new store).
+WAL_SWITCH_WAIT = 30.0
+
+
+def _wal_mode(conn: sqlite3.Connection) -> None:
+    deadline = time.monotonic() + WAL_SWITCH_WAIT
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def make_private_dirs(directory: Path) -> None:
