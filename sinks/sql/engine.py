@@ -465,7 +465,7 @@ class TableEngine(Writer):
         dropped at the source and added again under the same name (a destination keeps a dropped column unless
         ``drop_columns``). Postgres reads the new column's missing value, or NULL, in every row older than it,
         whatever the dropped one held, so the destination sets it in the rows it holds (``_Pending.fills``). None
-        when the last shape is unknown (a new writer with ``meta_table_enabled=false``)."""
+        of them when the last shape is unknown (a new writer with ``meta_table_enabled=false``)."""
         previous = self._previous_source_columns(p)
         if previous is None:
             return []
