@@ -65,7 +65,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import duckdb
@@ -309,6 +309,10 @@ def _stored_data_path(con: duckdb.DuckDBPyConnection, options: DuckLakeOptions) 
     return row[0] if row else None
 
 
+# SQLite's SQLITE_BUSY / SQLITE_LOCKED, as the sqlite extension reports them
+_SQLITE_BUSY = re.compile(r"database (table )?is locked")
+
+
 def _is_lock(exc: Exception) -> bool:
     return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
 
@@ -425,6 +429,22 @@ class DuckLakeWriter(DuckDBWriter):
 
     def _clean(self, exc: BaseException) -> str:
         return mask(str(exc), self.options.catalog, _aws_secrets(os.environ))
+
+    def _fail(self, where: str | None, message: str, held: tuple[str, str, Position] | None = None) -> NoReturn:
+        """A ``sqlite:`` catalog that stayed locked (SQLite's ``database is locked``: a reader holding a query or
+        transaction open, so the snapshot cannot commit) is busy, not broken: the epoch is rolled back as for any
+        failure, and the error is transient (exit 75, restarted) rather than permanent."""
+        try:
+            super()._fail(where, message, held)
+        except PermanentSinkError:
+            if held is None and _SQLITE_BUSY.search(message):
+                raise TransientSinkError(
+                    self.name, f"{self._where(where)}the catalog is locked by another process, so the epoch could not"
+                    f" commit (rolled back; nothing is lost: the"
+                    f" slot did not move). A reader that leaves a query or transaction open on a sqlite: catalog"
+                    f" blocks every commit: readers should fetch their results whole and end their transactions"
+                    f" promptly: {message}") from None
+            raise
 
     # -- type changes: DuckLake's promotions only
 
