@@ -19,7 +19,7 @@ it was first seen by a reader minus its ``clock_timestamp()`` (one host, one clo
   changed since the last read, opens it read only, reads ``id, epoch_us(ts)`` of the rows past the last id seen
   and closes it (docs/destinations.md "Reading while a flow runs"); on DuckDB's lock error (the writer holds the
   file) it tries again at the next poll; seen = the moment the open succeeded. A reader holding the file makes
-  the writer wait, with a back-off (10 ms doubling now; 0.1 s doubling when this was measured): a reader that
+  the writer wait, with a back-off (5 ms growing 1.3x now; 0.1 s doubling when this was measured): a reader that
   retries the lock every 2 ms (the docs' recipe
   starts at 10 ms) won the file back each time the writer let go, and measured mostly that back-off (2 busy
   cores, 200ms epochs, 10k/s: p50 4.9 s, against 0.23 s with this reader); ``--duckdb-reader always`` opens the

@@ -187,13 +187,16 @@ RELEASE_MAX_HOLD = 30.0
 # ms at 1k changes/s and 376-378 at 10k/s; 30 ms 225-275 and 268-321; 60 ms 289 and 310.
 RELEASE_GAP = 0.03
 _UNKNOWN = object()  # no bound known for a table's keys (DuckDBWriter._keys_absent)
-# The waits while another process holds the file: 10 ms doubling to 2 s. A reader's open-read-close takes a few ms;
-# with a first wait of 0.1 s, a reader polling every 20 ms put the writer's reopen (after each flush) 0.1 s behind.
-_LOCK_STEPS = Steps(0.01, 2.0, 2.0)
+# The waits while another process holds the file: 5 ms growing by 1.3x to 2 s (5, 11, 20, 31, 45, 64, 88 ms in all).
+# A reader's open-read-close takes a few ms; with a first wait of 0.1 s, a reader polling every 20 ms put the
+# writer's reopen (after each flush) 0.1 s behind, and doubling from 10 ms still overshot a reader's few ms by up to
+# as much again. Measured (make bench latency, DuckDB, 10k changes/s, default epoch, 2 runs each): p50/p99 179-206
+# / 317-343 ms with 10 ms doubling, 170-176 / 273-274 ms with these.
+_LOCK_STEPS = Steps(0.005, 1.3, 2.0)
 
 
 def _connect(dsn: str, config: dict) -> duckdb.DuckDBPyConnection:
-    """A connection to ``dsn``, waiting up to :data:`DUCKDB_LOCK_WAIT` (10 ms doubling to 2 s) while another process
+    """A connection to ``dsn``, waiting up to :data:`DUCKDB_LOCK_WAIT` (:data:`_LOCK_STEPS`) while another process
     holds the file's lock."""
     return retry(lambda: duckdb.connect(dsn, config=config), policy=_LOCK_STEPS,
                  retryable=lambda exc: isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower(),
