@@ -234,6 +234,7 @@ class ProgressWriter:
 
     def __init__(self, flow_id: str, name: str, inner: Any, state: SnapshotState):
         self.flow_id, self.name, self.inner, self.state = flow_id, name, inner, state
+        self.WHOLE_BATCHES = getattr(inner, "WHOLE_BATCHES", False)
         self.marks: dict[str, SnapshotMark] = {}
 
     def write(self, batch: ChangeBatch) -> None:

@@ -87,7 +87,8 @@ def output_destinations(spec: FlowSpec, changes: Stream, source_check: SourceChe
     parts = [FanoutPart("", None, _makers(spec, source_check, None, wrap), source_check)] if slots is None else \
         [FanoutPart(key, index, _makers(spec, check, index, wrap), check) for key, index, check in slots]
     for step, sink in destination_sinks(spec.id, [d.name for d in spec.destinations], parts,
-                                        parallelism=spec.parallelism, primary=primary):
+                                        parallelism=spec.parallelism, primary=primary,
+                                        batch_size=spec.source_options().batch_size):
         op.output(step, changes, sink)
 
 

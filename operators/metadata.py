@@ -162,6 +162,7 @@ class MetadataWriter:
 
     def __init__(self, name: str, inner: Any, rewriter: MetadataRewriter):
         self.name, self.inner, self.rewriter = name, inner, rewriter
+        self.WHOLE_BATCHES = getattr(inner, "WHOLE_BATCHES", False)  # the rewrite works on a batch of any size
 
     def write(self, batch: ChangeBatch) -> None:
         try:

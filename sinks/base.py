@@ -40,6 +40,10 @@ class Writer(ABC):
     """One destination's writer. Constructed with its validated options and resume state."""
 
     name: str = ""
+    # Whether the writer takes a stream's batch whole, whatever its size (a table engine buffers changes by table).
+    # Otherwise the fanout (sinks/fanout.py) hands it the source's batches cut at the source option batch_size,
+    # the most records a batch holds (a message, a request, a record of its own in each wire format).
+    WHOLE_BATCHES: bool = False
 
     @abstractmethod
     def write(self, batch: ChangeBatch) -> None:

@@ -59,11 +59,15 @@ class DestinationWriter(Writer):
     """One destination's writer in its output step: its metrics (changes, bytes, write and commit times, errors)
     and, with a ``pool`` (``parallelism`` > 1), its writes run there, one at a time."""
 
-    def __init__(self, flow_id: str, name: str, writer: Writer, pool: ThreadPoolExecutor | None = None):
+    def __init__(self, flow_id: str, name: str, writer: Writer, pool: ThreadPoolExecutor | None = None,
+                 batch_size: int = 0):
         self.flow_id = flow_id
         self.name = name
         self.writer = writer
         self.pool = pool
+        # the source option batch_size: the most changes a batch handed to a writer that does not take whole
+        # batches holds (0: as they come)
+        self.batch_size = 0 if getattr(writer, "WHOLE_BATCHES", False) else batch_size
         self.attrs = destination_attributes(flow_id, name)  # metric labels
         self.pending = (0, 0)  # changes and their Arrow bytes written since the last commit (metrics)
         self.write_time = 0.0  # seconds spent in write this epoch
@@ -86,7 +90,11 @@ class DestinationWriter(Writer):
         call = DestinationCall(self.attrs, "write")
         with call:
             for batch in batches:
-                self.writer.write(batch)
+                if self.batch_size and len(batch) > self.batch_size:
+                    for piece in batch.split(self.batch_size):
+                        self.writer.write(piece)
+                else:
+                    self.writer.write(batch)
         self.write_time += call.elapsed
         if batches and batches[-1].caught_up:  # the stream is quiet: show what the epoch holds so far
             with DestinationCall(self.attrs, "flush", commit_duration):
@@ -145,16 +153,17 @@ class FanoutPart:
 
 
 def destination_sinks(flow_id: str, names: list[str], parts: list[FanoutPart], *, parallelism: int = 1,
-                      primary: str | None = None) -> list[tuple[str, FixedPartitionedSink]]:
+                      primary: str | None = None, batch_size: int = 0) -> list[tuple[str, FixedPartitionedSink]]:
     """``(step id, sink)`` of each destination in ``names``: one part (a flow of one slot: ``parts`` holds one,
     its ``index`` None) or one part per slot, routed by the items' key. With ``primary``, the others are spooled;
-    with ``parallelism`` > 1 the destinations' writes share a pool of that many threads."""
+    with ``parallelism`` > 1 the destinations' writes share a pool of that many threads. ``batch_size``: the
+    most changes in a batch a writer gets, unless it takes whole batches (``Writer.WHOLE_BATCHES``)."""
     pool = ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="wallaby-dest") \
         if parallelism > 1 and len(names) > 1 else None
     steps = step_ids(names)
     out: list[tuple[str, FixedPartitionedSink]] = []
     for name in names:
-        makes = [(part_name(name, p.index), _maker(flow_id, name, p, primary, pool)) for p in parts]
+        makes = [(part_name(name, p.index), _maker(flow_id, name, p, primary, pool, batch_size)) for p in parts]
         if len(parts) == 1 and parts[0].index is None:
             sink: FixedPartitionedSink = WriterSink(name, makes[0][1])
         else:
@@ -164,7 +173,7 @@ def destination_sinks(flow_id: str, names: list[str], parts: list[FanoutPart], *
 
 
 def _maker(flow_id: str, name: str, part: FanoutPart, primary: str | None,
-           pool: ThreadPoolExecutor | None) -> MakeWriter:
+           pool: ThreadPoolExecutor | None, batch_size: int = 0) -> MakeWriter:
     maker = part.makers[name]
 
     def make(resume_state: Any) -> DestinationWriter:
@@ -173,6 +182,6 @@ def _maker(flow_id: str, name: str, part: FanoutPart, primary: str | None,
         else:
             spooled = part_name(name, part.index)
             inner = SpooledWriter(spooled, flow_id, maker, spool_root() / flow_id / spooled, part.source)
-        return DestinationWriter(flow_id, part_name(name, part.index), inner, pool)
+        return DestinationWriter(flow_id, part_name(name, part.index), inner, pool, batch_size)
 
     return make

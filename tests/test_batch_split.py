@@ -1,7 +1,8 @@
-"""ChangeBatch.split: the source gathers a backlog, decodes it at once and hands it over in batches of batch_size.
-The batches hold exactly the changes of the whole, at most batch_size each, cut by position (every change of one
-before every change of the next, though a batch's runs are per table and interleave), each at its last change's
-position; the slices' sizes add up to the whole's; only the last batch keeps the whole's caught_up."""
+"""ChangeBatch.split: the source gathers a backlog, decodes it at once and hands it over whole; each destination's
+writer that does not take whole batches (sinks/fanout.py, ``Writer.WHOLE_BATCHES``) gets it in batches of
+batch_size. The batches hold exactly the changes of the whole, at most batch_size each, cut by position (every
+change of one before every change of the next, though a batch's runs are per table and interleave), each at its
+last change's position; the slices' sizes add up to the whole's; only the last batch keeps the whole's caught_up."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from itertools import pairwise
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sinks.base import Writer
+from sinks.fanout import DestinationWriter
 from tests.builders import col, ins, table, table_changes
 from wallaby.core.changes import OP_MESSAGE, ORD_COL, ChangeBatch, Event, Position, TableChanges
 
@@ -80,3 +83,32 @@ def test_a_batch_within_the_size_or_of_a_backfill_is_itself():
     assert b.split(6) == [b] and b.split(0) == [b]
     b.snapshot = object()  # type: ignore[assignment]  # a backfill's mark: never split
     assert b.split(2) == [b]
+
+
+class _Recorder(Writer):
+    def __init__(self, whole: bool):
+        self.WHOLE_BATCHES = whole
+        self.got: list[ChangeBatch] = []
+        self.flushes = 0
+
+    def write(self, batch: ChangeBatch) -> None:
+        self.got.append(batch)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+    def commit(self) -> None:
+        return None
+
+
+def test_the_fanout_cuts_batches_at_batch_size_only_for_writers_that_do_not_take_them_whole():
+    whole = _batch(["a", "b", "", "a", "c", "a", "b", "a"], True, 3)
+    cut, kept = _Recorder(whole=False), _Recorder(whole=True)
+    for rec in (cut, kept):
+        DestinationWriter("f", "d", rec, batch_size=3).write_many([whole])
+    assert [len(b) for b in cut.got] == [3, 3, 2] and cut.got == whole.split(3)
+    assert [b.caught_up for b in cut.got] == [False, False, True] and cut.flushes == 1  # flushed after the last
+    assert kept.got == [whole] and kept.flushes == 1
+    small = _batch(["a", "b"], False, 3)
+    DestinationWriter("f", "d", cut, batch_size=3).write_many([small])
+    assert cut.got[-1] is small

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from sources.postgres.batcher import Batcher
 from sources.postgres.protocol import FULL_STATUS_EVERY, STOPPING_STATUS_EVERY, ReplicationProtocol, Status
-from sources.postgres.reader import StreamReader
+from sources.postgres.reader import StreamReader, _bundle, drain
 from sources.postgres.replication import ReplicationStream, StreamClosed
 
 T0 = 1000.0  # the fake clock's start (time.monotonic() is never 0 in practice)
@@ -213,23 +213,43 @@ def test_a_full_batch_is_handed_over_within_the_chunk():
     assert [(k, len(b.segments), cov) for k, b, cov in items] == [("batch", 1, START + 200)]
 
 
-def test_a_backlog_is_gathered_then_handed_over_in_batches_of_batch_size():
-    """While the stream brings more, changes are held up to ``gather`` (decoded at once), then handed over as
-    batches of batch_size, in order; only the last of them covers the commits read (the others cover what was
-    covered before)."""
+def test_a_backlog_is_gathered_then_handed_over_whole():
+    """While the stream brings more, changes are held up to ``gather`` (decoded at once), then handed over as one
+    batch covering the commits read, however many ``batch_size`` is (the fanout cuts it for the destinations a
+    batch is a unit of: tests/test_fanout.py)."""
     c = core(batch_size=2, gather=4)
     items, _ = pump(c, txn(START + 100, changes=5), T0 + 0.01)
-    assert [(k, len(b), cov) for k, b, cov in items] == [("batch", 2, START), ("batch", 2, START)]
+    assert [(k, len(b), cov) for k, b, cov in items] == [("batch", 4, START)]
     items, _ = pump(c, txn(START + 300, changes=3), T0 + 0.02)  # the 5th change of the first transaction, 3 more
     assert [(k, len(b) if b else None, cov) for k, b, cov in items] == [
-        ("batch", 2, START), ("batch", 2, START + 200), ("covered", None, START + 400)]
-    # taken at a read that brings nothing: split too, the last batch alone caught up and covering the commit
+        ("batch", 4, START + 200), ("covered", None, START + 400)]
+    # taken at a read that brings nothing: whole, caught up and covering the commit
     pump(c, txn(START + 500, changes=3), T0 + 0.04)
     items, _ = pump(c, [], T0 + 0.05)
-    assert [(k, len(b), cov, b.caught_up) for k, b, cov in items] == [
-        ("batch", 2, START + 400, False), ("batch", 1, START + 600, True)]
+    assert [(k, len(b), cov, b.caught_up) for k, b, cov in items] == [("batch", 3, START + 600, True)]
     assert [e.position for _, b, _ in items for e in b.segments] == sorted(
         e.position for _, b, _ in items for e in b.segments)
+
+
+def test_the_batches_of_one_read_cross_to_the_partition_as_one_item_in_order():
+    """The reader puts the batches taken from one read into its queue as one item (one hand-over between the
+    threads); the partition's drain takes them back one by one, each with what it covers, in order."""
+    import queue
+    from types import SimpleNamespace
+
+    c = core(batch_size=2, gather=2)
+    items, _ = pump(c, txn(START + 100, changes=5), T0 + 0.01)
+    items += pump(c, [], T0 + 0.02)[0]
+    batches = [i for i in items if i[0] == "batch"]
+    assert len(batches) == 3 and _bundle(batches[:1]) == batches[0]
+    q: queue.Queue = queue.Queue()
+    q.put(_bundle(batches))
+    q.put(("covered", None, START + 900))
+    got: list = []
+    err = drain(SimpleNamespace(queue=q), 10, 0.0, lambda b, cov: got.append((b, cov)),
+                lambda cov: got.append(("covered", cov)))
+    assert err is None
+    assert got == [(b, cov) for _, b, cov in batches] + [("covered", START + 900)]
 
 
 def test_only_a_batch_cut_when_the_stream_had_nothing_more_is_caught_up():

@@ -436,6 +436,14 @@ def test_kill_9_mid_stream_then_restart(tmp_path, pgdb, receiver):  # noqa: F811
         assert len(receiver.accepted) >= 150, (tmp_path / "a.log").read_text()[-3000:]
         a.send_signal(signal.SIGKILL)  # mid-stream: the writer keeps going
         a.wait(10)
+        # where the restart begins: the store's position (written before the slot's) or the slot's
+        from tests.flows import slot_confirmed
+        from wallaby.state.checkpoints import SQLiteCheckpoints
+
+        stored = SQLiteCheckpoints(tmp_path / "store.db").get("killed", "killed_slot")
+        resume = max(slot_confirmed(pgdb, "killed_slot"), stored.confirmed_lsn if stored else 0)
+        with receiver.lock:
+            past = sum(1 for r in receiver.accepted.values() if parse_lsn(orjson.loads(r.body)["lsn"]) >= resume)
         time.sleep(0.5)
         receiver.fail_next(1, 500)
         stop.set()
@@ -458,5 +466,6 @@ def test_kill_9_mid_stream_then_restart(tmp_path, pgdb, receiver):  # noqa: F811
     assert _replay(got) == pg_rows(pgdb)
     assert a.returncode == -signal.SIGKILL
     # At least once: the restart replays from the last confirmed position, so what the killed worker delivered after
-    # it (the epoch in flight, 300 ms of a busy writer) comes again with the same keys.
-    assert receiver.duplicates > 0 and len(receiver.requests) > len(got)
+    # it (the epoch in flight, 300 ms of a busy writer) comes again with the same keys (on a loaded machine the kill
+    # may fall right after a confirm, with nothing delivered past it).
+    assert receiver.duplicates >= past and (past == 0 or len(receiver.requests) > len(got))

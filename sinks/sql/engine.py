@@ -120,6 +120,8 @@ class TableEngine(Writer):
     """Buffers, applies and commits a flow's changes into tables (see the module docstring); a destination brings
     its dialect by overriding the hooks."""
 
+    WHOLE_BATCHES = True  # buffered by table: a batch's size is no unit here
+
     def __init__(self, name: str, flow_id: str, options: TableWriterOptions, resume_state: Any = None, *,
                  source: SourceCheck | None = None, max_buffer_rows: int, max_buffer_bytes: int, max_tx_bytes: int,
                  where: str):

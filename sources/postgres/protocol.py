@@ -150,7 +150,7 @@ class ReplicationProtocol:
         return ka.reply_requested
 
     def _take(self) -> list[Item]:
-        """What is held, as queue items of at most batch_size changes each (none when nothing is held)."""
+        """What is held, as one queue item (none when nothing is held; a list, as the batcher may hand several)."""
         batches = self.batcher.take_batches()
         self.first_held_at = None
         if not batches:

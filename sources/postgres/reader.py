@@ -38,12 +38,17 @@ from sources.postgres.batcher import Batcher
 from sources.postgres.protocol import Item, ReplicationProtocol, Status
 from sources.postgres.replication import ReplicationStream
 from wallaby.core.changes import ChangeBatch
+from wallaby.core.metrics import batch_size
 
 log = logging.getLogger("wallaby.source")
 
-# Batches built ahead of what bytewax has taken. Each holds up to batch_size changes (and
-# at most MAX_BATCH_BYTES of messages), so this bounds the memory read ahead.
+# Items built ahead of what bytewax has taken: each the batches taken from one read of the stream (a batch holds up to
+# the batcher's gather rows and MAX_BATCH_BYTES of messages; a read, up to READ_CHUNK messages), so this bounds the
+# memory read ahead. One item per read, not per batch: handing each batch over on its own (a thread switch each)
+# measured (bulk group, 1M inserts into DuckDB) 50-96k rows/s against 106-116k. An item is handed over once its
+# batches reach BUNDLE_BYTES (wide rows: a read of 20k messages of 5 KB would otherwise be 100 MB decoded at once).
 QUEUE_BATCHES = 2
+BUNDLE_BYTES = 4 << 20
 # How long the reader waits on an idle socket before it looks at its flags again.
 IDLE_WAIT = 0.005
 # While the queue is full, how often the reader wakes to send a status update if one is due
@@ -144,11 +149,32 @@ class StreamReader(threading.Thread):
             self._send(self.core.status_if_behind())
             if stream.wait_readable(IDLE_WAIT):
                 msgs = stream.read()
+        taken: list[Item] = []  # the batches of one read go into the queue as one item (see QUEUE_BATCHES)
+        held = 0  # their Arrow bytes
         for out in self.core.pump(msgs, now):
             if type(out) is Status:
                 self._send(out)
-            elif not self._put(out):
-                return
+            elif out[0] == "batch":
+                taken.append(out)
+                held += batch_size(out[1])[1]  # type: ignore[arg-type]
+                if held >= BUNDLE_BYTES:
+                    if not self._put(_bundle(taken)):
+                        return
+                    taken, held = [], 0
+            else:
+                if taken and not self._put(_bundle(taken)):
+                    return
+                taken, held = [], 0
+                if not self._put(out):
+                    return
+        if taken:
+            self._put(_bundle(taken))
+
+
+def _bundle(taken: list[Item]) -> Item:
+    """The batches taken from one read as one queue item: one hand-over between the threads for all of them (a
+    read of a backlog takes a batch every ``gather`` changes)."""
+    return taken[0] if len(taken) == 1 else ("batches", taken, 0)
 
 
 def drain(reader: StreamReader, limit: int, wait: float,
@@ -164,6 +190,9 @@ def drain(reader: StreamReader, limit: int, wait: float,
             return None
         if kind == "batch":
             on_batch(obj, covered)  # type: ignore[arg-type]
+        elif kind == "batches":
+            for _, batch, covered in obj:  # type: ignore[union-attr]
+                on_batch(batch, covered)
         elif kind == "covered":
             on_covered(covered)
         else:
