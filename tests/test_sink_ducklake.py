@@ -920,7 +920,7 @@ def test_a_type_change_the_lake_cannot_follow_holds_the_worker_at_the_gate(pgdb,
     assert read_lake(lake, "SELECT id, v FROM public.t ORDER BY id") == [(1, 7)]
 
 
-def test_a_reader_holding_a_sqlite_catalog_open_makes_the_worker_retry_not_fail(pgdb, tmp_path):
+def test_a_reader_holding_a_sqlite_catalog_open_is_a_transient_failure_not_a_permanent_one(pgdb, tmp_path):
     """A reader that leaves a query open on a ``sqlite:`` catalog holds SQLite's read lock, so no snapshot can
     commit: the worker rolls the epoch back and exits 75 (transient: restarted), naming the catalog and the cause;
     once the reader lets go, the next run catches up and the lake equals Postgres."""
