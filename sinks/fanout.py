@@ -90,11 +90,8 @@ class DestinationWriter(Writer):
         call = DestinationCall(self.attrs, "write")
         with call:
             for batch in batches:
-                if self.batch_size and len(batch) > self.batch_size:
-                    for piece in batch.split(self.batch_size):
-                        self.writer.write(piece)
-                else:
-                    self.writer.write(batch)
+                for piece in batch.split(self.batch_size):  # itself when within the size, or the size is 0
+                    self.writer.write(piece)
         self.write_time += call.elapsed
         if batches and batches[-1].caught_up:  # the stream is quiet: show what the epoch holds so far
             with DestinationCall(self.attrs, "flush", commit_duration):

@@ -440,10 +440,9 @@ class DuckLakeWriter(DuckDBWriter):
             if held is None and _SQLITE_BUSY.search(message):
                 raise TransientSinkError(
                     self.name, f"{self._where(where)}the catalog is locked by another process, so the epoch could not"
-                    f" commit (rolled back; nothing is lost: the"
-                    f" slot did not move). A reader that leaves a query or transaction open on a sqlite: catalog"
-                    f" blocks every commit: readers should fetch their results whole and end their transactions"
-                    f" promptly: {message}") from None
+                    f" commit (rolled back; nothing is lost: the slot did not move). A reader that leaves a query or"
+                    f" transaction open on a sqlite: catalog blocks every commit: readers should fetch their results"
+                    f" whole and end their transactions promptly: {message}") from None
             raise
 
     # -- type changes: DuckLake's promotions only

@@ -72,7 +72,7 @@ _U32 = struct.Struct(">I")
 MAX_BATCH_BYTES = settings.on_import().source_batch_bytes
 # While the stream has a backlog, the batcher gathers up to this many batches' worth of changes (at most
 # GATHER_ROWS, and MAX_BATCH_BYTES of messages) before it decodes them at once, then hands them over whole
-# (Batcher.take_batches): parsing and decoding cost a fixed part per call and per column, which at the default
+# (ReplicationProtocol._take): parsing and decoding cost a fixed part per call and per column, which at the default
 # batch_size of 100 was most of the reader's time (bench, bulk group; issue 18's note of this change). A stream that
 # is caught up hands over what it holds at once, as before. Cut into batches of batch_size here, each batch crossed
 # bytewax and the destination's writer on its own: measured (bulk group, 1M inserts into DuckDB, 2 runs each) 94k
@@ -148,7 +148,6 @@ class Batcher:
         self.drift = drift  # off when an event trigger captures the DDL itself
         self.keep_wal = keep_wal  # add each change's raw pgoutput message (the __wal column)
         self.current_raw = b""
-        self.batch_size = batch_size
         self.gather = max(batch_size, min(batch_size * GATHER_BATCHES, GATHER_ROWS))  # rows a take may hold
         self.resolve = resolve
         self.skip_to = skip_to
@@ -366,12 +365,6 @@ class Batcher:
     def full(self) -> bool:
         """Whether to take what is held now, in the middle of what the server sent (GATHER_BATCHES)."""
         return self.rows >= self.gather or self.bytes >= self.max_bytes
-
-    def take_batches(self) -> list[ChangeBatch]:
-        """Everything held, as one batch (none when nothing is held): whole, up to ``gather`` changes. The fanout
-        cuts it at ``batch_size`` for the destinations a batch is a unit of (sinks/fanout.py)."""
-        batch = self.take()
-        return [] if batch is None else [batch]
 
     def take(self) -> ChangeBatch | None:
         """Everything held, as one ChangeBatch (None when nothing is held)."""

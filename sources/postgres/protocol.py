@@ -150,16 +150,16 @@ class ReplicationProtocol:
         return ka.reply_requested
 
     def _take(self) -> list[Item]:
-        """What is held, as one queue item (none when nothing is held; a list, as the batcher may hand several)."""
-        batches = self.batcher.take_batches()
+        """What is held, whole, as one queue item (none when nothing is held): the fanout cuts it at batch_size for
+        the destinations a batch is a unit of (sinks/fanout.py)."""
+        batch = self.batcher.take()
         self.first_held_at = None
-        if not batches:
+        if batch is None:
             return []
-        before = self.covered  # what the items but the last cover: what was covered before them
-        # Every COMMIT seen so far is fully in these batches or before them (an open transaction is not).
+        # Every COMMIT seen so far is fully in this batch or before it (an open transaction is not).
         self.covered = max(self.covered, self.batcher.last_commit_end)
         self.handed = self.covered
-        return [("batch", b, before) for b in batches[:-1]] + [("batch", batches[-1], self.covered)]
+        return [("batch", batch, self.covered)]
 
     # -- what to send -----------------------------------------------------------------------
     def status(self, reply: bool = False) -> Status:

@@ -210,7 +210,6 @@ class _PostgresPartition(StatefulSourcePartition):
         # its keepalives tell only what it has sent so far)
         self.quiet_target: int | None = None
         self.done = False  # max-empty-reads reached: drain, confirm, stop
-        self.done_snapshotted = False
         self.emitted = False  # a batch was handed on since the last snapshot (an epoch still to make durable)
         self.next_wake: datetime | None = None
         # tables to read again after a rewrite (the first being read by resync_reader); kept in the snapshot, so a
@@ -320,17 +319,14 @@ class _PostgresPartition(StatefulSourcePartition):
         if self.to_confirm is not None:  # the epoch of the last snapshot is durable
             self._confirm(self.to_confirm)
             self.to_confirm = None
-            if self.done and self.done_snapshotted:
-                self.close()
-                raise StopIteration()
         if STOP.is_set() and not self.done:
             log.info("source %s: stop requested, stopping after the final checkpoint", self.opts.slot,
                      extra={"flow": self.flow_id})
             self.done = True
         if self.done:
             if not self.emitted:
-                # Nothing handed on since the last durable epoch: no epoch to wait for (up to epoch_interval).
-                # What the stream covered since holds nothing for the flow, so the slot may move past it now.
+                # Nothing handed on since the last durable epoch (confirmed just above, or earlier): no epoch to
+                # wait for. What the stream covered since holds nothing for the flow, so the slot may move past it.
                 if self.covered > self.confirmed:
                     self._confirm(self.covered)
                 self.close()
@@ -598,8 +594,6 @@ class _PostgresPartition(StatefulSourcePartition):
         self.to_confirm = self.covered
         self.emitted = False
         self.snapshot_position = self.position
-        if self.done:
-            self.done_snapshotted = True
         check = self.check
         return {"position": self.position.to_state(), "covered": self.covered, "shapes": shapes_to_state(self.shapes),
                 "source": check.current.to_json() if check else None, "resync": list(self.resyncs),
