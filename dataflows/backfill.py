@@ -37,6 +37,7 @@ from dataflows.positions import RECOVERY_SOURCE_FILE, Start, open_recovery, prep
 from dataflows.preflight import preflight
 from sources.postgres.connection import connect, server_name
 from sources.postgres.own_tables import own_table
+from sources.postgres.pgscan import warm
 from sources.postgres.setup import publication_columns, qualified_table, split_table
 from sources.postgres.snapshot import (
     KeyColumn,
@@ -316,6 +317,7 @@ def prepare_backfill(spec: FlowSpec, checkpoints, tables: list[str] | None, coun
     resumes with the parts it planned first (a part's resume point is a block of its own range, or the last key it
     read). ``column`` (``-partition-column``, default the source option ``partition_column``): parts are ranges of
     its values; checked before anything is created."""
+    warm()  # the parts' reader library loads while the flow is checked and set up
     preflight(spec)
     check_backfill(spec)
     opts = spec.source_options()

@@ -56,14 +56,10 @@ Opening
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -81,6 +77,7 @@ from sinks.retry import Steps, retry
 from sinks.sql.reduce import lit
 from sinks.sql.staging import ResolvedTable, check_resolvable, select
 from wallaby.core.changes import Column, Position
+from wallaby.core.duckdb_extensions import DUCKLAKE, HTTPFS, POSTGRES, SQLITE, Extension, load_file
 from wallaby.core.errors import MASK, FieldProblem, redact_dsn
 from wallaby.core.identity import SourceCheck, SourceIdentity
 from wallaby.core.options import join_path
@@ -97,40 +94,6 @@ _SECRET = "__wallaby_ducklake_s3"
 
 
 # --------------------------------------------------------------------------- extensions
-
-
-@dataclass(frozen=True)
-class Extension:
-    """A DuckDB extension the destination loads, and the wheel that ships it."""
-
-    name: str  # DuckDB's name (LOAD <name>; the entry point is <name>_duckdb_cpp_init)
-    wheel: str  # its PyPI distribution
-    module: str  # the wheel's import name
-    stem: str  # the file's name in the wheel, without .duckdb_extension
-    needed_for: str
-
-    def wheel_file(self) -> Path | None:
-        """The extension file inside the installed wheel for this duckdb, or None."""
-        try:
-            spec = importlib.util.find_spec(self.module)
-        except (ImportError, ValueError):
-            return None
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        for root in spec.submodule_search_locations:
-            path = Path(root) / "extensions" / f"v{duckdb.__version__}" / f"{self.stem}.duckdb_extension"
-            if path.is_file():
-                return path
-        return None
-
-
-DUCKLAKE = Extension("ducklake", "duckdb-extension-ducklake", "duckdb_extension_ducklake", "ducklake", "DuckLake")
-SQLITE = Extension("sqlite_scanner", "duckdb-extension-sqlite", "duckdb_extension_sqlite", "sqlite",
-                   "a sqlite: catalog")
-POSTGRES = Extension("postgres_scanner", "duckdb-extension-postgres-scanner", "duckdb_extension_postgres_scanner",
-                     "postgres_scanner", "a postgres: catalog")
-HTTPFS = Extension("httpfs", "duckdb-extension-httpfs", "duckdb_extension_httpfs", "httpfs",
-                   "a data path in object storage")
 
 
 def needed_extensions(options: DuckLakeOptions) -> list[Extension]:
@@ -161,7 +124,7 @@ def load_extension(con: duckdb.DuckDBPyConnection, ext: Extension, install: bool
     if install:
         path = ext.wheel_file()
         if path is not None:
-            _load_file(con, ext, path)
+            load_file(con, ext, path)
             return
         try:
             con.execute(f"LOAD {ext.name}")  # installed in DuckDB's extension directory (never downloaded)
@@ -179,24 +142,6 @@ def load_extension(con: duckdb.DuckDBPyConnection, ext: Extension, install: bool
                          f" {ext.needed_for}) is not installed in DuckDB's extension directory ({directory}):"
                          f" install it there, or set install_extensions=true to load it from the {pin} wheel")\
             from None
-
-
-def _load_file(con: duckdb.DuckDBPyConnection, ext: Extension, path: Path) -> None:
-    """LOAD the file at ``path``; DuckDB derives the entry point from the file's name, so a file named otherwise
-    (the sqlite wheel's) is loaded through a link of the right name in a private temporary directory."""
-    if path.name == f"{ext.name}.duckdb_extension":
-        con.execute(f"LOAD {lit(str(path))}")
-        return
-    tmp = tempfile.mkdtemp(prefix="wallaby-duckdb-ext-")
-    try:
-        link = Path(tmp) / f"{ext.name}.duckdb_extension"
-        try:
-            link.symlink_to(path)
-        except OSError:
-            shutil.copyfile(path, link)
-        con.execute(f"LOAD {lit(str(link))}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- catalog and secrets

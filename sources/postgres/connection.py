@@ -137,7 +137,7 @@ def _params(dsn: str, replication: bool, application_name: str) -> dict:
 
 def libpq_conninfo(dsn: str, application_name: str = "wallaby") -> str:
     """The libpq connection string :func:`connect` would use (session settings, application name, timeout, an
-    IAM token as the password): for clients that take one, like the ADBC driver the backfill reads with."""
+    IAM token as the password): for clients that take one, like DuckDB's postgres extension the backfill reads with."""
     return conninfo.make_conninfo(**_params(dsn, False, application_name))
 
 

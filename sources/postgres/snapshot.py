@@ -10,11 +10,11 @@ With a partition column (``partition_column``), a table's parts are ranges of th
 read by keyset pagination in key order (:data:`CHUNK_ROWS` rows a chunk, ties broken by ``(tableoid, ctid)``), plus
 one part, by blocks, for the rows whose column is NULL when it may hold any. The last key read is the resume point.
 
-Values come out exactly as the streaming path gives them: a chunk is read with ``COPY (SELECT <published columns>
-...) TO STDOUT (FORMAT csv)`` on a connection with the walsender's session settings
-(:data:`~sources.postgres.pgtypes.SESSION_SETTINGS`), so every value is the type's text output, the same text
-pgoutput sends; pyarrow's CSV reader splits it into one binary column per table column (an unquoted empty field is
-NULL, ``""`` the empty string), and each column is decoded by the streaming path's own decoder
+Values come out exactly as the streaming path gives them: a chunk is one ``SELECT`` of the published columns read by
+DuckDB's postgres extension (:mod:`sources.postgres.pgscan`: binary COPY into Arrow) on a connection with the
+walsender's session settings (:data:`~sources.postgres.pgtypes.SESSION_SETTINGS`). The types the extension gives
+exactly as the stream does come as they are (:data:`~sources.postgres.pgscan.NATIVE_OIDS`); every other column as
+its type's output text, the same text pgoutput sends, decoded by the streaming path's own decoder
 (:func:`sources.postgres.pgtypes.decode_column`) for the column type the streaming path resolves
 (:class:`~sources.postgres.source.TypeResolver` over a Relation built from the catalog, with the publication's
 column list). tests/test_backfill.py feeds the tricky-type table through both paths and compares.
@@ -39,16 +39,12 @@ import pyarrow.compute as pc
 from sources.postgres.batcher import TableState
 from sources.postgres.connection import connect, libpq_conninfo, quote_ident, quote_literal, server_name
 from sources.postgres.pgoutput import Relation, RelationColumn
+from sources.postgres.pgscan import NATIVE_OIDS, NEG_INFINITY, PostgresScan, ScanError
 from sources.postgres.pgtypes import (
     DATE_NEG_INF,
-    DATE_POS_INF,
-    INT32_MAX,
-    INT32_MIN,
-    INT64_MAX,
-    INT64_MIN,
     TS_NEG_INF,
-    TS_POS_INF,
     decode_column,
+    utf8_guaranteed,
 )
 from sources.postgres.resolver import TypeResolver
 from sources.postgres.setup import qualified_table, split_table
@@ -62,16 +58,7 @@ from wallaby.core.changes import (
     SnapshotMark,
     TableChanges,
 )
-from wallaby.core.errors import SourceError, redact_dsn
-
-
-def _adbc() -> Any:
-    """The ADBC Postgres driver's DB-API module, imported when a read first needs it (it imports pyarrow.dataset and
-    pandas: ~0.3 s of every worker's start, though a stream reads a table only to resync it)."""
-    import adbc_driver_postgresql.dbapi as adbc
-
-    return adbc
-
+from wallaby.core.errors import SourceError
 
 log = logging.getLogger("wallaby.backfill")
 
@@ -318,23 +305,12 @@ def relation_of(conn: psycopg.Connection, table: str, publication: str) -> Relat
     return Relation(relid, schema, name, ident, columns)
 
 
-# Column types read in Postgres' binary format, straight into Arrow by the ADBC driver: for these the driver's Arrow
-# values are the streaming path's bit for bit (tests/test_backfill.py's tricky table checks it), once ±infinity dates
-# and timestamps are put back (:func:`_infinities`); json and jsonb come as the driver's extension types over the same
-# text. Every other column is read as its type's output text (``textin(<typoutput>(col))``: the very function
-# pgoutput calls, so the text is what the stream sends) and decoded by the streaming path's decoder. Measured (2M
-# narrow rows, ADBC, chunks of 1024 blocks): timestamptz binary rather than as text 1.73 s against 2.32 s; numeric
-# through the driver (its own decimal-to-string) 2.8-3.0 s, so numeric stays text.
-# bool, bytea, int8, int2, int4, text, json, float4, float8, bpchar, varchar, date, time, timestamp, timestamptz, jsonb
-NATIVE_OIDS = frozenset({16, 17, 20, 21, 23, 25, 114, 700, 701, 1042, 1043, 1082, 1083, 1114, 1184, 3802})
-# The driver moves dates and timestamps from Postgres' epoch (2000-01-01) to Unix's by adding these, wrapping
-# around at the integer's end: Postgres' ±infinity (the integer's max and min) come out as these (far outside the
-# range of a real value: Postgres' dates start in 4713 BC).
-_PG_EPOCH_DAYS, _PG_EPOCH_US = 10_957, 946_684_800_000_000
-_SHIFTED_INFINITIES = {
-    pa.int32(): (INT32_MAX + _PG_EPOCH_DAYS - 2**32, INT32_MIN + _PG_EPOCH_DAYS, DATE_POS_INF, DATE_NEG_INF),
-    pa.int64(): (INT64_MAX + _PG_EPOCH_US - 2**64, INT64_MIN + _PG_EPOCH_US, TS_POS_INF, TS_NEG_INF),
-}
+# Column types read in Postgres' binary format (pgscan.NATIVE_OIDS): the reader's Arrow values are the streaming
+# path's bit for bit (tests/test_backfill.py's tricky table checks it), once -infinity dates and timestamps are put
+# back (:func:`_infinities`). Every other column is read as its type's output text (``textin(<typoutput>(col))``:
+# the very function pgoutput calls, so the text is what the stream sends) and decoded by the streaming path's
+# decoder. Measured (2M narrow rows, the ADBC driver then, chunks of 1024 blocks): timestamptz binary rather than as
+# text 1.73 s against 2.32 s; numeric through the driver (its own decimal-to-string) 2.8-3.0 s, so numeric stays text.
 
 
 @dataclass
@@ -444,16 +420,16 @@ class _KeyRange:
 
 
 def _infinities(arr: pa.Array) -> pa.Array:
-    """A date or timestamp column from the driver with ±infinity put back as the streaming path has them."""
+    """A date or timestamp column from the reader with -infinity put back as the streaming path has it (infinity
+    comes as the integer's maximum already: :data:`DATE_POS_INF`, :data:`TS_POS_INF`)."""
     storage = pa.int32() if pa.types.is_date32(arr.type) else pa.int64()
-    pos, neg, pos_inf, neg_inf = _SHIFTED_INFINITIES[storage]
+    neg = NEG_INFINITY[storage]
     ints = arr.view(storage)
     low = pc.min(ints).as_py()
-    if low is None or low > neg:  # the usual case: no infinity in the chunk
+    if low is None or low > neg:  # the usual case: no -infinity in the chunk
         return arr
-    fixed = pc.if_else(pc.equal(ints, pos), pa.scalar(pos_inf, storage),
-                       pc.if_else(pc.equal(ints, neg), pa.scalar(neg_inf, storage), ints))
-    return fixed.view(arr.type)
+    neg_inf = DATE_NEG_INF if storage == pa.int32() else TS_NEG_INF
+    return pc.if_else(pc.equal(ints, neg), pa.scalar(neg_inf, storage), ints).view(arr.type)
 
 
 def _constant(value: Any, type_: pa.DataType, n: int) -> pa.Array:
@@ -463,8 +439,9 @@ def _constant(value: Any, type_: pa.DataType, n: int) -> pa.Array:
 class PartReader:
     """Reads one part, chunk by chunk (inside ``snapshot`` when given).
 
-    The catalog (columns, types, blocks) is read once with psycopg; the rows with the ADBC PostgreSQL driver
-    (``COPY (SELECT ...) TO STDOUT (FORMAT binary)`` parsed into Arrow in C++, without the GIL). With ``pool``
+    The catalog (columns, types, blocks) is read once with psycopg; the rows with DuckDB's postgres extension
+    (:class:`~sources.postgres.pgscan.PostgresScan`: ``COPY (SELECT ...) TO STDOUT (FORMAT binary)`` parsed into
+    DuckDB vectors in C++, without the GIL, handed on as Arrow). With ``pool``
     the next chunk is fetched and decoded in the pool while the current one is written (one chunk ahead, so a
     part holds at most two); without, each :meth:`read` fetches its own.
 
@@ -511,34 +488,35 @@ class PartReader:
             self._pos = _After(None)
             if next_key is not None:
                 self.seek(next_key)
-        self.native = [c.type_oid in NATIVE_OIDS and (ct.utf8_valid or ct.family != "text")
-                       for c, ct in zip(relation.columns, self.state.types, strict=True)]
-        cols = ", ".join(quote_ident(n) if nat else self._text_of(outputs[n], n)
-                         for n, nat in zip(self.names, self.native, strict=True))
-        self.select = f"SELECT {cols}{self._range.extra} FROM {qualified_table(part.table)}"
         try:
-            self.data = _adbc().connect(libpq_conninfo(dsn, app), autocommit=True)
-            self.cursor = self.data.cursor()
-        except _adbc().Error as exc:
-            raise SourceError(f"backfill of {part.table}: could not connect: {redact_dsn(str(exc))}",
-                              server=self.server) from None
+            self.scan = PostgresScan(libpq_conninfo(dsn, app), snapshot)
+        except ScanError as exc:
+            raise SourceError(f"backfill of {part.table}: could not read: {exc}", server=self.server) from None
         try:
-            self._begin(self.cursor.execute, snapshot)
             self._hold_table()
+            # text needs no second UTF-8 check when the server guarantees it (a UTF8 database talking UTF8)
+            enc = self.scan.fetch("SELECT current_setting('server_encoding') AS s,"
+                                  " current_setting('client_encoding') AS c").to_pylist()[0]
+            utf8 = utf8_guaranteed(enc["s"], enc["c"])
         except BaseException:
             self.close()
             raise
+        self.native = [c.type_oid in NATIVE_OIDS and (utf8 or ct.family != "text")
+                       for c, ct in zip(relation.columns, self.state.types, strict=True)]
+        cols = ", ".join(quote_ident(n) if nat else f"pg_catalog.textsend({self._text_of(outputs[n], n)})"
+                         f" AS {quote_ident(n)}" for n, nat in zip(self.names, self.native, strict=True))
+        self.select = f"SELECT {cols}{self._range.extra} FROM {qualified_table(part.table)}"
 
     def _hold_table(self) -> None:
         """Lock the part's table in the reader's transaction now (ACCESS SHARE, what its reads take anyway), so a
         DROP TABLE from then on waits for the part's end; :class:`TableDroppedError` when it was dropped meanwhile."""
         try:
-            self.cursor.execute(f"LOCK TABLE {qualified_table(self.part.table)} IN ACCESS SHARE MODE")
-        except _adbc().Error as exc:
-            if getattr(exc, "sqlstate", None) == "42P01":  # undefined_table
+            self.scan.execute(f"LOCK TABLE {qualified_table(self.part.table)} IN ACCESS SHARE MODE")
+        except ScanError as exc:
+            if exc.missing_relation:
                 raise TableDroppedError(self.part.table, server=self.server) from None
-            raise SourceError(f"backfill of {self.part.table} ({self.part.key}): {str(exc).strip()}",
-                              server=self.server) from None
+            raise SourceError(f"backfill of {self.part.table} ({self.part.key}): {exc}", server=self.server) \
+                from None
 
     @staticmethod
     def _text_of(output: str, column: str) -> str:
@@ -621,11 +599,10 @@ class PartReader:
         """The decoded columns of the rows of ``span`` (None: no rows), where the part goes on after them and
         whether it is done."""
         try:
-            self.cursor.execute(self.select + self._range.where(span))
-            table = self.cursor.fetch_arrow_table()
-        except _adbc().Error as exc:
-            raise SourceError(f"backfill of {self.part.table} ({self.part.key}): {str(exc).strip()}",
-                              server=self.server) from None
+            table = self.scan.fetch(self.select + self._range.where(span))
+        except ScanError as exc:
+            raise SourceError(f"backfill of {self.part.table} ({self.part.key}): {exc}", server=self.server) \
+                from None
         following, done = self._range.after(span, table)
         if table.num_rows == 0:
             return None, following, done
@@ -682,8 +659,4 @@ class PartReader:
         if self._ahead is not None:  # let a fetch in flight end before its connection goes
             self._ahead[1].cancel() or wait([self._ahead[1]])
             self._ahead = None
-        for closing in (self.cursor.close, self.data.close):
-            try:
-                closing()
-            except _adbc().Error:
-                pass
+        self.scan.close()

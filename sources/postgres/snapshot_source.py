@@ -8,10 +8,10 @@ from the block of the last epoch its destinations committed, and a finished part
 Parts read at once: ``readers`` (``-snapshot-workers N``, the source option ``snapshot_workers``) per process. A part
 takes one of ``readers`` slots when it starts (its connections open then) and gives it back when it ends; the
 others wait. A reading part fetches its next chunk in a thread of a pool of ``readers`` threads while the worker
-writes the current one (the ADBC driver parses without the GIL), and the worker never waits on a fetch: a part whose
-chunk is not in yet returns nothing and is polled again (:data:`POLL_SECONDS`), so one bytewax worker keeps every
-reader busy and writes whichever chunk is ready. Memory is bounded by the slots: at most two chunks per reading
-part. ``bytewax.run -w/-p`` still spreads the parts over workers and processes (each process its own slots).
+writes the current one (DuckDB's postgres extension parses without the GIL), and the worker never waits on a fetch:
+a part whose chunk is not in yet returns nothing and is polled again (:data:`POLL_SECONDS`), so one bytewax worker
+keeps every reader busy and writes whichever chunk is ready. Memory is bounded by the slots: at most two chunks per
+reading part. ``bytewax.run -w/-p`` still spreads the parts over workers and processes (each process its own slots).
 """
 
 from __future__ import annotations
