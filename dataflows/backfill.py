@@ -317,7 +317,7 @@ def prepare_backfill(spec: FlowSpec, checkpoints, tables: list[str] | None, coun
     resumes with the parts it planned first (a part's resume point is a block of its own range, or the last key it
     read). ``column`` (``-partition-column``, default the source option ``partition_column``): parts are ranges of
     its values; checked before anything is created."""
-    warm()  # the parts' reader library loads while the flow is checked and set up
+    warm(any(d.type in ("duckdb", "ducklake") for d in spec.destinations))  # loads while the flow is set up
     preflight(spec)
     check_backfill(spec)
     opts = spec.source_options()

@@ -433,7 +433,8 @@ def _infinities(arr: pa.Array) -> pa.Array:
 
 
 def _constant(value: Any, type_: pa.DataType, n: int) -> pa.Array:
-    return pa.array([value], type_).take(np.zeros(n, dtype=np.int32))
+    # pa.repeat: 0.25 ms for 80k strings, where taking index 0 80k times took 29 ms
+    return pa.repeat(pa.scalar(value, type_), n)
 
 
 class PartReader:
