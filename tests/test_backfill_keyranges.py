@@ -380,15 +380,30 @@ def test_a_missing_or_unsortable_column_is_refused_before_anything_is_created(pg
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_resumes_key_ranges_and_holds_every_row_once(pgdb, tmp_path):
-    """A key-range backfill (a non-unique column: runs of 7 rows split between chunks) killed -9 four times at
-    random moments, then run to its end: every row once in the keyed target; the runs after a kill resume."""
+    """A key-range backfill (a non-unique column: runs of 7 rows split between chunks) killed -9 once as soon as a
+    destination committed a key, then four times at random moments, then run to its end: every row once in the
+    keyed target; the runs after a kill resume. (The first kill is not left to chance: a backfill that ends before
+    its random moment resumes nothing.)"""
     _setup(pgdb, rows=150000)
-    flow, _flow_id, _slot = _flow(tmp_path, pgdb)
+    flow, flow_id, _slot = _flow(tmp_path, pgdb)
     env = _env(tmp_path, WALLABY_BACKFILL_CHUNK_ROWS="1000")
     cmd = [*WORKER, "-flow-file", str(flow), "-mode", "backfill", "-tables", "public.acct", "-partition-column", "grp",
            "-partition-count", "3"]
+
+    def committed_a_key() -> bool:
+        with psycopg.connect(pgdb) as conn:
+            try:
+                return conn.execute("SELECT count(*) FROM wallaby.snapshot_state WHERE flow_id = %s"
+                                    " AND destination <> '' AND next_key IS NOT NULL AND NOT done",
+                                    (flow_id,)).fetchone()[0] > 0
+            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+                return False
+
+    kill_when(cmd, env, ROOT, tmp_path / "first.log", committed_a_key)
+    assert committed_a_key(), (tmp_path / "first.log").read_text()[-3000:]
+    logs = [(tmp_path / "first.log").read_text()]
     # planned: the reading starts; killed somewhere in it
-    logs = kill_at_random(cmd, env, ROOT, tmp_path, runs=4, started="parts from snapshot", window=(0.3, 2.5), seed=5)
+    logs += kill_at_random(cmd, env, ROOT, tmp_path, runs=4, started="parts from snapshot", window=(0.3, 2.5), seed=5)
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     text = "\n".join([*logs, out.stderr])

@@ -4,6 +4,8 @@ snapshot, and what it cannot do is one error with the password masked."""
 from __future__ import annotations
 
 import socket
+import time
+import uuid
 
 import psycopg
 import pytest
@@ -54,3 +56,22 @@ def test_a_server_that_cannot_be_reached_is_one_error_without_the_password():
         PostgresScan(f"host=127.0.0.1 port={port} dbname=x user=u password=hunter2secret connect_timeout=5", None)
     text = str(info.value)
     assert "hunter2secret" not in text and "password=***" in text and str(port) in text
+
+
+def test_a_closed_scan_leaves_no_connection_on_the_server(pgdb):
+    app = "wallaby-pgscan-" + uuid.uuid4().hex[:8]
+
+    def sessions() -> int:
+        with psycopg.connect(pgdb, autocommit=True) as c:
+            return c.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,)).fetchone()[0]
+
+    scans = [PostgresScan(libpq_conninfo(pgdb, app), None) for _ in range(2)]
+    for scan in scans:
+        assert scan.fetch("SELECT 1 AS one").column("one").to_pylist() == [1]
+    assert sessions() >= 2
+    for scan in scans:
+        scan.close()
+    deadline = time.monotonic() + 10
+    while sessions() and time.monotonic() < deadline:  # a backend ends a moment after its client goes
+        time.sleep(0.05)
+    assert sessions() == 0

@@ -7,9 +7,10 @@ with the ADBC PostgreSQL driver (also binary COPY into Arrow in C++) it replaces
 in 3.3 s instead of 3.8 s. The extension comes from the ``duckdb-extension-postgres-scanner`` wheel for the pinned
 duckdb (loaded from the wheel's file, never downloaded).
 
-A process has one in-memory DuckDB (one thread) with the extension loaded, each source attached to it once,
-read-only (:func:`database`: loading the extension into a database costs ~0.14 s, an ATTACH ~0.01 s). One
-:class:`PostgresScan` is one part's connection to it (a DuckDB cursor, so a server connection of its own). Its
+A process has one in-memory DuckDB (one thread) with the extension loaded (:func:`database`: loading the
+extension into a database costs ~0.14 s). One :class:`PostgresScan` is one part's: the source attached to it
+read-only under a name of its own (~0.01 s; detached again at its close, so nothing of it outlives the part, and a
+password that changes, an IAM token, is the current one) and a DuckDB cursor for its transaction. That
 transaction (the extension's ``BEGIN ... ISOLATION LEVEL REPEATABLE READ READ ONLY``, on the first
 statement) joins the backfill's exported snapshot with ``SET TRANSACTION SNAPSHOT`` as that first statement
 (``postgres_execute``), so every chunk (``postgres_query``) reads the snapshot's rows.
@@ -24,6 +25,7 @@ minimum plus one and are put back by the caller (:data:`NEG_INFINITY`).
 from __future__ import annotations
 
 import atexit
+import itertools
 import re
 import threading
 from typing import Any
@@ -45,7 +47,7 @@ _ERROR = re.compile(r"ERROR:\s+(.*)", re.S)
 _MISSING_RELATION = re.compile(r'relation "[^"]*" does not exist')
 _lock = threading.Lock()
 _database: Any = None  # the process's DuckDB (database())
-_attached: dict[str, str] = {}  # a source's conninfo -> the name it is attached as
+_names = itertools.count()  # the scans' attachment names: pg0, pg1, ...
 
 
 class ScanError(Exception):
@@ -97,18 +99,6 @@ def database() -> Any:
         return _database
 
 
-def _attach(conninfo: str) -> str:
-    """The name ``conninfo``'s server is attached as in :func:`database` (attached now if it is not yet)."""
-    con = database()
-    with _lock:
-        name = _attached.get(conninfo)
-        if name is None:
-            name = f"pg{len(_attached)}"
-            con.execute(f"ATTACH {sql_string(conninfo)} AS {name} (TYPE postgres, READ_ONLY)")
-            _attached[conninfo] = name
-        return name
-
-
 def warm(arrow_to_duckdb: bool = False) -> threading.Thread:
     """Make :func:`database` in a thread now, while the caller sets the backfill up, so the first part does not
     wait for it. ``arrow_to_duckdb`` (the rows go into a DuckDB destination): also import pandas, which DuckDB's
@@ -132,11 +122,14 @@ class PostgresScan:
 
     def __init__(self, conninfo: str, snapshot: str | None):
         duckdb = _duckdb()
+        db = database()
+        self._name = f"pg{next(_names)}"
         try:
-            self._name = _attach(conninfo)
+            with _lock:
+                db.execute(f"ATTACH {sql_string(conninfo)} AS {self._name} (TYPE postgres, READ_ONLY)")
         except duckdb.Error as exc:
             raise ScanError(_message(exc)) from None
-        self._con = database().cursor()
+        self._con = db.cursor()
         try:
             self._con.execute("BEGIN")  # one DuckDB transaction: one transaction on the server, chunk after chunk
             if snapshot:
@@ -166,7 +159,13 @@ class PostgresScan:
             raise ScanError(_message(exc)) from None
 
     def close(self) -> None:
-        try:
-            self._con.close()
-        except Exception:
-            pass
+        for end in (self._con.close, self._detach):
+            try:
+                end()
+            except Exception:  # the server may be gone already: nothing is left to end
+                pass
+
+    def _detach(self) -> None:
+        db = database()
+        with _lock:
+            db.execute(f"DETACH {self._name}")
