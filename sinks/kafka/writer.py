@@ -5,8 +5,10 @@ partition of a change chosen from a hash of its table and key (crc32 of
 ``schema.table`` + its key values as JSON, modulo the topic's partition count),
 so every change of a key lands on the same partition in WAL order. Each
 partition's rows are encoded as one wire payload (:mod:`wallaby.wire`,
-``format``), split in halves until it is at most ``max_batch_bytes``; a single
-change larger than ``max_record_bytes`` is an error naming table and key
+``format``), cut into runs of rows of at most ``max_batch_bytes`` (sized by the
+bytes a change of the table's last payload took, before encoding, and cut again
+when still too big); a single change larger than ``max_record_bytes`` is an
+error naming table and key
 (``oversize_policy=error``) or is dropped, counted and logged (``drop``).
 Message key: ``schema.table`` and the JSON key of the message's first change.
 Headers: ``wallaby-flow``, ``wallaby-table``, ``wallaby-format``,
@@ -39,12 +41,13 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sinks.base import PermanentSinkError, TransientSinkError, Writer, WriterSink
 from sinks.kafka.options import KafkaDestinationOptions
 from sinks.retry import Steps, retry
 from wallaby.core import settings
-from wallaby.core.changes import ChangeBatch, Event, TableChanges
+from wallaby.core.changes import BEFORE_PREFIX, OP_COL, OP_DELETE, ChangeBatch, Event, TableChanges
 from wallaby.core.errors import redact_dsn
 from wallaby.core.identity import SourceCheck
 from wallaby.wire import WirePayload, encode_segment, segment_of
@@ -59,6 +62,44 @@ DELIVERY_TIMEOUT = settings.on_import().kafka_delivery_timeout  # WALLABY_KAFKA_
 
 def key_hash(table: str, key: Any) -> int:
     return zlib.crc32(table.encode() + b"\x00" + orjson.dumps(key, default=str))
+
+
+def key_hashes(seg: TableChanges) -> list[int]:
+    """``[key_hash(table, k) for k in row_keys(seg)]``: each change's partition hash. When every key column is an
+    integer (most primary keys) the keys' JSON is written column-wise by Arrow (``[1]``, ``[1,2]``, ``[null]``: what
+    orjson writes for them) and only the crc32 runs per change; it cost ~1.7 us a change through ``row_keys`` and
+    orjson, a fifth of the writer's time in Arrow format."""
+    table = seg.table.qualified
+    texts = _int_key_json(seg)
+    if texts is None:
+        return [key_hash(table, k) for k in row_keys(seg)]
+    base = zlib.crc32(table.encode() + b"\x00")
+    return [zlib.crc32(t, base) for t in texts]
+
+
+def _int_key_json(seg: TableChanges) -> list[bytes] | None:
+    """The JSON of each change's key (the old key where ``row_keys`` takes it) when every key column is an integer
+    column; None otherwise."""
+    names = list(seg.table.key_names)
+    rows = seg.rows
+    if not names or not all(pa.types.is_integer(rows.column(k).type) for k in names):
+        return None
+    old = None
+    if seg.has_before:
+        befores = [rows.column(BEFORE_PREFIX + k) for k in names]
+        if not all(b.type == rows.column(k).type for b, k in zip(befores, names, strict=True)):
+            return None
+        old = pc.equal(rows.column(OP_COL), OP_DELETE)
+        for b in befores:
+            old = pc.or_(old, b.is_valid())
+    texts = []
+    for k in names:
+        values = rows.column(k)
+        if old is not None:
+            values = pc.if_else(old, rows.column(BEFORE_PREFIX + k), values)
+        texts.append(pc.fill_null(values.cast(pa.string()), "null"))
+    inner = texts[0] if len(texts) == 1 else pc.binary_join_element_wise(*texts, ",")
+    return pc.binary_join_element_wise("[", inner, "]", "").cast(pa.binary()).to_pylist()
 
 
 # librdkafka error codes that retrying cannot cure: configuration, authentication, authorization, a record the
@@ -129,6 +170,7 @@ class KafkaWriter(Writer):
         self.permanent: list[str] = []
         self.in_flight = 0
         self.stats = {"messages": 0, "changes": 0, "dropped": 0}
+        self._row_bytes: dict[str, float] = {}  # table -> bytes a change of its last payload took (see _sized)
 
     def _on_error(self, err) -> None:
         log.warning("destination %s: kafka: %s", self.name, err, extra={"flow": self.flow_id})
@@ -170,22 +212,39 @@ class KafkaWriter(Writer):
     # -- splitting ------------------------------------------------------------------------------
     def _payloads(self, seg: TableChanges) -> list[tuple[int, WirePayload, Any]]:
         """(partition, payload, first key) for a table segment: by key hash, then by size."""
-        table = seg.table.qualified
-        keys = row_keys(seg)
-        parts = np.fromiter((key_hash(table, k) % self.partitions for k in keys), dtype=np.int64, count=len(keys))
+        parts = np.array(key_hashes(seg), dtype=np.int64) % self.partitions
         out: list[tuple[int, WirePayload, Any]] = []
         for p in np.unique(parts).tolist():
             idx = np.flatnonzero(parts == p)
-            rows = seg.rows if len(idx) == len(parts) else seg.rows.take(pa.array(idx))
-            part_keys = [keys[i] for i in idx.tolist()]
+            part = seg if len(idx) == len(parts) else TableChanges(seg.table, seg.rows.take(pa.array(idx)))
             offset = 0
-            for payload in self._sized(TableChanges(seg.table, rows)):
-                out.append((p, payload, part_keys[offset] if offset < len(part_keys) else None))
+            for payload in self._sized(part):
+                first = row_keys(TableChanges(seg.table, part.rows.slice(offset, 1)))[0] if offset < len(part) else None
+                out.append((p, payload, first))
                 offset += payload.rows
         return out
 
     def _sized(self, seg: TableChanges) -> list[WirePayload]:
+        """``seg`` encoded in payloads of at most ``max_batch_bytes`` (a single change may be more: see
+        :meth:`_oversize`). A segment that the size of the table's last payload says is too big is cut before it
+        is encoded: encoding it whole first, to learn its size, doubled the encoding's cost of every message cut
+        (JSON at batch_size 10000: a third of the writer's time)."""
+        limit, table = self.options.max_batch_bytes, seg.table.qualified
+        per_row = self._row_bytes.get(table)
+        if per_row is None or len(seg) * per_row * SPLIT_MARGIN <= limit:
+            return self._encoded(seg)
+        out: list[WirePayload] = []
+        start = 0
+        while start < len(seg):  # each run sized by the latest payload's bytes a change
+            step = max(1, int(limit / (per_row * SPLIT_MARGIN)))
+            out += self._encoded(TableChanges(seg.table, seg.rows.slice(start, step)))
+            start += step
+            per_row = self._row_bytes[table]
+        return out
+
+    def _encoded(self, seg: TableChanges) -> list[WirePayload]:
         payload = encode_segment(segment_of(self.flow_id, seg), self.options.format)
+        self._row_bytes[seg.table.qualified] = len(payload.data) / len(seg)
         if len(payload.data) <= self.options.max_batch_bytes or len(seg) == 1:
             if len(seg) == 1 and len(payload.data) > self.options.max_record_bytes:
                 return self._oversize(payload)
@@ -194,9 +253,9 @@ class KafkaWriter(Writer):
         # about twice in all rather than once per halving; a run that is still too big is cut again.
         pieces = min(len(seg), max(2, math.ceil(len(payload.data) * SPLIT_MARGIN / self.options.max_batch_bytes)))
         step = math.ceil(len(seg) / pieces)
-        out: list[WirePayload] = []
+        out = []
         for start in range(0, len(seg), step):
-            out += self._sized(TableChanges(seg.table, seg.rows.slice(start, step)))
+            out += self._encoded(TableChanges(seg.table, seg.rows.slice(start, step)))
         return out
 
     def _oversize(self, payload: WirePayload) -> list[WirePayload]:
