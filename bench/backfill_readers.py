@@ -8,7 +8,7 @@ Speed and memory, on one generated narrow table (``--rows``, default 2,000,000; 
 a ~30-char text, a timestamptz, a numeric(12,2), a boolean; ~120 bytes a row on disk). Each candidate reads
 the whole table in a fresh child process (``--child NAME``), twice; printed are rows/s (best of the 2 runs,
 timed around the read only, imports and start-up left out), the ratio to the ``copy_binary`` baseline and
-the child's peak RSS (``ru_maxrss``, the higher of the two runs; beside it the RSS after imports):
+the child's peak RSS (its ``VmHWM``, the higher of the two runs; beside it the RSS after imports):
 
 - ``copy_binary``: ``COPY t TO STDOUT (FORMAT binary)`` through psycopg's ``cursor.copy()``, discarded
   (the server's raw read rate: the baseline);
@@ -53,7 +53,6 @@ import io
 import json
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -66,6 +65,8 @@ from typing import Any
 
 import psycopg
 import pyarrow as pa
+
+from bench import own_peak_rss
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -573,7 +574,7 @@ def child(name: str, dsn: str, table: str) -> dict:
         rows += _rows(x)
         timed = x if isinstance(x, Timed) else timed
     seconds = timed.seconds if timed is not None else time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = own_peak_rss()
     return {"rows": rows, "seconds": seconds, "start_rss_mb": start_rss / 2**20, "peak_rss_mb": peak / 2**20,
             **(timed.info if timed is not None else {})}
 

@@ -11,7 +11,7 @@ timestamptz, a numeric(12,2), a boolean) in a database of its own. First both re
   and publication (no offsets yet: it streams from the slot's confirmed position), each record's JSON value taken
   into Python and counted (no sink), until it has counted ``changes`` records; then the engine is closed and the
   process exits. Timed as a whole process (spawn to exit: JVM start, engine start, streaming, close) and from the
-  first record to the last; its peak RSS (the process tree sampled, and its ``ru_maxrss``).
+  first record to the last; its peak RSS (the process tree sampled, and its ``VmHWM``).
 - ``wallaby_e2e_duckdb``: ``wallaby-worker -flow-file F -max-empty-reads 1`` into a DuckDB file (the DuckDB
   destination at its defaults; source ``batch_size`` 10,000 as ``make bench``'s default, ``--batch-size``), timed
   as a whole process (start-up, streaming, final commit and checkpoint, exit); its peak RSS; the file checked to
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from pathlib import Path
 import orjson
 import psycopg
 
+from bench import own_peak_rss
 from bench.run import ROOT, WalsenderCPU, bench_postgres, debezium_missing, fresh_database, run_rusage, show_group
 from wallaby.control.localpg import LocalPostgres
 
@@ -142,7 +142,7 @@ def debezium_child(dsn: str, slot: str, changes: int, idle_timeout: float = 60.0
             "engine_to_first_seconds": handler.first - t0, "first_to_last_seconds": handler.last - handler.first,
             "engine_to_last_seconds": handler.last - t0, "close_seconds": close_seconds,
             "json_bytes": handler.json_bytes,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": own_peak_rss() / 2**20}
 
 
 def leg_debezium(dsn: str, changes: int) -> dict:
