@@ -66,7 +66,7 @@ def batcher(batch_size: int = 100, gather: int | None = None) -> Batcher:
 def core(*, confirmed: int = START, status_interval: float = 10.0, batch_timeout: float = 1.0,
          stop_at_lsn: int | None = None, batch_size: int = 100, gather: int | None = None) -> ReplicationProtocol:
     """A protocol core that has just sent a status update at T0 (so nothing is due by the clock); ``gather``: the
-    changes it holds before it takes in the middle of a chunk (default: batch_size x GATHER_BATCHES)."""
+    changes it holds before it takes in the middle of a chunk (default: GATHER_ROWS, or batch_size when larger)."""
     c = ReplicationProtocol(batcher(batch_size, gather), covered=START, confirmed=confirmed,
                             status_interval=status_interval, batch_timeout=batch_timeout, stop_at_lsn=stop_at_lsn,
                             now=T0)

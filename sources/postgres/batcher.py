@@ -70,14 +70,15 @@ _U32 = struct.Struct(">I")
 # 300k wide changes, 3 runs each: 357-382 MB at 4 MiB, 348-360 MB at 3 MiB.
 # WALLABY_SOURCE_BATCH_BYTES overrides it.
 MAX_BATCH_BYTES = settings.on_import().source_batch_bytes
-# While the stream has a backlog, the batcher gathers up to this many batches' worth of changes (at most
-# GATHER_ROWS, and MAX_BATCH_BYTES of messages) before it decodes them at once, then hands them over whole
-# (ReplicationProtocol._take): parsing and decoding cost a fixed part per call and per column, which at the default
-# batch_size of 100 was most of the reader's time (bench, bulk group; issue 18's note of this change). A stream that
-# is caught up hands over what it holds at once, as before. Cut into batches of batch_size here, each batch crossed
-# bytewax and the destination's writer on its own: measured (bulk group, 1M inserts into DuckDB, 2 runs each) 94k
-# rows/s cut against 118k whole; the fanout cuts them only for destinations whose unit a batch is (sinks/fanout.py).
-GATHER_BATCHES = 16
+# While the stream has a backlog, the batcher gathers up to GATHER_ROWS changes (or batch_size when larger; at most
+# MAX_BATCH_BYTES of messages) before it decodes them at once, then hands them over whole (ReplicationProtocol._take):
+# parsing and decoding cost a fixed part per call and per column, which at the default batch_size of 100 was most of
+# the reader's time (bench, bulk group; issue 18's notes). A stream that is caught up hands over what it holds at
+# once, as before. Cut into batches of batch_size here, each batch crossed bytewax and the destination's writer on its
+# own: measured (bulk group, 1M inserts into DuckDB, 2 runs each) 94k rows/s cut against 118k whole; the fanout cuts
+# them only for destinations whose unit a batch is (sinks/fanout.py). A gather of 16 x batch_size (1,600 changes at
+# the default) still left the default 0.76x of batch_size 10,000 (bulk group, 4 alternating runs: 128k against 169k
+# rows/s); GATHER_ROWS for every batch_size gave 166-172k against 162-164k.
 GATHER_ROWS = 10_000
 
 
@@ -148,7 +149,7 @@ class Batcher:
         self.drift = drift  # off when an event trigger captures the DDL itself
         self.keep_wal = keep_wal  # add each change's raw pgoutput message (the __wal column)
         self.current_raw = b""
-        self.gather = max(batch_size, min(batch_size * GATHER_BATCHES, GATHER_ROWS))  # rows a take may hold
+        self.gather = max(batch_size, GATHER_ROWS)  # rows a take may hold
         self.resolve = resolve
         self.skip_to = skip_to
         self.decoder = Decoder(proto_version)
@@ -363,7 +364,7 @@ class Batcher:
 
     # -- taking ---------------------------------------------------------------------------
     def full(self) -> bool:
-        """Whether to take what is held now, in the middle of what the server sent (GATHER_BATCHES)."""
+        """Whether to take what is held now, in the middle of what the server sent (GATHER_ROWS)."""
         return self.rows >= self.gather or self.bytes >= self.max_bytes
 
     def take(self) -> ChangeBatch | None:
