@@ -1134,3 +1134,42 @@ def test_inserts_above_every_key_skip_the_upsert_delete_and_others_still_upsert(
     apply(w2, s.batch(s.rows(USERS, ins(id=9, name="upsert", big=None), ins(id=10, name="j", big=None))))
     assert users(w2)[-2:] == [(9, "upsert", None), (10, "j", None)]
     w2.close()
+
+
+def test_closing_the_file_after_a_catch_up_checkpoints_on_every_core(monkeypatch):
+    """The close that folds a catch-up's log into the file runs with DuckDB's threads raised to the machine's cores
+    (the source and walsender are idle then); a close after less than FOLD_WIDE_BYTES of changes, and the file opened
+    again, stay on one thread. Nothing is lost either way."""
+    import sinks.duckdb.writer as writer_module
+
+    monkeypatch.setattr(writer_module, "FOLD_THREADS", 2)
+    path = Path(tempfile.mkdtemp()) / "fold.duckdb"
+    w, s = make(path), Stream()  # release_file: the file is let go after each epoch's commit
+    statements: list[str] = []
+
+    def spy() -> None:
+        real = w.connection
+
+        class Spy:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def execute(self, sql, *args):
+                statements.append(sql)
+                return real.execute(sql, *args)
+
+        w._con = Spy()
+
+    monkeypatch.setattr(writer_module, "FOLD_WIDE_BYTES", 1 << 40)
+    spy()
+    apply(w, s.batch(s.rows(USERS, ins(id=1, name="a", big=None))))
+    assert w._released and "SET threads = 2" not in statements  # a small epoch: one thread
+
+    monkeypatch.setattr(writer_module, "FOLD_WIDE_BYTES", 0)
+    spy()
+    apply(w, s.batch(s.rows(USERS, ins(id=2, name="b", big=None))))
+    assert w._released and statements[-1] == "SET threads = 2"  # the last statement before the close
+
+    assert w.connection.execute("SELECT current_setting('threads')").fetchone()[0] == 1  # opened again: one
+    assert users(w) == [(1, "a", None), (2, "b", None)]
+    w.close()

@@ -142,6 +142,7 @@ class TableEngine(Writer):
         self._tx = False
         self._tx_bytes = 0  # changes applied in the open transaction
         self._epoch_bytes = 0  # changes taken since the last epoch's end (the Arrow size buffered)
+        self._taken_bytes = 0  # changes taken since the writer began (the Arrow size buffered)
         self._tables: dict[tuple[str, str], Any] = {}  # dest -> what the destination's table is (its columns)
         self._meta_seen: dict[tuple[str, str, str, str], tuple[int, str]] = {}
         self._source_cols: dict[tuple[str, str], list[str]] = {}  # dest -> source columns of the last apply
@@ -366,6 +367,7 @@ class TableEngine(Writer):
         self._buffered_rows += len(seg)
         self._buffered_bytes += size
         self._epoch_bytes += size
+        self._taken_bytes += size
 
     def _take_event(self, ev: Event) -> None:
         if ev.op == OP_TRUNCATE:
