@@ -59,7 +59,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -282,34 +282,42 @@ def prepare_duckdb_arrow_insert(dsn: str, table: str) -> list[pa.Table]:
         reader.close()
 
 
+def _store(c: Any, chunks: Iterable[pa.Table]) -> None:
+    """``chunks`` stored into a new table ``t`` of the DuckDB connection ``c`` the way wallaby's DuckDB writer stores
+    them: an ``INSERT ... SELECT`` per chunk, a commit per ``DUCKDB_MAX_TX_BYTES`` of them."""
+    from sinks.duckdb.writer import DUCKDB_MAX_TX_BYTES
+
+    c.execute("BEGIN")
+    tx, made = 0, False
+    for chunk in chunks:
+        c.register("chunk", chunk)
+        if not made:
+            c.execute("CREATE TABLE t AS SELECT * FROM chunk LIMIT 0")
+            made = True
+        c.execute("INSERT INTO t SELECT * FROM chunk")
+        c.unregister("chunk")
+        tx += chunk.nbytes
+        if tx >= DUCKDB_MAX_TX_BYTES:
+            c.execute("COMMIT")
+            c.execute("BEGIN")
+            tx = 0
+    c.execute("COMMIT")
+
+
 def read_duckdb_arrow_insert(dsn: str, table: str, prepared: list[pa.Table] | None = None, **_: Any) -> Iterator[int]:
     """DuckDB storing those chunks in a new file the way wallaby's DuckDB writer does (one thread, its memory limit
     and checkpoint threshold, a plain ``INSERT ... SELECT`` per chunk, a commit per ~32 MB, a CHECKPOINT at the
     end): the ceiling of any backfill into DuckDB that hands it Arrow chunk by chunk."""
     import duckdb
 
-    from sinks.duckdb.writer import DUCKDB_CHECKPOINT_THRESHOLD, DUCKDB_MAX_TX_BYTES, DUCKDB_MEMORY_LIMIT
+    from sinks.duckdb.writer import DUCKDB_CHECKPOINT_THRESHOLD, DUCKDB_MEMORY_LIMIT
 
     chunks = prepared if prepared is not None else prepare_duckdb_arrow_insert(dsn, table)
     d = tempfile.mkdtemp(prefix="wallaby-bf-duck-")
     try:
         with duckdb.connect(str(Path(d) / "t.duckdb"), config={"threads": 1, "memory_limit": DUCKDB_MEMORY_LIMIT,
                                                              "checkpoint_threshold": DUCKDB_CHECKPOINT_THRESHOLD}) as c:
-            c.register("first", chunks[0])
-            c.execute("CREATE TABLE t AS SELECT * FROM first LIMIT 0")
-            c.unregister("first")
-            c.execute("BEGIN")
-            tx = 0
-            for chunk in chunks:
-                c.register("chunk", chunk)
-                c.execute("INSERT INTO t SELECT * FROM chunk")
-                c.unregister("chunk")
-                tx += chunk.nbytes
-                if tx >= DUCKDB_MAX_TX_BYTES:
-                    c.execute("COMMIT")
-                    c.execute("BEGIN")
-                    tx = 0
-            c.execute("COMMIT")
+            _store(c, chunks)
             c.execute("CHECKPOINT")
             yield c.execute("SELECT count(*) FROM t").fetchone()[0]
     finally:
@@ -328,7 +336,7 @@ def _arrow_pipeline(dsn: str, table: str, readers: int) -> Iterator[int]:
 
     import duckdb
 
-    from sinks.duckdb.writer import DUCKDB_CHECKPOINT_THRESHOLD, DUCKDB_MAX_TX_BYTES, DUCKDB_MEMORY_LIMIT
+    from sinks.duckdb.writer import DUCKDB_CHECKPOINT_THRESHOLD, DUCKDB_MEMORY_LIMIT
     from sources.postgres.snapshot import CHUNK_BLOCKS
 
     with psycopg.connect(dsn, autocommit=True) as c:
@@ -362,25 +370,16 @@ def _arrow_pipeline(dsn: str, table: str, readers: int) -> Iterator[int]:
     try:
         with duckdb.connect(str(Path(d) / "t.duckdb"), config={"threads": 1, "memory_limit": DUCKDB_MEMORY_LIMIT,
                                                              "checkpoint_threshold": DUCKDB_CHECKPOINT_THRESHOLD}) as c:
-            ended, tx, made = 0, 0, False
-            c.execute("BEGIN")
-            while ended < readers:
-                chunk = chunks.get()
-                if chunk is None:
-                    ended += 1
-                    continue
-                c.register("chunk", chunk)
-                if not made:
-                    c.execute("CREATE TABLE t AS SELECT * FROM chunk LIMIT 0")
-                    made = True
-                c.execute("INSERT INTO t SELECT * FROM chunk")
-                c.unregister("chunk")
-                tx += chunk.nbytes
-                if tx >= DUCKDB_MAX_TX_BYTES:
-                    c.execute("COMMIT")
-                    c.execute("BEGIN")
-                    tx = 0
-            c.execute("COMMIT")
+            def taken() -> Iterator[pa.Table]:  # the readers' chunks until each has ended
+                ended = 0
+                while ended < readers:
+                    chunk = chunks.get()
+                    if chunk is None:
+                        ended += 1
+                    else:
+                        yield chunk
+
+            _store(c, taken())
             if failed:
                 raise failed[0]
             c.execute("CHECKPOINT")
