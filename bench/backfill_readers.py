@@ -234,13 +234,16 @@ def read_connectorx_stream(dsn: str, table: str, **_: Any) -> Iterator[pa.Record
 
 
 def postgres_extension() -> str:
-    """The postgres_scanner extension file shipped in the duckdb-extension-postgres-scanner wheel."""
+    """The postgres_scanner extension file shipped in the duckdb-extension-postgres-scanner wheel (where wallaby's
+    backfill loads it from: :data:`wallaby.core.duckdb_extensions.POSTGRES`)."""
     import duckdb
-    import duckdb_extension_postgres_scanner as pkg
 
-    path = Path(pkg.__file__).parent / "extensions" / f"v{duckdb.__version__}" / "postgres_scanner.duckdb_extension"
-    if not path.exists():
-        raise RuntimeError(f"{path} missing: install duckdb-extension-postgres-scanner=={duckdb.__version__}")
+    from wallaby.core.duckdb_extensions import POSTGRES
+
+    path = POSTGRES.wheel_file()
+    if path is None:
+        raise RuntimeError(f"the {POSTGRES.name} extension file is missing: install"
+                           f" {POSTGRES.wheel}=={duckdb.__version__}")
     return str(path)
 
 

@@ -378,6 +378,18 @@ def test_a_missing_or_unsortable_column_is_refused_before_anything_is_created(pg
     _nothing_created(pgdb, slot, tmp_path)
 
 
+def _key_committed(dsn: str, flow_id: str) -> bool:
+    """Whether a destination of ``flow_id`` recorded a committed key of an unfinished part (the postgres snapshot
+    state)."""
+    with psycopg.connect(dsn) as conn:
+        try:
+            return conn.execute("SELECT count(*) FROM wallaby.snapshot_state WHERE flow_id = %s"
+                                " AND destination <> '' AND next_key IS NOT NULL AND NOT done",
+                                (flow_id,)).fetchone()[0] > 0
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+            return False
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_resumes_key_ranges_and_holds_every_row_once(pgdb, tmp_path):
     """A key-range backfill (a non-unique column: runs of 7 rows split between chunks) killed -9 once as soon as a
@@ -391,13 +403,7 @@ def test_kill_9_at_random_moments_resumes_key_ranges_and_holds_every_row_once(pg
            "-partition-count", "3"]
 
     def committed_a_key() -> bool:
-        with psycopg.connect(pgdb) as conn:
-            try:
-                return conn.execute("SELECT count(*) FROM wallaby.snapshot_state WHERE flow_id = %s"
-                                    " AND destination <> '' AND next_key IS NOT NULL AND NOT done",
-                                    (flow_id,)).fetchone()[0] > 0
-            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
-                return False
+        return _key_committed(pgdb, flow_id)
 
     kill_when(cmd, env, ROOT, tmp_path / "first.log", committed_a_key)
     assert committed_a_key(), (tmp_path / "first.log").read_text()[-3000:]
@@ -432,13 +438,7 @@ def test_snapshot_state_resumes_key_ranges_without_the_recovery_store(pgdb, tmp_
             except (OSError, ValueError, KeyError):
                 return False
             return any(p.get("next_key") and not p["done"] for d in progress.values() for p in d.values())
-        with psycopg.connect(pgdb) as conn:
-            try:
-                return conn.execute("SELECT count(*) FROM wallaby.snapshot_state WHERE flow_id = %s"
-                                    " AND destination <> '' AND next_key IS NOT NULL AND NOT done",
-                                    (flow_id,)).fetchone()[0] > 0
-            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
-                return False
+        return _key_committed(pgdb, flow_id)
 
     kill_when(cmd, env, ROOT, tmp_path / "run.log", recorded)
     assert recorded(), (tmp_path / "run.log").read_text()[-3000:]

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wallaby.core.changes import BEFORE_PREFIX, OP_COL, OP_DELETE, UNCHANGED_COL, Column
+from wallaby.core.sqltext import sql_string as lit  # a string literal
 
 SEQ_COL = "__seq"
 KEEP = "__keep."  # __keep.<c>: take the destination's value of c (keyed reduction)
@@ -62,11 +63,6 @@ class ReduceError(Exception):
 def q(ident: str) -> str:
     """Quote an identifier (DuckDB, and standard SQL)."""
     return '"' + ident.replace('"', '""') + '"'
-
-
-def lit(text: str) -> str:
-    """A string literal."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def unchanged_names(src: pa.Table) -> set[str]:

@@ -17,6 +17,7 @@ from sources.postgres.rds_iam import password_for
 from wallaby.core.errors import TRANSIENT_SQLSTATES as TRANSIENT_SQLSTATES
 from wallaby.core.errors import SourceError, TerminalSourceError, TransientSourceError, redact_dsn
 from wallaby.core.errors import is_transient as is_transient  # the one classifier, by SQLSTATE for psycopg errors
+from wallaby.core.sqltext import sql_string as quote_literal  # noqa: F401 - a string literal, imported from here
 
 log = logging.getLogger("wallaby.source")
 
@@ -166,5 +167,3 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"

@@ -32,8 +32,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from wallaby.core.duckdb_extensions import POSTGRES, load_file, sql_string
+from wallaby.core.duckdb_extensions import POSTGRES, load_file
 from wallaby.core.errors import redact_dsn
+from wallaby.core.sqltext import sql_string
 
 # Postgres types the extension gives exactly as the streaming path decodes them: bool, bytea, int8, int2, int4,
 # text, json, float4, float8, varchar, date, timestamp, timestamptz, jsonb.
