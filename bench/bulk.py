@@ -39,6 +39,7 @@ from pathlib import Path
 
 import psycopg
 
+from bench import settle
 from bench.debezium_stream import _drop
 from bench.debezium_stream import _worker as run_worker
 from bench.run import (
@@ -77,14 +78,14 @@ def _database(pg: LocalPostgres) -> str:
 
 
 def _write(dsn: str, changes: int) -> str:
-    """``changes`` inserts in 10k-row transactions; the WAL's end after them (a CHECKPOINT taken first)."""
+    """``changes`` inserts in 10k-row transactions; the WAL's end after them (bench.settle first)."""
     _, insert, _ = PROFILES["narrow"]
     with psycopg.connect(dsn) as c:
         for lo in range(1, changes + 1, ROWS_PER_TXN):
             c.execute(insert, (lo, min(lo + ROWS_PER_TXN, changes + 1) - 1))
             c.commit()
+    settle(dsn)
     with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute("CHECKPOINT")
         return c.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
 
 
@@ -115,6 +116,7 @@ def _logged_seconds(stderr: str) -> float | None:
 
 
 def leg_pg_recvlogical(pg: LocalPostgres, dsn: str, stop: str, changes: int) -> dict:
+    settle()
     with WalsenderCPU(dsn, RECV_SLOT) as sender:
         secs, rss = run_pg_recvlogical(pg, dsn, RECV_SLOT, PUBLICATION, stop)
     return {"changes": changes, "seconds": secs, "rows_per_s": changes / secs, "peak_rss_mb": rss / 2**20,
@@ -124,6 +126,7 @@ def leg_pg_recvlogical(pg: LocalPostgres, dsn: str, stop: str, changes: int) -> 
 def leg_wallaby(dsn: str, tmp: Path, flow: Path, changes: int, slot: str = WALLABY_SLOT) -> dict:
     import duckdb
 
+    settle()
     with WalsenderCPU(dsn, slot) as sender:
         run = run_worker(tmp, flow, timeout=120 + changes / 1_000)
     with duckdb.connect(str(tmp / f"{slot}.duckdb"), read_only=True) as d:

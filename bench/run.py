@@ -122,6 +122,7 @@ import orjson
 import psutil
 import psycopg
 
+from bench import settle
 from bench.binary_decode import bench_binary, print_binary
 from wallaby.control.localpg import LocalPostgres
 from wallaby.core.options import WIRE_FORMATS
@@ -304,7 +305,7 @@ def generate(dsn: str, profile: str, changes: int) -> None:
             n = min(1000, changes - inserts - updated)
             c.execute(update, (updated + 1, updated + n))
             updated += n
-        c.execute("CHECKPOINT")
+    settle(dsn)
 
 
 def run_pg_recvlogical(pg: LocalPostgres, dsn: str, slot: str, publication: str, stop: str) -> tuple[float, int]:
@@ -435,6 +436,7 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
           f" {time.perf_counter() - t0:.1f}s", flush=True)
     results: dict[str, dict] = {}
 
+    settle()
     with WalsenderCPU(dsn, f"{profile}_recv") as ws:
         secs, rss = run_pg_recvlogical(pg, dsn, f"{profile}_recv", "bench", stop)
     results["pg_recvlogical"] = {"seconds": secs, "peak_rss_mb": rss / 2**20, "walsender_cpu": ws.share}
@@ -457,6 +459,7 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
                 extra = [*extra, "--url", ch_url]
             if sink == "kafka":
                 extra = [*extra, "--kafka-brokers", kafka or "", "--kafka-topic", topic]
+            settle()
             with WalsenderCPU(dsn, f"{profile}_{slot}") as ws:
                 _, rss, info = leg_wallaby(dsn, f"{profile}_{slot}", stop, sink, batch_size, Path(tmp), extra)
             if info["changes"] != changes:
