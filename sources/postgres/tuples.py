@@ -72,18 +72,26 @@ def parse_tuples(images: list[tuple[bytes, int] | None], ncols: int) -> ParsedCo
     n = len(images)
     present = np.fromiter((img is not None for img in images), dtype=bool, count=n)
     rows = [img for img in images if img is not None]
-    m = len(rows)
+    offsets = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+    return parse_messages([r[0] for r in rows], offsets, ncols, n, None if present.all() else present)
+
+
+def parse_messages(payloads: list[bytes], offsets: int | np.ndarray, ncols: int, n: int | None = None,
+                   present: np.ndarray | None = None) -> ParsedColumns:
+    """Parse the TupleData in each of ``payloads`` (one message per row that has the image), at ``offsets`` (one
+    for all, or one per payload). ``n`` rows in all (default: one per payload); ``present``: which of them have
+    the image (the rest are all NULL), None when every row has it."""
+    m = len(payloads)
+    n = m if n is None else n
     if m == 0:
         nulls = pa.nulls(n, pa.binary_view())
         return ParsedColumns([nulls] * ncols, [None] * ncols, [False] * ncols)
-    payloads = [r[0] for r in rows]
     big = b"".join([*payloads, _PAD])  # the padding keeps every 4- and 12-byte gather below in bounds
     if len(big) >= 2**31:
         raise ValueError("a batch's row images exceed 2 GiB; lower batch_size")
     u8 = np.frombuffer(big, dtype=np.uint8)
     lens = np.fromiter(map(len, payloads), dtype=np.int64, count=m)
-    base = np.cumsum(lens) - lens
-    pos = base + np.fromiter((r[1] for r in rows), dtype=np.int64, count=m)
+    pos = np.cumsum(lens) - lens + offsets
 
     counts = (u8[pos].astype(np.int64) << 8) | u8[pos + 1]
     if (counts != ncols).any():
@@ -91,7 +99,7 @@ def parse_tuples(images: list[tuple[bytes, int] | None], ncols: int) -> ParsedCo
         raise ValueError(f"a row has {bad} columns, its Relation message {ncols}")
     pos = pos + 2
     big_buf = pa.py_buffer(big)
-    all_present = bool(present.all())
+    all_present = present is None
     # Every 4 bytes of the buffer as a big-endian length (for the length words) and as a native int32 (a long
     # value's 4-byte prefix in its view), and every 12 bytes as one item (a short value inlined in its view):
     # strided views that need no copy, so each is one gather per column below.
