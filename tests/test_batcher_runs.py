@@ -3,8 +3,8 @@
 The batcher keeps a run's rows column by column (their messages, ordinals, the transactions they fall in, the rows
 that are not plain inserts, the old images) and builds Arrow only when a batch is taken. Any stream of inserts,
 updates (with no old image, an old key or an old row) and deletes over two tables, in any transactions, taken at
-any points, must come out, each table's rows in WAL order, as :class:`sources.postgres.pgoutput.Decoder` reads each message: op,
-commit LSN, ordinal, commit time, xid, values, unchanged columns, the old image and the raw message.
+any points, must come out (each table's rows in WAL order) as :class:`sources.postgres.pgoutput.Decoder` reads each
+message: op, commit LSN, ordinal, commit time, xid, values, unchanged columns, the old image and the raw message.
 """
 
 from __future__ import annotations
