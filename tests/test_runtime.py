@@ -90,3 +90,12 @@ def test_duckdb_scans_of_arrow_tables_leave_mimalloc_unused():
     assert int(_python("import sinks.duckdb.writer\n" + _DUCKDB_SCAN)) == 0
     # the check can fail: with pyarrow loaded before wallaby, the same scan allocates from mimalloc
     assert int(_python("import pyarrow\nimport sinks.duckdb.writer\n" + _DUCKDB_SCAN)) > 0
+
+
+def test_starting_a_worker_does_not_import_pandas():
+    """pyarrow imports pandas (installed here for chdb) at its first pa.array of a Python list or a numpy array:
+    ~0.2 s of a worker's start-up. A catch-up run with nothing to read builds no array, so importing the worker and
+    the modules its flows load must not build one at import time (the batcher's ops table once did)."""
+    code = ("import sys\nimport wallaby.control.worker, sources.postgres.batcher, sinks.duckdb.writer\n"
+            "print('pandas' in sys.modules)")
+    assert _python(code) == "False"

@@ -16,6 +16,7 @@ change exactly once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 from collections.abc import Callable
@@ -127,8 +128,14 @@ Resolver = Callable[[Relation, dict[int, TypeInfo], TableState | None], TableSta
 
 
 _INSERT_AT = 6  # where an Insert message's TupleData starts: 'I', the relation's oid, 'N'
-_OPS = pa.array([OP_INSERT, OP_UPDATE, OP_DELETE], pa.string())
-_OP_CODE = {OP_UPDATE: 1, OP_DELETE: 2}
+_OP_CODE = {OP_UPDATE: 1, OP_DELETE: 2}  # an op's index in _ops()
+
+
+@functools.cache
+def _ops() -> pa.Array:
+    """The ops by code (built at first use: pyarrow's first pa.array imports pandas, ~0.2 s of a worker's start-up
+    that a catch-up run with nothing to read does not need)."""
+    return pa.array([OP_INSERT, OP_UPDATE, OP_DELETE], pa.string())
 
 
 @dataclass(slots=True)
@@ -449,7 +456,7 @@ def _build(run: _Run, keep_wal: bool = False) -> TableChanges:
     first, lsns, ts, xids = zip(*run.txns, strict=True)
     per_txn = np.diff(np.array([*first, n], dtype=np.int64))
     arrays += [
-        _OPS.take(pa.array(codes)),
+        _ops().take(pa.array(codes)),
         pa.array(np.repeat(np.array(lsns, dtype=np.uint64), per_txn)),
         pa.array(run.ords, pa.uint64()),
         pa.array(np.repeat(np.array(ts, dtype=np.int64), per_txn)).cast(pa.timestamp("us", tz="UTC")),
