@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from bytewax.dataflow import Dataflow
     from bytewax.run import cli_main
 
-    from sources.postgres.source import PostgresSource
+    from sources.postgres.source import PostgresSource, confirms_after_run
     from wallaby.core.spec import parse_flow
 
     if a.sink == "kafka":
@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         init_db_dir(Path(a.recovery), 1)
         recovery = RecoveryConfig(a.recovery)
     t0 = time.perf_counter()
-    cli_main(flow, epoch_interval=timedelta(seconds=a.epoch_interval), recovery_config=recovery)
+    with confirms_after_run():  # as wallaby-worker runs it: the source ends at once when the stream is done
+        cli_main(flow, epoch_interval=timedelta(seconds=a.epoch_interval), recovery_config=recovery)
     end = time.perf_counter()
     # Catch-up time: first change seen -> last change handed over (source alone) or committed in
     # DuckDB (end to end). Process start-up and the wait for the final epoch's checkpoint are left out

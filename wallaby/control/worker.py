@@ -65,6 +65,7 @@ from sources.postgres.ddl_catalog import CatalogScan
 from sources.postgres.ddl_gate import hold_schema_change
 from sources.postgres.schema_tables import schema_tables
 from sources.postgres.snapshot_state import open_snapshot_state
+from sources.postgres.source import confirms_after_run
 from wallaby.control import goconfig
 from wallaby.control.panicfilter import filtered_stderr
 from wallaby.control.progress import TerminalProgress
@@ -212,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
         scan.run_once()  # the baseline, before the stream starts
         scan.start(settings.current().ddl_catalog_interval)
     try:
-        _run_dataflow(flow, rdir, epoch, args.workers)
+        with confirms_after_run():  # a stream that is done ends at once; its last epoch confirmed after the run
+            _run_dataflow(flow, rdir, epoch, args.workers)
     except Exception as exc:
         _hold_schema_change(exc, spec, checkpoints)
         raise
