@@ -5,19 +5,30 @@ from __future__ import annotations
 import resource
 
 
-def own_peak_rss() -> int:
-    """This process's peak resident set size in bytes: the kernel's ``VmHWM`` of its memory since its ``exec``.
-    Not ``ru_maxrss``: Linux sets that at ``exec`` from the memory the process had before, and a child that
-    Python's subprocess starts by ``vfork`` has its parent's then (a bench parent holding 1 GB made a 360 MB worker
-    report 962 MB)."""
+def vm_hwm(pid: int | str = "self") -> int | None:
+    """A process's peak resident set size in bytes: the kernel's ``VmHWM`` of its memory since its ``exec`` (None
+    without /proc or the process)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # no /proc: KiB on Linux
+    return None
+
+
+def own_peak_rss() -> int:
+    """This process's peak resident set size in bytes (:func:`vm_hwm`). Not ``ru_maxrss``: Linux sets that at
+    ``exec`` from the memory the process had before, and a child that Python's subprocess starts by ``vfork`` has
+    its parent's then (a bench parent holding 1 GB made a 360 MB worker report 962 MB)."""
+    hwm = vm_hwm()
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def busy_cpu_seconds(before, after) -> float:
+    """CPU seconds the machine's cores were busy between two ``psutil.cpu_times()`` (every process's)."""
+    return sum(getattr(after, f) - getattr(before, f) for f in ("user", "nice", "system", "irq", "softirq"))
 
 
 # The machine counts as quiet once fewer than this many cores were busy over a QUIET_WINDOW. A fresh bench
@@ -44,11 +55,9 @@ def settle(dsn: str | None = None) -> float:
             c.execute("VACUUM ANALYZE")
             c.execute("CHECKPOINT")
     t0 = time.perf_counter()
-    fields = ("user", "nice", "system", "irq", "softirq")
     while time.perf_counter() - t0 < QUIET_WAIT:
         c0 = psutil.cpu_times()
         time.sleep(QUIET_WINDOW)
-        c1 = psutil.cpu_times()
-        if sum(getattr(c1, f) - getattr(c0, f) for f in fields) / QUIET_WINDOW < QUIET_CORES:
+        if busy_cpu_seconds(c0, psutil.cpu_times()) / QUIET_WINDOW < QUIET_CORES:
             break
     return time.perf_counter() - t0

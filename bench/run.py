@@ -122,7 +122,7 @@ import orjson
 import psutil
 import psycopg
 
-from bench import settle
+from bench import busy_cpu_seconds, settle, vm_hwm
 from bench.binary_decode import bench_binary, print_binary
 from wallaby.control.localpg import LocalPostgres
 from wallaby.core.options import WIRE_FORMATS
@@ -188,8 +188,7 @@ class MachineCPU:
 
     def __exit__(self, *exc) -> None:
         c, seconds = psutil.cpu_times(), time.perf_counter() - self._t0
-        busy = sum(getattr(c, f) - getattr(self._c0, f) for f in ("user", "nice", "system", "irq", "softirq"))
-        self.cores = busy / seconds if seconds > 0 else 0.0
+        self.cores = busy_cpu_seconds(self._c0, c) / seconds if seconds > 0 else 0.0
 
 
 class WalsenderCPU:
@@ -254,13 +253,9 @@ class PeakRSS:
         try:
             procs = [self.proc, *self.proc.children(recursive=True)]
             self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        self.hwm = max(self.hwm, int(line.split()[1]) * 1024)
-                        break
-        except (psutil.NoSuchProcess, OSError):
+        except psutil.NoSuchProcess:
             pass
+        self.hwm = max(self.hwm, vm_hwm(self.proc.pid) or 0)
 
 
 def run_measured(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> tuple[float, int, str]:
