@@ -245,3 +245,17 @@ class Stream:
         if segments:
             position = max(s.last if isinstance(s, TableChanges) else s.position for s in segments)
         return ChangeBatch(self.flow_id, list(segments), position)
+
+
+def parse_tuples(images: list[tuple[bytes, int] | None], ncols: int):
+    """:func:`sources.postgres.tuples.parse_messages` of row images given as ``(message, offset of its TupleData)``
+    per row, None for a row without the image (all NULL)."""
+    import numpy as np
+
+    from sources.postgres.tuples import parse_messages
+
+    n = len(images)
+    present = np.fromiter((img is not None for img in images), dtype=bool, count=n)
+    rows = [img for img in images if img is not None]
+    offsets = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+    return parse_messages([r[0] for r in rows], offsets, ncols, n, None if present.all() else present)

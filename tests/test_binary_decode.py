@@ -25,7 +25,7 @@ from sources.postgres.connection import connect
 from sources.postgres.pgbinary import decode_values, numeric_text_value, numeric_texts
 from sources.postgres.replication import ReplicationStream, binary_choice, binary_mode
 from sources.postgres.resolver import TypeResolver, array_send
-from sources.postgres.tuples import parse_tuples
+from tests.builders import parse_tuples
 from tests.flows import drain, flow_spec, pg_rows, rows_of, run_worker, source_part, worker_flow
 from wallaby.core.changes import TableChanges
 from wallaby.core.errors import ConfigError, TerminalSourceError

@@ -1,4 +1,4 @@
-"""sources.postgres.tuples.parse_tuples (column-at-a-time TupleData parsing) against a plain row-by-row reading.
+"""sources.postgres.tuples.parse_messages (column-at-a-time TupleData parsing) against a plain row-by-row reading.
 
 The server's own bytes are covered end to end (test_pgoutput.py, test_tricky_table.py); this pins the
 vectorised parser on every mix the protocol allows: NULL ('n'), unchanged TOAST ('u'), text ('t') and
@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sources.postgres.tuples import KIND_BINARY, KIND_NULL, KIND_TEXT, KIND_UNCHANGED, parse_tuples
+from sources.postgres.tuples import KIND_BINARY, KIND_NULL, KIND_TEXT, KIND_UNCHANGED
+from tests.builders import parse_tuples
 
 # one column of one row: (kind, value)
 _value = st.one_of(

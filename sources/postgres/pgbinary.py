@@ -117,7 +117,7 @@ def _as_binary(raw: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _fixed(raw: pa.Array, width: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Every value's ``width`` bytes as an (n, width) uint8 matrix (zeros for NULLs), and the validity.
 
-    Values of up to 12 bytes sit inline in a binary_view's views (what tuples.parse_tuples makes): read there,
+    Values of up to 12 bytes sit inline in a binary_view's views (what tuples.parse_messages makes): read there,
     one strided copy; others are gathered from a binary copy of the column."""
     n = len(raw)
     valid = _valid(raw)
@@ -257,7 +257,7 @@ def _bin_text(ct: ColumnType, raw: pa.Array) -> pa.Array:
 
 def _jsonb_views(raw: pa.Array) -> pa.Array | None:
     """The jsonb texts as views into the same buffers, each one byte on (the version byte skipped): no copy. Only
-    for a binary_view column whose values are all out of line after the skip (14 bytes or more: what parse_tuples
+    for a binary_view column whose values are all out of line after the skip (14 bytes or more: what parse_messages
     makes of jsonb but the smallest); None otherwise. Measured (10k objects of ~30 bytes, this machine): 0.04 µs a
     value with the text's cast, against 0.13 µs through a copy (the text path's: 0.014)."""
     bufs = raw.buffers()
@@ -275,7 +275,7 @@ def _jsonb_views(raw: pa.Array) -> pa.Array | None:
     out[:, 0] = np.where(valid, lens - 1, 0)
     out[:, 2] = np.where(valid, views[:, 2], 0)
     out[:, 3] = np.where(valid, views[:, 3] + 1, 0)
-    for b in [0] if len(bufs) == 3 else np.unique(views[valid, 2]).tolist():  # data buffers: one from parse_tuples
+    for b in [0] if len(bufs) == 3 else np.unique(views[valid, 2]).tolist():  # data buffers: one from parse_messages
         rows = valid if len(bufs) == 3 else valid & (views[:, 2] == b)
         data = np.frombuffer(bufs[2 + b], dtype=np.uint8)
         starts = views[rows, 3].astype(np.int64)

@@ -1,7 +1,7 @@
 """Column-at-a-time parsing of pgoutput TupleData, for a whole run of rows at once.
 
-Per row the batcher keeps only ``(message bytes, offset of its TupleData)``.
-When a batch is taken, the messages are joined into one buffer and each column
+Per row the batcher keeps only the message and where its TupleData starts
+(the same offset for every insert). When a batch is taken, the messages are joined into one buffer and each column
 is located for every row together with numpy (kind byte, big-endian length,
 value start), column after column; the values become an Arrow ``binary_view``
 array that points into the joined buffer (no copy of the values, no Python
@@ -65,15 +65,6 @@ class ParsedColumns:
     # False: no value in binary; True: every value present in binary; else the bool mask of the binary rows
     # (the server picks per type, so within one relation's shape a column is one or the other)
     binary: list[bool | np.ndarray] = field(default_factory=list)
-
-
-def parse_tuples(images: list[tuple[bytes, int] | None], ncols: int) -> ParsedColumns:
-    """Parse the TupleData of every row (None = the row has no such image: all NULL)."""
-    n = len(images)
-    present = np.fromiter((img is not None for img in images), dtype=bool, count=n)
-    rows = [img for img in images if img is not None]
-    offsets = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-    return parse_messages([r[0] for r in rows], offsets, ncols, n, None if present.all() else present)
 
 
 def parse_messages(payloads: list[bytes], offsets: int | np.ndarray, ncols: int, n: int | None = None,
