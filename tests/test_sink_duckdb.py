@@ -18,6 +18,7 @@ import json
 import os
 import random
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from pydantic import ValidationError
 from dataflows.buildable import check_buildable
 from sinks.base import PermanentSinkError, WriterSink
 from sinks.duckdb.types import duckdb_type
-from sinks.duckdb.writer import DuckDBOptions, DuckDBWriter, _safe_dsn, duckdb_sink
+from sinks.duckdb.writer import DuckDBOptions, DuckDBWriter, _AttachedFile, _safe_dsn, duckdb_sink
 from sinks.sql.types import numeric_precision_scale
 from tests.builders import Stream, col, dele, evolve, ins, numeric_typmod, read, table, table_changes, upd
 from wallaby.core import registry
@@ -1146,30 +1147,51 @@ def test_closing_the_file_after_a_catch_up_checkpoints_on_every_core(monkeypatch
     path = Path(tempfile.mkdtemp()) / "fold.duckdb"
     w, s = make(path), Stream()  # release_file: the file is let go after each epoch's commit
     statements: list[str] = []
+    w.connection  # noqa: B018 - opens the file: attached to the writer's in-memory database (release_file)
+    real = w._file.base
 
-    def spy() -> None:
-        real = w.connection
+    class Spy:  # the in-memory database's own connection: it attaches, detaches and sets the threads
+        def __getattr__(self, name):
+            return getattr(real, name)
 
-        class Spy:
-            def __getattr__(self, name):
-                return getattr(real, name)
+        def execute(self, sql, *args):
+            statements.append(sql)
+            return real.execute(sql, *args)
 
-            def execute(self, sql, *args):
-                statements.append(sql)
-                return real.execute(sql, *args)
-
-        w._con = Spy()
+    w._file.base = Spy()
 
     monkeypatch.setattr(writer_module, "FOLD_WIDE_BYTES", 1 << 40)
-    spy()
     apply(w, s.batch(s.rows(USERS, ins(id=1, name="a", big=None))))
-    assert w._released and "SET threads = 2" not in statements  # a small epoch: one thread
+    assert w._released and statements[-1].startswith("DETACH") and "SET threads = 2" not in statements  # one thread
 
     monkeypatch.setattr(writer_module, "FOLD_WIDE_BYTES", 0)
-    spy()
     apply(w, s.batch(s.rows(USERS, ins(id=2, name="b", big=None))))
-    assert w._released and statements[-1] == "SET threads = 2"  # the last statement before the close
+    assert w._released and statements[-3:-1] == ["SET threads = 2", 'DETACH "fold"']  # the close, on two threads
 
     assert w.connection.execute("SELECT current_setting('threads')").fetchone()[0] == 1  # opened again: one
     assert users(w) == [(1, "a", None), (2, "b", None)]
     w.close()
+
+
+def test_the_file_is_attached_to_one_in_memory_database_per_process(tmp_path):
+    """release_file: the writer holds its file attached to an in-memory DuckDB; letting go detaches it (the file is
+    checkpointed: no WAL left) and another connection of this process may open it; a writer that needs the file
+    while such a connection holds it waits for it (DuckDB's "Unique file handle conflict", not a failure). Two
+    writers of one file share its attachment."""
+    path = tmp_path / "attached.duckdb"
+    w, other, s = make(path), make(path, name="duck2"), Stream()
+    apply(w, s.batch(s.rows(USERS, ins(id=1, name="a", big=None))))
+    apply(other, s.batch(s.rows(USERS, ins(id=2, name="b", big=None))))
+    assert w._file is other._file and w._released and other._released
+    assert not Path(f"{path}.wal").exists()  # detached: checkpointed
+    assert rows(w, "SELECT current_database()") == [("attached",)]  # named as duckdb.connect names it
+    w.flush()  # (rows() opened the file again: let go of it as a quiet stream does)
+    assert w._released and w._file.holders == 0
+    held = duckdb.connect(str(path))  # this process, while the writers are let go of
+    assert held.execute("SELECT count(*) FROM public.users").fetchone() == (2,)
+    threading.Timer(0.3, held.close).start()
+    apply(w, s.batch(s.rows(USERS, ins(id=3, name="c", big=None))))  # waits for `held`
+    assert [r[0] for r in users(w)] == [1, 2, 3]
+    w.close()
+    other.close()
+    assert str(path.resolve()) not in _AttachedFile._files  # the last writer closed the in-memory database

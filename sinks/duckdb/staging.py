@@ -35,7 +35,7 @@ import duckdb
 
 from sinks.duckdb.apply import q
 from sinks.duckdb.options import DuckDBDestinationOptions
-from sinks.duckdb.writer import META_TABLE, _connect, _safe_dsn
+from sinks.duckdb.writer import META_TABLE, _connect, _held_elsewhere, _safe_dsn
 from sinks.sql.staging import (
     Candidate,
     ResolvedTable,
@@ -143,7 +143,7 @@ def resolve_staging(name: str, flow_id: str, options: DuckDBDestinationOptions, 
         con = _connect(str(Path(dsn).expanduser()) if not dsn.startswith(("md:", "motherduck:")) else dsn, {})
     except duckdb.Error as exc:
         text = str(exc).replace(dsn, shown) if shown != dsn else str(exc)
-        if isinstance(exc, duckdb.IOException) and "lock" in text.lower():
+        if _held_elsewhere(exc):
             raise TransientSinkError(name, f"DuckDB {shown} is held by another process (a running worker of the"
                                            f" flow?): {text}") from None
         raise PermanentSinkError(name, f"cannot open DuckDB {shown}: {text}") from None
