@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import duckdb
 import pyarrow as pa
@@ -948,7 +949,10 @@ def test_property_keyed_history_matches_model(data):
     cap = data.draw(st.sampled_from([1, 3, 200_000]))
     tx_cap = data.draw(st.sampled_from([1, 1 << 62]))  # early commits of the open transaction, or none
     crash_at = data.draw(st.integers(0, len(batches)))
-    with tempfile.TemporaryDirectory() as tmp:
+    # early commits at row group ends (ROW_GROUP_ROWS): any row group size, waited for or not (ROW_GROUP_HOLD)
+    row_groups = mock.patch.multiple("sinks.duckdb.writer", ROW_GROUP_ROWS=data.draw(st.sampled_from([2, 3, 122_880])),
+                                     ROW_GROUP_HOLD=data.draw(st.sampled_from([0, 1 << 40])))
+    with tempfile.TemporaryDirectory() as tmp, row_groups:
         dsn = Path(tmp) / "p.duckdb"
         w = make(dsn, max_buffer_rows=cap, max_tx_bytes=tx_cap)
         for i, (b, end_epoch) in enumerate(batches):
@@ -1195,3 +1199,56 @@ def test_the_file_is_attached_to_one_in_memory_database_per_process(tmp_path):
     w.close()
     other.close()
     assert str(path.resolve()) not in _AttachedFile._files  # the last writer closed the in-memory database
+
+
+def _commits_counting(w: DuckDBWriter, tbl: str = "public.users") -> list[int]:
+    """The rows ``tbl`` holds after each of ``w``'s commits, as they happen."""
+    counts: list[int] = []
+    real = w._commit_at
+
+    def spy(mark: Position) -> None:
+        real(mark)
+        counts.append(w._con.execute(f"SELECT count(*) FROM {tbl}").fetchone()[0])
+
+    w._commit_at = spy
+    return counts
+
+
+def test_inserts_past_max_tx_bytes_commit_at_row_group_ends(tmp_path, monkeypatch):
+    """A transaction of inserts past max_tx_bytes commits at the last row group end its rows passed, the rows after
+    it beginning the next transaction (a partial row group per transaction makes DuckDB's checkpoint rewrite the
+    table: ROW_GROUP_ROWS); held open until a row group's end while one costs at most ROW_GROUP_HOLD times
+    max_tx_bytes. A crash after such a commit replays from its high-water: every row once."""
+    import sinks.duckdb.writer as writer_module
+
+    monkeypatch.setattr(writer_module, "ROW_GROUP_ROWS", 4)
+    monkeypatch.setattr(writer_module, "ROW_GROUP_HOLD", 1 << 40)  # any row width waits for its row group
+    s = Stream()
+    batches = [s.batch(s.rows(USERS, ins(id=i, name=f"n{i}", big=None))) for i in range(1, 11)]
+    w = make(tmp_path / "rg.duckdb", max_buffer_rows=3, max_tx_bytes=1)  # an apply every 3 rows, each past the cap
+    counts = _commits_counting(w)
+    for b in batches[:9]:
+        w.write(b)
+    assert counts == [4, 8]  # applies of rows 1-3 (held), 4-6 (cut after 4), 7-9 (cut after 8)
+    w.close()  # dies mid-epoch: rows 9 was applied, not committed
+    w = make(tmp_path / "rg.duckdb", max_buffer_rows=3, max_tx_bytes=1)
+    assert w.high_water == batches[7].position
+    apply(w, *batches)
+    assert [r[0] for r in users(w)] == list(range(1, 11)) and w.stats["skipped_rows"] == 8
+    w.close()
+
+    monkeypatch.setattr(writer_module, "ROW_GROUP_HOLD", 0)  # rows too wide to wait for a row group: the cap rules
+    w, s = make(tmp_path / "cap.duckdb", max_buffer_rows=3, max_tx_bytes=1), Stream()
+    counts = _commits_counting(w)
+    apply(w, *[s.batch(s.rows(USERS, ins(id=i, name=f"n{i}", big=None))) for i in range(1, 11)])
+    assert counts == [3, 6, 9, 10]
+    w.close()
+
+    monkeypatch.setattr(writer_module, "ROW_GROUP_HOLD", 1 << 40)  # an apply with an update commits at the cap
+    w, s = make(tmp_path / "mixed.duckdb", max_buffer_rows=3, max_tx_bytes=1), Stream()
+    counts = _commits_counting(w)
+    apply(w, s.batch(s.rows(USERS, ins(id=1, name="a", big=None), ins(id=2, name="b", big=None),
+                            upd({"id": 1, "name": "a2", "big": None}))),
+          *[s.batch(s.rows(USERS, ins(id=i, name=f"n{i}", big=None))) for i in range(3, 9)])
+    assert counts == [2, 6, 8]  # then the inserts' own transaction: rows 3-5 held, cut after 4 more
+    w.close()

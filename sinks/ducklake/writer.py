@@ -344,6 +344,8 @@ class DuckLakeWriter(DuckDBWriter):
 
     # Every commit is a lake snapshot with Parquet files of its own: only epochs commit (no flush per quiet moment)
     FLUSH_WHEN_CAUGHT_UP = False
+    # the lake's tables are Parquet files of the lake's own sizes, not row groups of a DuckDB file
+    ALIGNS_ROW_GROUPS = False
 
     def __init__(self, name: str, flow_id: str, options: DuckLakeOptions | Mapping[str, Any],
                  resume_state: Any = None, *, source: SourceCheck | None = None, **kwargs: Any):
