@@ -269,6 +269,7 @@ class _AttachedFile:
         self.base = duckdb.connect(":memory:", config={**config, "temp_directory": f"{path}.tmp"})
         self.users = 0  # writers of the file (of())
         self.holders = 0  # connections holding it attached (hold())
+        self.attached = False  # (a DETACH that failed leaves it attached: the next hold() uses it as it is)
 
     @classmethod
     def of(cls, path: str, config: dict) -> _AttachedFile:
@@ -283,8 +284,9 @@ class _AttachedFile:
     def hold(self) -> duckdb.DuckDBPyConnection:
         """A connection with the file attached (waiting while another process holds it) as its default catalog."""
         with self._lock:
-            if self.holders == 0:
+            if not self.attached:
                 _waiting_for_lock(self.path, lambda: self.base.execute(f"ATTACH {lit(self.path)} AS {q(self.alias)}"))
+                self.attached = True
             self.holders += 1
         con = self.base.cursor()
         con.execute(f"USE {q(self.alias)}")
@@ -306,6 +308,7 @@ class _AttachedFile:
                 self.base.execute(f"SET threads = {fold_threads}")
             try:
                 self.base.execute(f"DETACH {q(self.alias)}")
+                self.attached = False
             finally:
                 if fold_threads:
                     self.base.execute(f"SET threads = {DUCKDB_THREADS or 'DEFAULT'}")
@@ -428,7 +431,7 @@ class DuckDBWriter(TableEngine):
         self._file: _AttachedFile | None = None  # release_file: the file, attached to an in-memory database
         # dest -> the rows the open transaction appended to it (inserts only; absent: not counted), and whether the
         # last apply asked to hold the transaction open past max_tx_bytes (ROW_GROUP_ROWS)
-        self._tx_rows: dict[tuple[str, str], int] = {}
+        self._tx_rows: dict[tuple[str, str], int | None] = {}
         self._held_for_row_group = False
         super().__init__(name, flow_id, options, resume_state, source=source, max_buffer_rows=max_buffer_rows,
                          max_buffer_bytes=max_buffer_bytes, max_tx_bytes=max_tx_bytes,
@@ -732,7 +735,8 @@ class DuckDBWriter(TableEngine):
         return 0
 
     def _commits_early(self) -> bool:
-        return not self._held_for_row_group
+        held, self._held_for_row_group = self._held_for_row_group, False  # (asked once per apply)
+        return not held
 
     def _apply_src(self, p: _Pending, qt: str, src: pa.Table, columns: dict[str, Column], dest: DestTable) -> None:
         """Apply ``src`` (the rows of :func:`merge_pending`) to table ``qt`` by the table's mode."""
