@@ -5,7 +5,9 @@ changes/s, ``--seconds`` each, default 10), in small transactions (``--rows-per-
 ``INSERT ... SELECT ... generate_series`` in autocommit, so the transaction is the statement), each row carrying
 ``clock_timestamp()`` taken while it is inserted (its commit follows within microseconds: the commit-side time).
 The writer sleeps until each transaction's scheduled time; when it falls behind it writes without sleeping, and its
-achieved rate is reported beside the offered one.
+achieved rate is reported beside the offered one. Before each rate the bench settles (``bench.settle``: the
+database vacuumed, analyzed and checkpointed, then a wait of up to 30 s for a quiet machine), as before every timed
+leg of bench/run.py.
 
 One ``wallaby-worker -flow-file F`` (the console script, ``python -m wallaby.control.worker``; every source and
 destination option at its default) per destination and epoch setting: the default (``WALLABY_EPOCH_INTERVAL``
@@ -62,6 +64,7 @@ import numpy as np
 import orjson
 import psycopg
 
+from bench import settle
 from bench.run import ROOT, bench_postgres, fresh_database, show_group
 from wallaby.control.localpg import LocalPostgres
 
@@ -383,6 +386,7 @@ def flow_leg(dsn: str, sink_dsn: str, bootstrap: str | None, destination: str, e
                 results.append({"destination": destination, "epoch": epoch, "rate": rate,
                                 "skipped": f"fell behind at {behind:,}/s"})
                 continue
+            settle(dsn)  # no autovacuum of the growing table, no leftover work, during the rate's writes
             w = run_writer(dsn, rate, seconds, next_id, rows_per_txn)
             expected += w["rows"]
             t_written = time.monotonic()
