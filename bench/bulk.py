@@ -135,7 +135,7 @@ def leg_wallaby(dsn: str, tmp: Path, flow: Path, changes: int, slot: str = WALLA
         raise RuntimeError(f"{slot}: the DuckDB file holds {rows} rows, not {changes}: {run['stderr'][-2000:]}")
     return {"changes": changes, "rows_in_duckdb": rows, "rows_check": "passed", "seconds": run["seconds"],
             "rows_per_s": changes / run["seconds"], "peak_rss_mb": run["peak_rss"] / 2**20,
-            "walsender_cpu_s": sender.cpu, "walsender_cpu": sender.share}
+            "cpu_seconds": run["cpu_seconds"], "walsender_cpu_s": sender.cpu, "walsender_cpu": sender.share}
 
 
 def leg_catch_up(tmp: Path, flow: Path) -> dict:
@@ -177,6 +177,11 @@ def bench_bulk(pg: LocalPostgres, changes: int) -> dict:
     wal["ratio_to_pg_recvlogical"] = ratio = wal["rows_per_s"] / recv["rows_per_s"]
     big_leg = legs["wallaby_bulk_duckdb_batch10k"]
     big_leg["ratio_to_pg_recvlogical"] = big_leg["rows_per_s"] / recv["rows_per_s"]
+    # The most the two busy parties allow on this machine: the worker's CPU and its walsender's, spread over every
+    # core with nothing else running, against pg_recvlogical's whole process (the walsender its only busy party).
+    cores = os.cpu_count() or 1
+    wal["cpu_floor_seconds"] = floor = (wal["cpu_seconds"] + wal["walsender_cpu_s"]) / cores
+    wal["cpu_ceiling_ratio"] = recv["seconds"] and recv["seconds"] / floor
     each = ", ".join(f"{r['seconds']:.2f}" for r in idle["runs"])
     logged = f"; the worker's own (log) {idle['logged_seconds']:.2f} s" if idle["logged_seconds"] is not None else ""
     out["targets"] = [
@@ -194,7 +199,8 @@ def print_bulk(res: dict) -> None:
     print(f"\nbulk: {res['changes']:,} inserts in {res['rows_per_txn']:,}-row transactions written after the slots,"
           " whole processes (catch_up_empty: spawn to exit with nothing to read, the median of"
           f" {CATCH_UP_RUNS}; in brackets the worker's own time from its log)")
-    print(f"{'leg':<22}{'rows/s or s':>14}{'x pg_recvlogical':>18}{'peak RSS MB':>13}{'walsender CPU':>15}")
+    print(f"{'leg':<30}{'rows/s or s':>14}{'x pg_recvlogical':>18}{'peak RSS MB':>13}{'walsender CPU':>15}"
+          f"{'CPU s':>7}")
     for name, r in res["legs"].items():
         if "rows_per_s" in r:
             shown = f"{r['rows_per_s']:,.0f}"
@@ -204,7 +210,14 @@ def print_bulk(res: dict) -> None:
                                                 else "")
             ratio = "-"
         ws = f"{r['walsender_cpu']:.0%}" if r.get("walsender_cpu") is not None else "-"
-        print(f"{name:<22}{shown:>14}{ratio:>18}{r['peak_rss_mb']:>13.0f}{ws:>15}")
+        cpu = f"{r['cpu_seconds']:.2f}" if r.get("cpu_seconds") is not None else "-"
+        print(f"{name:<30}{shown:>14}{ratio:>18}{r['peak_rss_mb']:>13.0f}{ws:>15}{cpu:>7}")
+    wal, recv = res["legs"].get("wallaby_bulk_duckdb", {}), res["legs"].get("pg_recvlogical_bulk", {})
+    if wal.get("cpu_floor_seconds"):
+        print(f"(CPU s: the process's own. On {os.cpu_count()} cores the worker ({wal['cpu_seconds']:.2f} CPU s)"
+              f" and its walsender ({wal['walsender_cpu_s']:.2f} s) need at least {wal['cpu_floor_seconds']:.2f} s"
+              f" of wall time, {wal['cpu_ceiling_ratio']:.2f}x pg_recvlogical's {recv['seconds']:.2f} s: the most"
+              " this machine allows with this much CPU per row)")
     print("targets:")
     for t in res["targets"]:
         print(f"  {t['target']}: {t['shown']}: {'met' if t['met'] else 'not met'}")

@@ -432,9 +432,10 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
     results: dict[str, dict] = {}
 
     settle()
-    with WalsenderCPU(dsn, f"{profile}_recv") as ws:
+    with WalsenderCPU(dsn, f"{profile}_recv") as ws, MachineCPU() as cpu:
         secs, rss = run_pg_recvlogical(pg, dsn, f"{profile}_recv", "bench", stop)
-    results["pg_recvlogical"] = {"seconds": secs, "peak_rss_mb": rss / 2**20, "walsender_cpu": ws.share}
+    results["pg_recvlogical"] = {"seconds": secs, "peak_rss_mb": rss / 2**20, "walsender_cpu": ws.share,
+                                 "machine_cores_busy": cpu.cores}
 
     with psycopg.connect(dsn) as c:
         t = time.perf_counter()
@@ -455,16 +456,18 @@ def bench_profile(pg: LocalPostgres, profile: str, changes: int, batch_size: int
             if sink == "kafka":
                 extra = [*extra, "--kafka-brokers", kafka or "", "--kafka-topic", topic]
             settle()
-            with WalsenderCPU(dsn, f"{profile}_{slot}") as ws:
+            with WalsenderCPU(dsn, f"{profile}_{slot}") as ws, MachineCPU() as cpu:
                 _, rss, info = leg_wallaby(dsn, f"{profile}_{slot}", stop, sink, batch_size, Path(tmp), extra)
             if info["changes"] != changes:
                 raise RuntimeError(f"{leg}: saw {info['changes']} changes, expected {changes}")
             results[leg] = {"seconds": info["seconds"], "seconds_with_startup": info["seconds_with_startup"],
-                            "peak_rss_mb": rss / 2**20, "changes_seen": info["changes"], "walsender_cpu": ws.share}
+                            "peak_rss_mb": rss / 2**20, "changes_seen": info["changes"], "walsender_cpu": ws.share,
+                            "machine_cores_busy": cpu.cores}
             if sink == "kafka":
-                secs, n, size = kafka_direct(kafka or "", topic)
+                with MachineCPU() as cpu:
+                    secs, n, size = kafka_direct(kafka or "", topic)
                 results[leg.replace("e2e_kafka_", "direct_kafka_")] = {"seconds": secs, "messages": n,
-                                                                       "bytes": size}
+                                                                       "bytes": size, "machine_cores_busy": cpu.cores}
             if leg == "wallaby_e2e_duckdb":
                 results["duckdb_bulk_load"] = duckdb_ceiling(Path(tmp), duckdb_file(Path(tmp), f"{profile}_{slot}"))
             if leg == "e2e_ducklake":
@@ -538,7 +541,8 @@ def backfill_leg_name(parts: int) -> str:
 def run_rusage(cmd: list[str], env: dict | None = None, timeout: float = 1800,
                watch: Callable[[str], str | None] | None = None) -> dict:
     """Run a command: wall-clock start, seconds, peak RSS bytes (the higher of the sampled process tree and the
-    process's own high-water mark: :class:`PeakRSS`), stdout, stderr. ``watch`` is given the stderr so far every
+    process's own high-water mark: :class:`PeakRSS`), its CPU seconds (user + system, every thread), stdout,
+    stderr. ``watch`` is given the stderr so far every
     second; a message back ends the process (a run gone wrong, told before its timeout)."""
     started = time.time()
     t0 = time.perf_counter()
@@ -547,7 +551,7 @@ def run_rusage(cmd: list[str], env: dict | None = None, timeout: float = 1800,
         p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=ROOT)
         rss = PeakRSS(p.pid)
         while True:
-            pid, status, _ = os.wait4(p.pid, os.WNOHANG)
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
             if pid:
                 break
             rss.sample()
@@ -571,7 +575,7 @@ def run_rusage(cmd: list[str], env: dict | None = None, timeout: float = 1800,
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:5])} failed ({p.returncode}): {stderr[-3000:]}")
     return {"started": started, "seconds": elapsed, "peak_rss": max(rss.peak, rss.hwm),
-            "stdout": stdout, "stderr": stderr}
+            "cpu_seconds": usage.ru_utime + usage.ru_stime, "stdout": stdout, "stderr": stderr}
 
 
 def generate_backfill_table(dsn: str, rows: int) -> dict:
@@ -978,16 +982,19 @@ def print_profiles(profiles: dict[str, dict]) -> None:
           " of DuckDB loading the e2e leg's final table itself, same settings, one CREATE TABLE AS + CHECKPOINT: the"
           " ceiling of e2e into DuckDB; ducklake_bulk_load: rows/s of DuckDB with the ducklake extension loading the"
           " e2e_ducklake leg's final table into a fresh lake, one CREATE TABLE AS: the ceiling of e2e into DuckLake)")
+    print("(cores busy: the machine's busy CPU over the leg's wall time, start-up included, of its"
+          f" {psutil.cpu_count()} cores: every process, the walsender's and a local Kafka broker's too)")
     print(f"{'profile':8} {'leg':24} {'changes/s':>12} {'x pg_recvlogical':>17} {'x base':>7} {'peak RSS MB':>12}"
-          f" {'walsender CPU':>14}")
+          f" {'walsender CPU':>14} {'cores busy':>11}")
     for profile, res in profiles.items():
         for leg, r in res["legs"].items():
             rss = f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"
             base = next((r[k] for k in ("ratio_to_e2e", "ratio_to_direct_kafka", "ratio_to_ceiling") if k in r), None)
             vs = "-" if base is None else f"{base:.2f}"
             ws = f"{r['walsender_cpu']:.0%}" if r.get("walsender_cpu") is not None else "-"
+            busy = f"{r['machine_cores_busy']:.2f}" if r.get("machine_cores_busy") is not None else "-"
             print(f"{profile:8} {leg:24} {r['changes_per_s']:12,.0f} {r['ratio_to_pg_recvlogical']:17.2f} {vs:>7}"
-                  f" {rss:>12} {ws:>14}")
+                  f" {rss:>12} {ws:>14} {busy:>11}")
     for profile, res in profiles.items():
         default, held = res["legs"].get("wallaby_e2e_duckdb"), res["legs"].get("e2e_duckdb_hold_file")
         if default and held:
