@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 
 
@@ -43,7 +44,12 @@ QUIET_WAIT = 30.0
 def settle(dsn: str | None = None) -> float:
     """Leave nothing for the server to do in the background, then wait (up to QUIET_WAIT seconds) for a quiet
     machine; returns the seconds waited. With ``dsn``: ``VACUUM ANALYZE`` of that database (autovacuum then has no
-    changed rows to wake for) and a ``CHECKPOINT`` (the next leg's writes do not pay for this one's)."""
+    changed rows to wake for) and a ``CHECKPOINT`` (the next leg's writes do not pay for this one's). Always
+    ``os.sync()``: the kernel writes out what earlier legs left dirty (a Kafka leg leaves hundreds of MB of
+    segments), which otherwise it did during the next leg, where every fsync waited for it on the one disk.
+    Measured (the latency group right after a 1M-change Kafka leg, DuckDB, default settings, 10k changes/s): p99 282
+    and 344 ms, with DuckDB commits and detaches taking 60-300 ms, against 189 ms with the sync (153-229 ms when the
+    group runs alone)."""
     import time
 
     import psutil
@@ -55,6 +61,7 @@ def settle(dsn: str | None = None) -> float:
             c.execute("VACUUM ANALYZE")
             c.execute("CHECKPOINT")
     t0 = time.perf_counter()
+    os.sync()  # every file's dirty pages written out: the next leg's fsyncs do not wait for another leg's writes
     while time.perf_counter() - t0 < QUIET_WAIT:
         c0 = psutil.cpu_times()
         time.sleep(QUIET_WINDOW)
