@@ -181,7 +181,7 @@ def bench_bulk(pg: LocalPostgres, changes: int) -> dict:
     # core with nothing else running, against pg_recvlogical's whole process (the walsender its only busy party).
     cores = os.cpu_count() or 1
     wal["cpu_floor_seconds"] = floor = (wal["cpu_seconds"] + wal["walsender_cpu_s"]) / cores
-    wal["cpu_ceiling_ratio"] = recv["seconds"] and recv["seconds"] / floor
+    wal["cpu_ceiling_ratio"] = recv["seconds"] / floor
     each = ", ".join(f"{r['seconds']:.2f}" for r in idle["runs"])
     logged = f"; the worker's own (log) {idle['logged_seconds']:.2f} s" if idle["logged_seconds"] is not None else ""
     out["targets"] = [

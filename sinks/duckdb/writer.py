@@ -114,8 +114,9 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -142,6 +143,7 @@ from wallaby.core.identity import SourceCheck, SourceIdentity
 from wallaby.core.settings import on_import as settings_on_import
 
 log = logging.getLogger("wallaby.sinks.duckdb")
+_T = TypeVar("_T")
 
 _SETTINGS = settings_on_import()  # every WALLABY_* variable, parsed by wallaby/settings.py
 
@@ -232,7 +234,7 @@ def _held_elsewhere(exc: BaseException) -> bool:
         isinstance(exc, duckdb.BinderException) and "file handle conflict" in str(exc).lower())
 
 
-def _waiting_for_lock(dsn: str, open_file: Any) -> Any:
+def _waiting_for_lock(dsn: str, open_file: Callable[[], _T]) -> _T:
     """``open_file()``, tried again while another process holds ``dsn`` (:func:`_held_elsewhere`), up to
     :data:`DUCKDB_LOCK_WAIT`."""
     return retry(open_file, policy=_LOCK_STEPS, retryable=_held_elsewhere,
@@ -560,7 +562,6 @@ class DuckDBWriter(TableEngine):
             self._run(None, "COMMIT")
             self._tx = False
             self._tx_bytes = 0
-            self._tx_rows.clear()
             self._dml_tables.clear()
             self._hw.stored = max(self._hw.stored, mark)
 
