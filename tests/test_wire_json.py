@@ -10,20 +10,22 @@ import random
 from decimal import Context, Decimal
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.builders import Stream, col, dele, ins, numeric_typmod, read, table, table_changes, upd
 from tests.test_tricky_table import tricky  # noqa: F401 - fixture
 from tests.test_wire_formats import tricky_batches  # noqa: F401 - fixture
-from wallaby.core.changes import ChangeBatch, TableChanges, format_lsn
-from wallaby.wire import decode, encode, record_json
+from wallaby.core.changes import LSN_COL, ChangeBatch, TableChanges, format_lsn
+from wallaby.wire import decode, encode, encode_cut, jsontext, record_json
 from wallaby.wire.formats import encode_json, header_of
 from wallaby.wire.jsonfmt import json_column, json_records
-from wallaby.wire.model import Record, WireColumn, WireSegment, canonical, segment_of
+from wallaby.wire.jsontext import lsn_texts, value_texts
+from wallaby.wire.model import Record, WireColumn, WireSegment, canonical, normalized, segment_of
 from wallaby.wire.values import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, US_PER_DAY, timestamp_text, to_json
 
 # -- the reference: the json encoder as it was (one Record per change, to_json per value) -------------
@@ -193,6 +195,7 @@ def _segments() -> dict[str, TableChanges]:
         "nokey": s.rows(nokey, ins(a=1, b=0.5), upd({"a": 1, "b": float("nan")}, before={"a": 1, "b": 0.5}),
                         dele(a=1, b=float("nan")), dele(a=None, b=None)),
         "nocols": s.rows(nocols, ins(), ins()),
+        "nokey_all_null": s.rows(nokey, ins(a=None, b=None), dele(a=None, b=None)),  # objects of constants only
         "empty": table_changes(EVERY, []),
         "exotic": s.rows(EXOTIC, *[upd({"id": i, "tsny": rnd.choice(EDGE_US[2:]), "tsms": rnd.choice([0, -1, 10**12]),
                                         "lb": rnd.choice([b"", b"\x00"]), "ts": rnd.choice(EDGE_US)},
@@ -239,13 +242,17 @@ def test_tricky_table_same_bytes(tricky_batches):  # noqa: F811
 
 # -- one column at a time against to_json one value at a time ------------------------------------------
 
-def _column_case(t: pa.DataType, values: list[Any]) -> None:
-    arr = pa.array(values, type=t)
+def _column_case(t: pa.DataType, values: list[Any], arr: pa.Array | None = None) -> None:
+    """json_column gives to_json's values, value_texts orjson's texts of them (the json format's bytes)."""
+    arr = pa.array(values, type=t) if arr is None else arr
     expected = [None if v is None else to_json(v, t) for v in canonical(arr)]
+    texts = [orjson.dumps(v).decode() for v in expected]
     assert orjson.dumps(json_column(arr, t)) == orjson.dumps(expected)
+    assert value_texts(arr, t).to_pylist() == texts
     if len(arr) > 2:  # an offset into the buffers
         part = arr.slice(1, len(arr) - 2)
         assert orjson.dumps(json_column(part, t)) == orjson.dumps(expected[1:-1])
+        assert value_texts(part, t).to_pylist() == texts[1:-1]
 
 
 def _with_nulls(values: st.SearchStrategy) -> st.SearchStrategy:
@@ -285,6 +292,48 @@ def test_float_columns(f32, f64):
     _column_case(pa.float64(), f64)
 
 
+# JSON's escapes and what needs none: quotes, backslashes, control characters, DEL, non-ASCII, U+2028
+_TEXT = st.text(st.one_of(st.sampled_from('"\\\x00\x1f\x7f\n\t/é🦘\u2028'), st.characters(codec="utf-8")))
+
+
+@given(_with_nulls(_TEXT))
+def test_string_columns(values):
+    _column_case(pa.string(), values)
+    _column_case(pa.large_string(), values)
+    _column_case(pa.string(), values, pa.array(values, pa.string_view()))
+
+
+@given(_with_nulls(st.integers(INT64_MIN, INT64_MAX)), _with_nulls(st.integers(0, 2**64 - 1)),
+       _with_nulls(st.booleans()))
+def test_integer_and_boolean_columns(i64, u64, flags):
+    _column_case(pa.int64(), i64)
+    _column_case(pa.uint64(), u64)
+    _column_case(pa.int16(), [None if v is None else v % 32768 for v in i64])
+    _column_case(pa.bool_(), flags)
+
+
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=40), st.integers(0, 2**32 - 1), st.data())
+def test_lsn_texts(lsns, hi, data):
+    # any LSNs, and a segment's usual ones: one high half, low halves of one number of hex digits
+    digits = data.draw(st.integers(1, 8))
+    lows = data.draw(st.lists(st.integers(0 if digits == 1 else 16 ** (digits - 1), 16**digits - 1), max_size=40))
+    for values in (lsns, [hi << 32 | lo for lo in lows]):
+        arr = pa.array(values, pa.uint64())
+        assert lsn_texts(arr).to_pylist() == [format_lsn(v) for v in values]
+        if len(arr) > 2:
+            assert lsn_texts(arr.slice(1, len(arr) - 2)).to_pylist() == [format_lsn(v) for v in values[1:-1]]
+
+
+def test_records_text_joins_a_segment_in_runs(monkeypatch):
+    """A segment's text is joined in runs of rows that keep each join's array below 2 GiB: any run length gives
+    the same bytes."""
+    seg = SEGMENTS["every"]
+    expected = ref_encode_json(segment_of("flow1", seg))
+    for budget in (1, 20_000, 10**6):
+        monkeypatch.setattr(jsontext, "_TEXT_BUDGET", budget)
+        assert encode_json(segment_of("flow1", seg)) == expected
+
+
 def test_other_columns():
     _column_case(IV, [(1, 2, 3), None, (INT32_MIN, INT32_MIN, INT64_MIN)])
     _column_case(pa.binary(), [b"", None, bytes(range(256))])
@@ -317,3 +366,52 @@ def test_large_segment_matches_the_record_encoder():
     seg = realistic_segment()
     assert encode_json(segment_of("f", seg)) == ref_encode_json(segment_of("f", seg))
 
+
+
+# -- cut after encoding (the Kafka writer's payloads) -----------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["every", "every_sliced", "composite", "nokey", "nocols", "updates_no_before"]),
+       st.integers(1, 20_000), st.integers(0, 3), st.integers(1, 3), st.randoms(use_true_random=False))
+def test_encode_cut_gives_full_payloads_of_every_change(name, limit, budget_pow, ngroups, rnd):
+    """For each group of rows (the Kafka writer's partitions), the payloads of encode_cut are the json encodings
+    of runs of the group's changes, each at most ``limit`` bytes unless one change alone is more, and as full as
+    it can be: the next change would not have fit (a payload also ends where a run of text does: runs are
+    ~1 GiB). Together they hold each of the group's changes once, in order (also when the segment's text is
+    joined in several runs)."""
+    # the source gives no view types (Arrow cannot take from string_view columns; the other tests have them)
+    seg = TableChanges(SEGMENTS[name].table, normalized(SEGMENTS[name].rows))
+    assign = np.array([rnd.randrange(ngroups) for _ in range(len(seg))], dtype=np.int64)
+    groups = [np.flatnonzero(assign == g) for g in np.unique(assign).tolist()]
+    saved = jsontext._TEXT_BUDGET
+    jsontext._TEXT_BUDGET = [saved, 1, 30_000, 200_000][budget_pow]
+    try:
+        cut = encode_cut("flow1", seg, "json", limit, groups if len(groups) > 1 else None)
+    finally:
+        jsontext._TEXT_BUDGET = saved
+    assert cut is not None and len(cut) == len(groups)
+    for idx, payloads in zip(groups, cut, strict=True):
+        rows = seg.rows.take(pa.array(idx))
+        assert sum(p.rows for p in payloads) == len(idx)
+        start = 0
+        for p in payloads:
+            part = TableChanges(seg.table, rows.slice(start, p.rows))
+            assert p.data == ref_encode_json(segment_of("flow1", part))
+            assert (p.first, p.last) == (part.first, part.last)
+            assert p.segment.rows.column(LSN_COL).equals(part.rows.column(LSN_COL))
+            assert len(p.data) <= limit or p.rows == 1
+            if start + p.rows < len(idx) and budget_pow == 0:  # one change more would not have fit
+                more = TableChanges(seg.table, rows.slice(start, p.rows + 1))
+                assert len(ref_encode_json(segment_of("flow1", more))) > limit
+            start += p.rows
+    assert encode_cut("flow1", seg, "arrow", limit) is None
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 50])
+def test_encode_cut_fills_a_payload_to_the_byte(k):
+    """A limit of exactly the size of the first k changes' payload gives k changes in the first payload; one byte
+    less gives k - 1 (or 1: one change alone)."""
+    seg = SEGMENTS["every"]
+    size = len(ref_encode_json(segment_of("flow1", TableChanges(seg.table, seg.rows.slice(0, k)))))
+    assert encode_cut("flow1", seg, "json", size)[0][0].rows == k  # type: ignore[index]
+    assert encode_cut("flow1", seg, "json", size - 1)[0][0].rows == max(1, k - 1)  # type: ignore[index]

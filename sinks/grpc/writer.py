@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import orjson
 
 from sinks.base import PermanentSinkError, TransientSinkError, Writer, WriterSink
 from sinks.grpc.options import GRPCDestinationOptions
@@ -37,7 +36,7 @@ from wallaby.core.errors import redact_dsn
 from wallaby.core.identity import SourceCheck, destination_of
 from wallaby.v1 import ingest_pb2, ingest_pb2_grpc, types_pb2
 from wallaby.wire import encode
-from wallaby.wire.jsonfmt import json_records
+from wallaby.wire.jsontext import json_text
 
 log = logging.getLogger("wallaby.sinks.grpc")
 
@@ -83,7 +82,7 @@ class GRPCWriter(Writer):
     def _request(self, payload):
         if self.options.payload_mode == "record_json":
             seg = payload.segment
-            data = orjson.dumps(json_records(seg))
+            data = json_text(seg)
             fmt = types_pb2.WIRE_FORMAT_JSON
         else:
             data, fmt = payload.data, types_pb2.WireFormat.Value("WIRE_FORMAT_" + payload.format.upper())

@@ -31,7 +31,8 @@ from wallaby.core.changes import (
 from wallaby.v1 import data_pb2 as d
 from wallaby.wire import avrofmt
 from wallaby.wire.avrofmt import _avro_names, avro_schema
-from wallaby.wire.jsonfmt import json_records, record_json
+from wallaby.wire.jsonfmt import record_json
+from wallaby.wire.jsontext import json_text
 from wallaby.wire.model import (
     Record,
     WireColumn,
@@ -187,7 +188,7 @@ def _unnamed(obj: dict[str, Any] | None, cols: list[WireColumn]) -> list[Any] | 
 
 
 def encode_json(seg: WireSegment) -> bytes:
-    return orjson.dumps({"header": header_of(seg), "records": json_records(seg)})
+    return json_text(seg, b'{"header":' + orjson.dumps(header_of(seg)) + b',"records":', b"}")
 
 
 def decode_json(data: bytes) -> WireSegment:
