@@ -399,6 +399,7 @@ def kafka_direct(bootstrap: str, topic: str) -> tuple[float, int, int]:
     create_topic(bootstrap, target, partitions=3)
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
                   "message.max.bytes": 901024})
+    settle()  # as before wallaby's leg: the broker's writes of that leg out, a quiet machine
     t = time.perf_counter()
     for m in msgs:
         while True:
