@@ -1109,6 +1109,7 @@ def main(argv: list[str] | None = None) -> int:
             pg.stop()
         if broker is not None:
             broker.stop()
+            shutil.rmtree(broker.workdir, ignore_errors=True)  # its log segments: ~2 GB a run
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))

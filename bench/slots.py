@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             res = bench_slots(pg, broker.bootstrap, a.changes)
         finally:
             broker.stop()
+            shutil.rmtree(broker.workdir, ignore_errors=True)
     return show_group(res, print_slots)
 
 
