@@ -26,11 +26,11 @@ transaction in part, is caught.
 Limits the load stays within (what keeps every committed epoch at a transaction's end; docs/destinations.md):
 the source cuts a batch at ``batch_size`` changes (default 100), at 3 MiB of messages, or after ``batch_timeout``
 (default 1 s) even inside a transaction, and an epoch can end between any two batches; the writer also commits
-early, mid-epoch, once a transaction holds ``WALLABY_DUCKDB_MAX_TX_BYTES`` (32 MiB) of changes. So the flow sets
+early, mid-epoch, once a transaction holds ``WALLABY_DUCKDB_MAX_TX_BYTES`` (16 MiB) of changes. So the flow sets
 ``batch_size`` far above any transaction (a batch is then handed over at a transaction's end, when the stream has
 nothing more for the moment) and ``batch_timeout`` well beyond the test, and the load (transactions of at most 122
 changes, a few ms apart) writes a few hundred KB per epoch: no cut falls inside a transaction, and no epoch comes
-near 3 MiB, let alone 32 MiB. With the source's default batching, reads of this test see parts of transactions
+near 3 MiB, let alone 16 MiB. With the source's default batching, reads of this test see parts of transactions
 (measured: 15 of 36 reads); with ``release_file=false`` every read gives up (the first test fails either way).
 """
 

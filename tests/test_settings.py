@@ -22,7 +22,7 @@ def test_defaults_when_nothing_is_set():
     s = Settings()
     assert (s.ddl_poll, s.epoch_interval, s.source_batch_bytes, s.toast_cache_bytes) == (2.0, 2.0, 3 << 20, 256 << 20)
     assert (s.duckdb_buffer_bytes, s.duckdb_max_tx_bytes, s.duckdb_threads, s.duckdb_lock_wait) == (
-        8 << 20, 32 << 20, 1, 60.0)
+        8 << 20, 16 << 20, 1, 60.0)
     assert (s.kafka_delivery_timeout, s.spool_drain_timeout, s.worker_max_restarts, s.worker_stop_timeout) == (
         120.0, 5.0, 3, 60.0)
 

@@ -159,7 +159,11 @@ DUCKDB_MEMORY_LIMIT = f"{_SETTINGS.duckdb_memory_limit}B"
 # MB. Committing early is safe: the high-water position is stored in the same transaction, so a replay
 # after a crash skips what was committed (the slot is still confirmed only at the epoch's snapshot).
 # Measured (1M narrow changes): peak RSS 413 -> 358 MB with the allocator settings of
-# wallaby/runtime.py; 200k wide changes 850-920 -> 429 MB and 13.8k -> 19k changes/s.
+# wallaby/runtime.py; 200k wide changes 850-920 -> 429 MB and 13.8k -> 19k changes/s. The COMMIT itself briefly
+# needs memory in proportion to the transaction (a worker's RSS sampled every 10 ms: its peaks were during COMMIT):
+# 200k wide changes, 7 runs each, peak RSS 392-446 MB at 32 MiB, 368-391 MB at 16 MiB, no slower (a run took 15.2
+# s at 32 MiB, 14.3 s at 16, whole process); 1M narrow changes 363-372 vs 362-374 MB and 3.23 vs 3.26 s (3 runs
+# each, 32 vs 16 MiB).
 # WALLABY_DUCKDB_MAX_TX_BYTES sets it (0: one transaction per epoch).
 DUCKDB_MAX_TX_BYTES = _SETTINGS.duckdb_max_tx_bytes or (1 << 62)
 # Changes buffered (as Arrow) before they are applied inside the open transaction. Measured (300k
@@ -209,10 +213,10 @@ _UNKNOWN = object()  # no bound known for a table's keys (DuckDBWriter._keys_abs
 # (77 -> 151 MB) before compacting; transactions of 2 x 122,880 rows: 2.05 s and 0.04 s. So a transaction of
 # inserts into one table past max_tx_bytes is committed at the last row group boundary its rows passed (the rows
 # after it begin the next transaction), or held until the next boundary while a row group's worth of its rows
-# costs at most ROW_GROUP_HOLD times max_tx_bytes (~200-byte rows take ~27MB a row group; ~5 KB rows ~600MB: those
-# commit at max_tx_bytes as before).
+# costs at most ROW_GROUP_HOLD times max_tx_bytes (64 MiB at the default: rows of up to ~500 bytes; ~200-byte rows
+# take ~27MB a row group; ~5 KB rows ~600MB: those commit at max_tx_bytes as before).
 ROW_GROUP_ROWS = 122_880
-ROW_GROUP_HOLD = 2
+ROW_GROUP_HOLD = 4
 # The waits while another process holds the file: 5 ms growing by 1.3x to 2 s (5, 11, 20, 31, 45, 64, 88 ms in all).
 # A reader's open-read-close takes a few ms; with a first wait of 0.1 s, a reader polling every 20 ms put the
 # writer's reopen (after each flush) 0.1 s behind, and doubling from 10 ms still overshot a reader's few ms by up to

@@ -349,7 +349,7 @@ class Settings:
     ddl_poll: float = 2.0
     toast_cache_bytes: int = 256 << 20
     duckdb_memory_limit: int = 64 * 1000**2  # DuckDB's "64MB"
-    duckdb_max_tx_bytes: int = 32 << 20
+    duckdb_max_tx_bytes: int = 16 << 20
     duckdb_buffer_bytes: int = 8 << 20
     duckdb_checkpoint_threshold: int = 1000**3  # DuckDB's "1GB"
     duckdb_threads: int = 1
