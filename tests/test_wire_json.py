@@ -324,7 +324,7 @@ def test_lsn_texts(lsns, hi, data):
             assert lsn_texts(arr.slice(1, len(arr) - 2)).to_pylist() == [format_lsn(v) for v in values[1:-1]]
 
 
-def test_records_text_joins_a_segment_in_runs(monkeypatch):
+def test_json_text_joins_a_segment_in_runs(monkeypatch):
     """A segment's text is joined in runs of rows that keep each join's array below 2 GiB: any run length gives
     the same bytes."""
     seg = SEGMENTS["every"]

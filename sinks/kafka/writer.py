@@ -221,11 +221,9 @@ class KafkaWriter(Writer):
         if cut is not None:  # json: the segment encoded once, each payload as full as it can be
             for (p, _), payloads in zip(groups, cut, strict=True):
                 for payload in payloads:
-                    if payload.rows == 1 and len(payload.data) > self.options.max_record_bytes:
-                        self._oversize(payload)
-                        continue
-                    first = row_keys(TableChanges(seg.table, payload.segment.rows.slice(0, 1)))
-                    out.append((p, payload, first[0]))
+                    for kept in self._fits(payload):
+                        first = row_keys(TableChanges(seg.table, kept.segment.rows.slice(0, 1)))[0]
+                        out.append((p, kept, first))
             return out
         for p, idx in groups:
             part = seg if len(idx) == len(parts) else TableChanges(seg.table, seg.rows.take(pa.array(idx)))
@@ -259,9 +257,7 @@ class KafkaWriter(Writer):
         payload = encode_segment(segment_of(self.flow_id, seg), self.options.format)
         self._row_bytes[seg.table.qualified] = len(payload.data) / len(seg)
         if len(payload.data) <= self.options.max_batch_bytes or len(seg) == 1:
-            if len(seg) == 1 and len(payload.data) > self.options.max_record_bytes:
-                return self._oversize(payload)
-            return [payload]
+            return self._fits(payload)
         # Too big: cut into as many equal runs of rows as the size says (with a margin), so the rows are encoded
         # about twice in all rather than once per halving; a run that is still too big is cut again.
         pieces = min(len(seg), max(2, math.ceil(len(payload.data) * SPLIT_MARGIN / self.options.max_batch_bytes)))
@@ -270,6 +266,12 @@ class KafkaWriter(Writer):
         for start in range(0, len(seg), step):
             out += self._encoded(TableChanges(seg.table, seg.rows.slice(start, step)))
         return out
+
+    def _fits(self, payload: WirePayload) -> list[WirePayload]:
+        """``[payload]``, or what :meth:`_oversize` makes of a single change over ``max_record_bytes``."""
+        if payload.rows == 1 and len(payload.data) > self.options.max_record_bytes:
+            return self._oversize(payload)
+        return [payload]
 
     def _oversize(self, payload: WirePayload) -> list[WirePayload]:
         key = row_keys(TableChanges(payload.segment.table_schema(), payload.segment.rows))[0]

@@ -36,7 +36,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wallaby.core.changes import BEFORE_PREFIX, LSN_COL, OP_COL, ORD_COL, TS_COL, UNCHANGED_COL, XID_COL
-from wallaby.wire.jsonfmt import _DAY_HI, _DAY_LO, _US_HI, _US_LO, _rows_only, json_column, json_records
+from wallaby.wire.jsonfmt import (
+    _DAY_HI,
+    _DAY_LO,
+    _US_HI,
+    _US_LO,
+    _rows_only,
+    json_column,
+    json_records,
+    timestamp_raw,
+)
 from wallaby.wire.model import WireColumn, WireSegment, plain_type
 from wallaby.wire.values import US_PER_DAY
 
@@ -96,19 +105,10 @@ def _quoted(raw: pa.Array, bad: pa.Array | None, arr: pa.Array, t: pa.DataType) 
     return [_null_as_null(texts) if bad is None else _with_patches(texts, bad, arr, t)]
 
 
-def _data(arr: pa.Array) -> np.ndarray:
-    """The bytes of a string array's values, as numpy."""
-    offsets = np.frombuffer(arr.buffers()[1], np.int32, len(arr) + 1, arr.offset * 4)
-    data = arr.buffers()[2]
-    if data is None:
-        return np.zeros(0, np.uint8)
-    return np.frombuffer(data, np.uint8, int(offsets[-1] - offsets[0]), int(offsets[0]))
-
-
 def _strings(arr: pa.Array, t: pa.DataType) -> Parts:
     if arr.type != pa.string():
         arr = arr.cast(pa.string())
-    data = _data(arr)  # one scan of the bytes: most columns hold no character JSON escapes
+    data = np.frombuffer(data_of(arr)[0], np.uint8)  # one scan of the bytes: most columns need no escapes
     control, quote, backslash = bool((data < 0x20).any()), bool((data == 0x22).any()), bool((data == 0x5C).any())
     raw = arr
     if backslash:
@@ -127,12 +127,6 @@ def _floats(arr: pa.Array, t: pa.DataType) -> Parts:
     text = orjson.dumps(values)[1:-1]  # numbers and nulls hold no comma
     texts = pc.list_flatten(pc.split_pattern(pa.array([text.decode()]), ","))
     return [_with_patches(texts, pc.invert(finite), arr, t)]
-
-
-def _timestamp_raw(arr: pa.Array) -> pa.Array:
-    # UTC wall time (a cast without a time zone is much faster than strftime): "2024-03-10T07:30:00.123456"
-    return pc.binary_replace_slice(arr.view(pa.timestamp("us")).cast(pa.string()), start=10, stop=11,
-                                   replacement="T")
 
 
 def _ranged(arr: pa.Array, storage: pa.Array, lo: int, hi: int, t: pa.DataType,
@@ -170,7 +164,7 @@ def value_parts(arr: pa.Array, t: pa.DataType) -> Parts:
     if pa.types.is_decimal(t):  # Arrow writes decimals as str(Decimal) does, exponents included ("0E-8")
         return _quoted(arr.cast(pa.string()), None, arr, t)
     if pa.types.is_timestamp(t) and t.unit == "us" and t.tz in (None, "UTC"):
-        return _ranged(arr, arr.view(pa.int64()), _US_LO, _US_HI, t, _timestamp_raw, "Z" if t.tz else "")
+        return _ranged(arr, arr.view(pa.int64()), _US_LO, _US_HI, t, timestamp_raw, "Z" if t.tz else "")
     if pa.types.is_date32(t):
         return _ranged(arr, arr.view(pa.int32()), _DAY_LO, _DAY_HI, t, lambda a: a.cast(pa.string()))
     if pa.types.is_time64(t) and t.unit == "us":
@@ -284,7 +278,8 @@ def _record_texts(cols: list[WireColumn], rows: pa.RecordBatch, has_before: bool
 def data_of(texts: pa.Array) -> tuple[memoryview, np.ndarray]:
     """A string array's data and each value's offset into it (the first 0) and the end."""
     offsets = np.frombuffer(texts.buffers()[1], np.int32, len(texts) + 1, texts.offset * 4)
-    return memoryview(texts.buffers()[2])[offsets[0]:offsets[-1]], offsets - offsets[0]
+    data = texts.buffers()[2]  # None when every value is empty
+    return memoryview(b"" if data is None else data)[offsets[0]:offsets[-1]], offsets - offsets[0]
 
 
 def row_texts(seg: WireSegment) -> list[pa.Array] | None:
